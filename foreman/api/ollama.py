@@ -1,0 +1,74 @@
+"""Ollama's native routes: chat and generate through the queue, the rest relayed."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from quart import Blueprint, Response, request
+
+from foreman.api import proxy, sync
+from foreman.api.errors import ollama_error
+from foreman.jobs import Endpoint, NewJob
+from foreman.validate import InvalidRequest, inference_request
+
+RELAYED = (
+    ("/", ("GET", "HEAD")),
+    ("/api/version", ("GET", "HEAD")),
+    ("/api/tags", ("GET", "HEAD")),
+    ("/api/ps", ("GET",)),
+    ("/api/status", ("GET",)),
+    ("/api/show", ("POST",)),
+    ("/api/pull", ("POST",)),
+    ("/api/push", ("POST",)),
+    ("/api/create", ("POST",)),
+    ("/api/copy", ("POST",)),
+    ("/api/delete", ("DELETE",)),
+    ("/api/blobs/<digest>", ("HEAD", "POST")),
+    # embeddings bypass the queue: relayed at once, concurrently, never stored
+    ("/api/embed", ("POST",)),
+    ("/api/embeddings", ("POST",)),
+)
+
+
+if TYPE_CHECKING:
+    from foreman.api.app import Services
+
+
+def blueprint(services: Services) -> Blueprint:
+    bp = Blueprint("ollama", __name__)
+    settings = services.settings
+
+    async def inference(endpoint: Endpoint) -> Response:
+        raw = await proxy.request_body()
+        try:
+            parsed = inference_request(endpoint, raw)
+        except InvalidRequest as exc:
+            return ollama_error(400, str(exc))
+        new = NewJob(
+            endpoint=endpoint,
+            model=parsed.model,
+            model_key=parsed.model_key,
+            body=raw,
+            stream=parsed.stream,
+            max_attempts=settings.max_attempts,
+        )
+        job, ticket = await services.queue.submit(new, attach=True)
+        assert ticket is not None
+        return await sync.answer(services.queue, job, ticket)
+
+    @bp.route("/api/chat", methods=["POST"])
+    async def chat() -> Response:
+        return await inference(Endpoint.CHAT)
+
+    @bp.route("/api/generate", methods=["POST"])
+    async def generate() -> Response:
+        return await inference(Endpoint.GENERATE)
+
+    async def passthrough(**_: str) -> Response:
+        return await proxy.relay(services.upstream)
+
+    for rule, methods in RELAYED:
+        endpoint = "relay_" + rule.strip("/").replace("/", "_").replace("<", "").replace(">", "")
+        bp.add_url_rule(rule, endpoint or "relay_root", passthrough, methods=list(methods))
+
+    return bp

@@ -1,0 +1,70 @@
+"""Relays a request straight to Ollama and its answer straight back (no queue)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import trio
+from quart import Response, request
+
+from foreman.api.errors import ollama_error
+from foreman.upstream import Upstream, UpstreamError, request_headers, response_headers
+
+
+async def request_body() -> bytes:
+    """The raw request body, exactly as the client sent it."""
+    data = await request.get_data(cache=True, as_text=False, parse_form_data=False)
+    return data
+
+
+async def relay(upstream: Upstream, path: str | None = None) -> Response:
+    """Pass the current request to Ollama byte for byte, and its answer back as it came.
+
+    A body with a length is read whole; anything else (pull progress, streams) is relayed
+    chunk by chunk as it arrives, and closing the client closes the upstream request.
+    """
+    body = await request_body()
+    target = path or request.path
+    if request.query_string:
+        target += "?" + request.query_string.decode("latin-1")
+    try:
+        response = await upstream.send(
+            request.method,
+            target,
+            body=body or None,
+            headers=request_headers(request.headers.items()),
+        )
+    except UpstreamError as err:
+        return ollama_error(502, str(err))
+    headers = response_headers(response.headers)
+    if request.method == "HEAD" or "content-length" in response.headers:
+        try:
+            data = await response.aread()
+        except httpx.HTTPError as exc:
+            return ollama_error(502, f"connection to ollama failed: {exc!r}")
+        finally:
+            await response.aclose()
+        return _response(data, response.status_code, headers)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in response.aiter_raw():
+                yield chunk
+        except httpx.HTTPError:
+            return
+        finally:
+            with trio.CancelScope(shield=True):
+                await response.aclose()
+
+    return _response(chunks(), response.status_code, headers)
+
+
+def _response(
+    body: bytes | AsyncIterator[bytes], status: int, headers: tuple[tuple[str, str], ...]
+) -> Response:
+    out = Response(body, status=status)
+    out.headers.clear()
+    for name, value in headers:
+        out.headers.add(name, value)
+    return out

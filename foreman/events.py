@@ -1,0 +1,66 @@
+"""In-process notifications: job changes to whoever waits on them, and work to the worker.
+
+Fed by the store after each committed transition; nothing here touches the database, so
+a waiter costs nothing while it waits.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+
+import trio
+
+from foreman.jobs import Job
+
+
+class Wakeup:
+    """Wakes the worker when there may be new work; a wake that races a wait is not lost."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+
+    def arm(self) -> trio.Event:
+        """Call before looking for work; wait on the result if none was found."""
+        self._event = trio.Event()
+        return self._event
+
+
+Listener = Callable[[Job], None]
+
+
+class JobEvents:
+    """Broadcasts every job change to per-job and queue-wide listeners.
+
+    Listeners run synchronously inside `publish`, so they must only hand the job on
+    (set an event, `send_nowait` on a channel); they must never block.
+    """
+
+    def __init__(self) -> None:
+        self._by_job: defaultdict[str, list[Listener]] = defaultdict(list)
+        self._all: list[Listener] = []
+
+    def publish(self, job: Job) -> None:
+        for listener in list(self._by_job.get(job.id, ())):
+            listener(job)
+        for listener in list(self._all):
+            listener(job)
+
+    def subscribe(self, job_id: str | None, listener: Listener) -> Callable[[], None]:
+        """Start listening; returns the function that stops it."""
+        target = self._all if job_id is None else self._by_job[job_id]
+        target.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in target:
+                target.remove(listener)
+            if job_id is not None and not target:
+                self._by_job.pop(job_id, None)
+
+        return unsubscribe
+
+    def listener_count(self) -> int:
+        return len(self._all) + sum(len(v) for v in self._by_job.values())

@@ -1,0 +1,110 @@
+"""The job, its states, and the one table of legal transitions.
+
+Pure: nothing here does I/O. The store enforces `check_transition` on every write, so a
+transition that is not in `TRANSITIONS` is a bug and raises instead of corrupting a row.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import attrs
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    LOADING = "loading"
+    WORKING = "working"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+    @property
+    def running(self) -> bool:
+        return self in RUNNING_STATES
+
+
+TERMINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
+RUNNING_STATES = frozenset({JobState.LOADING, JobState.WORKING})
+
+# Every legal move. `queued -> working` skips `loading` when the job's model is already
+# resident (no load happens, so there is nothing to show); `-> queued` from a running
+# state is a transient failure, an outage or a restart putting the job back.
+TRANSITIONS: frozenset[tuple[JobState, JobState]] = frozenset(
+    {
+        (JobState.QUEUED, JobState.LOADING),
+        (JobState.QUEUED, JobState.WORKING),
+        (JobState.QUEUED, JobState.FAILED),
+        (JobState.QUEUED, JobState.CANCELLED),
+        (JobState.LOADING, JobState.WORKING),
+        (JobState.LOADING, JobState.QUEUED),
+        (JobState.LOADING, JobState.FAILED),
+        (JobState.LOADING, JobState.CANCELLED),
+        (JobState.WORKING, JobState.DONE),
+        (JobState.WORKING, JobState.QUEUED),
+        (JobState.WORKING, JobState.FAILED),
+        (JobState.WORKING, JobState.CANCELLED),
+        (JobState.FAILED, JobState.QUEUED),
+        (JobState.CANCELLED, JobState.QUEUED),
+    }
+)
+
+
+class IllegalTransition(Exception):
+    """A state change that the transition table forbids: always a bug in foreman."""
+
+
+def check_transition(old: JobState, new: JobState) -> None:
+    if (old, new) not in TRANSITIONS:
+        raise IllegalTransition(f"illegal job transition {old.value} -> {new.value}")
+
+
+class Endpoint(enum.StrEnum):
+    """The upstream routes a job can target."""
+
+    CHAT = "/api/chat"
+    GENERATE = "/api/generate"
+
+
+@attrs.frozen
+class Job:
+    """One row of the jobs table, as the rest of foreman sees it."""
+
+    id: str
+    endpoint: Endpoint
+    model: str
+    model_key: str
+    body: bytes
+    stream: bool
+    state: JobState
+    priority: int
+    attempts: int
+    max_attempts: int
+    not_before: float
+    enqueued_at: float
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    result: Any = None
+    queue_ms: int | None = None
+    ref: str | None = None
+
+
+@attrs.frozen
+class NewJob:
+    """What a caller hands the store to enqueue: everything a job starts with."""
+
+    endpoint: Endpoint
+    model: str
+    model_key: str
+    body: bytes
+    stream: bool
+    priority: int = 0
+    max_attempts: int = 5
+    ref: str | None = None

@@ -1,0 +1,463 @@
+"""The job store: SQLite schema, migrations and every query foreman runs.
+
+The only module with SQL. One connection, used from Trio worker threads one call at a
+time (a CapacityLimiter of 1), in WAL mode. Every state change goes through
+`_transition_sql`, which checks the transition table and is a guarded update
+(`WHERE id=? AND state=?`), so a racing cancel and a finishing worker cannot both win.
+Every write runs inside a shielded cancel scope: cancellation can delay it, never tear it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+from ulid import ULID
+
+from foreman.jobs import (
+    RUNNING_STATES,
+    Endpoint,
+    Job,
+    JobState,
+    NewJob,
+    check_transition,
+)
+from foreman.policy import Candidate
+
+log = logging.getLogger("foreman.store")
+
+T = TypeVar("T")
+
+# Forward migrations; PRAGMA user_version is the number of scripts applied.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE jobs (
+        id           TEXT PRIMARY KEY,
+        endpoint     TEXT NOT NULL,
+        model        TEXT NOT NULL,
+        model_key    TEXT NOT NULL,
+        body         BLOB NOT NULL,
+        stream       INTEGER NOT NULL,
+        state        TEXT NOT NULL,
+        priority     INTEGER NOT NULL DEFAULT 0,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL,
+        not_before   REAL NOT NULL DEFAULT 0,
+        enqueued_at  REAL NOT NULL,
+        created_at   REAL NOT NULL,
+        started_at   REAL,
+        finished_at  REAL,
+        error        TEXT,
+        result       TEXT,
+        queue_ms     INTEGER,
+        ref          TEXT
+    ) WITHOUT ROWID;
+    -- the claim query walks these; partial, so they hold only what is queued
+    CREATE INDEX jobs_queue ON jobs (priority DESC, enqueued_at, id) WHERE state = 'queued';
+    CREATE INDEX jobs_queue_model ON jobs (model_key, priority DESC, enqueued_at, id)
+        WHERE state = 'queued';
+    CREATE INDEX jobs_queue_age ON jobs (enqueued_at) WHERE state = 'queued';
+    CREATE INDEX jobs_queue_backoff ON jobs (not_before) WHERE state = 'queued';
+    CREATE INDEX jobs_running ON jobs (state) WHERE state IN ('loading', 'working');
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_COLUMNS = (
+    "id, endpoint, model, model_key, body, stream, state, priority, attempts, max_attempts,"
+    " not_before, enqueued_at, created_at, started_at, finished_at, error, result, queue_ms, ref"
+)
+
+
+class StoreError(Exception):
+    """The database cannot be opened or is from a newer foreman."""
+
+
+def wall_clock() -> float:
+    """The one source of wall-clock time for stored timestamps."""
+    return time.time()
+
+
+def _row_to_job(row: Sequence[Any]) -> Job:
+    result = row[16]
+    return Job(
+        id=row[0],
+        endpoint=Endpoint(row[1]),
+        model=row[2],
+        model_key=row[3],
+        body=bytes(row[4]),
+        stream=bool(row[5]),
+        state=JobState(row[6]),
+        priority=row[7],
+        attempts=row[8],
+        max_attempts=row[9],
+        not_before=row[10],
+        enqueued_at=row[11],
+        created_at=row[12],
+        started_at=row[13],
+        finished_at=row[14],
+        error=row[15],
+        result=json.loads(result) if result is not None else None,
+        queue_ms=row[17],
+        ref=row[18],
+    )
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply the migrations this database lacks; returns the version it started at."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"database schema version {version} is newer than this foreman ({SCHEMA_VERSION})"
+        )
+    for number in range(version, SCHEMA_VERSION):
+        with conn:
+            conn.executescript(
+                "BEGIN;" + MIGRATIONS[number] + f";PRAGMA user_version = {number + 1};"
+            )
+    return int(version)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (creating folders and schema) the database file, in WAL mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        migrate(conn)
+    except Exception:
+        conn.close()
+        raise
+    return conn
+
+
+class SyncStore:
+    """The store's queries as plain blocking methods on one connection.
+
+    `Store` runs these on a worker thread; tests and tools may call them directly.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, clock: Callable[[], float] = wall_clock):
+        self.conn = conn
+        self.clock = clock
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def enqueue(self, new: NewJob, job_id: str | None = None) -> Job:
+        now = self.clock()
+        job_id = job_id or str(ULID())
+        with self.conn:
+            row = self.conn.execute(
+                f"INSERT INTO jobs (id, endpoint, model, model_key, body, stream, state,"
+                f" priority, attempts, max_attempts, not_before, enqueued_at, created_at, ref)"
+                f" VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, 0, ?, 0, ?, ?, ?) RETURNING {_COLUMNS}",
+                (
+                    job_id,
+                    new.endpoint.value,
+                    new.model,
+                    new.model_key,
+                    new.body,
+                    int(new.stream),
+                    new.priority,
+                    new.max_attempts,
+                    now,
+                    now,
+                    new.ref,
+                ),
+            ).fetchone()
+        return _row_to_job(row)
+
+    def _transition_sql(
+        self, job_id: str, old: JobState, new: JobState, fields: dict[str, Any]
+    ) -> Job | None:
+        """The single place a job changes state. None when the job was not in `old`."""
+        check_transition(old, new)
+        sets = ["state = ?"]
+        params: list[Any] = [new.value]
+        for name, value in fields.items():
+            if name == "attempts_delta":
+                sets.append("attempts = attempts + ?")
+            elif name == "result":
+                sets.append("result = ?")
+                value = None if value is None else json.dumps(value, separators=(",", ":"))
+            else:
+                sets.append(f"{name} = ?")
+            params.append(value)
+        params += [job_id, old.value]
+        row = self.conn.execute(
+            f"UPDATE jobs SET {', '.join(sets)} WHERE id = ? AND state = ? RETURNING {_COLUMNS}",
+            params,
+        ).fetchone()
+        return _row_to_job(row) if row is not None else None
+
+    def transition(self, job_id: str, old: JobState, new: JobState, **fields: Any) -> Job | None:
+        """Move one job from `old` to `new`, setting `fields`, as one committed write.
+
+        `finished_at` is stamped on terminal states. Returns None (and changes nothing)
+        when the job is not in `old` any more: someone else moved it first.
+        """
+        if new.terminal:
+            fields.setdefault("finished_at", self.clock())
+        with self.conn:
+            return self._transition_sql(job_id, old, new, fields)
+
+    def claim(self, resident: str | None, max_wait: float) -> Job | None:
+        """Pick the next job by the scheduling rule and mark it started, in one write.
+
+        The job moves to `working` when its model is `resident` (no load needed) and to
+        `loading` otherwise; its attempt count goes up by one.
+        """
+        now = self.clock()
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            picked = self.pick(resident, now, max_wait)
+            if picked is None:
+                return None
+            new = JobState.WORKING if picked.model_key == resident else JobState.LOADING
+            return self._transition_sql(
+                picked.id,
+                JobState.QUEUED,
+                new,
+                {
+                    "attempts_delta": 1,
+                    "started_at": now,
+                    "queue_ms": int(max(0.0, now - picked.enqueued_at) * 1000),
+                },
+            )
+
+    def recover_interrupted(self) -> list[Job]:
+        """Put jobs a crash left in loading/working back in the queue (run at start).
+
+        A job that has used all its attempts fails instead, so a request that crashes
+        foreman every time cannot crash it forever.
+        """
+        out: list[Job] = []
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            rows = self.conn.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE state IN ('loading', 'working')"
+            ).fetchall()
+            for row in rows:
+                job = _row_to_job(row)
+                if job.attempts >= job.max_attempts:
+                    moved = self._transition_sql(
+                        job.id,
+                        job.state,
+                        JobState.FAILED,
+                        {
+                            "finished_at": self.clock(),
+                            "error": "interrupted by a restart on its last attempt",
+                        },
+                    )
+                else:
+                    moved = self._transition_sql(job.id, job.state, JobState.QUEUED, {})
+                if moved is not None:
+                    out.append(moved)
+        return out
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job | None:
+        row = self.conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _row_to_job(row) if row is not None else None
+
+    def pick(self, resident: str | None, now: float, max_wait: float) -> Candidate | None:
+        """The scheduling rule of `foreman.policy.pick_next`, as indexed lookups.
+
+        Never scans the queue: each step is a seek on a partial index; the only rows a
+        step may pass over are jobs waiting out a retry backoff (not_before > now).
+        """
+        q = "SELECT id, model_key, priority, enqueued_at, not_before FROM jobs"
+        order = "ORDER BY enqueued_at, id LIMIT 1"
+        cutoff = now - max_wait
+        # 1. starvation bound: only if the oldest queued job is old enough at all
+        (oldest,) = self.conn.execute(
+            "SELECT min(enqueued_at) FROM jobs WHERE state = 'queued'"
+        ).fetchone()
+        if oldest is not None and oldest < cutoff:
+            prio = self.conn.execute(
+                "SELECT max(priority) FROM jobs WHERE state = 'queued'"
+            ).fetchone()[0]
+            while prio is not None:
+                row = self.conn.execute(
+                    f"{q} INDEXED BY jobs_queue WHERE state = 'queued' AND priority = ?"
+                    f" AND enqueued_at < ? AND not_before <= ? {order}",
+                    (prio, cutoff, now),
+                ).fetchone()
+                if row is not None:
+                    return Candidate(*row)
+                prio = self.conn.execute(
+                    "SELECT max(priority) FROM jobs WHERE state = 'queued' AND priority < ?",
+                    (prio,),
+                ).fetchone()[0]
+        # 2. the top priority; its oldest job decides a switch if the resident has none
+        row = self.conn.execute(
+            f"{q} INDEXED BY jobs_queue WHERE state = 'queued' AND not_before <= ?"
+            " ORDER BY priority DESC, enqueued_at, id LIMIT 1",
+            (now,),
+        ).fetchone()
+        if row is None:
+            return None
+        top = Candidate(*row)
+        if resident is None or top.model_key == resident:
+            return top
+        mine = self.conn.execute(
+            f"{q} INDEXED BY jobs_queue_model WHERE state = 'queued' AND model_key = ?"
+            f" AND priority = ? AND not_before <= ? {order}",
+            (resident, top.priority, now),
+        ).fetchone()
+        return Candidate(*mine) if mine is not None else top
+
+    def next_not_before(self) -> float | None:
+        """When the earliest job in retry backoff becomes runnable, if any is waiting."""
+        (value,) = self.conn.execute(
+            "SELECT min(not_before) FROM jobs WHERE state = 'queued' AND not_before > ?",
+            (self.clock(),),
+        ).fetchone()
+        return float(value) if value is not None else None
+
+    def count_queued(self, model_key: str | None = None) -> int:
+        if model_key is None:
+            (n,) = self.conn.execute("SELECT count(*) FROM jobs WHERE state = 'queued'").fetchone()
+        else:
+            (n,) = self.conn.execute(
+                "SELECT count(*) FROM jobs INDEXED BY jobs_queue_model"
+                " WHERE state = 'queued' AND model_key = ?",
+                (model_key,),
+            ).fetchone()
+        return int(n)
+
+    def running(self) -> list[Job]:
+        rows = self.conn.execute(
+            f"SELECT {_COLUMNS} FROM jobs WHERE state IN ('loading', 'working')"
+        ).fetchall()
+        return [_row_to_job(r) for r in rows]
+
+    def explain_pick(self) -> list[str]:
+        """The query plans of `pick`'s statements (a test proves none scans the table)."""
+        plans = []
+        for sql, params in self._pick_statements():
+            rows = self.conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
+            plans.append(" | ".join(str(r[-1]) for r in rows))
+        return plans
+
+    def _pick_statements(self) -> list[tuple[str, tuple[Any, ...]]]:
+        q = "SELECT id, model_key, priority, enqueued_at, not_before FROM jobs"
+        order = "ORDER BY enqueued_at, id LIMIT 1"
+        return [
+            ("SELECT min(enqueued_at) FROM jobs WHERE state = 'queued'", ()),
+            ("SELECT max(priority) FROM jobs WHERE state = 'queued'", ()),
+            (
+                f"{q} INDEXED BY jobs_queue WHERE state = 'queued' AND priority = ?"
+                f" AND enqueued_at < ? AND not_before <= ? {order}",
+                (0, 0.0, 0.0),
+            ),
+            (
+                "SELECT max(priority) FROM jobs WHERE state = 'queued' AND priority < ?",
+                (0,),
+            ),
+            (
+                f"{q} INDEXED BY jobs_queue WHERE state = 'queued' AND not_before <= ?"
+                " ORDER BY priority DESC, enqueued_at, id LIMIT 1",
+                (0.0,),
+            ),
+            (
+                f"{q} INDEXED BY jobs_queue_model WHERE state = 'queued' AND model_key = ?"
+                f" AND priority = ? AND not_before <= ? {order}",
+                ("m", 0, 0.0),
+            ),
+        ]
+
+
+class Store:
+    """The async face of `SyncStore`: each call runs on a worker thread, one at a time.
+
+    `on_change` is called (in Trio, after the commit) with every job a write changed; the
+    event broadcaster hangs off it.
+    """
+
+    def __init__(
+        self,
+        sync: SyncStore,
+        on_change: Callable[[Job], None] | None = None,
+    ) -> None:
+        self.sync = sync
+        self._limiter = trio.CapacityLimiter(1)
+        self._on_change = on_change or (lambda job: None)
+
+    @classmethod
+    async def open(
+        cls,
+        path: Path,
+        *,
+        clock: Callable[[], float] = wall_clock,
+        on_change: Callable[[Job], None] | None = None,
+    ) -> Store:
+        try:
+            conn = await trio.to_thread.run_sync(connect, path)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {path}: {exc}") from None
+        return cls(SyncStore(conn, clock), on_change)
+
+    def set_listener(self, on_change: Callable[[Job], None]) -> None:
+        self._on_change = on_change
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        with trio.CancelScope(shield=True):
+            result = await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        return result
+
+    def _notify(self, job: Job | None) -> Job | None:
+        if job is not None:
+            self._on_change(job)
+        return job
+
+    async def close(self) -> None:
+        with trio.CancelScope(shield=True):
+            await self._read(self.sync.conn.close)
+
+    async def enqueue(self, new: NewJob, job_id: str | None = None) -> Job:
+        job = await self._write(self.sync.enqueue, new, job_id)
+        self._on_change(job)
+        return job
+
+    async def transition(
+        self, job_id: str, old: JobState, new: JobState, **fields: Any
+    ) -> Job | None:
+        def run() -> Job | None:
+            return self.sync.transition(job_id, old, new, **fields)
+
+        return self._notify(await self._write(run))
+
+    async def claim(self, resident: str | None, max_wait: float) -> Job | None:
+        return self._notify(await self._write(self.sync.claim, resident, max_wait))
+
+    async def recover_interrupted(self) -> list[Job]:
+        jobs = await self._write(self.sync.recover_interrupted)
+        for job in jobs:
+            self._on_change(job)
+        return jobs
+
+    async def get(self, job_id: str) -> Job | None:
+        return await self._read(self.sync.get, job_id)
+
+    async def next_not_before(self) -> float | None:
+        return await self._read(self.sync.next_not_before)
+
+    async def count_queued(self, model_key: str | None = None) -> int:
+        return await self._read(self.sync.count_queued, model_key)
+
+
+__all__ = ["RUNNING_STATES", "SCHEMA_VERSION", "Store", "StoreError", "SyncStore", "connect"]

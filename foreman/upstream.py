@@ -1,0 +1,242 @@
+"""The Ollama client: every HTTP request foreman makes to Ollama goes through here.
+
+Failures leave this module as one `UpstreamError` whose kind (`retry.FailureKind`) tells
+the worker what to do. Requests carry Ollama's own Host (httpx derives it from the base
+URL): Ollama on loopback refuses a foreign Host, and behind a tunnel the client's Host
+is the public name.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import httpx
+
+from foreman.jobs import Endpoint
+from foreman.residency import split_key
+from foreman.retry import FailureKind, classify_status
+
+# Hop-by-hop and framing headers are the proxy's own business on each side; the rest of
+# the client's headers reach Ollama, and the rest of Ollama's reach the client.
+HOP_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "content-length",
+        "host",
+    }
+)
+# Headers that are foreman's own and never go upstream (keys, foreman's controls).
+PRIVATE_HEADERS = frozenset({"authorization", "x-service-key", "cookie"})
+
+Headers = tuple[tuple[str, str], ...]
+
+
+@attrs.define
+class UpstreamError(Exception):
+    """A failed call to Ollama, classified; carries Ollama's answer when there was one."""
+
+    kind: FailureKind
+    message: str
+    status: int | None = None
+    body: bytes | None = None
+    headers: Headers = ()
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def request_headers(incoming: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The client's headers that may go to Ollama."""
+    out: dict[str, str] = {}
+    for name, value in incoming:
+        lower = name.lower()
+        if lower in HOP_HEADERS or lower in PRIVATE_HEADERS or lower.startswith("x-foreman-"):
+            continue
+        out[name] = value
+    return out
+
+
+def response_headers(headers: httpx.Headers) -> Headers:
+    """Ollama's headers that may go back to the client."""
+    return tuple((k, v) for k, v in headers.multi_items() if k.lower() not in HOP_HEADERS)
+
+
+def error_message(body: bytes, status: int) -> str:
+    """Ollama's `error` text from an error body, or a description of the status."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        return str(data["error"])
+    text = body.decode("utf-8", "replace").strip()
+    return f"ollama answered {status}" + (f": {text[:200]}" if text else "")
+
+
+def _network_error(exc: httpx.HTTPError, what: str) -> UpstreamError:
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return UpstreamError(FailureKind.OUTAGE, f"cannot reach ollama ({what}): {exc!r}")
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamError(FailureKind.TRANSIENT, f"ollama timed out ({what})")
+    return UpstreamError(FailureKind.TRANSIENT, f"connection to ollama failed ({what}): {exc!r}")
+
+
+def default_client(base_url: str) -> httpx.AsyncClient:
+    """No read timeout: a load or a long non-streamed generation sends nothing for minutes,
+    and closing a request early makes Ollama abort its load."""
+    return httpx.AsyncClient(
+        base_url=base_url,
+        timeout=httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None),
+        limits=httpx.Limits(max_connections=256, max_keepalive_connections=32),
+        follow_redirects=False,
+    )
+
+
+class Upstream:
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    @asynccontextmanager
+    async def open(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        check: bool = True,
+    ) -> AsyncIterator[httpx.Response]:
+        """A streamed response. With `check`, any status but 2xx raises UpstreamError
+        (its body read in full); the response is closed on exit, which aborts the
+        request at Ollama if it has not finished."""
+        response = await self.send(method, path, body=body, headers=headers)
+        try:
+            if check and not 200 <= response.status_code < 300:
+                try:
+                    raw = await response.aread()
+                except httpx.HTTPError as exc:
+                    raise _network_error(exc, f"{method} {path}") from None
+                status = response.status_code
+                raise UpstreamError(
+                    classify_status(status),
+                    error_message(raw, status),
+                    status=status,
+                    body=raw,
+                    headers=response_headers(response.headers),
+                )
+            yield response
+        finally:
+            await response.aclose()
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """Send a request and return as soon as the head of the answer arrives; the caller
+        reads the body and must close the response."""
+        request = self.client.build_request(method, path, content=body, headers=headers)
+        try:
+            return await self.client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise _network_error(exc, f"{method} {path}") from None
+
+    async def call(self, method: str, path: str, payload: Any = None) -> Any:
+        """A small JSON request to Ollama and its decoded answer (for residency calls)."""
+        body = None if payload is None else json.dumps(payload).encode()
+        headers = {"Content-Type": "application/json"} if body is not None else None
+        async with self.open(method, path, body=body, headers=headers) as response:
+            try:
+                raw = await response.aread()
+            except httpx.HTTPError as exc:
+                raise _network_error(exc, f"{method} {path}") from None
+        if not raw.strip():
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return None
+
+    async def load(self, model_key: str, endpoint: Endpoint, keep_alive: str) -> None:
+        """Load a model with its runner options and pin it for `keep_alive`.
+
+        Uses the job's own endpoint (an empty chat or prompt) so a model that cannot do
+        the other kind of request still loads, and an unknown model fails exactly as the
+        job itself would.
+        """
+        name, options = split_key(model_key)
+        payload: dict[str, Any] = {"model": name, "keep_alive": _keep_alive_value(keep_alive)}
+        if endpoint is Endpoint.CHAT:
+            payload["messages"] = []
+        if options:
+            payload["options"] = options
+        await self.call("POST", endpoint.value, payload)
+
+    async def unload(self, model: str, endpoint: Endpoint) -> None:
+        """Ask Ollama to drop a model now (keep_alive 0 with nothing to generate)."""
+        payload: dict[str, Any] = {"model": model, "keep_alive": 0}
+        if endpoint is Endpoint.CHAT:
+            payload["messages"] = []
+        await self.call("POST", endpoint.value, payload)
+
+    async def running_models(self) -> list[dict[str, Any]]:
+        data = await self.call("GET", "/api/ps")
+        models = data.get("models") if isinstance(data, dict) else None
+        return [m for m in models or [] if isinstance(m, dict)]
+
+    async def show(self, model: str) -> dict[str, Any]:
+        data = await self.call("POST", "/api/show", {"model": model})
+        return data if isinstance(data, dict) else {}
+
+    async def probe(self) -> None:
+        """Raises UpstreamError unless Ollama answers."""
+        await self.call("GET", "/api/version")
+
+
+def _keep_alive_value(raw: str) -> str | int:
+    """Bare integers are seconds in foreman's settings; Ollama wants a number for those."""
+    try:
+        return int(raw)
+    except ValueError:
+        return raw
+
+
+async def read_body(response: httpx.Response) -> bytes:
+    try:
+        return await response.aread()
+    except httpx.HTTPError as exc:
+        raise _network_error(exc, "reading the answer") from None
+
+
+async def iter_lines(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The NDJSON lines of a streamed answer, exactly as sent, each with its newline.
+
+    A connection that breaks mid-stream raises a transient UpstreamError.
+    """
+    pending = b""
+    try:
+        async for chunk in response.aiter_raw():
+            pending += chunk
+            while True:
+                cut = pending.find(b"\n")
+                if cut < 0:
+                    break
+                line, pending = pending[: cut + 1], pending[cut + 1 :]
+                yield line
+    except httpx.HTTPError as exc:
+        raise _network_error(exc, "reading the stream") from None
+    if pending.strip():
+        yield pending

@@ -1,0 +1,369 @@
+"""The single worker: claims the next job by the scheduling rule and runs it on Ollama.
+
+Exactly one runs, so at most one chat/generate request is ever at Ollama. It knows which
+model is resident; on a swap it unloads the previous model first (so the load never
+evicts an embedding model from Ollama's other slot), then loads the next one with
+foreman's keep_alive, which pins it while its queue drains. `supervise` restarts it after
+an unexpected error without losing the job it held.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from typing import Any
+
+import attrs
+import trio
+
+from foreman.answers import StreamError, StreamResult, decode_body, is_unload_request
+from foreman.events import Wakeup
+from foreman.jobs import RUNNING_STATES, Endpoint, Job, JobState
+from foreman.relay import Chunk, Relay, Reply, StreamStart, Ticket
+from foreman.residency import normalise_model, split_key
+from foreman.retry import FailureKind, backoff_delay
+from foreman.store import Store
+from foreman.upstream import Upstream, UpstreamError, iter_lines, read_body, response_headers
+
+log = logging.getLogger("foreman.worker")
+
+JSON_HEADERS = (("Content-Type", "application/json; charset=utf-8"),)
+
+
+@attrs.frozen
+class WorkerSettings:
+    keep_alive: str = "30m"
+    max_wait: float = 600.0
+    retry_backoff: float = 2.0
+    retry_cap: float = 60.0
+    # a safety net: the worker also looks for work this often if nobody woke it
+    idle_poll: float = 30.0
+    probe_min: float = 0.25
+    probe_max: float = 10.0
+
+
+@attrs.define(eq=False)
+class Running:
+    job_id: str
+    scope: trio.CancelScope
+    state: JobState
+
+
+def error_reply(status: int, message: str) -> Reply:
+    body = json.dumps({"error": message}).encode()
+    return Reply(status, JSON_HEADERS, body)
+
+
+def error_line(message: str) -> bytes:
+    return json.dumps({"error": message}).encode() + b"\n"
+
+
+class Worker:
+    def __init__(
+        self,
+        store: Store,
+        upstream: Upstream,
+        relay: Relay,
+        wakeup: Wakeup,
+        settings: WorkerSettings,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.upstream = upstream
+        self.relay = relay
+        self.wakeup = wakeup
+        self.settings = settings
+        self.rng = rng or random.Random()
+        # the residency key of the chat model Ollama holds, and the route it came by
+        self.resident: str | None = None
+        self.resident_endpoint = Endpoint.GENERATE
+        self.running: Running | None = None
+        self.online = False
+
+    # -- the loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            if not self.online:
+                await self._wait_for_ollama()
+            armed = self.wakeup.arm()
+            job = await self.store.claim(self.resident, self.settings.max_wait)
+            if job is None:
+                await self._idle(armed)
+                continue
+            await self._execute(job)
+
+    async def _idle(self, armed: trio.Event) -> None:
+        delay = self.settings.idle_poll
+        next_retry = await self.store.next_not_before()
+        if next_retry is not None:
+            delay = min(delay, max(0.0, next_retry - self.store.sync.clock()) + 0.005)
+        with trio.move_on_after(delay):
+            await armed.wait()
+
+    def cancel_running(self, job_id: str) -> bool:
+        """Abort the job if it is the one running (its upstream request closes at once)."""
+        if self.running is not None and self.running.job_id == job_id:
+            self.running.scope.cancel()
+            return True
+        return False
+
+    # -- one job --------------------------------------------------------------------------
+
+    async def _execute(self, job: Job) -> None:
+        ticket = self.relay.get(job.id)
+        log.info(
+            "job %s model=%s state=%s attempt=%d/%d",
+            job.id,
+            job.model,
+            job.state.value,
+            job.attempts,
+            job.max_attempts,
+        )
+        running = Running(job.id, trio.CancelScope(), job.state)
+        self.running = running
+        try:
+            with running.scope:
+                try:
+                    if job.state is JobState.LOADING:
+                        moved = await self._swap(job, running)
+                        if moved is None:
+                            return
+                        job = moved
+                    await self._call(job, running, ticket)
+                except UpstreamError as err:
+                    await self._failed(job, running.state, err, ticket)
+                except StreamError as err:
+                    await self._failed(
+                        job, running.state, UpstreamError(FailureKind.TRANSIENT, str(err)), ticket
+                    )
+            if running.scope.cancelled_caught:
+                log.info("job %s cancelled while %s", job.id, running.state.value)
+                if running.state is JobState.LOADING:
+                    # an aborted load leaves Ollama's slot in an unknown state
+                    self.resident = None
+        finally:
+            self.running = None
+
+    async def _move(self, running: Running, new: JobState, **fields: Any) -> Job | None:
+        moved = await self.store.transition(running.job_id, running.state, new, **fields)
+        if moved is None:
+            log.info("job %s left %s before the worker moved it", running.job_id, running.state)
+            return None
+        running.state = new
+        if new is not JobState.WORKING:
+            log.info(
+                "job %s model=%s state=%s attempt=%d/%d%s",
+                moved.id,
+                moved.model,
+                new.value,
+                moved.attempts,
+                moved.max_attempts,
+                f" error={moved.error!r}" if moved.error and new is not JobState.DONE else "",
+            )
+        return moved
+
+    async def _swap(self, job: Job, running: Running) -> Job | None:
+        request = _request_object(job.body)
+        if is_unload_request(job.endpoint, request):
+            # nothing to load for an unload command; it changes residency itself
+            return await self._move(running, JobState.WORKING)
+        previous = self.resident
+        waiting_prev = await self.store.count_queued(previous) if previous else 0
+        waiting_next = await self.store.count_queued(job.model_key)
+        log.info(
+            "swap %s -> %s (waiting: %d for %s, %d for %s)",
+            previous or "(none)",
+            job.model_key,
+            waiting_prev,
+            previous or "(none)",
+            waiting_next + 1,
+            job.model_key,
+        )
+        if previous is not None:
+            name, _ = split_key(previous)
+            try:
+                await self.upstream.unload(name, self.resident_endpoint)
+            except UpstreamError as err:
+                if err.kind is FailureKind.OUTAGE:
+                    raise
+                log.warning("unloading %s failed (%s); loading anyway", previous, err)
+            self.resident = None
+        await self.upstream.load(job.model_key, job.endpoint, self.settings.keep_alive)
+        self.resident = job.model_key
+        self.resident_endpoint = job.endpoint
+        return await self._move(running, JobState.WORKING)
+
+    async def _call(self, job: Job, running: Running, ticket: Ticket | None) -> None:
+        request = _request_object(job.body)
+        unload = is_unload_request(job.endpoint, request)
+        stream = StreamResult(job.endpoint)
+        async with self.upstream.open(
+            "POST",
+            job.endpoint.value,
+            body=job.body,
+            headers={"Content-Type": "application/json"},
+        ) as response:
+            headers = response_headers(response.headers) + _job_headers(job)
+            ctype = response.headers.get("content-type", "")
+            if "ndjson" in ctype:
+                async for line in iter_lines(response):
+                    try:
+                        stream.add(line)
+                    except StreamError:
+                        if ticket is not None and ticket.streamed:
+                            await ticket.send(Chunk(line))
+                        raise
+                    if ticket is not None:
+                        if not ticket.streamed:
+                            message: StreamStart | Chunk = StreamStart(
+                                response.status_code, headers, line
+                            )
+                        else:
+                            message = Chunk(line)
+                        if not await ticket.send(message):
+                            ticket = None
+                if not stream.done:
+                    raise UpstreamError(
+                        FailureKind.TRANSIENT, "ollama's stream ended before its final chunk"
+                    )
+                result: Any = stream.result()
+            else:
+                body = await read_body(response)
+                result = decode_body(body)
+                if ticket is not None:
+                    await ticket.send(Reply(response.status_code, headers, body))
+        if unload and normalise_model(job.model) == split_key(self.resident or "")[0]:
+            self.resident = None
+        await self._move(running, JobState.DONE, result=result, error=None)
+
+    async def _failed(
+        self, job: Job, state: JobState, err: UpstreamError, ticket: Ticket | None
+    ) -> None:
+        if err.kind is FailureKind.OUTAGE:
+            # Ollama is down: not this job's fault; give the attempt back and wait
+            log.warning("job %s: %s", job.id, err)
+            self.resident = None
+            self.online = False
+            await self._move(_running_view(job, state), JobState.QUEUED, attempts_delta=-1)
+            return
+        if ticket is not None and ticket.streamed:
+            # the client has part of the answer: it cannot be taken back, so no retry
+            await ticket.send(Chunk(error_line(str(err))))
+            await self._move(_running_view(job, state), JobState.FAILED, error=str(err))
+            return
+        if err.kind is FailureKind.TRANSIENT and job.attempts < job.max_attempts:
+            delay = backoff_delay(
+                job.attempts, self.settings.retry_backoff, self.settings.retry_cap, self.rng
+            )
+            log.warning("job %s: %s; retrying in %.1fs", job.id, err, delay)
+            if state is JobState.LOADING:
+                self.resident = None
+            await self._move(
+                _running_view(job, state),
+                JobState.QUEUED,
+                not_before=self.store.sync.clock() + delay,
+                error=str(err),
+            )
+            return
+        if ticket is not None:
+            if err.status is not None and err.body is not None:
+                await ticket.send(Reply(err.status, err.headers + _job_headers(job), err.body))
+            else:
+                reply = error_reply(502, str(err))
+                await ticket.send(attrs.evolve(reply, headers=reply.headers + _job_headers(job)))
+        await self._move(_running_view(job, state), JobState.FAILED, error=str(err))
+
+    # -- Ollama's availability ------------------------------------------------------------
+
+    async def _wait_for_ollama(self) -> None:
+        """Probe until Ollama answers, then learn which chat model it holds."""
+        delay = self.settings.probe_min
+        warned = False
+        while True:
+            try:
+                await self.upstream.probe()
+                break
+            except UpstreamError as err:
+                if not warned:
+                    log.warning(
+                        "ollama is unreachable (%s); holding the queue until it is back", err
+                    )
+                    warned = True
+                self.online = False
+            await trio.sleep(delay)
+            delay = min(delay * 2, self.settings.probe_max)
+        if warned:
+            log.info("ollama is back; resuming the queue")
+        self.online = True
+        await self._discover_resident()
+
+    async def _discover_resident(self) -> None:
+        try:
+            models = await self.upstream.running_models()
+        except UpstreamError as err:
+            log.warning("cannot read ollama's loaded models (%s)", err)
+            return
+        for entry in models:
+            name = entry.get("name") or entry.get("model")
+            if not isinstance(name, str):
+                continue
+            if await self._is_embedding_model(name):
+                continue
+            self.resident = normalise_model(name)
+            log.info("resident chat model at start: %s", self.resident)
+            return
+        self.resident = None
+
+    async def _is_embedding_model(self, name: str) -> bool:
+        try:
+            info = await self.upstream.show(name)
+        except UpstreamError:
+            return False
+        capabilities = info.get("capabilities")
+        return (
+            isinstance(capabilities, list)
+            and "embedding" in capabilities
+            and ("completion" not in capabilities)
+        )
+
+
+def _running_view(job: Job, state: JobState) -> Running:
+    return Running(job.id, trio.CancelScope(), state)
+
+
+def _request_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _job_headers(job: Job) -> tuple[tuple[str, str], ...]:
+    return (("X-Foreman-Job-Id", job.id), ("X-Foreman-Queue-Ms", str(job.queue_ms or 0)))
+
+
+async def supervise(worker: Worker, *, restart_delay: float = 1.0) -> None:
+    """Keep the one worker running: log a crash, requeue its job, restart after a pause."""
+    delay = restart_delay
+    while True:
+        try:
+            await worker.run()
+        except Exception:
+            log.exception("the worker crashed; restarting in %.1fs", delay)
+            await _requeue_in_flight(worker)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
+async def _requeue_in_flight(worker: Worker) -> None:
+    running = worker.running
+    worker.running = None
+    worker.resident = None
+    if running is None or running.state not in RUNNING_STATES:
+        return
+    moved = await worker.store.transition(running.job_id, running.state, JobState.QUEUED)
+    if moved is not None:
+        log.info("job %s put back in the queue after the worker crashed", moved.id)

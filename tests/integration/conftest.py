@@ -1,0 +1,70 @@
+"""Fixtures for tests over real sockets: the stub Ollama and foreman, both in-process.
+
+Each runs its real HTTP server on an ephemeral loopback port inside the test's nursery.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from foreman.config import Settings
+from foreman.daemon import run
+from foreman.stub import StubConfig, StubOllama
+
+
+@pytest.fixture
+def stub_config() -> StubConfig:
+    return StubConfig()
+
+
+@pytest.fixture
+async def stub(nursery: trio.Nursery, stub_config: StubConfig) -> StubOllama:
+    server = StubOllama(stub_config)
+    await nursery.start(server.serve)
+    return server
+
+
+@pytest.fixture
+def settings(tmp_path: Path, stub: StubOllama) -> Settings:
+    return Settings(
+        ollama_url=stub.url,
+        db=tmp_path / "foreman.db",
+        port=0,
+        retry_backoff=0.05,
+    )
+
+
+@pytest.fixture
+async def foreman(nursery: trio.Nursery, settings: Settings) -> str:
+    url: str = await nursery.start(run, settings)
+    return url
+
+
+@pytest.fixture
+async def client(foreman: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=foreman, timeout=60) as http:
+        yield http
+
+
+def job_rows(db: Path) -> list[sqlite3.Row]:
+    """The jobs table as another process would see it (read-only, WAL allows it)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute("SELECT * FROM jobs ORDER BY enqueued_at, id").fetchall()
+    finally:
+        conn.close()
+
+
+async def wait_for(predicate: object, *, timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll `predicate` (a callable) until true, with a generous deadline; never a fixed sleep."""
+    assert callable(predicate)
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.01)
