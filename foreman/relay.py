@@ -54,6 +54,8 @@ class Ticket:
     receive_channel: trio.MemoryReceiveChannel[Message]
     # set once the client may have seen body bytes: from then on a failure is final
     streamed: bool = False
+    # while the worker runs the job it closes the ticket itself, after its last message
+    in_worker: bool = False
 
     async def send(self, message: Message) -> bool:
         """Deliver to the client; False when it has gone (the job runs on regardless)."""
@@ -85,10 +87,11 @@ class Relay:
         ticket.receive_channel.close()
 
     def on_job_change(self, job: Job) -> None:
-        """Close the ticket of a job that has finished: its client's answer is complete."""
+        """Close the ticket of a job that ended away from the worker (cancelled, or failed
+        at a restart): its client learns that no answer is coming."""
         if job.state.terminal:
             ticket = self._tickets.get(job.id)
-            if ticket is not None:
+            if ticket is not None and not ticket.in_worker:
                 ticket.send_channel.close()
 
     def __len__(self) -> int:

@@ -17,7 +17,6 @@ import attrs
 import httpx
 
 from foreman.jobs import Endpoint
-from foreman.residency import split_key
 from foreman.retry import FailureKind, classify_status
 
 # Hop-by-hop and framing headers are the proxy's own business on each side; the rest of
@@ -170,15 +169,17 @@ class Upstream:
         except ValueError:
             return None
 
-    async def load(self, model_key: str, endpoint: Endpoint, keep_alive: str) -> None:
+    async def load(
+        self, model: str, options: dict[str, Any], endpoint: Endpoint, keep_alive: str
+    ) -> None:
         """Load a model with its runner options and pin it for `keep_alive`.
 
         Uses the job's own endpoint (an empty chat or prompt) so a model that cannot do
         the other kind of request still loads, and an unknown model fails exactly as the
-        job itself would.
+        job itself would (named as the client named it, so Ollama's error text is the one
+        the client would have had).
         """
-        name, options = split_key(model_key)
-        payload: dict[str, Any] = {"model": name, "keep_alive": _keep_alive_value(keep_alive)}
+        payload: dict[str, Any] = {"model": model, "keep_alive": _keep_alive_value(keep_alive)}
         if endpoint is Endpoint.CHAT:
             payload["messages"] = []
         if options:

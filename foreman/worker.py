@@ -20,7 +20,7 @@ import trio
 from foreman.answers import StreamError, StreamResult, decode_body, is_unload_request
 from foreman.events import Wakeup
 from foreman.jobs import RUNNING_STATES, Endpoint, Job, JobState
-from foreman.relay import Chunk, Relay, Reply, StreamStart, Ticket
+from foreman.relay import Chunk, Headers, Message, Relay, Reply, StreamStart, Ticket
 from foreman.residency import normalise_model, split_key
 from foreman.retry import FailureKind, backoff_delay
 from foreman.store import Store
@@ -45,14 +45,19 @@ class WorkerSettings:
 
 @attrs.define(eq=False)
 class Running:
+    """The job the worker holds: its cancel scope, where it stands, who waits for it."""
+
     job_id: str
     scope: trio.CancelScope
     state: JobState
+    ticket: Ticket | None = None
+    # Ollama's own in-band error line, relayed as it is when the client is streaming
+    error_line: bytes | None = None
 
 
-def error_reply(status: int, message: str) -> Reply:
+def error_reply(status: int, message: str, extra: Headers = ()) -> Reply:
     body = json.dumps({"error": message}).encode()
-    return Reply(status, JSON_HEADERS, body)
+    return Reply(status, JSON_HEADERS + extra, body)
 
 
 def error_line(message: str) -> bytes:
@@ -121,8 +126,10 @@ class Worker:
             job.attempts,
             job.max_attempts,
         )
-        running = Running(job.id, trio.CancelScope(), job.state)
+        running = Running(job.id, trio.CancelScope(), job.state, ticket)
         self.running = running
+        if ticket is not None:
+            ticket.in_worker = True
         try:
             with running.scope:
                 try:
@@ -131,13 +138,11 @@ class Worker:
                         if moved is None:
                             return
                         job = moved
-                    await self._call(job, running, ticket)
+                    await self._call(job, running)
                 except UpstreamError as err:
-                    await self._failed(job, running.state, err, ticket)
+                    await self._failed(job, running, err)
                 except StreamError as err:
-                    await self._failed(
-                        job, running.state, UpstreamError(FailureKind.TRANSIENT, str(err)), ticket
-                    )
+                    await self._failed(job, running, UpstreamError(FailureKind.TRANSIENT, str(err)))
             if running.scope.cancelled_caught:
                 log.info("job %s cancelled while %s", job.id, running.state.value)
                 if running.state is JobState.LOADING:
@@ -145,6 +150,10 @@ class Worker:
                     self.resident = None
         finally:
             self.running = None
+            if ticket is not None:
+                ticket.in_worker = False
+                if running.state.terminal or running.scope.cancel_called:
+                    ticket.send_channel.close()
 
     async def _move(self, running: Running, new: JobState, **fields: Any) -> Job | None:
         moved = await self.store.transition(running.job_id, running.state, new, **fields)
@@ -163,6 +172,15 @@ class Worker:
                 f" error={moved.error!r}" if moved.error and new is not JobState.DONE else "",
             )
         return moved
+
+    async def _finish(
+        self, running: Running, new: JobState, last: Message | None, **fields: Any
+    ) -> None:
+        """End the job: commit first, then give the waiting client its last message, so a
+        client that has its answer can always read the finished job."""
+        moved = await self._move(running, new, **fields)
+        if moved is not None and last is not None and running.ticket is not None:
+            await running.ticket.send(last)
 
     async def _swap(self, job: Job, running: Running) -> Job | None:
         request = _request_object(job.body)
@@ -190,15 +208,18 @@ class Worker:
                     raise
                 log.warning("unloading %s failed (%s); loading anyway", previous, err)
             self.resident = None
-        await self.upstream.load(job.model_key, job.endpoint, self.settings.keep_alive)
+        _, options = split_key(job.model_key)
+        await self.upstream.load(job.model, options, job.endpoint, self.settings.keep_alive)
         self.resident = job.model_key
         self.resident_endpoint = job.endpoint
         return await self._move(running, JobState.WORKING)
 
-    async def _call(self, job: Job, running: Running, ticket: Ticket | None) -> None:
+    async def _call(self, job: Job, running: Running) -> None:
         request = _request_object(job.body)
         unload = is_unload_request(job.endpoint, request)
         stream = StreamResult(job.endpoint)
+        ticket = running.ticket
+        last: Message | None = None
         async with self.upstream.open(
             "POST",
             job.endpoint.value,
@@ -206,22 +227,22 @@ class Worker:
             headers={"Content-Type": "application/json"},
         ) as response:
             headers = response_headers(response.headers) + _job_headers(job)
-            ctype = response.headers.get("content-type", "")
-            if "ndjson" in ctype:
+            if "ndjson" in response.headers.get("content-type", ""):
                 async for line in iter_lines(response):
                     try:
                         stream.add(line)
                     except StreamError:
+                        # Ollama's own error line: relay it as it is if the client is
+                        # already reading the stream
                         if ticket is not None and ticket.streamed:
-                            await ticket.send(Chunk(line))
+                            running.error_line = line
                         raise
                     if ticket is not None:
-                        if not ticket.streamed:
-                            message: StreamStart | Chunk = StreamStart(
-                                response.status_code, headers, line
-                            )
-                        else:
-                            message = Chunk(line)
+                        message: Message = (
+                            Chunk(line)
+                            if ticket.streamed
+                            else StreamStart(response.status_code, headers, line)
+                        )
                         if not await ticket.send(message):
                             ticket = None
                 if not stream.done:
@@ -232,48 +253,44 @@ class Worker:
             else:
                 body = await read_body(response)
                 result = decode_body(body)
-                if ticket is not None:
-                    await ticket.send(Reply(response.status_code, headers, body))
+                last = Reply(response.status_code, headers, body)
         if unload and normalise_model(job.model) == split_key(self.resident or "")[0]:
             self.resident = None
-        await self._move(running, JobState.DONE, result=result, error=None)
+        await self._finish(running, JobState.DONE, last, result=result, error=None)
 
-    async def _failed(
-        self, job: Job, state: JobState, err: UpstreamError, ticket: Ticket | None
-    ) -> None:
+    async def _failed(self, job: Job, running: Running, err: UpstreamError) -> None:
+        ticket = running.ticket
         if err.kind is FailureKind.OUTAGE:
             # Ollama is down: not this job's fault; give the attempt back and wait
             log.warning("job %s: %s", job.id, err)
             self.resident = None
             self.online = False
-            await self._move(_running_view(job, state), JobState.QUEUED, attempts_delta=-1)
+            await self._move(running, JobState.QUEUED, attempts_delta=-1)
             return
         if ticket is not None and ticket.streamed:
             # the client has part of the answer: it cannot be taken back, so no retry
-            await ticket.send(Chunk(error_line(str(err))))
-            await self._move(_running_view(job, state), JobState.FAILED, error=str(err))
+            line = running.error_line or error_line(str(err))
+            await self._finish(running, JobState.FAILED, Chunk(line), error=str(err))
             return
         if err.kind is FailureKind.TRANSIENT and job.attempts < job.max_attempts:
             delay = backoff_delay(
                 job.attempts, self.settings.retry_backoff, self.settings.retry_cap, self.rng
             )
             log.warning("job %s: %s; retrying in %.1fs", job.id, err, delay)
-            if state is JobState.LOADING:
+            if running.state is JobState.LOADING:
                 self.resident = None
             await self._move(
-                _running_view(job, state),
+                running,
                 JobState.QUEUED,
                 not_before=self.store.sync.clock() + delay,
                 error=str(err),
             )
             return
-        if ticket is not None:
-            if err.status is not None and err.body is not None:
-                await ticket.send(Reply(err.status, err.headers + _job_headers(job), err.body))
-            else:
-                reply = error_reply(502, str(err))
-                await ticket.send(attrs.evolve(reply, headers=reply.headers + _job_headers(job)))
-        await self._move(_running_view(job, state), JobState.FAILED, error=str(err))
+        if err.status is not None and err.body is not None:
+            reply = Reply(err.status, err.headers + _job_headers(job), err.body)
+        else:
+            reply = error_reply(502, str(err), _job_headers(job))
+        await self._finish(running, JobState.FAILED, reply, error=str(err))
 
     # -- Ollama's availability ------------------------------------------------------------
 
@@ -327,10 +344,6 @@ class Worker:
             and "embedding" in capabilities
             and ("completion" not in capabilities)
         )
-
-
-def _running_view(job: Job, state: JobState) -> Running:
-    return Running(job.id, trio.CancelScope(), state)
 
 
 def _request_object(body: bytes) -> dict[str, Any]:

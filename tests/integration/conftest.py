@@ -6,7 +6,7 @@ Each runs its real HTTP server on an ephemeral loopback port inside the test's n
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -62,9 +62,9 @@ def job_rows(db: Path) -> list[sqlite3.Row]:
         conn.close()
 
 
-async def wait_for(predicate: object, *, timeout: float = 30.0, what: str = "condition") -> None:
-    """Poll `predicate` (a callable) until true, with a generous deadline; never a fixed sleep."""
-    assert callable(predicate)
-    with trio.fail_after(timeout):
-        while not predicate():
+async def wait_for(predicate: Callable[[], object], *, limit: float = 30.0) -> None:
+    """Poll `predicate` until true, with a generous deadline (for state another process or
+    thread changes, which no trio event announces)."""
+    with trio.fail_after(limit):
+        while not predicate():  # noqa: ASYNC110 - polling a database file, not a trio task
             await trio.sleep(0.01)
