@@ -404,7 +404,7 @@ class Store:
     ) -> Store:
         try:
             conn = await trio.to_thread.run_sync(connect, path)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open database {path}: {exc}") from None
         return cls(SyncStore(conn, clock), on_change)
 

@@ -33,9 +33,11 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         raise InvalidRequest("missing request body")
     try:
-        data = json.loads(raw)
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidRequest("request body is not valid UTF-8") from None
+    try:
+        data = json.loads(text)
     except ValueError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
