@@ -33,7 +33,9 @@ async def send_burst(url: str) -> None:
                 "stream": False,
             }
             r = await client.post("/api/chat", json=body)
-            print(f"  request {i:2d} {model:12s} -> {r.status_code} job {r.headers.get('x-foreman-job-id')}")
+            print(
+                f"  request {i:2d} {model:12s} -> {r.status_code} job {r.headers.get('x-foreman-job-id')}"
+            )
 
         async with trio.open_nursery() as nursery:
             # first one alone, so the later ones queue behind a loaded model

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response
 
 from foreman.api import proxy, sync
 from foreman.api.errors import ollama_error

@@ -123,9 +123,11 @@ async def test_stream_is_relayed_line_for_line_while_the_model_generates(
         assert not entry.finished
         stub.release()
         relayed += [line.encode() async for line in lines if line]
-    async with httpx.AsyncClient(base_url=stub.url) as direct:
-        async with direct.stream("POST", "/api/chat", json=body) as d:
-            straight = [line.encode() async for line in d.aiter_lines() if line]
+    async with (
+        httpx.AsyncClient(base_url=stub.url) as direct,
+        direct.stream("POST", "/api/chat", json=body) as d,
+    ):
+        straight = [line.encode() async for line in d.aiter_lines() if line]
     assert len(relayed) == len(straight) == 201
     assert [_stable(x) for x in relayed] == [_stable(x) for x in straight]
 
