@@ -161,16 +161,15 @@ class Worker:
             log.info("job %s left %s before the worker moved it", running.job_id, running.state)
             return None
         running.state = new
-        if new is not JobState.WORKING:
-            log.info(
-                "job %s model=%s state=%s attempt=%d/%d%s",
-                moved.id,
-                moved.model,
-                new.value,
-                moved.attempts,
-                moved.max_attempts,
-                f" error={moved.error!r}" if moved.error and new is not JobState.DONE else "",
-            )
+        log.info(
+            "job %s model=%s state=%s attempt=%d/%d%s",
+            moved.id,
+            moved.model,
+            new.value,
+            moved.attempts,
+            moved.max_attempts,
+            f" error={moved.error!r}" if moved.error and new is not JobState.DONE else "",
+        )
         return moved
 
     async def _finish(
