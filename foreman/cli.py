@@ -66,7 +66,7 @@ def serve(settings: Settings) -> int:
         trio.run(serve_until_signalled, settings)
     except KeyboardInterrupt:
         pass
-    except BaseException as exc:
+    except Exception as exc:
         cause = _startup_error(exc)
         if cause is None:
             raise

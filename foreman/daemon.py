@@ -26,6 +26,9 @@ from foreman.worker import Worker, WorkerSettings, supervise
 
 log = logging.getLogger("foreman")
 
+# bound on closing the database at exit (it waits for the store's thread to be free)
+CLOSE_SECONDS = 30
+
 
 def hypercorn_config(settings: Settings) -> HypercornConfig:
     config = HypercornConfig()
@@ -81,7 +84,8 @@ async def run(settings: Settings, *, task_status: Any = trio.TASK_STATUS_IGNORED
                 )
                 task_status.started(address)
     finally:
-        await store.close()
+        with trio.move_on_after(CLOSE_SECONDS, shield=True):
+            await store.close()
 
 
 async def serve_until_signalled(settings: Settings) -> None:

@@ -33,9 +33,8 @@ async def send_burst(url: str) -> None:
                 "stream": False,
             }
             r = await client.post("/api/chat", json=body)
-            print(
-                f"  request {i:2d} {model:12s} -> {r.status_code} job {r.headers.get('x-foreman-job-id')}"
-            )
+            job = r.headers.get("x-foreman-job-id")
+            print(f"  request {i:2d} {model:12s} -> {r.status_code} job {job}")
 
         async with trio.open_nursery() as nursery:
             # first one alone, so the later ones queue behind a loaded model
@@ -65,9 +64,7 @@ def main() -> int:
         print(f"\nforeman's swap log ({len(swaps)} swaps for {len(MODELS)} models):")
         for line in swaps:
             print("  " + line.split(": ", 1)[-1])
-        naive = sum(1 for a, b in zip(order, order[1:]) if a != b) + 1
         print(f"\narrival order would have cost about {BURST} loads; foreman paid {len(swaps)}.")
-        _ = naive
     finally:
         foreman.terminate()
         stub.terminate()

@@ -18,6 +18,8 @@ from foreman.queue import JobQueue
 from foreman.relay import Chunk, Reply, StreamStart, Ticket
 
 DISCONNECTED = "client disconnected"
+# bound on the shielded clean-up after a client leaves (a store write, normally instant)
+CLEANUP_SECONDS = 30
 
 
 async def answer(queue: JobQueue, job: Job, ticket: Ticket) -> Response:
@@ -28,7 +30,8 @@ async def answer(queue: JobQueue, job: Job, ticket: Ticket) -> Response:
             queue.relay.detach(ticket)
             return await _ended_without_answer(queue, job)
     except trio.Cancelled:
-        await _client_left(queue, job, ticket)
+        with trio.move_on_after(CLEANUP_SECONDS, shield=True):
+            await _client_left(queue, job, ticket)
         raise
     if isinstance(first, Reply):
         queue.relay.detach(ticket)
@@ -45,16 +48,17 @@ async def answer(queue: JobQueue, job: Job, ticket: Ticket) -> Response:
             complete = True
         finally:
             if not complete:
-                await _client_left(queue, job, ticket)
+                with trio.move_on_after(CLEANUP_SECONDS, shield=True):
+                    await _client_left(queue, job, ticket)
             queue.relay.detach(ticket)
 
     return _response(lines(), first.status, first.headers)
 
 
 async def _client_left(queue: JobQueue, job: Job, ticket: Ticket) -> None:
-    with trio.CancelScope(shield=True):
-        queue.relay.detach(ticket)
-        await queue.cancel(job.id, DISCONNECTED)
+    """Cancel the job of a client that hung up (callers shield this)."""
+    queue.relay.detach(ticket)
+    await queue.cancel(job.id, DISCONNECTED)
 
 
 async def _ended_without_answer(queue: JobQueue, job: Job) -> Response:
