@@ -22,7 +22,7 @@ BURST = 12
 LOAD_DELAY = 1.0
 
 
-async def send_burst(url: str) -> None:
+async def send_burst(url: str, stub_url: str) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=None) as client:
 
         async def one(i: int) -> None:
@@ -37,11 +37,11 @@ async def send_burst(url: str) -> None:
             print(f"  request {i:2d} {model:12s} -> {r.status_code} job {job}")
 
         async with trio.open_nursery() as nursery:
-            # first one alone, so the later ones queue behind a loaded model
-            await one(0)
+            # the first chat starts alone; the burst arrives while it is generating
+            nursery.start_soon(one, 0)
+            await client.get(f"{stub_url}/_stub/wait", params={"inflight_inference": 1})
             for i in range(1, BURST):
                 nursery.start_soon(one, i)
-                await trio.sleep(0.01)
 
 
 def main() -> int:
@@ -53,7 +53,7 @@ def main() -> int:
         url = foreman.start()
         print(f"stub Ollama at {stub_url} (each model load takes {LOAD_DELAY}s)")
         print(f"foreman at {url}; sending {BURST} chats interleaved over {len(MODELS)} models\n")
-        trio.run(send_burst, url)
+        trio.run(send_burst, url, stub_url)
         record = httpx.get(f"{stub_url}/_stub/requests").json()
         entries = record["requests"] if isinstance(record, dict) else record
         order = [e["model"] for e in entries if e.get("kind") == "chat"]
@@ -64,7 +64,9 @@ def main() -> int:
         print(f"\nforeman's swap log ({len(swaps)} swaps for {len(MODELS)} models):")
         for line in swaps:
             print("  " + line.split(": ", 1)[-1])
-        print(f"\narrival order would have cost about {BURST} loads; foreman paid {len(swaps)}.")
+        loads = httpx.get(f"{stub_url}/_stub/state").json()["counters"]["loads"]
+        fcfs = 1 + sum(1 for i in range(1, BURST) if MODELS[i % 3] != MODELS[(i - 1) % 3])
+        print(f"\nthe stub loaded a model {loads} times; in arrival order it would be {fcfs}.")
     finally:
         foreman.terminate()
         stub.terminate()
