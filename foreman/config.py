@@ -41,8 +41,16 @@ def parse_url(raw: str) -> str:
     return raw.strip().rstrip("/")
 
 
+def _whole_number(raw: str, reason: str) -> int:
+    # int()'s own complaint would be reported as "must be a number", wrong for "1.5"
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(reason) from None
+
+
 def parse_port(raw: str) -> int:
-    port = int(raw)
+    port = _whole_number(raw, "must be a whole number between 0 and 65535")
     if not 0 <= port <= 65535:
         raise ValueError("must be between 0 and 65535")
     return port
@@ -63,7 +71,7 @@ def parse_positive_float(raw: str) -> float:
 
 
 def parse_positive_int(raw: str) -> int:
-    value = int(raw)
+    value = _whole_number(raw, "must be a positive whole number")
     if value < 1:
         raise ValueError("must be a positive whole number")
     return value

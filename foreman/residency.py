@@ -17,9 +17,16 @@ LOAD_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_
 
 
 def normalise_model(name: str) -> str:
-    """Ollama's canonical spelling: lower case, tag `latest` when none is given."""
-    name = name.strip().lower()
-    last = name.rsplit("/", 1)[-1]
+    """Ollama's canonical spelling: lower case, tag `latest` when none is given, and no
+    default registry (`registry.ollama.ai/`) or namespace (`library/`), as `/api/ps`
+    names them. A port in a registry host (`host:5000/ns/m`) is not a tag."""
+    parts = name.strip().lower().split("/")
+    if len(parts) == 3 and parts[0] == "registry.ollama.ai":
+        parts = parts[1:]
+    if len(parts) == 2 and parts[0] == "library":
+        parts = parts[1:]
+    name = "/".join(parts)
+    last = parts[-1]
     if ":" not in last:
         name += ":latest"
     return name

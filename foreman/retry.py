@@ -34,6 +34,8 @@ def backoff_delay(
     The jitter spreads retries of many jobs failed by one blip; the floor of half the
     window keeps a retry from firing immediately.
     """
-    window = min(cap, base * 2.0 ** max(0, attempt - 1))
+    # the exponent is clamped: 2.0 ** 1024 raises OverflowError, and the cap is long
+    # reached by then anyway
+    window = min(cap, base * 2.0 ** min(max(0, attempt - 1), 1023))
     r = rng.random() if rng is not None else random.random()
     return window * (0.5 + 0.5 * r)

@@ -453,6 +453,9 @@ class Store:
     async def get(self, job_id: str) -> Job | None:
         return await self._read(self.sync.get, job_id)
 
+    async def running(self) -> list[Job]:
+        return await self._read(self.sync.running)
+
     async def next_not_before(self) -> float | None:
         return await self._read(self.sync.next_not_before)
 

@@ -19,7 +19,7 @@ import trio
 
 from foreman.answers import StreamError, StreamResult, decode_body, is_unload_request
 from foreman.events import Wakeup
-from foreman.jobs import RUNNING_STATES, Endpoint, Job, JobState
+from foreman.jobs import Endpoint, Job, JobState
 from foreman.relay import Chunk, Headers, Message, Relay, Reply, StreamStart, Ticket
 from foreman.residency import normalise_model, split_key
 from foreman.retry import FailureKind, backoff_delay
@@ -361,9 +361,12 @@ async def supervise(worker: Worker, *, restart_delay: float = 1.0) -> None:
     """Keep the one worker running: log a crash, requeue its job, restart after a pause."""
     delay = restart_delay
     while True:
+        started = trio.current_time()
         try:
             await worker.run()
         except Exception:
+            if trio.current_time() - started > 60:
+                delay = restart_delay  # it had been healthy: not a crash loop
             log.exception("the worker crashed; restarting in %.1fs", delay)
             await _requeue_in_flight(worker)
             await trio.sleep(delay)
@@ -371,11 +374,11 @@ async def supervise(worker: Worker, *, restart_delay: float = 1.0) -> None:
 
 
 async def _requeue_in_flight(worker: Worker) -> None:
-    running = worker.running
+    """Put back whatever the crashed worker held. There is one worker, so every job in a
+    running state is its job; the store, not the worker's memory, says which."""
     worker.running = None
     worker.resident = None
-    if running is None or running.state not in RUNNING_STATES:
-        return
-    moved = await worker.store.transition(running.job_id, running.state, JobState.QUEUED)
-    if moved is not None:
-        log.info("job %s put back in the queue after the worker crashed", moved.id)
+    for job in await worker.store.running():
+        moved = await worker.store.transition(job.id, job.state, JobState.QUEUED)
+        if moved is not None:
+            log.info("job %s put back in the queue after the worker crashed", moved.id)
