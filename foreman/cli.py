@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import trio
 
-from foreman import __version__
+from foreman import __version__, jobs_cli
 from foreman.config import ConfigError, Settings, add_arguments, resolve
 from foreman.store import StoreError
 
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "stub", help="run the stub Ollama (see `foreman stub --help`)", add_help=False
     )
+    jobs_cli.add_parser(commands)
     return parser
 
 
@@ -50,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "jobs":
+        return jobs_cli.run(args, os.environ)
     try:
         settings = resolve(vars(args), os.environ)
     except ConfigError as exc:

@@ -167,6 +167,14 @@ SETTINGS: tuple[Setting, ...] = (
         "attempts before a job that keeps failing transiently fails for good",
     ),
     Setting(
+        "retention",
+        "--retention",
+        "FOREMAN_RETENTION",
+        parse_positive_float,
+        "604800",
+        "seconds a finished job is kept before the janitor purges it (default 7 days)",
+    ),
+    Setting(
         "log_level",
         "--log-level",
         "FOREMAN_LOG_LEVEL",
@@ -187,6 +195,7 @@ class Settings:
     keep_alive: str = "30m"
     retry_backoff: float = 2.0
     max_attempts: int = 5
+    retention: float = 7 * 24 * 3600.0
     log_level: str = "info"
 
     @property

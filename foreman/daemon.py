@@ -18,7 +18,7 @@ from hypercorn.trio import serve
 from foreman.api import Services, create_app
 from foreman.config import Settings
 from foreman.events import JobEvents, Wakeup
-from foreman.queue import JobQueue
+from foreman.queue import JobQueue, run_janitor
 from foreman.relay import Relay
 from foreman.store import Store
 from foreman.upstream import Upstream, default_client
@@ -70,10 +70,11 @@ async def run(settings: Settings, *, task_status: Any = trio.TASK_STATUS_IGNORED
                     retry_backoff=settings.retry_backoff,
                 ),
             )
-            queue = JobQueue(store, relay, wakeup, worker.cancel_running)
+            queue = JobQueue(store, relay, wakeup, events, worker.cancel_running)
             app = create_app(Services(settings=settings, queue=queue, upstream=upstream))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(supervise, worker)
+                nursery.start_soon(run_janitor, queue, settings.retention)
                 binds = await nursery.start(serve, app, hypercorn_config(settings))
                 address = binds[0] if binds else f"http://{settings.host}:{settings.port}"
                 log.info(

@@ -7,7 +7,8 @@ a waiter costs nothing while it waits.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import trio
 
@@ -61,6 +62,43 @@ class JobEvents:
                 self._by_job.pop(job_id, None)
 
         return unsubscribe
+
+    @contextmanager
+    def subscription(
+        self, job_id: str | None, buffer: int = 1024
+    ) -> Iterator[trio.MemoryReceiveChannel[Job]]:
+        """Changes of one job (or of all, with None) as a channel, until the block ends."""
+        receive, stop = self.open_channel(job_id, buffer)
+        try:
+            yield receive
+        finally:
+            stop()
+
+    def open_channel(
+        self, job_id: str | None, buffer: int = 1024
+    ) -> tuple[trio.MemoryReceiveChannel[Job], Callable[[], None]]:
+        """Changes of one job (or of all) as a channel, and the function that stops them.
+
+        A subscriber that falls `buffer` changes behind is cut off (its channel ends)
+        rather than slowing foreman down; it can read the current state and resubscribe.
+        """
+        send, receive = trio.open_memory_channel[Job](buffer)
+
+        def listener(job: Job) -> None:
+            try:
+                send.send_nowait(job)
+            except trio.WouldBlock:
+                send.close()
+            except trio.ClosedResourceError:
+                pass
+
+        unsubscribe = self.subscribe(job_id, listener)
+
+        def stop() -> None:
+            unsubscribe()
+            send.close()
+
+        return receive, stop
 
     def listener_count(self) -> int:
         return len(self._all) + sum(len(v) for v in self._by_job.values())

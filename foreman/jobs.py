@@ -69,6 +69,28 @@ class Endpoint(enum.StrEnum):
 
     CHAT = "/api/chat"
     GENERATE = "/api/generate"
+    V1_CHAT = "/v1/chat/completions"
+    V1_COMPLETIONS = "/v1/completions"
+
+    @property
+    def openai(self) -> bool:
+        """One of Ollama's OpenAI-compatible routes (SSE streams, OpenAI error shape)."""
+        return self.value.startswith("/v1/")
+
+    @property
+    def native(self) -> Endpoint:
+        """The native route Ollama runs this one through, and so the route that loads
+        and unloads its model: a /v1 route can do neither (it takes no keep_alive, and
+        an empty /v1 chat is a 400)."""
+        return _NATIVE[self]
+
+
+_NATIVE = {
+    Endpoint.CHAT: Endpoint.CHAT,
+    Endpoint.GENERATE: Endpoint.GENERATE,
+    Endpoint.V1_CHAT: Endpoint.CHAT,
+    Endpoint.V1_COMPLETIONS: Endpoint.GENERATE,
+}
 
 
 @attrs.frozen
@@ -94,6 +116,9 @@ class Job:
     result: Any = None
     queue_ms: int | None = None
     ref: str | None = None
+    idempotency_key: str | None = None
+    # wall-clock time by which the job must have started, or it fails as expired
+    deadline: float | None = None
 
 
 @attrs.frozen
@@ -108,3 +133,7 @@ class NewJob:
     priority: int = 0
     max_attempts: int = 5
     ref: str | None = None
+    deadline: float | None = None
+    idempotency_key: str | None = None
+    # what the idempotency key stands for: the same key with another request is a conflict
+    request_hash: str | None = None

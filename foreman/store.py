@@ -29,6 +29,7 @@ from foreman.jobs import (
     check_transition,
 )
 from foreman.policy import Candidate
+from foreman.residency import split_key
 
 log = logging.getLogger("foreman.store")
 
@@ -66,18 +67,50 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_queue_backoff ON jobs (not_before) WHERE state = 'queued';
     CREATE INDEX jobs_running ON jobs (state) WHERE state IN ('loading', 'working');
     """,
+    # 2: the job API (idempotency keys, deadlines, listing, purging)
+    """
+    ALTER TABLE jobs ADD COLUMN idempotency_key TEXT;
+    ALTER TABLE jobs ADD COLUMN request_hash TEXT;
+    ALTER TABLE jobs ADD COLUMN deadline REAL;
+    ALTER TABLE jobs ADD COLUMN model_name TEXT;
+    UPDATE jobs SET model_name = substr(model_key, 1, instr(model_key || ' ', ' ') - 1);
+    CREATE UNIQUE INDEX jobs_idempotency ON jobs (idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX jobs_deadline ON jobs (deadline)
+        WHERE state = 'queued' AND deadline IS NOT NULL;
+    CREATE INDEX jobs_finished ON jobs (finished_at)
+        WHERE state IN ('done', 'failed', 'cancelled');
+    CREATE INDEX jobs_by_state ON jobs (state, id);
+    CREATE INDEX jobs_by_model ON jobs (model_name, id);
+    CREATE INDEX jobs_by_ref ON jobs (ref, id) WHERE ref IS NOT NULL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLUMNS = (
     "id, endpoint, model, model_key, body, stream, state, priority, attempts, max_attempts,"
-    " not_before, enqueued_at, created_at, started_at, finished_at, error, result, queue_ms, ref"
+    " not_before, enqueued_at, created_at, started_at, finished_at, error, result, queue_ms, ref,"
+    " idempotency_key, deadline"
 )
+
+TERMINAL_SQL = "('done', 'failed', 'cancelled')"
 
 
 class StoreError(Exception):
     """The database cannot be opened or is from a newer foreman."""
+
+
+class IdempotencyConflict(Exception):
+    """An idempotency key already names a job made from a different request."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(f"idempotency key already used for job {job.id} with another request")
+        self.job = job
+
+
+class NotTerminal(Exception):
+    """Only a finished job can be deleted."""
 
 
 def wall_clock() -> float:
@@ -107,6 +140,8 @@ def _row_to_job(row: Sequence[Any]) -> Job:
         result=json.loads(result) if result is not None else None,
         queue_ms=row[17],
         ref=row[18],
+        idempotency_key=row[19],
+        deadline=row[20],
     )
 
 
@@ -153,18 +188,43 @@ class SyncStore:
     # -- writes ---------------------------------------------------------------------------
 
     def enqueue(self, new: NewJob, job_id: str | None = None) -> Job:
+        """Store a new queued job (see `submit` for idempotency keys)."""
+        job, _ = self.submit(new, job_id)
+        return job
+
+    def submit(self, new: NewJob, job_id: str | None = None) -> tuple[Job, bool]:
+        """Store a new job, or find the one its idempotency key already names.
+
+        Returns the job and whether it was created. The same key with a different request
+        raises IdempotencyConflict. Check and insert are one transaction, so two
+        concurrent submissions with one key make one job.
+        """
         now = self.clock()
         job_id = job_id or str(ULID())
         with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            if new.idempotency_key is not None:
+                found = self.conn.execute(
+                    f"SELECT {_COLUMNS}, request_hash FROM jobs WHERE idempotency_key = ?",
+                    (new.idempotency_key,),
+                ).fetchone()
+                if found is not None:
+                    existing = _row_to_job(found)
+                    if found[-1] != new.request_hash:
+                        raise IdempotencyConflict(existing)
+                    return existing, False
             row = self.conn.execute(
-                f"INSERT INTO jobs (id, endpoint, model, model_key, body, stream, state,"
-                f" priority, attempts, max_attempts, not_before, enqueued_at, created_at, ref)"
-                f" VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, 0, ?, 0, ?, ?, ?) RETURNING {_COLUMNS}",
+                f"INSERT INTO jobs (id, endpoint, model, model_key, model_name, body, stream,"
+                f" state, priority, attempts, max_attempts, not_before, enqueued_at, created_at,"
+                f" ref, deadline, idempotency_key, request_hash)"
+                f" VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, 0, ?, 0, ?, ?, ?, ?, ?, ?)"
+                f" RETURNING {_COLUMNS}",
                 (
                     job_id,
                     new.endpoint.value,
                     new.model,
                     new.model_key,
+                    split_key(new.model_key)[0],
                     new.body,
                     int(new.stream),
                     new.priority,
@@ -172,9 +232,86 @@ class SyncStore:
                     now,
                     now,
                     new.ref,
+                    new.deadline,
+                    new.idempotency_key,
+                    new.request_hash,
                 ),
             ).fetchone()
-        return _row_to_job(row)
+        return _row_to_job(row), True
+
+    def retry(self, job_id: str) -> Job | None:
+        """A failed or cancelled job back to the end of the queue, its attempts reset.
+
+        None when the job is in any other state (or unknown)."""
+        job = self.get(job_id)
+        if job is None or job.state not in (JobState.FAILED, JobState.CANCELLED):
+            return None
+        now = self.clock()
+        return self.transition(
+            job_id,
+            job.state,
+            JobState.QUEUED,
+            attempts=0,
+            not_before=0.0,
+            enqueued_at=now,
+            started_at=None,
+            finished_at=None,
+            error=None,
+            result=None,
+            queue_ms=None,
+            deadline=None,
+        )
+
+    def expire_overdue(self) -> list[Job]:
+        """Fail queued jobs whose deadline passed before they could start."""
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            return self._expire(self.clock())
+
+    def _expire(self, now: float) -> list[Job]:
+        out: list[Job] = []
+        rows = self.conn.execute(
+            "SELECT id FROM jobs INDEXED BY jobs_deadline WHERE state = 'queued'"
+            " AND deadline IS NOT NULL AND deadline < ?",
+            (now,),
+        ).fetchall()
+        for (job_id,) in rows:
+            moved = self._transition_sql(
+                job_id,
+                JobState.QUEUED,
+                JobState.FAILED,
+                {"finished_at": now, "error": "expired: not started before its deadline"},
+            )
+            if moved is not None:
+                out.append(moved)
+        return out
+
+    def delete(self, job_id: str) -> bool:
+        """Remove a finished job; False if unknown, NotTerminal if it has not finished."""
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            row = self.conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return False
+            if not JobState(row[0]).terminal:
+                raise NotTerminal(job_id)
+            self.conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        return True
+
+    def purge(self, finished_before: float, batch: int = 1000) -> int:
+        """Delete finished jobs that ended before `finished_before`, in small batches so
+        a big purge never holds the write lock for long."""
+        total = 0
+        while True:
+            with self.conn:
+                cur = self.conn.execute(
+                    f"DELETE FROM jobs WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_finished"
+                    f" WHERE state IN {TERMINAL_SQL} AND finished_at < ? LIMIT ?)",
+                    (finished_before, batch),
+                )
+            total += cur.rowcount
+            if cur.rowcount < batch:
+                return total
 
     def _transition_sql(
         self, job_id: str, old: JobState, new: JobState, fields: dict[str, Any]
@@ -216,14 +353,20 @@ class SyncStore:
         The job moves to `working` when its model is `resident` (no load needed) and to
         `loading` otherwise; its attempt count goes up by one.
         """
+        return self.claim_next(resident, max_wait)[0]
+
+    def claim_next(self, resident: str | None, max_wait: float) -> tuple[Job | None, list[Job]]:
+        """`claim`, also failing (and returning) queued jobs whose deadline has passed, so
+        no job starts after its deadline."""
         now = self.clock()
         with self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
+            expired = self._expire(now)
             picked = self.pick(resident, now, max_wait)
             if picked is None:
-                return None
+                return None, expired
             new = JobState.WORKING if picked.model_key == resident else JobState.LOADING
-            return self._transition_sql(
+            claimed = self._transition_sql(
                 picked.id,
                 JobState.QUEUED,
                 new,
@@ -233,6 +376,7 @@ class SyncStore:
                     "queue_ms": int(max(0.0, now - picked.enqueued_at) * 1000),
                 },
             )
+            return claimed, expired
 
     def recover_interrupted(self) -> list[Job]:
         """Put jobs a crash left in loading/working back in the queue (run at start).
@@ -336,6 +480,35 @@ class SyncStore:
             ).fetchone()
         return int(n)
 
+    def list_jobs(
+        self,
+        *,
+        state: JobState | None = None,
+        model_name: str | None = None,
+        ref: str | None = None,
+        before: str | None = None,
+        limit: int = 50,
+    ) -> list[Job]:
+        """Newest first, filters combined; `before` is the keyset cursor (a job id)."""
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("state", state), ("model_name", model_name), ("ref", ref)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value.value if isinstance(value, JobState) else value)
+        if before is not None:
+            where.append("id < ?")
+            params.append(before)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = self.conn.execute(
+            f"SELECT {_COLUMNS} FROM jobs{clause} ORDER BY id DESC LIMIT ?", (*params, limit)
+        ).fetchall()
+        return [_row_to_job(r) for r in rows]
+
+    def counts_by_state(self) -> dict[JobState, int]:
+        rows = self.conn.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall()
+        return {JobState(state): n for state, n in rows}
+
     def running(self) -> list[Job]:
         rows = self.conn.execute(
             f"SELECT {_COLUMNS} FROM jobs WHERE state IN ('loading', 'working')"
@@ -429,9 +602,38 @@ class Store:
             await self._read(self.sync.conn.close)
 
     async def enqueue(self, new: NewJob, job_id: str | None = None) -> Job:
-        job = await self._write(self.sync.enqueue, new, job_id)
-        self._on_change(job)
+        job, _ = await self.submit(new, job_id)
         return job
+
+    async def submit(self, new: NewJob, job_id: str | None = None) -> tuple[Job, bool]:
+        job, created = await self._write(self.sync.submit, new, job_id)
+        if created:
+            self._on_change(job)
+        return job, created
+
+    async def retry(self, job_id: str) -> Job | None:
+        return self._notify(await self._write(self.sync.retry, job_id))
+
+    async def expire_overdue(self) -> list[Job]:
+        jobs = await self._write(self.sync.expire_overdue)
+        for job in jobs:
+            self._on_change(job)
+        return jobs
+
+    async def delete(self, job_id: str) -> bool:
+        return await self._write(self.sync.delete, job_id)
+
+    async def purge(self, finished_before: float) -> int:
+        return await self._write(self.sync.purge, finished_before)
+
+    async def list_jobs(self, **filters: Any) -> list[Job]:
+        def run() -> list[Job]:
+            return self.sync.list_jobs(**filters)
+
+        return await self._read(run)
+
+    async def counts_by_state(self) -> dict[JobState, int]:
+        return await self._read(self.sync.counts_by_state)
 
     async def transition(
         self, job_id: str, old: JobState, new: JobState, **fields: Any
@@ -442,7 +644,10 @@ class Store:
         return self._notify(await self._write(run))
 
     async def claim(self, resident: str | None, max_wait: float) -> Job | None:
-        return self._notify(await self._write(self.sync.claim, resident, max_wait))
+        job, expired = await self._write(self.sync.claim_next, resident, max_wait)
+        for gone in expired:
+            self._on_change(gone)
+        return self._notify(job)
 
     async def recover_interrupted(self) -> list[Job]:
         jobs = await self._write(self.sync.recover_interrupted)

@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 import httpx
 
+from foreman.answers import Family
 from foreman.jobs import Endpoint
 from foreman.retry import FailureKind, classify_status
 
@@ -174,24 +175,34 @@ class Upstream:
     ) -> None:
         """Load a model with its runner options and pin it for `keep_alive`.
 
-        Uses the job's own endpoint (an empty chat or prompt) so a model that cannot do
-        the other kind of request still loads, and an unknown model fails exactly as the
-        job itself would (named as the client named it, so Ollama's error text is the one
-        the client would have had).
+        Uses the native route the job's endpoint runs through (an empty chat or prompt),
+        so a model that cannot do the other kind of request still loads, and an unknown
+        model fails exactly as the job itself would: named as the client named it, so
+        Ollama's error text is the one the client would have had, in the shape of the
+        job's route family (Ollama's /v1 middleware wraps the native handler's error the
+        same way).
         """
         payload: dict[str, Any] = {"model": model, "keep_alive": _keep_alive_value(keep_alive)}
-        if endpoint is Endpoint.CHAT:
+        if endpoint.native is Endpoint.CHAT:
             payload["messages"] = []
         if options:
             payload["options"] = options
-        await self.call("POST", endpoint.value, payload)
+        try:
+            await self.call("POST", endpoint.native.value, payload)
+        except UpstreamError as err:
+            if err.status is None or err.body is None or not endpoint.openai:
+                raise
+            # both families answer errors as application/json: only the body changes
+            body = Family.of(endpoint).error_body(err.status, err.message)
+            raise attrs.evolve(err, body=body) from None
 
     async def unload(self, model: str, endpoint: Endpoint) -> None:
-        """Ask Ollama to drop a model now (keep_alive 0 with nothing to generate)."""
+        """Ask Ollama to drop a model now (keep_alive 0 with nothing to generate), on the
+        native route the endpoint runs through."""
         payload: dict[str, Any] = {"model": model, "keep_alive": 0}
-        if endpoint is Endpoint.CHAT:
+        if endpoint.native is Endpoint.CHAT:
             payload["messages"] = []
-        await self.call("POST", endpoint.value, payload)
+        await self.call("POST", endpoint.native.value, payload)
 
     async def running_models(self) -> list[dict[str, Any]]:
         data = await self.call("GET", "/api/ps")
@@ -241,3 +252,18 @@ async def iter_lines(response: httpx.Response) -> AsyncIterator[bytes]:
         raise _network_error(exc, "reading the stream") from None
     if pending.strip():
         yield pending
+
+
+async def iter_events(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The Server-Sent Events of a streamed answer, exactly as sent: each event's lines
+    with the blank line that ends it.
+
+    An event cut off before its blank line is not an event and is not yielded; a
+    connection that breaks mid-stream raises a transient UpstreamError.
+    """
+    event = b""
+    async for line in iter_lines(response):
+        event += line
+        if not line.strip(b"\r\n"):
+            yield event
+            event = b""

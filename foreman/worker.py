@@ -12,19 +12,34 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
 import trio
 
-from foreman.answers import StreamError, StreamResult, decode_body, is_unload_request
+from foreman.answers import (
+    EventStreamResult,
+    Family,
+    StreamError,
+    StreamResult,
+    decode_body,
+    is_unload_request,
+)
 from foreman.events import Wakeup
 from foreman.jobs import Endpoint, Job, JobState
 from foreman.relay import Chunk, Headers, Message, Relay, Reply, StreamStart, Ticket
 from foreman.residency import normalise_model, split_key
 from foreman.retry import FailureKind, backoff_delay
 from foreman.store import Store
-from foreman.upstream import Upstream, UpstreamError, iter_lines, read_body, response_headers
+from foreman.upstream import (
+    Upstream,
+    UpstreamError,
+    iter_events,
+    iter_lines,
+    read_body,
+    response_headers,
+)
 
 log = logging.getLogger("foreman.worker")
 
@@ -51,17 +66,13 @@ class Running:
     scope: trio.CancelScope
     state: JobState
     ticket: Ticket | None = None
-    # Ollama's own in-band error line, relayed as it is when the client is streaming
+    # Ollama's own in-band error line (or event), relayed as it is when the client is
+    # streaming
     error_line: bytes | None = None
 
 
-def error_reply(status: int, message: str, extra: Headers = ()) -> Reply:
-    body = json.dumps({"error": message}).encode()
-    return Reply(status, JSON_HEADERS + extra, body)
-
-
-def error_line(message: str) -> bytes:
-    return json.dumps({"error": message}).encode() + b"\n"
+def error_reply(family: Family, status: int, message: str, extra: Headers = ()) -> Reply:
+    return Reply(status, JSON_HEADERS + extra, family.error_body(status, message))
 
 
 class Worker:
@@ -216,8 +227,6 @@ class Worker:
     async def _call(self, job: Job, running: Running) -> None:
         request = _request_object(job.body)
         unload = is_unload_request(job.endpoint, request)
-        stream = StreamResult(job.endpoint)
-        ticket = running.ticket
         last: Message | None = None
         async with self.upstream.open(
             "POST",
@@ -226,29 +235,15 @@ class Worker:
             headers={"Content-Type": "application/json"},
         ) as response:
             headers = response_headers(response.headers) + _job_headers(job)
-            if "ndjson" in response.headers.get("content-type", ""):
-                async for line in iter_lines(response):
-                    try:
-                        stream.add(line)
-                    except StreamError:
-                        # Ollama's own error line: relay it as it is if the client is
-                        # already reading the stream
-                        if ticket is not None and ticket.streamed:
-                            running.error_line = line
-                        raise
-                    if ticket is not None:
-                        message: Message = (
-                            Chunk(line)
-                            if ticket.streamed
-                            else StreamStart(response.status_code, headers, line)
-                        )
-                        if not await ticket.send(message):
-                            ticket = None
-                if not stream.done:
-                    raise UpstreamError(
-                        FailureKind.TRANSIENT, "ollama's stream ended before its final chunk"
-                    )
-                result: Any = stream.result()
+            content_type = response.headers.get("content-type", "")
+            head = StreamStart(response.status_code, headers, b"")
+            result: Any
+            if "ndjson" in content_type:
+                lines = iter_lines(response)
+                result = await self._relay(lines, StreamResult(job.endpoint), head, running)
+            elif "text/event-stream" in content_type:
+                events = iter_events(response)
+                result = await self._relay(events, EventStreamResult(job.endpoint), head, running)
             else:
                 body = await read_body(response)
                 result = decode_body(body)
@@ -257,8 +252,41 @@ class Worker:
             self.resident = None
         await self._finish(running, JobState.DONE, last, result=result, error=None)
 
+    async def _relay(
+        self,
+        parts: AsyncIterator[bytes],
+        answer: StreamResult | EventStreamResult,
+        head: StreamStart,
+        running: Running,
+    ) -> dict[str, Any]:
+        """Relay a stream part by part (NDJSON lines or SSE events) as it arrives and
+        return the answer put together. The head goes with the first part, so a retry
+        stays possible until a byte of the body has been handed to the client; a stream
+        that ends before its last part is a transient failure."""
+        ticket = running.ticket
+        async for part in parts:
+            try:
+                answer.add(part)
+            except StreamError:
+                # Ollama's own error line: relay it as it is if the client is already
+                # reading the stream
+                if ticket is not None and ticket.streamed:
+                    running.error_line = part
+                raise
+            if ticket is not None:
+                message: Message = (
+                    Chunk(part) if ticket.streamed else attrs.evolve(head, first=part)
+                )
+                if not await ticket.send(message):
+                    ticket = None
+        if not answer.done:
+            end = "data: [DONE]" if isinstance(answer, EventStreamResult) else "final chunk"
+            raise UpstreamError(FailureKind.TRANSIENT, f"ollama's stream ended before its {end}")
+        return answer.result()
+
     async def _failed(self, job: Job, running: Running, err: UpstreamError) -> None:
         ticket = running.ticket
+        family = Family.of(job.endpoint)
         if err.kind is FailureKind.OUTAGE:
             # Ollama is down: not this job's fault; give the attempt back and wait
             log.warning("job %s: %s", job.id, err)
@@ -268,7 +296,7 @@ class Worker:
             return
         if ticket is not None and ticket.streamed:
             # the client has part of the answer: it cannot be taken back, so no retry
-            line = running.error_line or error_line(str(err))
+            line = running.error_line or family.stream_error(str(err))
             await self._finish(running, JobState.FAILED, Chunk(line), error=str(err))
             return
         if err.kind is FailureKind.TRANSIENT and job.attempts < job.max_attempts:
@@ -288,7 +316,7 @@ class Worker:
         if err.status is not None and err.body is not None:
             reply = Reply(err.status, err.headers + _job_headers(job), err.body)
         else:
-            reply = error_reply(502, str(err), _job_headers(job))
+            reply = error_reply(family, 502, str(err), _job_headers(job))
         await self._finish(running, JobState.FAILED, reply, error=str(err))
 
     # -- Ollama's availability ------------------------------------------------------------

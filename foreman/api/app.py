@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from quart import Response
+from quart import request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from foreman.api import ollama
-from foreman.api.errors import ollama_error
+from foreman.api import jobs, ollama, openai
+from foreman.api.errors import http_error
 from foreman.config import Settings
 from foreman.queue import JobQueue
 from foreman.upstream import Upstream
@@ -42,19 +42,20 @@ def create_app(services: Services) -> QuartTrio:
     )
     app.extensions["foreman"] = services
     app.register_blueprint(ollama.blueprint(services))
+    app.register_blueprint(openai.blueprint(services))
+    app.register_blueprint(jobs.blueprint(services))
 
+    # foreman's own errors take the shape of the route family the path belongs to
     @app.errorhandler(HTTPException)
-    async def http_error(exc: HTTPException) -> Any:
+    async def protocol_error(exc: HTTPException) -> Any:
         code = exc.code or 500
-        if code == 404:
-            return Response("404 page not found", status=404, content_type="text/plain")
         if code == 413:
-            return ollama_error(413, f"request body is larger than {MAX_BODY} bytes")
-        return ollama_error(code, exc.description or exc.name)
+            return http_error(request.path, 413, f"request body is larger than {MAX_BODY} bytes")
+        return http_error(request.path, code, exc.description or exc.name)
 
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> Any:
         log.exception("unexpected error answering a request")
-        return ollama_error(500, "internal error in foreman")
+        return http_error(request.path, 500, "internal error in foreman")
 
     return app

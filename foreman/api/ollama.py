@@ -7,9 +7,7 @@ from typing import TYPE_CHECKING
 from quart import Blueprint, Response
 
 from foreman.api import proxy, sync
-from foreman.api.errors import ollama_error
-from foreman.jobs import Endpoint, NewJob
-from foreman.validate import InvalidRequest, inference_request
+from foreman.jobs import Endpoint
 
 RELAYED = (
     ("/", ("GET", "HEAD")),
@@ -36,33 +34,14 @@ if TYPE_CHECKING:
 
 def blueprint(services: Services) -> Blueprint:
     bp = Blueprint("ollama", __name__)
-    settings = services.settings
-
-    async def inference(endpoint: Endpoint) -> Response:
-        raw = await proxy.request_body()
-        try:
-            parsed = inference_request(endpoint, raw)
-        except InvalidRequest as exc:
-            return ollama_error(400, str(exc))
-        new = NewJob(
-            endpoint=endpoint,
-            model=parsed.model,
-            model_key=parsed.model_key,
-            body=raw,
-            stream=parsed.stream,
-            max_attempts=settings.max_attempts,
-        )
-        job, ticket = await services.queue.submit(new, attach=True)
-        assert ticket is not None
-        return await sync.answer(services.queue, job, ticket)
 
     @bp.route("/api/chat", methods=["POST"])
     async def chat() -> Response:
-        return await inference(Endpoint.CHAT)
+        return await sync.submit_and_answer(services, Endpoint.CHAT)
 
     @bp.route("/api/generate", methods=["POST"])
     async def generate() -> Response:
-        return await inference(Endpoint.GENERATE)
+        return await sync.submit_and_answer(services, Endpoint.GENERATE)
 
     async def passthrough(**_: str) -> Response:
         return await proxy.relay(services.upstream)

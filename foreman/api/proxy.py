@@ -8,7 +8,7 @@ import httpx
 import trio
 from quart import Response, request
 
-from foreman.api.errors import ollama_error
+from foreman.api.errors import error_for
 from foreman.upstream import Upstream, UpstreamError, request_headers, response_headers
 
 
@@ -36,16 +36,16 @@ async def relay(upstream: Upstream, path: str | None = None) -> Response:
             headers=request_headers(request.headers.items()),
         )
     except UpstreamError as err:
-        return ollama_error(502, str(err))
+        return error_for(request.path, 502, str(err))
     headers = response_headers(response.headers)
     if request.method == "HEAD" or "content-length" in response.headers:
         try:
             data = await response.aread()
         except httpx.HTTPError as exc:
-            return ollama_error(502, f"connection to ollama failed: {exc!r}")
+            return error_for(request.path, 502, f"connection to ollama failed: {exc!r}")
         finally:
             await response.aclose()
-        return _response(data, response.status_code, headers)
+        return build_response(data, response.status_code, headers)
 
     async def chunks() -> AsyncIterator[bytes]:
         try:
@@ -57,10 +57,10 @@ async def relay(upstream: Upstream, path: str | None = None) -> Response:
             with trio.CancelScope(shield=True):
                 await response.aclose()
 
-    return _response(chunks(), response.status_code, headers)
+    return build_response(chunks(), response.status_code, headers)
 
 
-def _response(
+def build_response(
     body: bytes | AsyncIterator[bytes], status: int, headers: tuple[tuple[str, str], ...]
 ) -> Response:
     out = Response(body, status=status)

@@ -119,9 +119,11 @@ async def test_stream_is_relayed_line_for_line_while_the_model_generates(
         lines = r.aiter_lines()
         relayed.append((await lines.__anext__()).encode())
         stub.hold()  # freeze generation: the first line arrived while the model was busy
-        (entry,) = stub.requests_of("chat")
-        assert not entry.finished
-        stub.release()
+        try:
+            (entry,) = stub.requests_of("chat")
+            assert not entry.finished
+        finally:
+            stub.release()
         relayed += [line.encode() async for line in lines if line]
     async with (
         httpx.AsyncClient(base_url=stub.url) as direct,

@@ -157,3 +157,48 @@ def test_python_dash_m_and_stub_subcommand_answer_help() -> None:
     assert top.returncode == 0 and "serve" in top.stdout and "stub" in top.stdout
     stub_help = run_cli("stub", "--help")
     assert stub_help.returncode == 0 and "--load-delay" in stub_help.stdout
+
+
+async def test_jobs_submitted_to_the_job_api_survive_kill_9(
+    stub: StubOllama, tmp_path: Path
+) -> None:
+    db = tmp_path / "foreman.db"
+    first = foreman_process(db, stub.url, tmp_path / "first.log")
+    url = await start(first)
+    stub.hold()
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            ids = []
+            for i in range(20):
+                body = {"model": ["llama3", "mistral"][i % 2], "prompt": f"note {i}"}
+                r = await client.post("/jobs", json={"endpoint": "/api/generate", "body": body})
+                assert r.status_code == 202
+                ids.append(r.json()["id"])
+        await stub.wait_until(lambda: stub.inflight_inference == 1)
+        await trio.to_thread.run_sync(first.kill)
+        stub.release()
+        second = foreman_process(db, stub.url, tmp_path / "second.log")
+        url = await start(second)
+        try:
+            async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+                for job_id in ids:
+                    job = (await client.get(f"/jobs/{job_id}", params={"wait": 60})).json()
+                    assert job["state"] == "done"
+                    assert job["result"]["response"] == stub.expected_text(
+                        "/api/generate", {"model": job["model"], "prompt": _prompt(job, db)}
+                    )
+        finally:
+            await trio.to_thread.run_sync(second.terminate)
+    finally:
+        stub.release()
+        if first.alive:
+            await trio.to_thread.run_sync(first.kill)
+    completed = Counter(
+        e.body["prompt"] for e in stub.requests_of("generate") if e.finished and not e.cancelled
+    )
+    assert sorted(completed.values()) == [1] * 20
+
+
+def _prompt(job: dict[str, object], db: Path) -> str:
+    (row,) = [r for r in job_rows(db) if r["id"] == job["id"]]
+    return str(json.loads(row["body"])["prompt"])

@@ -1,0 +1,341 @@
+"""The job API: submit now, collect later, watch live, and manage what is queued.
+
+JSON in and out; errors in Ollama's shape (`{"error": "..."}`). Waiting (long-polls and
+event streams) listens to the in-process broadcaster, never to the database.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+from quart import Blueprint, Response, request
+
+from foreman.api.errors import ollama_error
+from foreman.api.openapi import spec
+from foreman.api.proxy import request_body
+from foreman.jobs import Endpoint, Job, JobState, NewJob
+from foreman.queue import JobQueue
+from foreman.residency import normalise_model
+from foreman.store import IdempotencyConflict, NotTerminal
+from foreman.validate import (
+    MAX_PRIORITY,
+    InvalidRequest,
+    check_idempotency_key,
+    check_ref,
+    inference_request,
+    parse_json_object,
+)
+
+if TYPE_CHECKING:
+    from foreman.api.app import Services
+
+MAX_WAIT = 60.0
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+# a comment line on idle event streams, well inside a tunnel's 100 s idle limit
+SSE_KEEPALIVE = 15.0
+
+
+def timestamp(value: float | None) -> str | None:
+    """RFC 3339 UTC with milliseconds, e.g. 2026-11-23T16:05:09.123Z."""
+    if value is None:
+        return None
+    moment = datetime.fromtimestamp(value, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": job.id,
+        "state": job.state.value,
+        "endpoint": job.endpoint.value,
+        "model": job.model,
+        "priority": job.priority,
+        "ref": job.ref,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "created_at": timestamp(job.created_at),
+        "started_at": timestamp(job.started_at),
+        "finished_at": timestamp(job.finished_at),
+        "queue_ms": job.queue_ms,
+        "deadline": timestamp(job.deadline),
+        "error": job.error,
+    }
+    if job.state is JobState.DONE:
+        out["result"] = job.result
+    return out
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(data, separators=(",", ":")),
+        status=status,
+        content_type="application/json; charset=utf-8",
+        headers=headers,
+    )
+
+
+def encode_cursor(job_id: str) -> str:
+    return base64.urlsafe_b64encode(job_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidRequest("cursor is not one this server gave out") from None
+    if len(raw) != 26 or not raw.isalnum():
+        raise InvalidRequest("cursor is not one this server gave out")
+    return raw
+
+
+def number_arg(name: str, raw: str | None, *, default: float, low: float = 0.0) -> float:
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a number of seconds") from None
+    if not math.isfinite(value) or value < low:
+        raise InvalidRequest(f"{name} must be a number of seconds, at least {low:g}")
+    return value
+
+
+def submission(raw: bytes, default_attempts: int, now: float) -> NewJob:
+    """A POST /jobs body, validated exactly as the synchronous routes validate theirs."""
+    envelope = parse_json_object(raw)
+    unknown = set(envelope) - {"endpoint", "body", "priority", "ref", "max_attempts", "deadline"}
+    if unknown:
+        raise InvalidRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
+    names = [e.value for e in Endpoint]
+    endpoint_name = envelope.get("endpoint")
+    if endpoint_name not in names:
+        raise InvalidRequest(f"endpoint must be one of {', '.join(names)}")
+    endpoint = Endpoint(endpoint_name)
+    body = envelope.get("body")
+    if not isinstance(body, dict):
+        raise InvalidRequest("body must be a JSON object (the request for the endpoint)")
+    # collected later, so answered whole: the upstream request never streams
+    upstream_body = json.dumps({**body, "stream": False}, separators=(",", ":")).encode()
+    parsed = inference_request(endpoint, upstream_body)
+    priority = envelope.get("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > MAX_PRIORITY:
+        raise InvalidRequest(
+            f"priority must be a whole number between -{MAX_PRIORITY} and {MAX_PRIORITY}"
+        )
+    ref = check_ref(envelope.get("ref"))
+    max_attempts = envelope.get("max_attempts", default_attempts)
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int):
+        raise InvalidRequest("max_attempts must be a whole number from 1 to 100")
+    if not 1 <= max_attempts <= 100:
+        raise InvalidRequest("max_attempts must be a whole number from 1 to 100")
+    deadline = envelope.get("deadline")
+    if deadline is not None:
+        if isinstance(deadline, bool) or not isinstance(deadline, int | float):
+            raise InvalidRequest("deadline must be a number of seconds from now")
+        if not math.isfinite(deadline) or deadline <= 0:
+            raise InvalidRequest("deadline must be a positive number of seconds from now")
+        deadline = now + float(deadline)
+    return NewJob(
+        endpoint=endpoint,
+        model=parsed.model,
+        model_key=parsed.model_key,
+        body=upstream_body,
+        stream=False,
+        priority=priority,
+        max_attempts=max_attempts,
+        ref=ref,
+        deadline=deadline,
+    )
+
+
+def request_hash(*parts: Any) -> str:
+    """What an idempotency key stands for."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part if isinstance(part, bytes) else repr(part).encode())
+        digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+def blueprint(services: Services) -> Blueprint:
+    bp = Blueprint("jobs", __name__)
+    queue = services.queue
+    settings = services.settings
+
+    @bp.errorhandler(InvalidRequest)
+    async def invalid(exc: InvalidRequest) -> Response:
+        return ollama_error(400, str(exc))
+
+    async def find(job_id: str) -> Job:
+        job = await queue.get(job_id)
+        if job is None:
+            raise NotFound(job_id)
+        return job
+
+    @bp.errorhandler(LookupError)
+    async def not_found(exc: LookupError) -> Response:
+        return ollama_error(404, f"job {exc.args[0]} not found")
+
+    @bp.route("/openapi.json", methods=["GET"])
+    async def openapi() -> Response:
+        return json_response(spec())
+
+    @bp.route("/jobs", methods=["POST"])
+    async def submit() -> Response:
+        raw = await request_body()
+        new = submission(raw, settings.max_attempts, queue.store.sync.clock())
+        key = check_idempotency_key(request.headers.get("Idempotency-Key"))
+        if key is not None:
+            digest = request_hash("jobs", raw)
+            new = attrs.evolve(new, idempotency_key=key, request_hash=digest)
+        try:
+            submitted = await queue.submit(new)
+        except IdempotencyConflict as exc:
+            return ollama_error(409, str(exc))
+        job = submitted.job
+        return json_response(job_json(job), 202, {"Location": f"/jobs/{job.id}"})
+
+    @bp.route("/jobs", methods=["GET"])
+    async def list_jobs() -> Response:
+        args = request.args
+        state = args.get("state")
+        if state is not None and state not in {s.value for s in JobState}:
+            raise InvalidRequest(f"state must be one of {', '.join(s.value for s in JobState)}")
+        limit = int(number_arg("limit", args.get("limit"), default=DEFAULT_LIMIT, low=1))
+        if limit > MAX_LIMIT:
+            raise InvalidRequest(f"limit must be at most {MAX_LIMIT}")
+        cursor = args.get("cursor")
+        model = args.get("model")
+        jobs = await queue.store.list_jobs(
+            state=JobState(state) if state else None,
+            model_name=normalise_model(model) if model else None,
+            ref=args.get("ref"),
+            before=decode_cursor(cursor) if cursor else None,
+            limit=limit + 1,
+        )
+        more = len(jobs) > limit
+        jobs = jobs[:limit]
+        next_cursor = encode_cursor(jobs[-1].id) if more and jobs else None
+        return json_response({"jobs": [job_json(j) for j in jobs], "next_cursor": next_cursor})
+
+    @bp.route("/jobs", methods=["DELETE"])
+    async def purge() -> Response:
+        raw = request.args.get("older_than")
+        if raw is None:
+            raise InvalidRequest("older_than (seconds) is required to purge")
+        older_than = number_arg("older_than", raw, default=0.0)
+        return json_response({"purged": await queue.purge(older_than)})
+
+    @bp.route("/jobs/events", methods=["GET"])
+    async def all_events() -> Response:
+        return _event_stream(queue, None)
+
+    @bp.route("/jobs/<job_id>", methods=["GET"])
+    async def show(job_id: str) -> Response:
+        raw = request.args.get("wait")
+        if raw is None:
+            return json_response(job_json(await find(job_id)))
+        seconds = min(number_arg("wait", raw, default=0.0), MAX_WAIT)
+        job = await queue.wait(job_id, seconds)
+        if job is None:
+            raise NotFound(job_id)
+        return json_response(job_json(job))
+
+    @bp.route("/jobs/<job_id>/events", methods=["GET"])
+    async def job_events(job_id: str) -> Response:
+        await find(job_id)
+        return _event_stream(queue, job_id)
+
+    @bp.route("/jobs/<job_id>/cancel", methods=["POST"])
+    async def cancel(job_id: str) -> Response:
+        before = await find(job_id)
+        if before.state.terminal:
+            return ollama_error(409, f"job {job_id} has already ended ({before.state.value})")
+        job = await queue.cancel(job_id, "cancelled by request")
+        if job is None:
+            raise NotFound(job_id)
+        if job.state is not JobState.CANCELLED:
+            return ollama_error(409, f"job {job_id} ended ({job.state.value}) before the cancel")
+        return json_response(job_json(job))
+
+    @bp.route("/jobs/<job_id>/retry", methods=["POST"])
+    async def retry(job_id: str) -> Response:
+        before = await find(job_id)
+        job = await queue.retry(job_id)
+        if job is None:
+            return ollama_error(
+                409, f"only a failed or cancelled job can be retried (it is {before.state.value})"
+            )
+        return json_response(job_json(job))
+
+    @bp.route("/jobs/<job_id>", methods=["DELETE"])
+    async def delete(job_id: str) -> Response:
+        try:
+            deleted = await queue.delete(job_id)
+        except NotTerminal:
+            return ollama_error(409, f"job {job_id} has not finished; cancel it first")
+        if not deleted:
+            raise NotFound(job_id)
+        return json_response({"deleted": job_id})
+
+    return bp
+
+
+class NotFound(LookupError):
+    """No job with that id."""
+
+
+def _event_stream(queue: JobQueue, job_id: str | None) -> Response:
+    """Server-sent events: one `job` event per change, starting with the current state
+    (a single job) and ending after its terminal state."""
+
+    async def events() -> AsyncIterator[bytes]:
+        # subscribed before reading the job, so no change falls between the two; the
+        # finally (not a with block) is what runs when the client leaves mid-yield
+        changes, stop = queue.events.open_channel(job_id)
+        try:
+            if job_id is not None:
+                current = await queue.get(job_id)
+                if current is None:
+                    return
+                yield _sse(current)
+                if current.state.terminal:
+                    return
+            while True:
+                job = None
+                with trio.move_on_after(SSE_KEEPALIVE):
+                    try:
+                        job = await changes.receive()
+                    except trio.EndOfChannel:
+                        # fell too far behind: end, so the client reconnects and catches up
+                        return
+                if job is None:
+                    yield b": keep-alive\n\n"
+                    continue
+                yield _sse(job)
+                if job_id is not None and job.state.terminal:
+                    return
+        finally:
+            stop()
+
+    return Response(
+        events(),
+        status=200,
+        content_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _sse(job: Job) -> bytes:
+    data = json.dumps(job_json(job), separators=(",", ":"))
+    return f"event: job\nid: {job.id}\ndata: {data}\n\n".encode()

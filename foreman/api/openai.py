@@ -1,0 +1,49 @@
+"""Ollama's OpenAI-compatible routes (/v1): chat and completions through the queue, the
+rest relayed.
+
+/v1/chat/completions and /v1/completions become jobs exactly like /api/chat and
+/api/generate (same store, worker, drain-by-model rule, retries and cancellation), and
+are relayed to Ollama's own /v1 routes byte for byte: `stream` defaults to false, and a
+stream is Server-Sent Events ending in `data: [DONE]`. Errors foreman writes itself on
+these routes take OpenAI's shape; Ollama's own errors reach the client unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from quart import Blueprint, Response
+
+from foreman.api import proxy, sync
+from foreman.jobs import Endpoint
+
+if TYPE_CHECKING:
+    from foreman.api.app import Services
+
+RELAYED = (
+    # embeddings bypass the queue, as /api/embed does
+    ("/v1/embeddings", ("POST",)),
+    ("/v1/models", ("GET",)),
+    ("/v1/models/<path:model>", ("GET",)),
+)
+
+
+def blueprint(services: Services) -> Blueprint:
+    bp = Blueprint("openai", __name__)
+
+    @bp.route(Endpoint.V1_CHAT.value, methods=["POST"])
+    async def chat_completions() -> Response:
+        return await sync.submit_and_answer(services, Endpoint.V1_CHAT)
+
+    @bp.route(Endpoint.V1_COMPLETIONS.value, methods=["POST"])
+    async def completions() -> Response:
+        return await sync.submit_and_answer(services, Endpoint.V1_COMPLETIONS)
+
+    async def passthrough(**_: str) -> Response:
+        return await proxy.relay(services.upstream)
+
+    for rule, methods in RELAYED:
+        name = "relay_" + rule.strip("/").replace("/", "_").replace("<path:", "").replace(">", "")
+        bp.add_url_rule(rule, name, passthrough, methods=list(methods))
+
+    return bp

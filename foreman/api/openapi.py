@@ -1,0 +1,220 @@
+"""GET /openapi.json: a description of foreman's own API (the job routes in full, the
+Ollama and OpenAI routes by reference to their upstream documentation)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from foreman import __version__
+from foreman.jobs import Endpoint, JobState
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+JOB = {"$ref": "#/components/schemas/Job"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(ERROR, description)
+
+
+def _id_param() -> dict[str, Any]:
+    return {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "schema": schema, "description": description}
+
+
+def _relayed(summary: str) -> dict[str, Any]:
+    return {"summary": summary, "responses": {"default": {"description": "Ollama's answer"}}}
+
+
+def spec() -> dict[str, Any]:
+    states = [s.value for s in JobState]
+    job_ops = {
+        "/jobs": {
+            "post": {
+                "summary": "Submit a job to collect later",
+                "parameters": [
+                    {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}}
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Submit"}}
+                    },
+                },
+                "responses": {
+                    "202": _json(JOB, "queued (or the job its idempotency key names)"),
+                    "400": _error("invalid submission"),
+                    "409": _error("idempotency key reused with another request"),
+                },
+            },
+            "get": {
+                "summary": "List jobs, newest first",
+                "parameters": [
+                    _query("state", {"type": "string", "enum": states}, "filter by state"),
+                    _query("model", {"type": "string"}, "filter by model"),
+                    _query("ref", {"type": "string"}, "filter by ref"),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "page"),
+                    _query("cursor", {"type": "string"}, "next_cursor of the previous page"),
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "jobs": {"type": "array", "items": JOB},
+                                "next_cursor": {"type": ["string", "null"]},
+                            },
+                        },
+                        "a page of jobs",
+                    ),
+                    "400": _error("bad filter or cursor"),
+                },
+            },
+            "delete": {
+                "summary": "Purge finished jobs older than older_than seconds",
+                "parameters": [
+                    {
+                        "name": "older_than",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "number", "minimum": 0},
+                    }
+                ],
+                "responses": {
+                    "200": _json(
+                        {"type": "object", "properties": {"purged": {"type": "integer"}}},
+                        "how many were purged",
+                    ),
+                    "400": _error("older_than missing or invalid"),
+                },
+            },
+        },
+        "/jobs/events": {
+            "get": {
+                "summary": "Server-sent events: every job change, as it happens",
+                "responses": {"200": {"description": "text/event-stream of `job` events"}},
+            }
+        },
+        "/jobs/{id}": {
+            "get": {
+                "summary": "One job; with wait, a long-poll until it ends",
+                "parameters": [
+                    _id_param(),
+                    _query("wait", {"type": "number", "minimum": 0, "maximum": 60}, "seconds"),
+                ],
+                "responses": {
+                    "200": _json(JOB, "the job"),
+                    "400": _error("bad wait"),
+                    "404": _error("no such job"),
+                },
+            },
+            "delete": {
+                "summary": "Delete a finished job",
+                "parameters": [_id_param()],
+                "responses": {
+                    "200": _json({"type": "object"}, "deleted"),
+                    "404": _error("no such job"),
+                    "409": _error("the job has not finished"),
+                },
+            },
+        },
+        "/jobs/{id}/events": {
+            "get": {
+                "summary": "Server-sent events for one job, ending after its terminal state",
+                "parameters": [_id_param()],
+                "responses": {
+                    "200": {"description": "text/event-stream of `job` events"},
+                    "404": _error("no such job"),
+                },
+            }
+        },
+        "/jobs/{id}/cancel": {
+            "post": {
+                "summary": "Cancel a queued or running job",
+                "parameters": [_id_param()],
+                "responses": {
+                    "200": _json(JOB, "cancelled"),
+                    "404": _error("no such job"),
+                    "409": _error("the job has already ended"),
+                },
+            }
+        },
+        "/jobs/{id}/retry": {
+            "post": {
+                "summary": "Queue a failed or cancelled job again",
+                "parameters": [_id_param()],
+                "responses": {
+                    "200": _json(JOB, "queued again"),
+                    "404": _error("no such job"),
+                    "409": _error("the job is not failed or cancelled"),
+                },
+            }
+        },
+    }
+    ollama_ops: dict[str, Any] = {
+        "/api/chat": {"post": _relayed("Chat, through the queue (Ollama's API)")},
+        "/api/generate": {"post": _relayed("Generate, through the queue (Ollama's API)")},
+        "/api/embed": {"post": _relayed("Embeddings, relayed past the queue")},
+        "/api/embeddings": {"post": _relayed("Embeddings (legacy), relayed past the queue")},
+        "/api/tags": {"get": _relayed("Installed models")},
+        "/api/ps": {"get": _relayed("Loaded models")},
+        "/api/show": {"post": _relayed("Model details")},
+        "/api/version": {"get": _relayed("Ollama's version")},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "foreman",
+            "version": __version__,
+            "description": "A durable, drain-by-model job queue in front of Ollama.",
+        },
+        "paths": {**job_ops, **ollama_ops},
+        "components": {
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {"type": "string"}},
+                },
+                "Submit": {
+                    "type": "object",
+                    "required": ["endpoint", "body"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "endpoint": {"type": "string", "enum": [e.value for e in Endpoint]},
+                        "body": {"type": "object", "description": "the request for endpoint"},
+                        "priority": {"type": "integer", "default": 0},
+                        "ref": {"type": "string", "maxLength": 256},
+                        "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100},
+                        "deadline": {"type": "number", "exclusiveMinimum": 0},
+                    },
+                },
+                "Job": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "state": {"type": "string", "enum": states},
+                        "endpoint": {"type": "string"},
+                        "model": {"type": "string"},
+                        "priority": {"type": "integer"},
+                        "ref": {"type": ["string", "null"]},
+                        "attempts": {"type": "integer"},
+                        "max_attempts": {"type": "integer"},
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "started_at": {"type": ["string", "null"], "format": "date-time"},
+                        "finished_at": {"type": ["string", "null"], "format": "date-time"},
+                        "queue_ms": {"type": ["integer", "null"]},
+                        "deadline": {"type": ["string", "null"], "format": "date-time"},
+                        "error": {"type": ["string", "null"]},
+                        "result": {"description": "the upstream's answer, once done"},
+                    },
+                },
+            }
+        },
+    }

@@ -1,0 +1,66 @@
+"""`foreman jobs ...` against a running foreman."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+
+from foreman.cli import main
+from foreman.stub import StubOllama
+
+
+async def cli(capsys: pytest.CaptureFixture[str], url: str, *args: str) -> tuple[int, str, str]:
+    code = await trio.to_thread.run_sync(main, ["jobs", "--url", url, *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+async def test_submit_wait_show_list_and_purge_from_the_command_line(
+    foreman: str, stub: StubOllama, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = await cli(
+        capsys, foreman, "--json", "submit", "--model", "llama3", "--prompt", "hi", "--wait"
+    )
+    assert code == 0
+    job = json.loads(out)
+    assert job["state"] == "done"
+    expected = stub.expected_text("/api/generate", {"model": "llama3", "prompt": "hi"})
+    assert job["result"]["response"] == expected
+
+    code, out, _ = await cli(capsys, foreman, "show", job["id"])
+    assert code == 0 and expected in out and "done" in out
+
+    code, out, _ = await cli(capsys, foreman, "ls")
+    assert code == 0
+    assert out.splitlines()[0].split()[:3] == ["ID", "STATE", "MODEL"]
+    assert job["id"] in out
+
+    code, out, _ = await cli(capsys, foreman, "retry", job["id"])
+    assert code == 1  # a done job cannot be retried
+
+    code, out, _ = await cli(capsys, foreman, "purge", "--older-than", "0")
+    assert code == 0 and "purged 1" in out
+
+
+async def test_cli_reports_errors_in_one_line(
+    foreman: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = await cli(capsys, foreman, "show", "01ARZ3NDEKTSV4RRFFQ69G5FAV")
+    assert code == 1
+    assert err.strip() == "foreman: error: 404: job 01ARZ3NDEKTSV4RRFFQ69G5FAV not found"
+    code, _, err = await cli(capsys, "http://127.0.0.1:9", "ls")
+    assert code == 1 and err.startswith("foreman: error: cannot talk to foreman")
+
+
+async def test_watch_follows_a_job_to_its_end(
+    foreman: str, stub: StubOllama, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = await cli(
+        capsys, foreman, "--json", "submit", "--model", "llama3", "--message", "x"
+    )
+    job = json.loads(out)
+    code, out, _ = await cli(capsys, foreman, "watch", job["id"])
+    assert code == 0
+    assert out.splitlines()[-1].split()[:2] == [job["id"], "done"]
