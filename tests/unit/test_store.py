@@ -1,0 +1,632 @@
+"""The job store on a real SQLite file: writes, the claim, recovery, schema and plans."""
+
+from __future__ import annotations
+
+import random
+import re
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from foreman.jobs import Endpoint, IllegalTransition, Job, JobState
+from foreman.store import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    Store,
+    StoreError,
+    SyncStore,
+    connect,
+    migrate,
+)
+
+from ._helpers import FakeClock, new_job
+
+# -- enqueue and get --------------------------------------------------------------------------
+
+
+def test_enqueue_then_get_round_trips_every_field_and_the_exact_body_bytes(store, clock):
+    body = b'{"model":"m","prompt":"caf\xc3\xa9"}\x00\xff\r\n  '
+    new = new_job(
+        "m:latest",
+        priority=-3,
+        endpoint=Endpoint.GENERATE,
+        model="M",
+        body=body,
+        stream=False,
+        max_attempts=7,
+        ref="client-1",
+    )
+
+    job = store.enqueue(new)
+    again = store.get(job.id)
+
+    assert again == job
+    assert type(again.body) is bytes
+    assert again.body == body
+    assert (again.endpoint, again.model, again.model_key) == (
+        Endpoint.GENERATE,
+        "M",
+        "m:latest",
+    )
+    assert (again.stream, again.priority, again.max_attempts, again.ref) == (
+        False,
+        -3,
+        7,
+        "client-1",
+    )
+    assert again.state is JobState.QUEUED
+    assert again.attempts == 0
+    assert again.not_before == 0
+    assert again.enqueued_at == again.created_at == clock.now
+    assert again.started_at is None and again.finished_at is None
+    assert again.result is None and again.error is None and again.queue_ms is None
+
+
+def test_enqueue_gives_each_job_its_own_id(store):
+    ids = {store.enqueue(new_job()).id for _ in range(50)}
+    assert len(ids) == 50
+
+
+def test_enqueue_keeps_a_given_id(store):
+    assert store.enqueue(new_job(), job_id="mine").id == "mine"
+    assert store.get("mine") is not None
+
+
+def test_enqueue_with_a_taken_id_fails_and_keeps_the_first_job(store):
+    first = store.enqueue(new_job("a:latest"), job_id="dup")
+    with pytest.raises(sqlite3.IntegrityError):
+        store.enqueue(new_job("b:latest"), job_id="dup")
+    assert store.get("dup") == first
+    assert not store.conn.in_transaction
+
+
+def test_get_of_an_unknown_job_is_none(store):
+    assert store.get("nope") is None
+
+
+def test_jobs_survive_closing_and_reopening_the_file(db_path, clock):
+    conn = connect(db_path)
+    job = SyncStore(conn, clock).enqueue(new_job())
+    conn.close()
+
+    conn = connect(db_path)
+    try:
+        assert SyncStore(conn, clock).get(job.id) == job
+    finally:
+        conn.close()
+
+
+# -- transitions ------------------------------------------------------------------------------
+
+
+def test_transition_writes_fields_and_stamps_finished_at_on_a_terminal_state(store, clock):
+    job = store.enqueue(new_job("m:latest"))
+    store.claim("m:latest", 600)
+    clock.advance(5)
+
+    done = store.transition(
+        job.id, JobState.WORKING, JobState.DONE, result={"message": {"content": "hi"}}
+    )
+
+    assert done is not None
+    assert done.state is JobState.DONE
+    assert done.finished_at == clock.now
+    assert done.result == {"message": {"content": "hi"}}
+    assert store.get(job.id) == done
+
+
+def test_transition_to_a_live_state_does_not_stamp_finished_at(store):
+    job = store.enqueue(new_job())
+    moved = store.transition(job.id, JobState.QUEUED, JobState.LOADING)
+    assert moved is not None and moved.finished_at is None
+
+
+def test_guarded_transition_returns_none_and_changes_nothing_when_the_state_moved(store):
+    job = store.enqueue(new_job("m:latest"))
+    claimed = store.claim("other:latest", 600)  # now loading
+    assert claimed is not None and claimed.state is JobState.LOADING
+
+    # a cancel that still believes the job is queued loses the race
+    assert store.transition(job.id, JobState.QUEUED, JobState.CANCELLED) is None
+
+    assert store.get(job.id) == claimed
+
+
+def test_transition_of_an_unknown_job_returns_none(store):
+    assert store.transition("nope", JobState.QUEUED, JobState.CANCELLED) is None
+
+
+def test_illegal_transition_raises_and_writes_nothing(store):
+    job = store.enqueue(new_job())
+
+    with pytest.raises(IllegalTransition):
+        store.transition(job.id, JobState.QUEUED, JobState.DONE, result={"x": 1})
+
+    assert store.get(job.id) == job
+    assert not store.conn.in_transaction
+
+
+def test_retry_of_a_failed_job_puts_it_back_in_the_queue(store):
+    job = store.enqueue(new_job())
+    store.transition(job.id, JobState.QUEUED, JobState.FAILED, error="bad")
+
+    again = store.transition(job.id, JobState.FAILED, JobState.QUEUED)
+
+    assert again is not None and again.state is JobState.QUEUED
+    assert store.claim(None, 600) is not None
+
+
+def test_attempts_delta_gives_an_attempt_back(store):
+    job = store.enqueue(new_job())
+    claimed = store.claim(None, 600)
+    assert claimed is not None and claimed.attempts == 1
+
+    back = store.transition(job.id, JobState.LOADING, JobState.QUEUED, attempts_delta=-1)
+
+    assert back is not None and back.attempts == 0
+
+
+# -- claim ------------------------------------------------------------------------------------
+
+
+def test_claim_on_an_empty_queue_returns_none(store):
+    assert store.claim("m:latest", 600) is None
+
+
+def test_claim_counts_the_attempt_and_records_start_and_queue_time(store, clock):
+    job = store.enqueue(new_job())
+    clock.advance(2.5)
+
+    claimed = store.claim(None, 600)
+
+    assert claimed is not None and claimed.id == job.id
+    assert claimed.attempts == 1
+    assert claimed.started_at == clock.now
+    assert claimed.queue_ms == 2500
+    assert store.get(job.id) == claimed
+
+
+def test_claim_of_the_resident_model_goes_straight_to_working(store):
+    store.enqueue(new_job("m:latest"))
+    claimed = store.claim("m:latest", 600)
+    assert claimed is not None and claimed.state is JobState.WORKING
+
+
+@pytest.mark.parametrize("resident", [None, "other:latest", 'm:latest {"num_ctx":8192}'])
+def test_claim_of_a_model_that_is_not_resident_goes_to_loading(store, resident):
+    store.enqueue(new_job("m:latest"))
+    claimed = store.claim(resident, 600)
+    assert claimed is not None and claimed.state is JobState.LOADING
+
+
+def test_claim_drains_the_resident_model_before_older_jobs(store, clock):
+    ids = {}
+    for name in ["B", "A", "B", "A", "C", "B", "A"]:
+        clock.advance(1)
+        ids.setdefault(name, []).append(store.enqueue(new_job(f"{name}:latest")).id)
+
+    order = []
+    resident = "A:latest"
+    while (job := store.claim(resident, 600)) is not None:
+        order.append(job.id)
+        resident = job.model_key
+        store.transition(job.id, job.state, JobState.CANCELLED)
+
+    assert order == ids["A"] + ids["B"] + ids["C"]
+
+
+def test_claim_never_hands_out_the_same_job_twice(store):
+    for _ in range(3):
+        store.enqueue(new_job())
+    seen = [store.claim(None, 600) for _ in range(4)]
+    assert seen[3] is None
+    assert len({j.id for j in seen[:3] if j is not None}) == 3
+
+
+def test_claim_skips_a_job_waiting_out_its_backoff_until_it_is_due(store, clock):
+    job = store.enqueue(new_job())
+    store.claim(None, 600)
+    store.transition(job.id, JobState.LOADING, JobState.QUEUED, not_before=clock.now + 10)
+
+    assert store.claim(None, 600) is None
+    clock.advance(9.9)
+    assert store.claim(None, 600) is None
+    clock.advance(0.1)
+    again = store.claim(None, 600)
+    assert again is not None and again.id == job.id and again.attempts == 2
+
+
+def test_claim_lets_a_starved_job_overtake_the_resident_model(store, clock):
+    old = store.enqueue(new_job("B:latest"))
+    clock.advance(700)
+    store.enqueue(new_job("A:latest"))
+
+    claimed = store.claim("A:latest", max_wait=600)
+
+    assert claimed is not None and claimed.id == old.id
+
+
+def test_claim_takes_the_highest_priority_first(store):
+    store.enqueue(new_job("A:latest", priority=0))
+    urgent = store.enqueue(new_job("B:latest", priority=5))
+    claimed = store.claim("A:latest", 600)
+    assert claimed is not None and claimed.id == urgent.id
+
+
+# -- recovery after a crash -------------------------------------------------------------------
+
+
+def test_recover_interrupted_requeues_running_jobs_and_fails_exhausted_ones(store, clock):
+    loading = store.enqueue(new_job("a:latest", max_attempts=3))
+    working = store.enqueue(new_job("b:latest", max_attempts=3))
+    last_try = store.enqueue(new_job("c:latest", max_attempts=1))
+    waiting = store.enqueue(new_job("d:latest"))
+    done = store.enqueue(new_job("e:latest"))
+    store.transition(loading.id, JobState.QUEUED, JobState.LOADING, attempts_delta=1)
+    store.transition(working.id, JobState.QUEUED, JobState.WORKING, attempts_delta=1)
+    store.transition(last_try.id, JobState.QUEUED, JobState.WORKING, attempts_delta=1)
+    store.transition(done.id, JobState.QUEUED, JobState.WORKING)
+    store.transition(done.id, JobState.WORKING, JobState.DONE)
+    clock.advance(30)
+
+    moved = {job.id: job for job in store.recover_interrupted()}
+
+    assert set(moved) == {loading.id, working.id, last_try.id}
+    for job_id in (loading.id, working.id):
+        assert moved[job_id].state is JobState.QUEUED
+        assert moved[job_id].attempts == 1
+        assert store.get(job_id) == moved[job_id]
+    failed = moved[last_try.id]
+    assert failed.state is JobState.FAILED
+    assert failed.error and "restart" in failed.error
+    assert failed.finished_at == clock.now
+    assert store.get(waiting.id) == waiting
+    got_done = store.get(done.id)
+    assert got_done is not None and got_done.state is JobState.DONE
+    assert store.running() == []
+    assert store.recover_interrupted() == []
+
+
+# -- reads ------------------------------------------------------------------------------------
+
+
+def test_next_not_before_is_the_earliest_pending_backoff(store, clock):
+    assert store.next_not_before() is None
+    a, b, c = (store.enqueue(new_job()) for _ in range(3))
+    for job, delay in ((a, 30), (b, 10), (c, 20)):
+        store.transition(job.id, JobState.QUEUED, JobState.LOADING)
+        store.transition(job.id, JobState.LOADING, JobState.QUEUED, not_before=clock.now + delay)
+
+    assert store.next_not_before() == clock.now + 10
+    store.transition(b.id, JobState.QUEUED, JobState.CANCELLED)
+    assert store.next_not_before() == clock.now + 20
+    clock.advance(25)
+    assert store.next_not_before() == clock.now + 5
+    clock.advance(5)
+    assert store.next_not_before() is None
+
+
+def test_count_queued_counts_all_or_one_model(store):
+    for key in ("a:latest", "a:latest", 'a:latest {"num_ctx":8192}', "b:latest"):
+        store.enqueue(new_job(key))
+    store.claim("b:latest", 600)
+
+    assert store.count_queued() == 3
+    assert store.count_queued("a:latest") == 2
+    assert store.count_queued('a:latest {"num_ctx":8192}') == 1
+    assert store.count_queued("b:latest") == 0
+
+
+def test_running_lists_loading_and_working_jobs(store):
+    a = store.enqueue(new_job("a:latest"))
+    b = store.enqueue(new_job("b:latest"))
+    store.enqueue(new_job("c:latest"))
+    store.claim("a:latest", 600)
+    store.claim(None, 600)
+    assert sorted((j.id, j.state) for j in store.running()) == sorted(
+        [(a.id, JobState.WORKING), (b.id, JobState.LOADING)]
+    )
+
+
+# -- schema and file --------------------------------------------------------------------------
+
+
+def test_database_is_in_wal_mode(store):
+    (mode,) = store.conn.execute("PRAGMA journal_mode").fetchone()
+    assert mode == "wal"
+
+
+def test_schema_version_counts_the_migrations(store):
+    (version,) = store.conn.execute("PRAGMA user_version").fetchone()
+    assert version == SCHEMA_VERSION == len(MIGRATIONS)
+
+
+def test_connect_creates_missing_folders(tmp_path):
+    conn = connect(tmp_path / "a" / "b" / "foreman.db")
+    conn.close()
+    assert (tmp_path / "a" / "b" / "foreman.db").is_file()
+
+
+def _schema(path: Path) -> list[tuple[str, str, str, str]]:
+    conn = sqlite3.connect(path)
+    try:
+        return sorted(
+            conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall()
+        )
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("start", range(SCHEMA_VERSION + 1))
+def test_a_database_migrated_step_by_step_has_the_schema_of_a_fresh_one(tmp_path, start):
+    fresh = tmp_path / "fresh.db"
+    connect(fresh).close()
+
+    # a database left by an older foreman: the first `start` migrations, one at a time
+    old = tmp_path / "old.db"
+    conn = sqlite3.connect(old, isolation_level=None)
+    for number in range(start):
+        conn.executescript(MIGRATIONS[number])
+        conn.execute(f"PRAGMA user_version = {number + 1}")
+    assert migrate(conn) == start
+    conn.close()
+
+    assert _schema(old) == _schema(fresh)
+    conn = sqlite3.connect(old)
+    assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    conn.close()
+
+
+def test_a_database_from_a_newer_foreman_is_refused_and_left_alone(db_path):
+    connect(db_path).close()
+    conn = sqlite3.connect(db_path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+
+    with pytest.raises(StoreError, match="newer"):
+        connect(db_path)
+
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION + 1,)
+    conn.close()
+
+
+async def test_store_open_refuses_a_newer_database_with_store_error(db_path):
+    connect(db_path).close()
+    conn = sqlite3.connect(db_path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError):
+        await Store.open(db_path)
+
+
+async def test_store_open_turns_a_file_that_is_not_a_database_into_store_error(db_path):
+    db_path.parent.mkdir(parents=True)
+    db_path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="cannot open database"):
+        await Store.open(db_path)
+
+
+# -- query plans ------------------------------------------------------------------------------
+
+
+def _uses_indexes(plan: str) -> bool:
+    """Every step touching `jobs` goes through an index, and nothing is sorted."""
+    steps = plan.split(" | ")
+    for step in steps:
+        if re.search(r"\b(SCAN|SEARCH) jobs\b", step) and " USING " not in step:
+            return False
+    return not any("TEMP B-TREE" in step for step in steps)
+
+
+def test_plan_checker_rejects_a_full_scan(store):
+    rows = store.conn.execute("EXPLAIN QUERY PLAN SELECT * FROM jobs WHERE error = 'x'").fetchall()
+    plan = " | ".join(str(r[-1]) for r in rows)
+    assert not _uses_indexes(plan)
+
+
+@pytest.fixture(scope="module")
+def big_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncStore]:
+    """20k queued jobs over eight models and five priorities, some in backoff, over a
+    history of 20k finished ones, with statistics gathered."""
+    conn = connect(tmp_path_factory.mktemp("big") / "foreman.db")
+    rng = random.Random(7)
+    rows = []
+    for i in range(40_000):
+        state = "queued" if i % 2 == 0 else rng.choice(["done", "failed", "cancelled"])
+        rows.append(
+            (
+                f"{i:08d}",
+                f"m{rng.randrange(8)}:latest",
+                state,
+                rng.randrange(-2, 3),
+                rng.choice([0.0, 0.0, 0.0, 50_000.0]),
+                float(i),
+            )
+        )
+    with conn:
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT INTO jobs (id, endpoint, model, model_key, body, stream, state, priority,"
+            " attempts, max_attempts, not_before, enqueued_at, created_at)"
+            " VALUES (?1, '/api/chat', 'm', ?2, x'7b7d', 1, ?3, ?4, 0, 5, ?5, ?6, ?6)",
+            rows,
+        )
+    conn.execute("ANALYZE")
+    yield SyncStore(conn, clock=FakeClock(40_000.0))
+    conn.close()
+
+
+def test_every_pick_statement_plan_uses_an_index(big_store):
+    plans = big_store.explain_pick()
+    assert plans
+    for plan in plans:
+        assert _uses_indexes(plan), plan
+
+
+def _traced_plans(store: SyncStore, action) -> list[str]:
+    statements: list[str] = []
+    store.conn.set_trace_callback(statements.append)
+    try:
+        action()
+    finally:
+        store.conn.set_trace_callback(None)
+    plans = []
+    for sql in statements:
+        if sql.split()[0].upper() in ("SELECT", "UPDATE"):
+            rows = store.conn.execute("EXPLAIN QUERY PLAN " + sql).fetchall()
+            plans.append(sql + " => " + " | ".join(str(r[-1]) for r in rows))
+    return plans
+
+
+@pytest.mark.parametrize(
+    ("resident", "max_wait"),
+    [
+        ("m3:latest", 1e9),  # nothing starved, resident has work
+        ("zz:latest", 1e9),  # nothing starved, a swap
+        ("m3:latest", 100.0),  # the starvation bound applies
+        (None, 39_999.5),  # starved jobs only at some priorities
+    ],
+)
+def test_pick_and_claim_run_only_indexed_statements_on_a_large_queue(big_store, resident, max_wait):
+    plans = _traced_plans(big_store, lambda: big_store.pick(resident, 40_000.0, max_wait))
+    assert plans
+    for plan in plans:
+        assert _uses_indexes(plan.split(" => ")[1]), plan
+
+    # claims for real: each case takes one of the 20k queued jobs
+    plans = _traced_plans(big_store, lambda: big_store.claim(resident, max_wait))
+    assert any(p.startswith("UPDATE") for p in plans)
+    for plan in plans:
+        assert _uses_indexes(plan.split(" => ")[1]), plan
+
+
+def _vm_steps(store: SyncStore, action) -> int:
+    """Roughly how many SQLite VM instructions `action` ran, in hundreds."""
+    ticks = 0
+
+    def tick() -> int:
+        nonlocal ticks
+        ticks += 1
+        return 0
+
+    store.conn.set_progress_handler(tick, 100)
+    try:
+        action()
+    finally:
+        store.conn.set_progress_handler(None, 0)
+    return ticks
+
+
+@pytest.mark.parametrize(
+    ("resident", "max_wait"),
+    [("m3:latest", 1e9), ("zz:latest", 1e9), ("m3:latest", 100.0), (None, 39_999.5)],
+)
+def test_pick_and_claim_cost_does_not_grow_with_the_queue(big_store, resident, max_wait):
+    """Plan text cannot tell a seek from a walk over a whole partial index; the number
+    of VM instructions can. Counting the 20k queued jobs costs hundreds of steps."""
+    assert _vm_steps(big_store, big_store.count_queued) > 100
+    assert _vm_steps(big_store, lambda: big_store.pick(resident, 40_000.0, max_wait)) <= 5
+    assert _vm_steps(big_store, lambda: big_store.claim(resident, max_wait)) <= 10
+
+
+# -- the async wrapper ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def changes() -> list[Job]:
+    """Every job the async store reports as changed, in order."""
+    return []
+
+
+@pytest.fixture
+async def async_store(db_path, clock, changes):
+    store = await Store.open(db_path, clock=clock, on_change=changes.append)
+    yield store
+    await store.close()
+
+
+async def test_writes_under_a_cancelled_scope_still_commit(async_store, changes):
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        job = await async_store.enqueue(new_job("m:latest"))
+        claimed = await async_store.claim(None, 600)
+        moved = await async_store.transition(job.id, JobState.LOADING, JobState.CANCELLED)
+
+    assert claimed is not None and moved is not None
+    got = async_store.sync.get(job.id)
+    assert got is not None and got.state is JobState.CANCELLED
+    assert [j.state for j in changes] == [
+        JobState.QUEUED,
+        JobState.LOADING,
+        JobState.CANCELLED,
+    ]
+
+
+async def test_a_write_cancelled_while_running_finishes_and_returns_its_job(db_path):
+    """The cancel arrives while the write is on its thread: the caller still gets the
+    committed job back, so it can tell its listeners."""
+    entered = trio.Event()
+    release = threading.Event()
+
+    def slow_clock() -> float:
+        trio.from_thread.run_sync(entered.set)
+        release.wait(10)
+        return 1_000.0
+
+    changes: list[Job] = []
+    store = await Store.open(db_path, clock=slow_clock, on_change=changes.append)
+    results: list[Job] = []
+
+    async def write() -> None:
+        results.append(await store.enqueue(new_job()))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write)
+        await entered.wait()
+        nursery.cancel_scope.cancel()
+        release.set()
+
+    assert len(results) == 1
+    assert changes == results
+    assert store.sync.get(results[0].id) == results[0]
+    await store.close()
+
+
+async def test_listener_hears_each_changed_job_and_nothing_else(async_store, changes):
+    a = await async_store.enqueue(new_job("a:latest"))
+    b = await async_store.enqueue(new_job("b:latest"))
+    claimed = await async_store.claim("a:latest", 600)
+    assert await async_store.transition(b.id, JobState.WORKING, JobState.DONE) is None
+    done = await async_store.transition(a.id, JobState.WORKING, JobState.DONE, result={})
+    second = await async_store.claim(None, 600)
+    assert await async_store.claim(None, 600) is None
+    recovered = await async_store.recover_interrupted()
+    await async_store.get(a.id)
+    await async_store.count_queued()
+    await async_store.next_not_before()
+
+    assert [(j.id, j.state) for j in changes] == [
+        (a.id, JobState.QUEUED),
+        (b.id, JobState.QUEUED),
+        (a.id, JobState.WORKING),
+        (a.id, JobState.DONE),
+        (b.id, JobState.LOADING),
+        (b.id, JobState.QUEUED),
+    ]
+    assert changes[2] == claimed
+    assert changes[3] == done
+    assert changes[4] == second
+    assert changes[5:] == recovered
+
+
+async def test_set_listener_replaces_the_listener(async_store, changes):
+    later: list[Job] = []
+    async_store.set_listener(later.append)
+    job = await async_store.enqueue(new_job())
+    assert later == [job]
+    assert job not in changes
