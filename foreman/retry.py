@@ -20,8 +20,8 @@ class FailureKind(enum.Enum):
 
 
 def classify_status(status: int) -> FailureKind:
-    """Upstream 5xx (and 429) are worth retrying; any other 4xx is the request's fault."""
-    if status >= 500 or status == 429:
+    """Upstream 5xx, 408 and 429 are worth retrying; any other 4xx is the request's fault."""
+    if status >= 500 or status in (408, 429):
         return FailureKind.TRANSIENT
     return FailureKind.PERMANENT
 

@@ -131,18 +131,23 @@ def _row_to_job(row: Sequence[Any]) -> Job:
         priority=row[7],
         attempts=row[8],
         max_attempts=row[9],
-        not_before=row[10],
-        enqueued_at=row[11],
-        created_at=row[12],
-        started_at=row[13],
-        finished_at=row[14],
+        # RETURNING gives whole-number REALs back as ints: make them floats again
+        not_before=float(row[10]),
+        enqueued_at=float(row[11]),
+        created_at=float(row[12]),
+        started_at=_float(row[13]),
+        finished_at=_float(row[14]),
         error=row[15],
         result=json.loads(result) if result is not None else None,
         queue_ms=row[17],
         ref=row[18],
         idempotency_key=row[19],
-        deadline=row[20],
+        deadline=_float(row[20]),
     )
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def migrate(conn: sqlite3.Connection) -> int:

@@ -388,3 +388,13 @@ def test_an_openai_replay_reassembles_to_the_stored_result(endpoint, result):
     stream = feed_events(endpoint, events)
     assert stream.done
     assert stream.result() == result
+
+
+@pytest.mark.parametrize("text", ["0", "0s", "0h0m", "0.0s", "-0m", "0ms"])
+def test_every_spelling_of_a_zero_duration_is_an_unload(text: str) -> None:
+    assert is_unload_request(Endpoint.GENERATE, {"model": "m", "keep_alive": text})
+
+
+@pytest.mark.parametrize("text", ["5m", "0h1m", "1", "0x", "", "m0"])
+def test_non_zero_or_malformed_durations_are_not_an_unload(text: str) -> None:
+    assert not is_unload_request(Endpoint.GENERATE, {"model": "m", "keep_alive": text})
