@@ -291,6 +291,26 @@ def replay_stream(endpoint: Endpoint, result: Any) -> tuple[str, bytes]:
     return "text/event-stream", event + b"data: [DONE]\n\n"
 
 
+def keepalive_part(endpoint: Endpoint, model: str, created_at: str, stream: bool) -> bytes:
+    """What keeps a waiting answer's connection alive, in the answer's own framing.
+
+    A native stream gets a chunk as Ollama sends one (empty content, not done), which
+    every client reads as nothing; a /v1 stream an SSE comment, which SSE readers skip;
+    a non-streamed answer a space, which JSON allows before the document.
+    """
+    if not stream:
+        return b" "
+    if endpoint.openai:
+        return b": keep-alive\n\n"
+    chunk: dict[str, Any] = {"model": model, "created_at": created_at}
+    if endpoint is Endpoint.CHAT:
+        chunk["message"] = {"role": "assistant", "content": ""}
+    else:
+        chunk["response"] = ""
+    chunk["done"] = False
+    return json.dumps(chunk, separators=(",", ":")).encode() + b"\n"
+
+
 def decode_body(body: bytes) -> Any:
     """A stored result: the JSON document, or the text when it is not JSON."""
     try:

@@ -1,18 +1,28 @@
-"""The command line: `foreman serve` runs the daemon, `foreman stub` a fake Ollama."""
+"""The command line: `foreman serve` runs the daemon, `foreman stub` a fake Ollama,
+`foreman config` prints the effective configuration, `foreman backup` copies the
+database while foreman runs, `foreman jobs` talks to the job API."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import trio
 
-from foreman import __version__, jobs_cli
-from foreman.config import ConfigError, Settings, add_arguments, resolve
-from foreman.store import StoreError
+from foreman import __version__, jobs_cli, logs
+from foreman.config import (
+    ConfigError,
+    Settings,
+    add_arguments,
+    render,
+    resolve,
+    resolve_with_sources,
+)
+from foreman.keys import KeyFile, KeysError
+from foreman.store import StoreError, backup
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser("serve", help="run the daemon")
     add_arguments(serve)
+    config = commands.add_parser(
+        "config", help="print the effective configuration (as foreman.toml, secrets redacted)"
+    )
+    add_arguments(config)
+    saver = commands.add_parser(
+        "backup", help="copy the database to PATH (safe while foreman runs)"
+    )
+    saver.add_argument("path", metavar="PATH", help="the copy to write (must not exist)")
+    add_arguments(saver)
     commands.add_parser(
         "stub", help="run the stub Ollama (see `foreman stub --help`)", add_help=False
     )
@@ -30,14 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # one line per request is hypercorn's access log, which foreman leaves off
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+def setup_logging(level: str, fmt: str = "text") -> None:
+    logs.setup(level, fmt)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,18 +66,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "jobs":
         return jobs_cli.run(args, os.environ)
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "path")}
     try:
-        settings = resolve(vars(args), os.environ)
-    except ConfigError as exc:
+        if args.command == "config":
+            values, sources = resolve_with_sources(flags, os.environ)
+            print(render(values, sources), end="")
+            return 0
+        settings = resolve(flags, os.environ)
+        if args.command == "backup":
+            backup(settings.db, Path(args.path).expanduser())
+            print(f"foreman: backed up {settings.db} to {args.path}")
+            return 0
+        # a bad keys file stops foreman here, before anything starts, with one line
+        KeyFile(settings.api_keys_file).load()
+    except (ConfigError, KeysError) as exc:
         print(f"foreman: error: {exc}", file=sys.stderr)
         return 2
+    except StoreError as exc:
+        print(f"foreman: error: {exc}", file=sys.stderr)
+        return 1
     return serve(settings)
 
 
 def serve(settings: Settings) -> int:
     from foreman.daemon import serve_until_signalled
 
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     try:
         trio.run(serve_until_signalled, settings)
     except KeyboardInterrupt:
@@ -86,7 +113,7 @@ def _startup_error(exc: BaseException) -> str | None:
             if found is not None:
                 return found
         return None
-    if isinstance(exc, StoreError):
+    if isinstance(exc, StoreError | KeysError):
         return str(exc)
     if isinstance(exc, OSError):
         return f"cannot listen: {exc.strerror or exc}"

@@ -1,8 +1,10 @@
 """Settings: one table that says every knob's flag, environment variable, type and default.
 
 Nothing else in foreman reads `os.environ`. Precedence: command-line flag, then FOREMAN_*
-environment variable, then the default. A bad value raises `ConfigError` with one line that
-names the setting, which the command line prints instead of a traceback.
+environment variable, then the configuration file (foreman.toml, named by --config or
+FOREMAN_CONFIG; its keys are the settings' names), then the default. A bad value or an
+unknown key raises `ConfigError` with one line that names the setting, which the command
+line prints instead of a traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import ipaddress
 import math
 import os
 import re
+import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -101,6 +104,52 @@ def parse_path(raw: str) -> Path:
     return Path(raw).expanduser()
 
 
+def parse_non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("must be a number, zero or more")
+    return value
+
+
+_SIZE = re.compile(r"^(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?$")
+_SIZE_UNITS = {"k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_size(raw: str) -> int:
+    """Bytes: a whole number, or with a binary unit ("32MiB", "512k")."""
+    found = _SIZE.match(raw.strip().lower())
+    if not found:
+        raise ValueError('must be a size in bytes, such as "33554432" or "32MiB"')
+    unit = found.group(2) or "b"
+    value = int(found.group(1)) * _SIZE_UNITS.get(unit[0], 1)
+    if value < 1:
+        raise ValueError("must be at least one byte")
+    return value
+
+
+def parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def parse_log_format(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("text", "json"):
+        raise ValueError("must be text or json")
+    return value
+
+
+def parse_secret(raw: str) -> str:
+    value = raw.strip()
+    if not value or any(c.isspace() for c in value):
+        raise ValueError("must be a non-empty token without white space")
+    return value
+
+
 @attrs.frozen
 class Setting:
     name: str
@@ -109,6 +158,8 @@ class Setting:
     parse: Callable[[str], Any]
     default: str | None
     help: str
+    # printed as <redacted> by `foreman config`; never logged
+    secret: bool = False
 
     @property
     def dest(self) -> str:
@@ -182,7 +233,90 @@ SETTINGS: tuple[Setting, ...] = (
         "info",
         "debug, info, warning or error",
     ),
+    Setting(
+        "log_format",
+        "--log-format",
+        "FOREMAN_LOG_FORMAT",
+        parse_log_format,
+        "text",
+        "text (for people) or json (one JSON object a line)",
+    ),
+    Setting(
+        "api_keys_file",
+        "--api-keys-file",
+        "FOREMAN_API_KEYS_FILE",
+        parse_path,
+        None,
+        "file of API keys, one `NAME KEY SCOPE[,SCOPE]` a line (default: none, open access)",
+    ),
+    Setting(
+        "metrics_token",
+        "--metrics-token",
+        "FOREMAN_METRICS_TOKEN",
+        parse_secret,
+        None,
+        "bearer token that may read /metrics (besides admin keys)",
+        secret=True,
+    ),
+    Setting(
+        "max_queue",
+        "--max-queue",
+        "FOREMAN_MAX_QUEUE",
+        parse_positive_int,
+        "10000",
+        "queued jobs beyond which new jobs are refused with 503 and Retry-After",
+    ),
+    Setting(
+        "max_body",
+        "--max-body",
+        "FOREMAN_MAX_BODY",
+        parse_size,
+        "32MiB",
+        "largest request body accepted (413 beyond it)",
+    ),
+    Setting(
+        "read_timeout",
+        "--read-timeout",
+        "FOREMAN_READ_TIMEOUT",
+        parse_positive_float,
+        "300",
+        "seconds of silence foreman accepts from Ollama inside a streamed job or a small call",
+    ),
+    Setting(
+        "job_timeout",
+        "--job-timeout",
+        "FOREMAN_JOB_TIMEOUT",
+        parse_positive_float,
+        "3600",
+        "seconds one attempt of a job may run, load included (then it is a transient failure)",
+    ),
+    Setting(
+        "shutdown_grace",
+        "--shutdown-grace",
+        "FOREMAN_SHUTDOWN_GRACE",
+        parse_non_negative_float,
+        "30",
+        "seconds the running job may finish after SIGTERM before it goes back to the queue",
+    ),
+    Setting(
+        "keepalive",
+        "--keepalive",
+        "FOREMAN_KEEPALIVE",
+        parse_non_negative_float,
+        "30",
+        "seconds of waiting after which a streamed request gets keepalive bytes (0: never)",
+    ),
+    Setting(
+        "keepalive_unstreamed",
+        "--keepalive-unstreamed",
+        "FOREMAN_KEEPALIVE_UNSTREAMED",
+        parse_bool,
+        "false",
+        "also keep non-streamed requests alive (early headers, whitespace before the JSON)",
+    ),
 )
+
+SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 
 
 @attrs.frozen
@@ -197,6 +331,16 @@ class Settings:
     max_attempts: int = 5
     retention: float = 7 * 24 * 3600.0
     log_level: str = "info"
+    log_format: str = "text"
+    api_keys_file: Path | None = None
+    metrics_token: str | None = attrs.field(default=None, repr=False)
+    max_queue: int = 10_000
+    max_body: int = 32 * 1024 * 1024
+    read_timeout: float = 300.0
+    job_timeout: float = 3600.0
+    shutdown_grace: float = 30.0
+    keepalive: float = 30.0
+    keepalive_unstreamed: bool = False
 
     @property
     def listen_is_loopback(self) -> bool:
@@ -210,6 +354,12 @@ class Settings:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per setting; unset flags stay None so the environment can fill them."""
+    parser.add_argument(
+        "--config",
+        dest="config",
+        default=None,
+        help="configuration file (TOML; keys are the settings' names) [FOREMAN_CONFIG]",
+    )
     for s in SETTINGS:
         default = s.default if s.default is not None else "see help"
         parser.add_argument(
@@ -218,14 +368,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve(flags: Mapping[str, str | None], env: Mapping[str, str]) -> Settings:
-    """Settings from flags over environment over defaults; raises ConfigError."""
+    """Settings from flags over environment over file over defaults; raises ConfigError."""
+    values, _ = resolve_with_sources(flags, env)
+    return Settings(**values)
+
+
+def resolve_with_sources(
+    flags: Mapping[str, str | None], env: Mapping[str, str]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Each setting's value and where it came from (a flag, a variable, the file, default)."""
+    file_path = flags.get("config") or env.get("FOREMAN_CONFIG")
+    from_file = read_config_file(parse_path(file_path)) if file_path else {}
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for s in SETTINGS:
         raw = flags.get(s.dest)
         source = s.flag
         if raw is None:
             raw = env.get(s.env)
             source = s.env
+        if raw is None and s.name in from_file:
+            raw = from_file[s.name]
+            source = f"{file_path}:{s.name}"
         if raw is None:
             if s.default is None:
                 continue
@@ -237,6 +401,55 @@ def resolve(flags: Mapping[str, str | None], env: Mapping[str, str]) -> Settings
             if "invalid literal" in reason or "could not convert" in reason:
                 reason = "must be a number"
             raise ConfigError(f"{source}={raw!r}: {reason}") from None
+        sources[s.name] = source
     if "db" not in values:
         values["db"] = default_db_path(env)
-    return Settings(**values)
+        sources["db"] = "default"
+    return values, sources
+
+
+def read_config_file(path: Path) -> dict[str, str]:
+    """The settings a foreman.toml sets, as the text a flag would carry; raises
+    ConfigError (one line) for a missing file, bad TOML, an unknown key or a value of a
+    type no setting takes."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else "invalid TOML"
+        raise ConfigError(f"{path}: not valid TOML: {reason}") from None
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        if key not in SETTINGS_BY_NAME:
+            known = ", ".join(sorted(SETTINGS_BY_NAME))
+            raise ConfigError(f"{path}: unknown setting {key!r} (known: {known})")
+        if isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        elif isinstance(value, int | float | str):
+            out[key] = str(value)
+        else:
+            raise ConfigError(f"{path}:{key}: must be a string, a number or a boolean")
+    return out
+
+
+def render(values: Mapping[str, Any], sources: Mapping[str, str]) -> str:
+    """The effective configuration as foreman.toml text, secrets redacted, each line
+    commented with where its value came from."""
+    lines = []
+    for s in SETTINGS:
+        if s.name not in values:
+            lines.append(f"# {s.name} is not set")
+            continue
+        value = values[s.name]
+        if s.secret:
+            text = '"<redacted>"'
+        elif isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, int | float):
+            text = repr(value)
+        else:
+            text = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+        lines.append(f"{s.name} = {text}  # {sources.get(s.name, 'default')}")
+    return "\n".join(lines) + "\n"

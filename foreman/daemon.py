@@ -1,14 +1,17 @@
 """The root nursery: wires the store, the worker, the HTTP server and signals together.
 
 The only place foreman starts tasks. Everything runs under `run`'s nursery, so leaving it
-(a signal, an error, a test's cancel scope) stops everything, and the database is closed
-last, after the last write.
+(a second signal, an error, a test's cancel scope) stops everything, and the database is
+closed last, after the last write. A graceful stop (`Control.request_stop`, the first
+SIGTERM or SIGINT) drains first: see `drain`.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import trio
@@ -16,8 +19,11 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from foreman.api import Services, create_app
+from foreman.api.access import AccessLog
 from foreman.config import Settings
 from foreman.events import JobEvents, Wakeup
+from foreman.keys import KeyFile, watch_key_file
+from foreman.metrics import JobTally, Live, Metrics
 from foreman.queue import JobQueue, run_janitor
 from foreman.relay import Relay
 from foreman.store import Store
@@ -42,14 +48,59 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
     return config
 
 
-async def run(settings: Settings, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    """Run foreman until cancelled. Reports the address it listens on to `task_status`."""
+class Control:
+    """How signals reach a running daemon: a stop request (graceful), a key reload."""
+
+    def __init__(self) -> None:
+        self.stop_requested = trio.Event()
+        self.keys: KeyFile | None = None
+
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+
+    def reload_keys(self) -> None:
+        if self.keys is None or self.keys.path is None:
+            log.info("SIGHUP: no keys file to reload")
+            return
+        self.keys.reload()
+
+
+def load_keys(settings: Settings) -> KeyFile:
+    """The keys in force at start (raises KeysError: a bad file stops foreman), with the
+    loud warning when nothing guards a non-loopback address."""
+    keys = KeyFile(settings.api_keys_file)
+    keys.load()
+    if keys.ring.enabled:
+        log.info("API keys loaded from %s: %s", keys.path, ", ".join(keys.ring.names()))
+    elif not settings.listen_is_loopback:
+        log.warning(
+            "NO API KEYS: foreman listens on %s and lets ANYONE who reaches it run models, "
+            "pull and delete them; set FOREMAN_API_KEYS_FILE",
+            settings.host,
+        )
+    return keys
+
+
+async def run(
+    settings: Settings,
+    *,
+    control: Control | None = None,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run foreman until cancelled, or until `control` asks it to stop (then gracefully).
+    Reports the address it listens on to `task_status`."""
+    control = control or Control()
+    keys = load_keys(settings)
+    control.keys = keys
     events = JobEvents()
     relay = Relay()
     wakeup = Wakeup()
+    tally = JobTally()
+    metrics = Metrics(tally)
     store = await Store.open(settings.db, on_change=events.publish)
     try:
         events.subscribe(None, relay.on_job_change)
+        events.subscribe(None, metrics.on_job_change)
         for job in await store.recover_interrupted():
             log.warning(
                 "job %s model=%s was interrupted by a restart; now %s",
@@ -57,8 +108,9 @@ async def run(settings: Settings, *, task_status: Any = trio.TASK_STATUS_IGNORED
                 job.model,
                 job.state.value,
             )
+        tally.load(await store.unfinished())
         async with default_client(settings.ollama_url) as client:
-            upstream = Upstream(client)
+            upstream = Upstream(client, settings.read_timeout)
             worker = Worker(
                 store,
                 upstream,
@@ -68,33 +120,121 @@ async def run(settings: Settings, *, task_status: Any = trio.TASK_STATUS_IGNORED
                     keep_alive=settings.keep_alive,
                     max_wait=settings.max_wait,
                     retry_backoff=settings.retry_backoff,
+                    job_timeout=settings.job_timeout,
                 ),
+                metrics=metrics,
             )
-            queue = JobQueue(store, relay, wakeup, events, worker.cancel_running)
-            app = create_app(Services(settings=settings, queue=queue, upstream=upstream))
+            queue = JobQueue(
+                store,
+                relay,
+                wakeup,
+                events,
+                worker.cancel_running,
+                tally=tally,
+                max_queue=settings.max_queue,
+            )
+            metrics.live = Live(
+                resident=lambda: worker.resident,
+                waiters=lambda: len(relay),
+                ollama_up=lambda: worker.online,
+                accepting=lambda: queue.accepting,
+            )
+            services = Services(
+                settings=settings, queue=queue, upstream=upstream, keys=keys, metrics=metrics
+            )
+            app = AccessLog(create_app(services))
+            server_stop = trio.Event()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(supervise, worker)
                 nursery.start_soon(run_janitor, queue, settings.retention)
-                binds = await nursery.start(serve, app, hypercorn_config(settings))
-                address = binds[0] if binds else f"http://{settings.host}:{settings.port}"
-                log.info(
-                    "foreman listening on %s, ollama at %s, database %s",
-                    address,
-                    settings.ollama_url,
-                    settings.db,
-                )
-                task_status.started(address)
+                nursery.start_soon(watch_key_file, keys)
+                async with trio.open_nursery() as server:
+                    binds = await server.start(
+                        partial(
+                            serve,
+                            app,
+                            hypercorn_config(settings),
+                            shutdown_trigger=server_stop.wait,
+                        )
+                    )
+                    address = binds[0] if binds else f"http://{settings.host}:{settings.port}"
+                    log.info(
+                        "foreman listening on %s, ollama at %s, database %s",
+                        address,
+                        settings.ollama_url,
+                        settings.db,
+                    )
+                    task_status.started(address)
+                    await control.stop_requested.wait()
+                    await drain(worker, queue, relay, events, settings.shutdown_grace)
+                    server_stop.set()
+                log.info("foreman stopped; closing the database")
+                nursery.cancel_scope.cancel()
     finally:
         with trio.move_on_after(CLOSE_SECONDS, shield=True):
             await store.close()
 
 
+async def drain(
+    worker: Worker, queue: JobQueue, relay: Relay, events: JobEvents, grace: float
+) -> None:
+    """The graceful part of a shutdown: take no new jobs, let the running one finish
+    within `grace` seconds or put it back in the queue, and let every waiting client go
+    with a clear answer. Queued jobs stay queued for the next start."""
+    queue.accepting = False
+    worker.stop_claiming()
+    running = worker.running.job_id if worker.running is not None else None
+    if running is not None:
+        log.info("shutting down: job %s may finish within %gs", running, grace)
+    else:
+        log.info("shutting down: no job is running")
+    with trio.move_on_after(grace):
+        await worker.wait_quiet()
+    if worker.interrupt():
+        log.warning(
+            "job %s did not finish within %gs; putting it back in the queue", running, grace
+        )
+        await worker.wait_quiet()
+    waiting = relay.close_waiting(
+        "foreman is shutting down; the job stays queued and runs after the restart"
+    )
+    if waiting:
+        log.info("shutting down: %d waiting clients told to come back later", waiting)
+    events.close_all()
+
+
 async def serve_until_signalled(settings: Settings) -> None:
-    """`run`, stopped cleanly by SIGINT or SIGTERM."""
-    async with trio.open_nursery() as nursery:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            nursery.start_soon(run, settings)
-            async for signum in signals:
-                log.info("received %s; shutting down", signal.Signals(signum).name)
-                nursery.cancel_scope.cancel()
-                break
+    """`run`, stopped by signals: the first SIGINT or SIGTERM shuts down gracefully, a
+    second one exits at once (queued jobs are in the database either way, and the
+    running job is put back first); SIGHUP reloads the API keys."""
+    control = Control()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_on_signals, signals, control, nursery.cancel_scope, settings)
+            await run(settings, control=control)
+            nursery.cancel_scope.cancel()
+
+
+async def _on_signals(
+    signals: AsyncIterator[int],
+    control: Control,
+    scope: trio.CancelScope,
+    settings: Settings,
+) -> None:
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:
+            log.info("received SIGHUP; reloading the API keys")
+            control.reload_keys()
+        elif not control.stop_requested.is_set():
+            log.info(
+                "received %s; shutting down (the running job has %gs to finish; "
+                "send it again to exit at once)",
+                name,
+                settings.shutdown_grace,
+            )
+            control.request_stop()
+        else:
+            log.warning("received %s again; exiting now", name)
+            scope.cancel()
+            return

@@ -43,6 +43,9 @@ class JobEvents:
     def __init__(self) -> None:
         self._by_job: defaultdict[str, list[Listener]] = defaultdict(list)
         self._all: list[Listener] = []
+        # the channels of waiters (long-polls, event streams), ended together at shutdown
+        self._channels: set[trio.MemorySendChannel[Job]] = set()
+        self._closed = False
 
     def publish(self, job: Job) -> None:
         for listener in list(self._by_job.get(job.id, ())):
@@ -83,6 +86,10 @@ class JobEvents:
         rather than slowing foreman down; it can read the current state and resubscribe.
         """
         send, receive = trio.open_memory_channel[Job](buffer)
+        if self._closed:
+            send.close()
+            return receive, lambda: None
+        self._channels.add(send)
 
         def listener(job: Job) -> None:
             try:
@@ -96,9 +103,18 @@ class JobEvents:
 
         def stop() -> None:
             unsubscribe()
+            self._channels.discard(send)
             send.close()
 
         return receive, stop
+
+    def close_all(self) -> None:
+        """End every waiter's channel, now and from now on (shutdown): long-polls answer
+        with the job as it stands, event streams end."""
+        self._closed = True
+        for send in list(self._channels):
+            send.close()
+        self._channels.clear()
 
     def listener_count(self) -> int:
         return len(self._all) + sum(len(v) for v in self._by_job.values())

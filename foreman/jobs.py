@@ -119,6 +119,8 @@ class Job:
     idempotency_key: str | None = None
     # wall-clock time by which the job must have started, or it fails as expired
     deadline: float | None = None
+    # the name of the API key that made the job (None without keys)
+    key_name: str | None = None
 
 
 @attrs.frozen
@@ -137,3 +139,5 @@ class NewJob:
     idempotency_key: str | None = None
     # what the idempotency key stands for: the same key with another request is a conflict
     request_hash: str | None = None
+    # the name of the API key that made the job (None without keys)
+    key_name: str | None = None

@@ -17,10 +17,33 @@ from ulid import ULID
 
 from foreman.events import JobEvents, Wakeup
 from foreman.jobs import Job, JobState, NewJob
+from foreman.metrics import JobTally
 from foreman.relay import Relay, Ticket
 from foreman.store import Store
 
 log = logging.getLogger("foreman.queue")
+
+# Ollama's own answer when its queue is full (two spaces, as Ollama writes it), so
+# clients that already handle a busy Ollama handle a full foreman
+BUSY_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
+
+
+class Refused(Exception):
+    """A new job was not taken; the client may try again after `retry_after` seconds."""
+
+    reason = "refused"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class QueueFull(Refused):
+    reason = "queue_full"
+
+
+class ShuttingDown(Refused):
+    reason = "shutting_down"
 
 
 @attrs.frozen
@@ -40,24 +63,45 @@ class JobQueue:
         wakeup: Wakeup,
         events: JobEvents,
         cancel_running: Callable[[str], bool],
+        tally: JobTally | None = None,
+        max_queue: int | None = None,
     ) -> None:
         self.store = store
         self.relay = relay
         self.wakeup = wakeup
         self.events = events
         self._cancel_running = cancel_running
+        self.tally = tally or JobTally()
+        self.max_queue = max_queue
+        # False once shutdown began: new jobs are refused, the queue is kept
+        self.accepting = True
+        # submissions admitted but not yet stored (they count against the limit)
+        self._admitted = 0
 
     async def submit(self, new: NewJob, *, attach: bool = False) -> Submitted:
         """Store a job and wake the worker. With `attach`, the caller's ticket exists
-        before the worker can see the job, so no byte of the answer can miss it."""
+        before the worker can see the job, so no byte of the answer can miss it.
+
+        Raises QueueFull beyond `max_queue` queued jobs and ShuttingDown once shutdown
+        began. The check and the admission happen without a checkpoint between them, so
+        concurrent submissions cannot overshoot the limit; the store's broadcast counts
+        the job as queued before its admission is released.
+        """
+        if not self.accepting:
+            raise ShuttingDown("foreman is shutting down; try again shortly", 30)
+        if self.max_queue is not None and self.tally.queued + self._admitted >= self.max_queue:
+            raise QueueFull(BUSY_MESSAGE, 10)
         job_id = str(ULID())
         ticket = self.relay.attach(job_id) if attach else None
+        self._admitted += 1
         try:
             job, created = await self.store.submit(new, job_id)
         except BaseException:
             if ticket is not None:
                 self.relay.detach(ticket)
             raise
+        finally:
+            self._admitted -= 1
         if not created:
             if ticket is not None:
                 self.relay.detach(ticket)
@@ -70,14 +114,19 @@ class JobQueue:
     async def get(self, job_id: str) -> Job | None:
         return await self.store.get(job_id)
 
-    async def wait(self, job_id: str, seconds: float) -> Job | None:
-        """The job once it is terminal, or as it stands after `seconds` (None: unknown).
+    async def wait(
+        self, job_id: str, seconds: float, visible: Callable[[Job], bool] | None = None
+    ) -> Job | None:
+        """The job once it is terminal, or as it stands after `seconds` (None: unknown,
+        or not `visible` to the caller).
 
         Subscribes before reading, so a change between the read and the wait is not
         missed; while waiting it only listens to the broadcaster, never the database.
         """
         with self.events.subscription(job_id) as changes:
             job = await self.store.get(job_id)
+            if job is not None and visible is not None and not visible(job):
+                return None
             if job is None or job.state.terminal:
                 return job
             with trio.move_on_after(seconds):

@@ -56,12 +56,30 @@ class Ticket:
     streamed: bool = False
     # while the worker runs the job it closes the ticket itself, after its last message
     in_worker: bool = False
+    # why the ticket was closed without an answer while its job stays queued (shutdown)
+    closed_because: str | None = None
+    # no more messages will come
+    closed: bool = False
+
+    def close(self) -> None:
+        self.closed = True
+        self.send_channel.close()
 
     async def send(self, message: Message) -> bool:
         """Deliver to the client; False when it has gone (the job runs on regardless)."""
         try:
             await self.send_channel.send(message)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        if not isinstance(message, Reply):
+            self.streamed = True
+        return True
+
+    def offer(self, message: Message) -> bool:
+        """`send` without waiting: for a last word that must not wait on a slow client."""
+        try:
+            self.send_channel.send_nowait(message)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             return False
         if not isinstance(message, Reply):
             self.streamed = True
@@ -92,7 +110,18 @@ class Relay:
         if job.state.terminal:
             ticket = self._tickets.get(job.id)
             if ticket is not None and not ticket.in_worker:
-                ticket.send_channel.close()
+                ticket.close()
+
+    def close_waiting(self, reason: str) -> int:
+        """End the wait of every client whose job is not running (shutdown): their jobs
+        stay queued; each handler answers with `reason`. Returns how many."""
+        closed = 0
+        for ticket in list(self._tickets.values()):
+            if not ticket.in_worker and not ticket.closed:
+                ticket.closed_because = reason
+                ticket.close()
+                closed += 1
+        return closed
 
     def __len__(self) -> int:
         return len(self._tickets)

@@ -13,10 +13,12 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import attrs
 import trio
 from ulid import ULID
 
@@ -84,6 +86,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_by_model ON jobs (model_name, id);
     CREATE INDEX jobs_by_ref ON jobs (ref, id) WHERE ref IS NOT NULL;
     """,
+    # 3: API keys (a jobs-scoped key sees only the jobs it made)
+    """
+    ALTER TABLE jobs ADD COLUMN key_name TEXT;
+    CREATE INDEX jobs_by_key ON jobs (key_name, id) WHERE key_name IS NOT NULL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -91,10 +98,19 @@ SCHEMA_VERSION = len(MIGRATIONS)
 _COLUMNS = (
     "id, endpoint, model, model_key, body, stream, state, priority, attempts, max_attempts,"
     " not_before, enqueued_at, created_at, started_at, finished_at, error, result, queue_ms, ref,"
-    " idempotency_key, deadline"
+    " idempotency_key, deadline, key_name"
 )
 
 TERMINAL_SQL = "('done', 'failed', 'cancelled')"
+
+# the aggregates of the scheduling rule, each one seek on a partial queue index
+_OLDEST_QUEUED = (
+    "SELECT min(enqueued_at) FROM jobs INDEXED BY jobs_queue_age WHERE state = 'queued'"
+)
+_TOP_PRIORITY = "SELECT max(priority) FROM jobs INDEXED BY jobs_queue WHERE state = 'queued'"
+_NEXT_PRIORITY = (
+    "SELECT max(priority) FROM jobs INDEXED BY jobs_queue WHERE state = 'queued' AND priority < ?"
+)
 
 
 class StoreError(Exception):
@@ -143,6 +159,7 @@ def _row_to_job(row: Sequence[Any]) -> Job:
         ref=row[18],
         idempotency_key=row[19],
         deadline=_float(row[20]),
+        key_name=row[21],
     )
 
 
@@ -189,6 +206,30 @@ class SyncStore:
     def __init__(self, conn: sqlite3.Connection, clock: Callable[[], float] = wall_clock):
         self.conn = conn
         self.clock = clock
+        # the connection's own level (2 = FULL), which `_unsynced` returns to
+        self._synchronous = int(conn.execute("PRAGMA synchronous").fetchone()[0])
+
+    @contextmanager
+    def _unsynced(self, unsynced: bool = True) -> Iterator[None]:
+        """Commit without waiting for the disk: for the worker's own moves only.
+
+        In WAL mode a commit at `synchronous = NORMAL` is in the operating system's hands
+        when it returns (a crash of foreman loses nothing) but reaches the disk only with
+        the next synced commit, which carries every commit before it. A power cut can
+        undo it. The moves made this way are those a restart would undo anyway: a
+        claim, loading -> working, and back to the queue after a failure; undoing one
+        leaves the job queued or running, and recovery queues it. Everything someone is
+        told about (a submission, an end, a cancel, a retry) stays synced before the
+        answer. SQLite takes the setting only outside a transaction.
+        """
+        if not unsynced or self._synchronous <= 1:
+            yield
+            return
+        self.conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            yield
+        finally:
+            self.conn.execute(f"PRAGMA synchronous = {self._synchronous}")
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -204,44 +245,79 @@ class SyncStore:
         raises IdempotencyConflict. Check and insert are one transaction, so two
         concurrent submissions with one key make one job.
         """
-        now = self.clock()
-        job_id = job_id or str(ULID())
         with self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
-            if new.idempotency_key is not None:
-                found = self.conn.execute(
-                    f"SELECT {_COLUMNS}, request_hash FROM jobs WHERE idempotency_key = ?",
-                    (new.idempotency_key,),
-                ).fetchone()
-                if found is not None:
-                    existing = _row_to_job(found)
-                    if found[-1] != new.request_hash:
-                        raise IdempotencyConflict(existing)
-                    return existing, False
-            row = self.conn.execute(
-                f"INSERT INTO jobs (id, endpoint, model, model_key, model_name, body, stream,"
-                f" state, priority, attempts, max_attempts, not_before, enqueued_at, created_at,"
-                f" ref, deadline, idempotency_key, request_hash)"
-                f" VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, 0, ?, 0, ?, ?, ?, ?, ?, ?)"
-                f" RETURNING {_COLUMNS}",
-                (
-                    job_id,
-                    new.endpoint.value,
-                    new.model,
-                    new.model_key,
-                    split_key(new.model_key)[0],
-                    new.body,
-                    int(new.stream),
-                    new.priority,
-                    new.max_attempts,
-                    now,
-                    now,
-                    new.ref,
-                    new.deadline,
-                    new.idempotency_key,
-                    new.request_hash,
-                ),
+            return self._insert(new, job_id)
+
+    def submit_many(
+        self, batch: Sequence[tuple[NewJob, str | None]]
+    ) -> list[tuple[Job, bool] | Exception]:
+        """Several submissions in one transaction: one commit, one fsync, for them all.
+
+        The group commit behind concurrent `Store.submit` calls. Each answer is what
+        `submit` would have returned or raised for that submission; an idempotency
+        conflict answers its own submission without touching the others, and if the
+        transaction as a whole fails, each submission is tried again on its own.
+        """
+        out: list[tuple[Job, bool] | Exception] = []
+        try:
+            with self.conn:
+                self.conn.execute("BEGIN IMMEDIATE")
+                for new, job_id in batch:
+                    try:
+                        out.append(self._insert(new, job_id))
+                    except IdempotencyConflict as exc:
+                        out.append(exc)
+        except sqlite3.Error:
+            if len(batch) == 1:
+                raise
+            out = []
+            for new, job_id in batch:
+                try:
+                    out.append(self.submit(new, job_id))
+                except (sqlite3.Error, IdempotencyConflict) as exc:
+                    out.append(exc)
+        return out
+
+    def _insert(self, new: NewJob, job_id: str | None) -> tuple[Job, bool]:
+        """`submit`'s work inside a transaction the caller holds."""
+        now = self.clock()
+        job_id = job_id or str(ULID())
+        if new.idempotency_key is not None:
+            found = self.conn.execute(
+                f"SELECT {_COLUMNS}, request_hash FROM jobs WHERE idempotency_key = ?",
+                (new.idempotency_key,),
             ).fetchone()
+            if found is not None:
+                existing = _row_to_job(found)
+                if found[-1] != new.request_hash:
+                    raise IdempotencyConflict(existing)
+                return existing, False
+        row = self.conn.execute(
+            f"INSERT INTO jobs (id, endpoint, model, model_key, model_name, body, stream,"
+            f" state, priority, attempts, max_attempts, not_before, enqueued_at, created_at,"
+            f" ref, deadline, idempotency_key, request_hash, key_name)"
+            f" VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, 0, ?, 0, ?, ?, ?, ?, ?, ?, ?)"
+            f" RETURNING {_COLUMNS}",
+            (
+                job_id,
+                new.endpoint.value,
+                new.model,
+                new.model_key,
+                split_key(new.model_key)[0],
+                new.body,
+                int(new.stream),
+                new.priority,
+                new.max_attempts,
+                now,
+                now,
+                new.ref,
+                new.deadline,
+                new.idempotency_key,
+                new.request_hash,
+                new.key_name,
+            ),
+        ).fetchone()
         return _row_to_job(row), True
 
     def retry(self, job_id: str) -> Job | None:
@@ -349,7 +425,8 @@ class SyncStore:
         """
         if new.terminal:
             fields.setdefault("finished_at", self.clock())
-        with self.conn:
+        # synced unless the move is one recovery would redo (see `_unsynced`)
+        with self._unsynced(not (new.terminal or old.terminal)), self.conn:
             return self._transition_sql(job_id, old, new, fields)
 
     def claim(self, resident: str | None, max_wait: float) -> Job | None:
@@ -364,7 +441,7 @@ class SyncStore:
         """`claim`, also failing (and returning) queued jobs whose deadline has passed, so
         no job starts after its deadline."""
         now = self.clock()
-        with self.conn:
+        with self._unsynced(), self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
             expired = self._expire(now)
             picked = self.pick(resident, now, max_wait)
@@ -429,13 +506,11 @@ class SyncStore:
         order = "ORDER BY enqueued_at, id LIMIT 1"
         cutoff = now - max_wait
         # 1. starvation bound: only if the oldest queued job is old enough at all
-        (oldest,) = self.conn.execute(
-            "SELECT min(enqueued_at) FROM jobs WHERE state = 'queued'"
-        ).fetchone()
+        # INDEXED BY: left to itself SQLite answers these aggregates from jobs_by_state,
+        # walking every queued row; on the partial indexes they are one seek each
+        (oldest,) = self.conn.execute(_OLDEST_QUEUED).fetchone()
         if oldest is not None and oldest < cutoff:
-            prio = self.conn.execute(
-                "SELECT max(priority) FROM jobs WHERE state = 'queued'"
-            ).fetchone()[0]
+            prio = self.conn.execute(_TOP_PRIORITY).fetchone()[0]
             while prio is not None:
                 row = self.conn.execute(
                     f"{q} INDEXED BY jobs_queue WHERE state = 'queued' AND priority = ?"
@@ -444,10 +519,7 @@ class SyncStore:
                 ).fetchone()
                 if row is not None:
                     return Candidate(*row)
-                prio = self.conn.execute(
-                    "SELECT max(priority) FROM jobs WHERE state = 'queued' AND priority < ?",
-                    (prio,),
-                ).fetchone()[0]
+                prio = self.conn.execute(_NEXT_PRIORITY, (prio,)).fetchone()[0]
         # 2. the top priority; its oldest job decides a switch if the resident has none
         row = self.conn.execute(
             f"{q} INDEXED BY jobs_queue WHERE state = 'queued' AND not_before <= ?"
@@ -493,11 +565,18 @@ class SyncStore:
         ref: str | None = None,
         before: str | None = None,
         limit: int = 50,
+        key_name: str | None = None,
     ) -> list[Job]:
         """Newest first, filters combined; `before` is the keyset cursor (a job id)."""
         where: list[str] = []
         params: list[Any] = []
-        for column, value in (("state", state), ("model_name", model_name), ("ref", ref)):
+        filters = (
+            ("state", state),
+            ("model_name", model_name),
+            ("ref", ref),
+            ("key_name", key_name),
+        )
+        for column, value in filters:
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value.value if isinstance(value, JobState) else value)
@@ -520,6 +599,19 @@ class SyncStore:
         ).fetchall()
         return [_row_to_job(r) for r in rows]
 
+    def unfinished(self) -> list[tuple[str, JobState, str]]:
+        """(id, state, model name) of every job not yet finished (for the live tally)."""
+        rows = self.conn.execute(
+            f"SELECT id, state, model_name FROM jobs WHERE state NOT IN {TERMINAL_SQL}"
+        ).fetchall()
+        return [(job_id, JobState(state), model) for job_id, state, model in rows]
+
+    def check_writable(self) -> None:
+        """Take and release the write lock: raises sqlite3.Error if the database cannot be
+        written (read-only file, lock held elsewhere, disk gone)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.execute("ROLLBACK")
+
     def explain_pick(self) -> list[str]:
         """The query plans of `pick`'s statements (a test proves none scans the table)."""
         plans = []
@@ -532,17 +624,14 @@ class SyncStore:
         q = "SELECT id, model_key, priority, enqueued_at, not_before FROM jobs"
         order = "ORDER BY enqueued_at, id LIMIT 1"
         return [
-            ("SELECT min(enqueued_at) FROM jobs WHERE state = 'queued'", ()),
-            ("SELECT max(priority) FROM jobs WHERE state = 'queued'", ()),
+            (_OLDEST_QUEUED, ()),
+            (_TOP_PRIORITY, ()),
             (
                 f"{q} INDEXED BY jobs_queue WHERE state = 'queued' AND priority = ?"
                 f" AND enqueued_at < ? AND not_before <= ? {order}",
                 (0, 0.0, 0.0),
             ),
-            (
-                "SELECT max(priority) FROM jobs WHERE state = 'queued' AND priority < ?",
-                (0,),
-            ),
+            (_NEXT_PRIORITY, (0,)),
             (
                 f"{q} INDEXED BY jobs_queue WHERE state = 'queued' AND not_before <= ?"
                 " ORDER BY priority DESC, enqueued_at, id LIMIT 1",
@@ -556,11 +645,27 @@ class SyncStore:
         ]
 
 
+@attrs.define(eq=False)
+class _Submission:
+    """One caller's submission waiting for a group commit."""
+
+    new: NewJob
+    job_id: str | None
+    turn: trio.Event = attrs.field(factory=trio.Event)
+    answer: tuple[Job, bool] | BaseException | None = None
+
+
 class Store:
     """The async face of `SyncStore`: each call runs on a worker thread, one at a time.
 
     `on_change` is called (in Trio, after the commit) with every job a write changed; the
     event broadcaster hangs off it.
+
+    Concurrent submissions are committed together (group commit): while one batch is on
+    the store's thread, new submissions queue up, and the first of them leads the next
+    batch as soon as the thread is free. No task and no timer: under load each fsync
+    carries many jobs, alone a submission commits at once, and each caller still hears
+    back only after its job is durable.
     """
 
     def __init__(
@@ -571,6 +676,8 @@ class Store:
         self.sync = sync
         self._limiter = trio.CapacityLimiter(1)
         self._on_change = on_change or (lambda job: None)
+        self._submissions: list[_Submission] = []
+        self._leading = False
 
     @classmethod
     async def open(
@@ -611,10 +718,47 @@ class Store:
         return job
 
     async def submit(self, new: NewJob, job_id: str | None = None) -> tuple[Job, bool]:
-        job, created = await self._write(self.sync.submit, new, job_id)
-        if created:
-            self._on_change(job)
-        return job, created
+        """`SyncStore.submit`, committed together with whatever submissions wait with it.
+
+        Shielded like every write: once begun, a submission is committed (or fails)
+        whether or not its caller is still there.
+        """
+        mine = _Submission(new, job_id)
+        self._submissions.append(mine)
+        with trio.CancelScope(shield=True):
+            if self._leading:
+                await mine.turn.wait()  # our answer, or the lead of the next batch
+            if mine.answer is None:
+                await self._commit_submissions()
+        assert mine.answer is not None
+        if isinstance(mine.answer, BaseException):
+            raise mine.answer
+        return mine.answer
+
+    async def _commit_submissions(self) -> None:
+        """Lead one batch: commit every waiting submission, answer each, and hand the lead
+        to the first submission that arrived meanwhile (callers shield this)."""
+        self._leading = True
+        async with self._limiter:
+            # taken once the connection is ours: whatever arrived while it was busy joins
+            batch, self._submissions = self._submissions, []
+            try:
+                answers: list[tuple[Job, bool] | BaseException] = list(
+                    await trio.to_thread.run_sync(
+                        self.sync.submit_many, [(s.new, s.job_id) for s in batch]
+                    )
+                )
+            except Exception as exc:  # the thread itself failed: every submission hears it
+                answers = [exc] * len(batch)
+        for submission, answer in zip(batch, answers, strict=True):
+            submission.answer = answer
+            if isinstance(answer, tuple) and answer[1]:
+                self._on_change(answer[0])
+            submission.turn.set()
+        if self._submissions:
+            self._submissions[0].turn.set()  # still leading: the lead passes on
+        else:
+            self._leading = False
 
     async def retry(self, job_id: str) -> Job | None:
         return self._notify(await self._write(self.sync.retry, job_id))
@@ -671,6 +815,35 @@ class Store:
 
     async def count_queued(self, model_key: str | None = None) -> int:
         return await self._read(self.sync.count_queued, model_key)
+
+    async def unfinished(self) -> list[tuple[str, JobState, str]]:
+        return await self._read(self.sync.unfinished)
+
+    async def check_writable(self) -> None:
+        await self._write(self.sync.check_writable)
+
+
+def backup(source: Path, destination: Path) -> None:
+    """Copy a live database with SQLite's online backup API: consistent even while
+    foreman writes, and safe to run from another process."""
+    if destination.exists():
+        raise StoreError(f"{destination} exists; refusing to overwrite it")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open database {source}: {exc}") from None
+    try:
+        dst = sqlite3.connect(destination)
+        try:
+            src.backup(dst, pages=1024)
+        finally:
+            dst.close()
+    except sqlite3.Error as exc:
+        destination.unlink(missing_ok=True)
+        raise StoreError(f"backup of {source} failed: {exc}") from None
+    finally:
+        src.close()
 
 
 __all__ = ["RUNNING_STATES", "SCHEMA_VERSION", "Store", "StoreError", "SyncStore", "connect"]

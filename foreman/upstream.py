@@ -50,6 +50,13 @@ class UpstreamError(Exception):
     status: int | None = None
     body: bytes | None = None
     headers: Headers = ()
+    # Ollama went silent for longer than foreman waits (or the job ran out of time)
+    timed_out: bool = False
+
+    @property
+    def metric_kind(self) -> str:
+        """The kind as /metrics counts it: a timeout is told apart from other transients."""
+        return "timeout" if self.timed_out else self.kind.value
 
     def __str__(self) -> str:
         return self.message
@@ -87,24 +94,36 @@ def _network_error(exc: httpx.HTTPError, what: str) -> UpstreamError:
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         return UpstreamError(FailureKind.OUTAGE, f"cannot reach ollama ({what}): {exc!r}")
     if isinstance(exc, httpx.TimeoutException):
-        return UpstreamError(FailureKind.TRANSIENT, f"ollama timed out ({what})")
+        return UpstreamError(FailureKind.TRANSIENT, f"ollama timed out ({what})", timed_out=True)
     return UpstreamError(FailureKind.TRANSIENT, f"connection to ollama failed ({what}): {exc!r}")
 
 
+CONNECT_TIMEOUT = 10.0
+WRITE_TIMEOUT = 60.0
+
+
 def default_client(base_url: str) -> httpx.AsyncClient:
-    """No read timeout: a load or a long non-streamed generation sends nothing for minutes,
-    and closing a request early makes Ollama abort its load."""
+    """No read timeout by default: a load or a long non-streamed generation sends nothing
+    for minutes, and closing a request early makes Ollama abort its load. Requests that
+    should not go silent for long ask for one (`Upstream.read_timeout`); the worker also
+    bounds every attempt with the job timeout."""
     return httpx.AsyncClient(
         base_url=base_url,
-        timeout=httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None),
+        timeout=httpx.Timeout(connect=CONNECT_TIMEOUT, read=None, write=WRITE_TIMEOUT, pool=None),
         limits=httpx.Limits(max_connections=256, max_keepalive_connections=32),
         follow_redirects=False,
     )
 
 
 class Upstream:
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    """`read_timeout` is the longest silence accepted where Ollama should keep talking:
+    small calls (version, ps, show, unload) and streamed jobs. Loads, non-streamed jobs
+    and relayed requests wait as long as they take (the job timeout, or the client,
+    bounds them)."""
+
+    def __init__(self, client: httpx.AsyncClient, read_timeout: float | None = None) -> None:
         self.client = client
+        self.read_timeout = read_timeout
 
     @asynccontextmanager
     async def open(
@@ -115,11 +134,14 @@ class Upstream:
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         check: bool = True,
+        read_timeout: float | None = None,
     ) -> AsyncIterator[httpx.Response]:
         """A streamed response. With `check`, any status but 2xx raises UpstreamError
         (its body read in full); the response is closed on exit, which aborts the
         request at Ollama if it has not finished."""
-        response = await self.send(method, path, body=body, headers=headers)
+        response = await self.send(
+            method, path, body=body, headers=headers, read_timeout=read_timeout
+        )
         try:
             if check and not 200 <= response.status_code < 300:
                 try:
@@ -145,20 +167,35 @@ class Upstream:
         *,
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
+        read_timeout: float | None = None,
     ) -> httpx.Response:
         """Send a request and return as soon as the head of the answer arrives; the caller
-        reads the body and must close the response."""
-        request = self.client.build_request(method, path, content=body, headers=headers)
+        reads the body and must close the response. `read_timeout` bounds each silence
+        (None: wait as long as it takes)."""
+        timeout = httpx.Timeout(
+            connect=CONNECT_TIMEOUT, read=read_timeout, write=WRITE_TIMEOUT, pool=None
+        )
+        request = self.client.build_request(
+            method, path, content=body, headers=headers, timeout=timeout
+        )
         try:
             return await self.client.send(request, stream=True)
         except httpx.HTTPError as exc:
             raise _network_error(exc, f"{method} {path}") from None
 
-    async def call(self, method: str, path: str, payload: Any = None) -> Any:
-        """A small JSON request to Ollama and its decoded answer (for residency calls)."""
+    async def call(
+        self, method: str, path: str, payload: Any = None, *, patient: bool = False
+    ) -> Any:
+        """A small JSON request to Ollama and its decoded answer (for residency calls).
+
+        Bounded by the read timeout unless `patient` (a load, which says nothing until
+        the model is in memory)."""
         body = None if payload is None else json.dumps(payload).encode()
         headers = {"Content-Type": "application/json"} if body is not None else None
-        async with self.open(method, path, body=body, headers=headers) as response:
+        read_timeout = None if patient else self.read_timeout
+        async with self.open(
+            method, path, body=body, headers=headers, read_timeout=read_timeout
+        ) as response:
             try:
                 raw = await response.aread()
             except httpx.HTTPError as exc:
@@ -188,7 +225,7 @@ class Upstream:
         if options:
             payload["options"] = options
         try:
-            await self.call("POST", endpoint.native.value, payload)
+            await self.call("POST", endpoint.native.value, payload, patient=True)
         except UpstreamError as err:
             if err.status is None or err.body is None or not endpoint.openai:
                 raise

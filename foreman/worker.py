@@ -5,6 +5,11 @@ model is resident; on a swap it unloads the previous model first (so the load ne
 evicts an embedding model from Ollama's other slot), then loads the next one with
 foreman's keep_alive, which pins it while its queue drains. `supervise` restarts it after
 an unexpected error without losing the job it held.
+
+Every attempt is bounded by the job timeout (a hung Ollama cannot hold the worker
+forever; running out of time is a transient failure). At shutdown the worker stops
+claiming, and the job it holds either finishes or is put back in the queue with its
+attempt refunded (`stop_claiming`, `wait_quiet`, `interrupt`).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from foreman.answers import (
     is_unload_request,
 )
 from foreman.events import Wakeup
-from foreman.jobs import Endpoint, Job, JobState
+from foreman.jobs import RUNNING_STATES, Endpoint, Job, JobState
+from foreman.metrics import Metrics
 from foreman.relay import Chunk, Headers, Message, Relay, Reply, StreamStart, Ticket
 from foreman.residency import normalise_model, split_key
 from foreman.retry import FailureKind, backoff_delay
@@ -44,6 +50,9 @@ from foreman.upstream import (
 log = logging.getLogger("foreman.worker")
 
 JSON_HEADERS = (("Content-Type", "application/json; charset=utf-8"),)
+# bound on the shielded put-back of a job interrupted by shutdown
+PUT_BACK_SECONDS = 10
+SHUTDOWN_MESSAGE = "foreman is shutting down; job {id} is back in the queue and runs after restart"
 
 
 @attrs.frozen
@@ -56,6 +65,8 @@ class WorkerSettings:
     idle_poll: float = 30.0
     probe_min: float = 0.25
     probe_max: float = 10.0
+    # one attempt's limit, load included
+    job_timeout: float = 3600.0
 
 
 @attrs.define(eq=False)
@@ -69,6 +80,8 @@ class Running:
     # Ollama's own in-band error line (or event), relayed as it is when the client is
     # streaming
     error_line: bytes | None = None
+    # cancelled by a shutdown, not by a client: the job goes back to the queue
+    interrupted: bool = False
 
 
 def error_reply(family: Family, status: int, message: str, extra: Headers = ()) -> Reply:
@@ -84,6 +97,7 @@ class Worker:
         wakeup: Wakeup,
         settings: WorkerSettings,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.upstream = upstream
@@ -91,6 +105,13 @@ class Worker:
         self.wakeup = wakeup
         self.settings = settings
         self.rng = rng or random.Random()
+        self.metrics = metrics
+        # set at shutdown: claim nothing more
+        self.stopping = False
+        # between a claim and the end of its job (a claim in flight counts)
+        self._busy = False
+        self._quiet = trio.Event()
+        self._quiet.set()
         # the residency key of the chat model Ollama holds, and the route it came by
         self.resident: str | None = None
         self.resident_endpoint = Endpoint.GENERATE
@@ -101,14 +122,56 @@ class Worker:
 
     async def run(self) -> None:
         while True:
+            if self.stopping:
+                await trio.sleep_forever()
             if not self.online:
                 await self._wait_for_ollama()
+                continue
             armed = self.wakeup.arm()
-            job = await self.store.claim(self.resident, self.settings.max_wait)
+            self._set_busy(True)
+            try:
+                job = await self.store.claim(self.resident, self.settings.max_wait)
+                if job is not None and self.stopping:
+                    # shutdown began while the claim was being written: put it back
+                    await self.store.transition(
+                        job.id, job.state, JobState.QUEUED, attempts_delta=-1
+                    )
+                    continue
+                if job is not None:
+                    await self._execute(job)
+            finally:
+                self._set_busy(False)
             if job is None:
                 await self._idle(armed)
-                continue
-            await self._execute(job)
+
+    def _set_busy(self, busy: bool) -> None:
+        self._busy = busy
+        if busy:
+            if self._quiet.is_set():
+                self._quiet = trio.Event()
+        else:
+            self._quiet.set()
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    def stop_claiming(self) -> None:
+        """Take no more jobs; the job in hand (if any) goes on."""
+        self.stopping = True
+        self.wakeup.notify()
+
+    async def wait_quiet(self) -> None:
+        """Until the worker holds no job (returns at once if it holds none)."""
+        while self._busy:
+            await self._quiet.wait()
+
+    def interrupt(self) -> bool:
+        """Abort the job in hand and put it back in the queue (the shutdown's grace ran
+        out). False when there was none."""
+        if self.running is None:
+            return False
+        self.running.interrupted = True
+        self.running.scope.cancel()
+        return True
 
     async def _idle(self, armed: trio.Event) -> None:
         delay = self.settings.idle_poll
@@ -143,28 +206,67 @@ class Worker:
             ticket.in_worker = True
         try:
             with running.scope:
-                try:
-                    if job.state is JobState.LOADING:
-                        moved = await self._swap(job, running)
-                        if moved is None:
-                            return
-                        job = moved
-                    await self._call(job, running)
-                except UpstreamError as err:
-                    await self._failed(job, running, err)
-                except StreamError as err:
-                    await self._failed(job, running, UpstreamError(FailureKind.TRANSIENT, str(err)))
+                limit = trio.CancelScope(deadline=trio.current_time() + self.settings.job_timeout)
+                with limit:
+                    try:
+                        if job.state is JobState.LOADING:
+                            moved = await self._swap(job, running)
+                            if moved is None:
+                                return
+                            job = moved
+                        await self._call(job, running)
+                    except UpstreamError as err:
+                        await self._failed(job, running, err)
+                    except StreamError as err:
+                        await self._failed(
+                            job, running, UpstreamError(FailureKind.TRANSIENT, str(err))
+                        )
+                if limit.cancelled_caught and not running.state.terminal:
+                    timeout = self.settings.job_timeout
+                    await self._failed(
+                        job,
+                        running,
+                        UpstreamError(
+                            FailureKind.TRANSIENT,
+                            f"the attempt ran longer than the job timeout ({timeout:g}s)",
+                            timed_out=True,
+                        ),
+                    )
             if running.scope.cancelled_caught:
-                log.info("job %s cancelled while %s", job.id, running.state.value)
                 if running.state is JobState.LOADING:
                     # an aborted load leaves Ollama's slot in an unknown state
                     self.resident = None
+                if running.interrupted:
+                    await self._put_back(job, running)
+                else:
+                    log.info("job %s cancelled while %s", job.id, running.state.value)
         finally:
+            if running.state in RUNNING_STATES and self.stopping:
+                # foreman is exiting at once (a second signal): the job goes back to
+                # the queue, its attempt refunded, before the database closes
+                with trio.move_on_after(PUT_BACK_SECONDS, shield=True):
+                    await self._put_back(job, running)
             self.running = None
             if ticket is not None:
                 ticket.in_worker = False
                 if running.state.terminal or running.scope.cancel_called:
-                    ticket.send_channel.close()
+                    ticket.close()
+
+    async def _put_back(self, job: Job, running: Running) -> None:
+        """A job interrupted by shutdown: back in the queue with its attempt refunded, and
+        its client told (without waiting for a slow one)."""
+        if running.state not in RUNNING_STATES:
+            return
+        self.resident = None if running.state is JobState.LOADING else self.resident
+        moved = await self._move(running, JobState.QUEUED, attempts_delta=-1)
+        if moved is None or running.ticket is None:
+            return
+        message = SHUTDOWN_MESSAGE.format(id=job.id)
+        family = Family.of(job.endpoint)
+        if running.ticket.streamed:
+            running.ticket.offer(Chunk(family.stream_error(message)))
+        else:
+            running.ticket.offer(error_reply(family, 503, message, _job_headers(job)))
 
     async def _move(self, running: Running, new: JobState, **fields: Any) -> Job | None:
         moved = await self.store.transition(running.job_id, running.state, new, **fields)
@@ -233,6 +335,9 @@ class Worker:
             job.endpoint.value,
             body=job.body,
             headers={"Content-Type": "application/json"},
+            # a stream should keep talking; a non-streamed answer says nothing until it
+            # is whole, however long that takes (the job timeout bounds it)
+            read_timeout=self.upstream.read_timeout if job.stream else None,
         ) as response:
             headers = response_headers(response.headers) + _job_headers(job)
             content_type = response.headers.get("content-type", "")
@@ -287,6 +392,8 @@ class Worker:
     async def _failed(self, job: Job, running: Running, err: UpstreamError) -> None:
         ticket = running.ticket
         family = Family.of(job.endpoint)
+        if self.metrics is not None:
+            self.metrics.upstream_error(err.metric_kind)
         if err.kind is FailureKind.OUTAGE:
             # Ollama is down: not this job's fault; give the attempt back and wait
             log.warning("job %s: %s", job.id, err)
@@ -304,6 +411,8 @@ class Worker:
                 job.attempts, self.settings.retry_backoff, self.settings.retry_cap, self.rng
             )
             log.warning("job %s: %s; retrying in %.1fs", job.id, err, delay)
+            if self.metrics is not None:
+                self.metrics.retry()
             if running.state is JobState.LOADING:
                 self.resident = None
             await self._move(

@@ -11,15 +11,15 @@ from quart import request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from foreman.api import jobs, ollama, openai
-from foreman.api.errors import http_error
+from foreman.api import auth, jobs, ollama, openai, ops
+from foreman.api.errors import error_for, http_error
 from foreman.config import Settings
-from foreman.queue import JobQueue
+from foreman.keys import KeyFile
+from foreman.metrics import JobTally, Metrics
+from foreman.queue import BUSY_MESSAGE, JobQueue, QueueFull, Refused
 from foreman.upstream import Upstream
 
 log = logging.getLogger("foreman.api")
-
-MAX_BODY = 32 * 1024 * 1024
 
 
 @attrs.frozen
@@ -29,18 +29,27 @@ class Services:
     settings: Settings
     queue: JobQueue
     upstream: Upstream
+    keys: KeyFile = attrs.field(factory=lambda: KeyFile(None))
+    metrics: Metrics = attrs.field(factory=lambda: Metrics(JobTally()))
 
 
 def create_app(services: Services) -> QuartTrio:
     app = QuartTrio(__name__, root_path=str(Path(__file__).parent))
     app.config.update(
-        MAX_CONTENT_LENGTH=MAX_BODY,
+        MAX_CONTENT_LENGTH=services.settings.max_body,
         # a queued request may wait (and a stream may run) far longer than Quart's 60 s
         RESPONSE_TIMEOUT=None,
         BODY_TIMEOUT=120,
         PROVIDE_AUTOMATIC_OPTIONS=False,
     )
     app.extensions["foreman"] = services
+    max_body = services.settings.max_body
+
+    @app.before_request
+    async def check_key() -> Any:
+        return await auth.authorise(services)
+
+    app.register_blueprint(ops.blueprint(services))
     app.register_blueprint(ollama.blueprint(services))
     app.register_blueprint(openai.blueprint(services))
     app.register_blueprint(jobs.blueprint(services))
@@ -50,8 +59,16 @@ def create_app(services: Services) -> QuartTrio:
     async def protocol_error(exc: HTTPException) -> Any:
         code = exc.code or 500
         if code == 413:
-            return http_error(request.path, 413, f"request body is larger than {MAX_BODY} bytes")
+            services.metrics.reject("too_large")
+            return http_error(request.path, 413, f"request body is larger than {max_body} bytes")
         return http_error(request.path, code, exc.description or exc.name)
+
+    # a full queue or a shutdown: 503 with Retry-After, as Ollama answers when it is full
+    @app.errorhandler(Refused)
+    async def refused(exc: Refused) -> Any:
+        services.metrics.reject(exc.reason)
+        message = BUSY_MESSAGE if isinstance(exc, QueueFull) else str(exc)
+        return error_for(request.path, 503, message, {"Retry-After": str(exc.retry_after)})
 
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> Any:

@@ -1,7 +1,9 @@
 """The job API: submit now, collect later, watch live, and manage what is queued.
 
 JSON in and out; errors in Ollama's shape (`{"error": "..."}`). Waiting (long-polls and
-event streams) listens to the in-process broadcaster, never to the database.
+event streams) listens to the in-process broadcaster, never to the database. With API
+keys, a key sees only the jobs it made (an admin key sees all): another key's job is
+answered as unknown.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import attrs
 import trio
 from quart import Blueprint, Response, request
 
+from foreman.api.auth import caller, note, owner_filter
 from foreman.api.errors import ollama_error
 from foreman.api.openapi import spec
 from foreman.api.proxy import request_body
@@ -178,7 +181,7 @@ def blueprint(services: Services) -> Blueprint:
 
     async def find(job_id: str) -> Job:
         job = await queue.get(job_id)
-        if job is None:
+        if job is None or not _visible(job):
             raise NotFound(job_id)
         return job
 
@@ -198,11 +201,17 @@ def blueprint(services: Services) -> Blueprint:
         if key is not None:
             digest = request_hash("jobs", raw)
             new = attrs.evolve(new, idempotency_key=key, request_hash=digest)
+        holder = caller()
+        if holder is not None:
+            new = attrs.evolve(new, key_name=holder.name)
         try:
             submitted = await queue.submit(new)
         except IdempotencyConflict as exc:
             return ollama_error(409, str(exc))
         job = submitted.job
+        if not _visible(job):
+            return ollama_error(409, "idempotency key already used by another key")
+        note(job=job.id)
         return json_response(job_json(job), 202, {"Location": f"/jobs/{job.id}"})
 
     @bp.route("/jobs", methods=["GET"])
@@ -222,6 +231,7 @@ def blueprint(services: Services) -> Blueprint:
             ref=args.get("ref"),
             before=decode_cursor(cursor) if cursor else None,
             limit=limit + 1,
+            key_name=owner_filter(),
         )
         more = len(jobs) > limit
         jobs = jobs[:limit]
@@ -238,7 +248,7 @@ def blueprint(services: Services) -> Blueprint:
 
     @bp.route("/jobs/events", methods=["GET"])
     async def all_events() -> Response:
-        return _event_stream(queue, None)
+        return _event_stream(queue, None, owner_filter())
 
     @bp.route("/jobs/<job_id>", methods=["GET"])
     async def show(job_id: str) -> Response:
@@ -246,7 +256,7 @@ def blueprint(services: Services) -> Blueprint:
         if raw is None:
             return json_response(job_json(await find(job_id)))
         seconds = min(number_arg("wait", raw, default=0.0), MAX_WAIT)
-        job = await queue.wait(job_id, seconds)
+        job = await queue.wait(job_id, seconds, visible=_visible)
         if job is None:
             raise NotFound(job_id)
         return json_response(job_json(job))
@@ -280,6 +290,7 @@ def blueprint(services: Services) -> Blueprint:
 
     @bp.route("/jobs/<job_id>", methods=["DELETE"])
     async def delete(job_id: str) -> Response:
+        await find(job_id)
         try:
             deleted = await queue.delete(job_id)
         except NotTerminal:
@@ -292,10 +303,16 @@ def blueprint(services: Services) -> Blueprint:
 
 
 class NotFound(LookupError):
-    """No job with that id."""
+    """No job with that id (or none the caller may see)."""
 
 
-def _event_stream(queue: JobQueue, job_id: str | None) -> Response:
+def _visible(job: Job) -> bool:
+    """May the current caller see this job?"""
+    owner = owner_filter()
+    return owner is None or job.key_name == owner
+
+
+def _event_stream(queue: JobQueue, job_id: str | None, owner: str | None = None) -> Response:
     """Server-sent events: one `job` event per change, starting with the current state
     (a single job) and ending after its terminal state."""
 
@@ -321,6 +338,8 @@ def _event_stream(queue: JobQueue, job_id: str | None) -> Response:
                         return
                 if job is None:
                     yield b": keep-alive\n\n"
+                    continue
+                if owner is not None and job.key_name != owner:
                     continue
                 yield _sse(job)
                 if job_id is not None and job.state.terminal:

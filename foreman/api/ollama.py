@@ -44,7 +44,7 @@ def blueprint(services: Services) -> Blueprint:
         return await sync.submit_and_answer(services, Endpoint.GENERATE)
 
     async def passthrough(**_: str) -> Response:
-        return await proxy.relay(services.upstream)
+        return await proxy.relay(services.upstream, metrics=services.metrics)
 
     for rule, methods in RELAYED:
         endpoint = "relay_" + rule.strip("/").replace("/", "_").replace("<", "").replace(">", "")

@@ -40,7 +40,7 @@ def blueprint(services: Services) -> Blueprint:
         return await sync.submit_and_answer(services, Endpoint.V1_COMPLETIONS)
 
     async def passthrough(**_: str) -> Response:
-        return await proxy.relay(services.upstream)
+        return await proxy.relay(services.upstream, metrics=services.metrics)
 
     for rule, methods in RELAYED:
         name = "relay_" + rule.strip("/").replace("/", "_").replace("<path:", "").replace(">", "")

@@ -9,7 +9,10 @@ import trio
 from quart import Response, request
 
 from foreman.api.errors import error_for
+from foreman.metrics import Metrics
 from foreman.upstream import Upstream, UpstreamError, request_headers, response_headers
+
+EMBEDDING_ROUTES = frozenset({"/api/embed", "/api/embeddings", "/v1/embeddings"})
 
 
 async def request_body() -> bytes:
@@ -18,12 +21,15 @@ async def request_body() -> bytes:
     return data
 
 
-async def relay(upstream: Upstream, path: str | None = None) -> Response:
+async def relay(
+    upstream: Upstream, path: str | None = None, metrics: Metrics | None = None
+) -> Response:
     """Pass the current request to Ollama byte for byte, and its answer back as it came.
 
     A body with a length is read whole; anything else (pull progress, streams) is relayed
     chunk by chunk as it arrives, and closing the client closes the upstream request.
     """
+    started = trio.current_time()
     body = await request_body()
     target = path or request.path
     if request.query_string:
@@ -36,15 +42,22 @@ async def relay(upstream: Upstream, path: str | None = None) -> Response:
             headers=request_headers(request.headers.items()),
         )
     except UpstreamError as err:
+        if metrics is not None:
+            metrics.upstream_error(err.metric_kind)
         return error_for(request.path, 502, str(err))
     headers = response_headers(response.headers)
     if request.method == "HEAD" or "content-length" in response.headers:
         try:
             data = await response.aread()
         except httpx.HTTPError as exc:
+            if metrics is not None:
+                metrics.upstream_error("transient")
             return error_for(request.path, 502, f"connection to ollama failed: {exc!r}")
         finally:
             await response.aclose()
+        if metrics is not None and request.path in EMBEDDING_ROUTES:
+            seconds = trio.current_time() - started
+            metrics.embedding(request.path, response.status_code, seconds)
         return build_response(data, response.status_code, headers)
 
     async def chunks() -> AsyncIterator[bytes]:

@@ -1,26 +1,39 @@
 """Answers a synchronous request from its job: waits for the worker, relays what it sends.
 
 If the client hangs up while its job waits, the job is cancelled and never reaches
-Ollama; if it hangs up while the job runs, the upstream request is closed at once.
+Ollama; if it hangs up while the job runs, the upstream request is closed at once
+(except during shutdown, when jobs stay queued for the next start).
+
+Keepalive: a request still without an answer after FOREMAN_KEEPALIVE seconds (streamed
+ones always, non-streamed ones when asked with `X-Foreman-Keepalive: 1` or the setting)
+gets its response head (status 200) at once, then a keepalive part every interval until
+the real answer flows, so a tunnel that drops silent responses keeps it open. The
+trade-off: from then on the status code is spent, and a failure arrives in the body, as
+Ollama's in-band error line (or OpenAI's error event, or the error document).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import trio
 from quart import Response, request
 
-from foreman.answers import Family, replay_stream
+from foreman.answers import Family, keepalive_part, replay_stream
+from foreman.api.auth import caller, note, owner_filter
 from foreman.api.errors import error_for
 from foreman.api.proxy import build_response, request_body
+from foreman.config import Settings
 from foreman.jobs import Endpoint, Job, JobState, NewJob
 from foreman.queue import JobQueue
-from foreman.relay import Chunk, Reply, StreamStart, Ticket
-from foreman.store import IdempotencyConflict
+from foreman.relay import Chunk, Message, Reply, StreamStart, Ticket
+from foreman.store import IdempotencyConflict, wall_clock
+from foreman.upstream import error_message
 from foreman.validate import (
     InvalidRequest,
     check_idempotency_key,
@@ -52,6 +65,7 @@ async def submit_and_answer(services: Services, endpoint: Endpoint) -> Response:
         key = check_idempotency_key(headers.get("Idempotency-Key"))
     except InvalidRequest as exc:
         return error_for(endpoint.value, 400, str(exc))
+    key_holder = caller()
     new = NewJob(
         endpoint=endpoint,
         model=parsed.model,
@@ -65,20 +79,43 @@ async def submit_and_answer(services: Services, endpoint: Endpoint) -> Response:
         request_hash=hashlib.sha256(endpoint.value.encode() + b"\0" + raw).hexdigest()
         if key
         else None,
+        key_name=key_holder.name if key_holder is not None else None,
     )
     try:
         submitted = await services.queue.submit(new, attach=True)
     except IdempotencyConflict as exc:
         return error_for(endpoint.value, 409, str(exc))
+    note(job=submitted.job.id)
     if submitted.ticket is None:
+        owner = owner_filter()
+        if owner is not None and submitted.job.key_name != owner:
+            return error_for(endpoint.value, 409, "idempotency key already used by another key")
         return await replay(services.queue, submitted.job)
-    return await answer(services.queue, submitted.job, submitted.ticket)
+    interval = keepalive_interval(services.settings, parsed.stream)
+    return await answer(services.queue, submitted.job, submitted.ticket, interval)
+
+
+def keepalive_interval(settings: Settings, stream: bool) -> float | None:
+    """Seconds between keepalive parts for this request, or None for none: on for
+    streams, for others only if asked (`X-Foreman-Keepalive: 1` or the setting); the
+    header also turns it off (`0`)."""
+    wanted = stream or settings.keepalive_unstreamed
+    header = request.headers.get("X-Foreman-Keepalive")
+    if header is not None:
+        wanted = header.strip().lower() not in ("0", "false", "no", "off")
+    if not wanted or settings.keepalive <= 0:
+        return None
+    return settings.keepalive
 
 
 async def replay(queue: JobQueue, job: Job) -> Response:
     """Answer a repeated request (same Idempotency-Key) from the job it already made:
     wait for it to end, then answer with its stored result."""
     while not job.state.terminal:
+        if not queue.accepting:
+            return error_for(
+                job.endpoint.value, 503, "foreman is shutting down", {"Retry-After": "30"}
+            )
         current = await queue.wait(job.id, 60.0)
         if current is None:
             return error_for(job.endpoint.value, 404, f"job {job.id} is gone")
@@ -97,17 +134,24 @@ async def replay(queue: JobQueue, job: Job) -> Response:
     return Response(body, 200, headers, content_type="application/json; charset=utf-8")
 
 
-async def answer(queue: JobQueue, job: Job, ticket: Ticket) -> Response:
+async def answer(
+    queue: JobQueue, job: Job, ticket: Ticket, keepalive: float | None = None
+) -> Response:
+    first: Message | None = None
     try:
         try:
-            first = await ticket.receive_channel.receive()
+            with trio.move_on_after(math.inf if keepalive is None else keepalive):
+                first = await ticket.receive_channel.receive()
         except trio.EndOfChannel:
             queue.relay.detach(ticket)
-            return await _ended_without_answer(queue, job)
+            return await _ended_without_answer(queue, job, ticket)
     except trio.Cancelled:
         with trio.move_on_after(CLEANUP_SECONDS, shield=True):
             await _client_left(queue, job, ticket)
         raise
+    if first is None:
+        assert keepalive is not None
+        return _kept_alive(queue, job, ticket, keepalive)
     if isinstance(first, Reply):
         queue.relay.detach(ticket)
         return build_response(first.body, first.status, first.headers)
@@ -130,23 +174,107 @@ async def answer(queue: JobQueue, job: Job, ticket: Ticket) -> Response:
     return build_response(lines(), first.status, first.headers)
 
 
-async def _client_left(queue: JobQueue, job: Job, ticket: Ticket) -> None:
-    """Cancel the job of a client that hung up (callers shield this)."""
-    queue.relay.detach(ticket)
-    await queue.cancel(job.id, DISCONNECTED)
-
-
-async def _ended_without_answer(queue: JobQueue, job: Job) -> Response:
-    """The job finished without the worker answering us (e.g. it was cancelled); the
-    error takes the shape of the job's route family."""
-    current = await queue.get(job.id) or job
-    headers = {"X-Foreman-Job-Id": job.id}
-    if current.state is JobState.CANCELLED:
-        message = f"job {job.id} was cancelled" + (f": {current.error}" if current.error else "")
-        status = 499
+def _kept_alive(queue: JobQueue, job: Job, ticket: Ticket, interval: float) -> Response:
+    """The answer of a request that waited `interval` without one: status 200 and the
+    head now, keepalive parts until the real answer, then the answer itself (a failure
+    in-band, since the status is spent)."""
+    family = Family.of(job.endpoint)
+    if not job.stream:
+        content_type = "application/json; charset=utf-8"
+    elif job.endpoint.openai:
+        content_type = "text/event-stream"
     else:
-        message = current.error or f"job {job.id} ended as {current.state.value}"
-        status = 500
+        content_type = "application/x-ndjson"
+
+    def tick() -> bytes:
+        return keepalive_part(job.endpoint, job.model, _ollama_time(), job.stream)
+
+    def failure(status: int, message: str) -> bytes:
+        if job.stream:
+            return family.stream_error(message)
+        return family.error_body(status, message)
+
+    async def parts() -> AsyncIterator[bytes]:
+        complete = False
+        try:
+            yield tick()
+            message: Message | None = None
+            ended = False
+            while message is None and not ended:
+                with trio.move_on_after(interval):
+                    try:
+                        message = await ticket.receive_channel.receive()
+                    except trio.EndOfChannel:
+                        ended = True
+                if message is None and not ended:
+                    yield tick()
+            if message is None:
+                current = await queue.get(job.id) or job
+                complete = True
+                yield failure(*_no_answer(current, ticket))
+                return
+            if isinstance(message, Reply):
+                complete = True
+                if 200 <= message.status < 300 or not job.stream:
+                    yield message.body
+                else:
+                    yield failure(message.status, error_message(message.body, message.status))
+                return
+            assert isinstance(message, StreamStart)
+            yield message.first
+            async for rest in ticket.receive_channel:
+                assert isinstance(rest, Chunk)
+                yield rest.data
+            complete = True
+        finally:
+            if not complete:
+                with trio.move_on_after(CLEANUP_SECONDS, shield=True):
+                    await _client_left(queue, job, ticket)
+            queue.relay.detach(ticket)
+
+    headers = {
+        "X-Foreman-Job-Id": job.id,
+        "X-Foreman-Keepalive": "1",
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",
+    }
+    return Response(parts(), 200, headers, content_type=content_type)
+
+
+def _ollama_time() -> str:
+    """Now, as Ollama writes `created_at` (RFC 3339, UTC, trailing Z)."""
+    moment = datetime.fromtimestamp(wall_clock(), UTC)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _no_answer(current: Job, ticket: Ticket) -> tuple[int, str]:
+    """The status and message for a job that ended (or was let go) without an answer."""
+    if ticket.closed_because is not None:
+        return 503, ticket.closed_because
+    if current.state is JobState.CANCELLED:
+        message = f"job {current.id} was cancelled"
+        return 499, message + (f": {current.error}" if current.error else "")
+    return 500, current.error or f"job {current.id} ended as {current.state.value}"
+
+
+async def _client_left(queue: JobQueue, job: Job, ticket: Ticket) -> None:
+    """Cancel the job of a client that hung up (callers shield this). During shutdown
+    the job stays queued: it runs after the restart, and its result can be collected."""
+    queue.relay.detach(ticket)
+    if queue.accepting:
+        await queue.cancel(job.id, DISCONNECTED)
+
+
+async def _ended_without_answer(queue: JobQueue, job: Job, ticket: Ticket) -> Response:
+    """The job finished without the worker answering us (e.g. it was cancelled), or
+    shutdown let us go while it stays queued; the error takes the shape of the job's
+    route family."""
+    headers = {"X-Foreman-Job-Id": job.id}
+    if ticket.closed_because is not None:
+        headers["Retry-After"] = "30"
+        return error_for(job.endpoint.value, 503, ticket.closed_because, headers)
+    current = await queue.get(job.id) or job
+    status, message = _no_answer(current, ticket)
     return Response(
         Family.of(job.endpoint).error_body(status, message),
         status=status,

@@ -1,0 +1,86 @@
+"""Who is calling: checks the API key of every request before its route runs.
+
+Runs as a `before_request` hook, so a caller without a key never gets to send a body.
+Which scope a route needs is `keys.required_scopes` (one table); the answer to a refused
+request takes the route family's error shape. /metrics also accepts its own token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import TYPE_CHECKING
+
+from quart import Response, g, request
+
+from foreman.api.errors import error_for
+from foreman.keys import ApiKey, Scope, presented_key, required_scopes
+
+if TYPE_CHECKING:
+    from foreman.api.app import Services
+
+# the access log's notes on a request (key name, job id), in the ASGI scope's extensions
+ACCESS_INFO = "foreman.access"
+
+
+def caller() -> ApiKey | None:
+    """The key the current request authenticated with (None: keys are off)."""
+    key: ApiKey | None = g.get("api_key")
+    return key
+
+
+def owner_filter() -> str | None:
+    """The key name whose jobs alone the caller may see, or None for every job (keys
+    off, or an admin key)."""
+    key = caller()
+    if key is None or key.admin:
+        return None
+    return key.name
+
+
+def note(**fields: str) -> None:
+    """Tell the access log something about the current request (never a secret)."""
+    extensions = request.scope.get("extensions") or {}
+    info = extensions.get(ACCESS_INFO)
+    if isinstance(info, dict):
+        info.update(fields)
+
+
+def _matches(secret: str | None, presented: str | None) -> bool:
+    if secret is None or presented is None:
+        return False
+    a = hashlib.sha256(secret.encode()).digest()
+    b = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).digest()
+    return hmac.compare_digest(a, b)
+
+
+async def authorise(services: Services) -> Response | None:
+    """None to let the request through; otherwise the 401 or 403 to answer with."""
+    g.api_key = None
+    path = request.path
+    needed = required_scopes(request.method, path)
+    if needed is None:
+        return None
+    ring = services.keys.ring
+    token = services.settings.metrics_token
+    if not ring.enabled and (path != "/metrics" or token is None):
+        return None
+    presented = presented_key(
+        request.headers.get("Authorization"), request.headers.get("X-Service-Key")
+    )
+    if path == "/metrics" and _matches(token, presented):
+        return None
+    key = ring.authenticate(presented)
+    if key is None:
+        services.metrics.reject("unauthorized")
+        message = "missing API key" if presented is None else "unknown API key"
+        return error_for(path, 401, message, {"WWW-Authenticate": 'Bearer realm="foreman"'})
+    g.api_key = key
+    note(key=key.name)
+    if not key.allows(needed):
+        services.metrics.reject("forbidden")
+        scopes = " or ".join(sorted(s.value for s in needed if s is not Scope.ADMIN) or ["admin"])
+        return error_for(
+            path, 403, f"key {key.name!r} may not call {request.method} {path} (needs {scopes})"
+        )
+    return None

@@ -1,0 +1,72 @@
+"""Routes for operators: liveness, readiness and metrics.
+
+/health answers 200 while the process serves HTTP and touches nothing else, so a
+supervisor can call it as often as it likes. /ready says whether foreman can do its
+work: the database takes a write lock, Ollama answers, and shutdown has not begun.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from typing import TYPE_CHECKING
+
+import trio
+from quart import Blueprint, Response
+
+from foreman.metrics import CONTENT_TYPE
+from foreman.upstream import UpstreamError
+
+if TYPE_CHECKING:
+    from foreman.api.app import Services
+
+log = logging.getLogger("foreman.api")
+
+# bound on Ollama's answer to the readiness probe
+READY_PROBE_SECONDS = 5.0
+
+
+def blueprint(services: Services) -> Blueprint:
+    bp = Blueprint("ops", __name__)
+
+    @bp.route("/health", methods=["GET", "HEAD"])
+    async def health() -> Response:
+        return _json('{"status":"ok"}', 200)
+
+    @bp.route("/ready", methods=["GET", "HEAD"])
+    async def ready() -> Response:
+        reasons = []
+        if not services.queue.accepting:
+            reasons.append("shutting down")
+        try:
+            await services.queue.store.check_writable()
+        except sqlite3.Error as exc:
+            log.warning("readiness: the database is not writable: %s", exc)
+            reasons.append("database is not writable")
+        reachable = False
+        with trio.move_on_after(READY_PROBE_SECONDS):
+            try:
+                await services.upstream.probe()
+                reachable = True
+            except UpstreamError:
+                pass
+        if not reachable:
+            reasons.append("ollama is unreachable")
+        if reasons:
+            return _json(_document("unready", reasons), 503)
+        return _json(_document("ready", []), 200)
+
+    @bp.route("/metrics", methods=["GET"])
+    async def metrics() -> Response:
+        return Response(services.metrics.exposition(), 200, content_type=CONTENT_TYPE)
+
+    return bp
+
+
+def _document(status: str, reasons: list[str]) -> str:
+    return json.dumps({"status": status, "reasons": reasons}, separators=(",", ":"))
+
+
+def _json(body: str, status: int) -> Response:
+    return Response(body, status, content_type="application/json; charset=utf-8")

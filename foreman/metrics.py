@@ -1,0 +1,248 @@
+"""The numbers foreman shows on /metrics, and the live tally of unfinished jobs.
+
+Nothing here is global: the daemon makes one `Metrics` (with its own
+`CollectorRegistry`) and hands it to the parts that record. Most numbers come from the
+store's committed transitions, which the broadcaster hands to `Metrics.on_job_change`:
+how long a job waited, how long it ran, how long a load took, how it ended. The few
+things a transition cannot tell (why an upstream call failed, a retry, an embedding
+relayed) are recorded where they happen. Gauges that describe the present (jobs by
+state and model, the resident model, waiting clients) are read when scraped.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterable, Iterator
+
+import attrs
+import trio
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from foreman.jobs import RUNNING_STATES, Job, JobState
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# seconds: from a quick retry-free queue to the starvation bound and beyond
+WAIT_BUCKETS = (0.05, 0.25, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+RUN_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+LOAD_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+EMBED_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+@attrs.define
+class Entry:
+    state: JobState
+    model: str
+    since: float
+    # when the current attempt started running (None while queued)
+    started: float | None = None
+
+
+class JobTally:
+    """Every unfinished job's state and model, kept from the broadcaster (never the
+    database, except once at start). Answers "how many are queued" in O(1), which is
+    what the queue limit asks on every submission."""
+
+    def __init__(self, clock: Callable[[], float] = trio.current_time) -> None:
+        self._clock = clock
+        self._jobs: dict[str, Entry] = {}
+        self._queued = 0
+
+    def load(self, rows: Iterable[tuple[str, JobState, str]]) -> None:
+        """Start from the database's unfinished jobs (at start, before any request)."""
+        now = self._clock()
+        self._jobs = {
+            job_id: Entry(state, model, now, now if state in RUNNING_STATES else None)
+            for job_id, state, model in rows
+        }
+        self._queued = sum(1 for e in self._jobs.values() if e.state is JobState.QUEUED)
+
+    def record(self, job: Job) -> tuple[Entry | None, Entry | None]:
+        """Take in a committed change; returns the job's entry before and after it."""
+        now = self._clock()
+        before = self._jobs.get(job.id)
+        if before is not None and before.state is JobState.QUEUED:
+            self._queued -= 1
+        if job.state.terminal:
+            self._jobs.pop(job.id, None)
+            return before, None
+        model = job.model_key.split(" ", 1)[0]
+        started = before.started if before is not None else None
+        if job.state in RUNNING_STATES and started is None:
+            started = now
+        if job.state is JobState.QUEUED:
+            started = None
+            self._queued += 1
+        after = Entry(job.state, model, now, started)
+        self._jobs[job.id] = after
+        return before, after
+
+    def now(self) -> float:
+        return self._clock()
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    def by_state_and_model(self) -> collections.Counter[tuple[JobState, str]]:
+        return collections.Counter((e.state, e.model) for e in self._jobs.values())
+
+
+@attrs.define
+class Live:
+    """Where the gauges that describe the present read from (set by the daemon once the
+    parts exist)."""
+
+    resident: Callable[[], str | None] = lambda: None
+    waiters: Callable[[], int] = lambda: 0
+    ollama_up: Callable[[], bool] = lambda: False
+    accepting: Callable[[], bool] = lambda: True
+
+
+class Metrics:
+    def __init__(self, tally: JobTally) -> None:
+        self.tally = tally
+        self.live = Live()
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.finished = Counter(
+            "foreman_jobs_finished", "Jobs that ended, by outcome", ["outcome"], registry=r
+        )
+        self.swaps = Counter(
+            "foreman_swaps", "Model loads the worker made (each one a swap)", registry=r
+        )
+        self.load_seconds = Histogram(
+            "foreman_load_seconds",
+            "Seconds a swap took: unloading the previous model and loading the next",
+            buckets=LOAD_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "foreman_queue_wait_seconds",
+            "Seconds a job waited in the queue before an attempt started",
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self.run_time = Histogram(
+            "foreman_run_seconds",
+            "Seconds an attempt ran (load included), however it ended",
+            buckets=RUN_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "foreman_upstream_errors",
+            "Failed calls to Ollama, by kind (outage, transient, permanent, timeout)",
+            ["kind"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "foreman_retries",
+            "Attempts put back in the queue after a transient failure",
+            registry=r,
+        )
+        self.embeddings = Counter(
+            "foreman_embeddings",
+            "Embedding requests relayed straight to Ollama, by route and status class",
+            ["route", "status"],
+            registry=r,
+        )
+        self.embedding_seconds = Histogram(
+            "foreman_embedding_seconds",
+            "Seconds an embedding request took at Ollama",
+            ["route"],
+            buckets=EMBED_BUCKETS,
+            registry=r,
+        )
+        self.rejected = Counter(
+            "foreman_rejected",
+            "Requests refused before they became jobs, by reason",
+            ["reason"],
+            registry=r,
+        )
+        r.register(_Present(self))
+
+    # -- recorded from the broadcaster ----------------------------------------------------
+
+    def on_job_change(self, job: Job) -> None:
+        before, _ = self.tally.record(job)
+        now = self.tally.now()
+        was = before.state if before is not None else None
+        if was is JobState.QUEUED and job.state in RUNNING_STATES and job.queue_ms is not None:
+            self.queue_wait.observe(job.queue_ms / 1000)
+        if was is JobState.LOADING and job.state is JobState.WORKING and before is not None:
+            self.swaps.inc()
+            self.load_seconds.observe(max(0.0, now - before.since))
+        if (
+            was in RUNNING_STATES
+            and job.state not in RUNNING_STATES
+            and before is not None
+            and before.started is not None
+        ):
+            self.run_time.observe(max(0.0, now - before.started))
+        if job.state.terminal:
+            self.finished.labels(job.state.value).inc()
+
+    # -- recorded where they happen -------------------------------------------------------
+
+    def upstream_error(self, kind: str) -> None:
+        self.upstream_errors.labels(kind).inc()
+
+    def retry(self) -> None:
+        self.retries.inc()
+
+    def embedding(self, route: str, status: int, seconds: float) -> None:
+        self.embeddings.labels(route, f"{status // 100}xx").inc()
+        self.embedding_seconds.labels(route).observe(seconds)
+
+    def reject(self, reason: str) -> None:
+        self.rejected.labels(reason).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Present:
+    """The gauges read at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        jobs = GaugeMetricFamily(
+            "foreman_jobs", "Unfinished jobs by state and model", labels=["state", "model"]
+        )
+        counts = m.tally.by_state_and_model()
+        for state in (JobState.QUEUED, JobState.LOADING, JobState.WORKING):
+            if not any(s is state for s, _ in counts):
+                jobs.add_metric([state.value, ""], 0)
+        for (state, model), n in sorted(counts.items()):
+            jobs.add_metric([state.value, model], n)
+        yield jobs
+        resident = GaugeMetricFamily(
+            "foreman_resident_model", "1 for the chat model Ollama holds", labels=["model"]
+        )
+        key = m.live.resident()
+        if key:
+            resident.add_metric([key.split(" ", 1)[0]], 1)
+        yield resident
+        yield GaugeMetricFamily(
+            "foreman_sync_waiters",
+            "Clients connected and waiting for a synchronous job's answer",
+            value=m.live.waiters(),
+        )
+        yield GaugeMetricFamily(
+            "foreman_ollama_up",
+            "1 while the worker can reach Ollama",
+            value=int(m.live.ollama_up()),
+        )
+        yield GaugeMetricFamily(
+            "foreman_accepting_jobs",
+            "1 while new jobs are taken (0 once shutdown began)",
+            value=int(m.live.accepting()),
+        )
+
+
+__all__ = ["CONTENT_TYPE", "JobTally", "Metrics"]

@@ -1,0 +1,112 @@
+"""Acceptance: the operator's command line: `foreman config`, `foreman backup`, and a bad
+keys file or configuration file stopping foreman at start with one line."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+from functools import partial
+from pathlib import Path
+
+import httpx
+import trio
+
+from foreman.stub import StubOllama
+from foreman.testing import foreman_process
+
+from .test_processes import run_cli
+
+
+def test_foreman_config_prints_the_effective_configuration_with_secrets_redacted(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "foreman.toml"
+    config.write_text('max_queue = 42\nmetrics_token = "file-secret-0123"\n')
+    done = run_cli(
+        "config",
+        "--config",
+        str(config),
+        "--port",
+        "8080",
+        env={"FOREMAN_KEEPALIVE": "5", "FOREMAN_DB": str(tmp_path / "f.db")},
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "port = 8080  # --port" in out
+    assert "keepalive = 5.0  # FOREMAN_KEEPALIVE" in out
+    assert f"max_queue = 42  # {config}:max_queue" in out
+    assert 'metrics_token = "<redacted>"' in out and "file-secret" not in out
+
+
+def test_bad_keys_or_config_files_stop_foreman_with_one_line(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("app secret-key-0123456789 inference,everything\n")
+    toml = tmp_path / "foreman.toml"
+    toml.write_text("max_qeue = 5\n")
+    cases = [
+        (["--api-keys-file", str(keys)], "line 1: unknown scope 'everything'"),
+        (["--api-keys-file", str(tmp_path / "none")], "cannot read keys file"),
+        (["--config", str(toml)], "unknown setting 'max_qeue'"),
+    ]
+    for args, expected in cases:
+        done = run_cli("serve", "--db", str(tmp_path / "x.db"), "--port", "0", *args)
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("foreman: error: "), done.stderr
+        assert expected in lines[0]
+        assert "secret-key" not in done.stderr
+
+
+async def test_foreman_backup_copies_a_live_database(stub: StubOllama, tmp_path: Path) -> None:
+    db = tmp_path / "foreman.db"
+    proc = foreman_process(db, stub.url, tmp_path / "foreman.log")
+    url = await trio.to_thread.run_sync(proc.start)
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            body = {"model": "llama3", "prompt": "keep me", "stream": False}
+            assert (await client.post("/api/generate", json=body)).status_code == 200
+        copy = tmp_path / "backups" / "copy.db"
+        done = await trio.to_thread.run_sync(lambda: run_cli("backup", str(copy), "--db", str(db)))
+        assert done.returncode == 0, done.stderr
+        again = await trio.to_thread.run_sync(lambda: run_cli("backup", str(copy), "--db", str(db)))
+        assert again.returncode == 1 and "refusing to overwrite" in again.stderr
+    finally:
+        assert await trio.to_thread.run_sync(proc.terminate) == 0
+    conn = sqlite3.connect(copy)
+    try:
+        assert conn.execute("SELECT state FROM jobs").fetchall() == [("done",)]
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        conn.close()
+
+
+async def test_no_keys_on_a_public_address_warns_loudly(stub: StubOllama, tmp_path: Path) -> None:
+    proc = foreman_process(
+        tmp_path / "f.db", stub.url, tmp_path / "foreman.log", "--host", "0.0.0.0"
+    )
+    await trio.to_thread.run_sync(proc.start)
+    try:
+        assert b"NO API KEYS" in proc.output()
+    finally:
+        await trio.to_thread.run_sync(proc.terminate)
+
+
+async def test_sighup_reloads_the_keys_and_keeps_serving(stub: StubOllama, tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("app first-key-0123456789 inference\n")
+    proc = foreman_process(
+        tmp_path / "f.db", stub.url, tmp_path / "foreman.log", "--api-keys-file", str(keys)
+    )
+    url = await trio.to_thread.run_sync(proc.start)
+    try:
+        keys.write_text("app second-key-0123456789 inference\n")
+        proc.signal(signal.SIGHUP)
+        await trio.to_thread.run_sync(partial(proc.wait_for_output, "keys reloaded"))
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            new = {"Authorization": "Bearer second-key-0123456789"}
+            old = {"Authorization": "Bearer first-key-0123456789"}
+            assert (await client.get("/api/tags", headers=new)).status_code == 200
+            assert (await client.get("/api/tags", headers=old)).status_code == 401
+    finally:
+        assert await trio.to_thread.run_sync(proc.terminate) == 0
+    assert b"first-key" not in proc.output() and b"second-key" not in proc.output()

@@ -1,0 +1,163 @@
+"""Acceptance: API keys. Who may call what, in each route family's error shape, with the
+official clients, and rotation by editing the file."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import attrs
+import httpx
+import ollama
+import openai
+import pytest
+import trio
+
+from foreman.config import Settings
+from foreman.stub import StubOllama
+
+APP = "inference-key-0123456789"
+BATCH = "jobs-key-batch-0123456789"
+OTHER = "jobs-key-other-0123456789"
+ROOT = "admin-key-root-0123456789"
+TOKEN = "metrics-token-0123456789"
+
+KEYS = f"""\
+# the keys of the test deployment
+app    {APP}    inference
+batch  {BATCH}  jobs,inference
+other  {OTHER}  jobs
+root   {ROOT}   admin
+"""
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def settings(settings: Settings, tmp_path: Path) -> Settings:
+    keys = tmp_path / "keys"
+    keys.write_text(KEYS)
+    return attrs.evolve(settings, api_keys_file=keys, metrics_token=TOKEN)
+
+
+CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+
+
+async def test_no_key_or_a_wrong_key_is_401_in_the_route_familys_shape(
+    client: httpx.AsyncClient,
+) -> None:
+    for headers in ({}, bearer("not-a-key-0123456789"), {"X-Service-Key": "nope"}):
+        r = await client.post("/api/chat", json=CHAT, headers=headers)
+        assert r.status_code == 401, r.text
+        assert r.headers["www-authenticate"].startswith("Bearer")
+        assert set(r.json()) == {"error"}
+        v1 = await client.get("/v1/models", headers=headers)
+        assert v1.status_code == 401
+        assert v1.json()["error"]["type"] == "api_error"
+        assert (await client.get("/jobs", headers=headers)).status_code == 401
+    # a route foreman does not serve answers no stranger with its existence
+    assert (await client.get("/api/nothing-here")).status_code == 401
+
+
+async def test_scopes_decide_and_both_headers_carry_a_key(
+    client: httpx.AsyncClient, stub: StubOllama
+) -> None:
+    pull = {"model": "new-model", "stream": False}
+    denied = await client.post("/api/pull", json=pull, headers=bearer(APP))
+    assert denied.status_code == 403
+    assert "needs admin" in denied.json()["error"]
+    allowed = await client.post("/api/pull", json=pull, headers=bearer(ROOT))
+    assert allowed.status_code == 200, allowed.text
+    assert (await client.post("/api/pull", json=pull, headers={"X-Service-Key": ROOT})).is_success
+
+    r = await client.post("/api/chat", json=CHAT, headers={"X-Service-Key": APP})
+    assert r.status_code == 200
+    assert r.json()["message"]["content"] == stub.expected_text("/api/chat", CHAT)
+    assert (await client.get("/jobs", headers=bearer(APP))).status_code == 403
+    assert (await client.post("/api/chat", json=CHAT, headers=bearer(OTHER))).status_code == 403
+    # an admin key may do everything
+    assert (await client.post("/api/chat", json=CHAT, headers=bearer(ROOT))).status_code == 200
+    assert (await client.delete("/jobs?older_than=1", headers=bearer(BATCH))).status_code == 403
+    assert (await client.delete("/jobs?older_than=1", headers=bearer(ROOT))).status_code == 200
+
+
+async def test_health_needs_no_key_and_metrics_takes_admin_or_its_token(
+    client: httpx.AsyncClient,
+) -> None:
+    assert (await client.get("/health")).status_code == 200
+    assert (await client.get("/metrics")).status_code == 401
+    assert (await client.get("/metrics", headers=bearer(APP))).status_code == 403
+    assert (await client.get("/metrics", headers=bearer(ROOT))).status_code == 200
+    assert (await client.get("/metrics", headers=bearer(TOKEN))).status_code == 200
+    # the metrics token is good for nothing else
+    assert (await client.get("/api/tags", headers=bearer(TOKEN))).status_code == 401
+
+
+async def test_official_clients_work_with_a_key(foreman: str, stub: StubOllama) -> None:
+    messages = [{"role": "user", "content": "title this memo"}]
+    client = ollama.AsyncClient(host=foreman, headers=bearer(APP))
+    reply = await client.chat(model="llama3", messages=messages)
+    assert reply.message.content == stub.expected_text(
+        "/api/chat", {"model": "llama3", "messages": messages}
+    )
+    assert (await client.embed(model="nomic-embed-text", input=["a"])).embeddings
+    with pytest.raises(ollama.ResponseError) as refused:
+        await ollama.AsyncClient(host=foreman).chat(model="llama3", messages=messages)
+    assert refused.value.status_code == 401
+
+    async with openai.AsyncOpenAI(base_url=f"{foreman}/v1", api_key=APP) as oa:
+        done = await oa.chat.completions.create(model="llama3", messages=messages)
+        assert done.choices[0].message.content
+    async with openai.AsyncOpenAI(base_url=f"{foreman}/v1", api_key="wrong-key") as oa:
+        with pytest.raises(openai.AuthenticationError):
+            await oa.chat.completions.create(model="llama3", messages=messages)
+
+
+async def test_a_jobs_key_sees_only_its_own_jobs_and_admin_sees_all(
+    client: httpx.AsyncClient,
+) -> None:
+    body = {"endpoint": "/api/generate", "body": {"model": "llama3", "prompt": "x"}}
+    made = await client.post("/jobs", json=body, headers=bearer(BATCH))
+    assert made.status_code == 202
+    job_id = made.json()["id"]
+    waited = await client.get(f"/jobs/{job_id}?wait=30", headers=bearer(BATCH))
+    assert waited.json()["state"] == "done"
+    # a synchronous request made with the same key is its job too
+    await client.post("/api/chat", json=CHAT, headers=bearer(BATCH))
+
+    mine = (await client.get("/jobs", headers=bearer(BATCH))).json()["jobs"]
+    assert len(mine) == 2 and job_id in {j["id"] for j in mine}
+    assert (await client.get("/jobs", headers=bearer(OTHER))).json()["jobs"] == []
+    for method, path in (
+        ("GET", f"/jobs/{job_id}"),
+        ("GET", f"/jobs/{job_id}?wait=5"),
+        ("POST", f"/jobs/{job_id}/retry"),
+        ("DELETE", f"/jobs/{job_id}"),
+        ("GET", f"/jobs/{job_id}/events"),
+    ):
+        r = await client.request(method, path, headers=bearer(OTHER))
+        assert r.status_code == 404, (method, path, r.text)
+    everyone = (await client.get("/jobs", headers=bearer(ROOT))).json()["jobs"]
+    assert len(everyone) == 2
+
+
+async def test_editing_the_keys_file_rotates_keys_and_keys_are_never_logged(
+    client: httpx.AsyncClient, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    assert (await client.get("/api/tags", headers=bearer(APP))).status_code == 200
+    new = "rotated-inference-key-0123"
+    assert settings.api_keys_file is not None
+    settings.api_keys_file.write_text(KEYS.replace(APP, new))
+
+    # the file is watched (polled every 2 s): wait for the new key to work
+    with trio.fail_after(30):
+        while (await client.get("/api/tags", headers=bearer(new))).status_code != 200:  # noqa: ASYNC110
+            await trio.sleep(0.05)
+    assert (await client.get("/api/tags", headers=bearer(APP))).status_code == 401
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "key=app" in logged and "keys reloaded" in logged
+    for secret in (APP, new, BATCH, ROOT, TOKEN):
+        assert secret not in logged

@@ -1,0 +1,125 @@
+"""API keys: the file's format, constant-time lookup, scopes per route, reloading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from foreman.keys import (
+    ALL_SCOPES,
+    KeyFile,
+    KeysError,
+    Scope,
+    parse_keys,
+    presented_key,
+    required_scopes,
+)
+
+GOOD = """
+# name   key                         scopes
+app      inference-0123456789abcdef  inference
+batch    jobs-0123456789abcdefghij   jobs,inference   # trailing comment
+root     admin-0123456789abcdefghi   admin
+"""
+
+
+def test_a_keys_file_gives_each_name_its_scopes_and_admin_implies_all():
+    ring = parse_keys(GOOD)
+    by_name = {k.name: k for k in ring.keys}
+    assert by_name["app"].scopes == {Scope.INFERENCE}
+    assert by_name["batch"].scopes == {Scope.JOBS, Scope.INFERENCE}
+    assert by_name["root"].scopes == ALL_SCOPES and by_name["root"].admin
+
+
+def test_authenticate_finds_the_key_and_nothing_else():
+    ring = parse_keys(GOOD)
+    found = ring.authenticate("jobs-0123456789abcdefghij")
+    assert found is not None and found.name == "batch"
+    assert ring.authenticate("jobs-0123456789abcdefghiJ") is None
+    assert ring.authenticate("") is None
+    assert ring.authenticate(None) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("app key-that-is-long-enough", "line 1: expected `NAME KEY SCOPE"),
+        ("app short inference", "shorter than 16 characters"),
+        ("app 0123456789abcdefgh everything", "unknown scope 'everything'"),
+        ("a b 0123456789abcdefgh inference", "expected `NAME KEY SCOPE"),
+        ("a/b 0123456789abcdefgh inference", "name must be"),
+        (
+            "a 0123456789abcdefgh jobs\n\nb 0123456789abcdefgh jobs",
+            "line 3: the key of 'b' is also another name's key",
+        ),
+        ("a 0123456789abcdefgh jobs\na 0123456789abcdefgX jobs", "line 2: the name 'a'"),
+    ],
+)
+def test_a_bad_line_is_named_and_the_key_never_appears(text, reason):
+    with pytest.raises(KeysError) as caught:
+        parse_keys(text, "keys")
+    message = str(caught.value)
+    assert reason in message
+    assert "0123456789abcdefg" not in message
+    assert "\n" not in message
+
+
+def test_bearer_and_service_key_headers_both_carry_a_key():
+    assert presented_key("Bearer abc", None) == "abc"
+    assert presented_key("bearer   abc ", None) == "abc"
+    assert presented_key(None, "xyz") == "xyz"
+    assert presented_key("Basic abc", "xyz") == "xyz"
+    assert presented_key("Basic abc", None) is None
+    assert presented_key(None, None) is None
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "needed"),
+    [
+        ("GET", "/health", None),
+        ("GET", "/ready", None),
+        ("POST", "/api/chat", {Scope.INFERENCE}),
+        ("POST", "/api/embed", {Scope.INFERENCE}),
+        ("GET", "/api/tags", {Scope.INFERENCE}),
+        ("POST", "/api/show", {Scope.INFERENCE}),
+        ("POST", "/v1/chat/completions", {Scope.INFERENCE}),
+        ("GET", "/v1/models/llama3", {Scope.INFERENCE}),
+        ("POST", "/api/pull", {Scope.ADMIN}),
+        ("DELETE", "/api/delete", {Scope.ADMIN}),
+        ("POST", "/api/blobs/sha256:00", {Scope.ADMIN}),
+        ("GET", "/metrics", {Scope.ADMIN}),
+        ("DELETE", "/jobs", {Scope.ADMIN}),
+        ("POST", "/jobs", {Scope.JOBS}),
+        ("GET", "/jobs/01J/events", {Scope.JOBS}),
+        ("DELETE", "/jobs/01J", {Scope.JOBS}),
+        ("GET", "/no/such/route", ALL_SCOPES),
+    ],
+)
+def test_each_route_needs_its_scope(method, path, needed):
+    assert required_scopes(method, path) == needed
+
+
+def test_a_reload_that_fails_keeps_the_keys_in_force(tmp_path: Path):
+    path = tmp_path / "keys"
+    path.write_text("a 0123456789abcdefgh inference\n")
+    keys = KeyFile(path)
+    keys.load()
+    assert not keys.changed()
+    path.write_text("a broken line with too many fields\n")
+    assert keys.changed()
+    assert keys.reload() is False
+    assert keys.ring.authenticate("0123456789abcdefgh") is not None
+    path.write_text("b 0123456789abcdefgX jobs\n")
+    assert keys.reload() is True
+    assert keys.ring.authenticate("0123456789abcdefgh") is None
+    assert keys.ring.authenticate("0123456789abcdefgX") is not None
+
+
+def test_an_empty_or_missing_keys_file_fails_at_start(tmp_path: Path):
+    empty = tmp_path / "empty"
+    empty.write_text("# nothing\n")
+    with pytest.raises(KeysError, match="holds no keys"):
+        KeyFile(empty).load()
+    with pytest.raises(KeysError, match="cannot read keys file"):
+        KeyFile(tmp_path / "missing").load()
