@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format demo run stub fuzz bench clean
+.PHONY: install test lint format demo run stub fuzz crash bench bench-quick clean
 
 install: $(STAMP)
 
@@ -21,6 +21,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check foreman tests scripts
 	$(BIN)/ruff format --check foreman tests scripts
 	$(BIN)/flake8-async --disable=ASYNC124,ASYNC127,ASYNC9 --startable-in-context-manager=run,serve $$(find foreman -name "*.py")
+	$(BIN)/flake8-async --disable=ASYNC109,ASYNC110,ASYNC124,ASYNC127,ASYNC9 $$(find scripts tests/fuzz -name "*.py")
 	$(BIN)/mypy
 
 format: $(STAMP)
@@ -36,8 +37,23 @@ run: $(STAMP)
 stub: $(STAMP)
 	$(BIN)/foreman stub
 
+# FUZZ_EXAMPLES, FUZZ_MINUTES: the state machine's runs; FUZZ_HOSTILE_EXAMPLES: the corpus
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -q tests/property
+	FUZZ_PROFILE=long $(BIN)/pytest -q -s tests/fuzz -k "not crash"
+
+# CRASH_ROUNDS (100), CRASH_SEED: kill -9 rounds on one database
+crash: $(STAMP)
+	CRASH_ROUNDS=$${CRASH_ROUNDS:-100} $(BIN)/pytest -q -s tests/fuzz/test_crash.py
+
+# the whole suite (under 15 minutes on 2 cores): writes docs/benchmarks.md and .json
+bench: $(STAMP)
+	$(BIN)/pip install --quiet py-spy
+	$(BIN)/python -m scripts.bench $(BENCH_ARGS)
+
+# smaller workloads, one repetition (under 2 minutes); writes to .bench/
+bench-quick: $(STAMP)
+	$(BIN)/python -m scripts.bench --quick --out .bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .bench

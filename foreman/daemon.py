@@ -16,7 +16,6 @@ from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 
 from foreman.api import Services, create_app
 from foreman.api.access import AccessLog
@@ -26,6 +25,7 @@ from foreman.keys import KeyFile, watch_key_file
 from foreman.metrics import JobTally, Live, Metrics
 from foreman.queue import JobQueue, run_janitor
 from foreman.relay import Relay
+from foreman.serving import serve  # hypercorn's, with connection errors isolated
 from foreman.store import Store
 from foreman.upstream import Upstream, default_client
 from foreman.worker import Worker, WorkerSettings, supervise

@@ -62,15 +62,18 @@ class UpstreamError(Exception):
         return self.message
 
 
-def request_headers(incoming: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """The client's headers that may go to Ollama."""
-    out: dict[str, str] = {}
+def request_headers(incoming: Iterable[tuple[str, str]]) -> httpx.Headers:
+    """The client's headers that may go to Ollama, as the bytes the client sent.
+
+    The server decodes header values as Latin-1; httpx refuses such text beyond ASCII,
+    which made relaying a header like `X-Name: é` a 500, so they go on as bytes."""
+    out: list[tuple[bytes, bytes]] = []
     for name, value in incoming:
         lower = name.lower()
         if lower in HOP_HEADERS or lower in PRIVATE_HEADERS or lower.startswith("x-foreman-"):
             continue
-        out[name] = value
-    return out
+        out.append((name.encode("latin-1", "replace"), value.encode("latin-1", "replace")))
+    return httpx.Headers(out)
 
 
 def response_headers(headers: httpx.Headers) -> Headers:

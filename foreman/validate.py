@@ -40,6 +40,9 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         data = json.loads(text)
     except ValueError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # json.loads gives up on nesting deeper than Python's recursion limit
+        raise InvalidRequest("request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise InvalidRequest("request body must be a JSON object")
     return data

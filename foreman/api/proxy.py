@@ -31,7 +31,10 @@ async def relay(
     """
     started = trio.current_time()
     body = await request_body()
-    target = path or request.path
+    # the path as the client sent it, still percent-encoded: decoded, a tab or NUL in it
+    # made httpx raise (a 500), and "..%2F" segments reached another Ollama route
+    raw_path = request.scope.get("raw_path") or request.path.encode()
+    target = path or raw_path.decode("latin-1")
     if request.query_string:
         target += "?" + request.query_string.decode("latin-1")
     try:
@@ -41,6 +44,8 @@ async def relay(
             body=body or None,
             headers=request_headers(request.headers.items()),
         )
+    except httpx.InvalidURL:
+        return error_for(request.path, 400, "the request path is not a valid URL path")
     except UpstreamError as err:
         if metrics is not None:
             metrics.upstream_error(err.metric_kind)

@@ -65,6 +65,8 @@ def decode_body(body: bytes, go_type: str) -> dict[str, Any]:
     except ValueError as exc:  # NaN / Infinity, which Go's decoder does not accept
         char = str(exc)[:1]
         raise HttpError(400, f"invalid character {char!r} looking for beginning of value") from None
+    except RecursionError:  # Go's decoder stops at a nesting depth of 10000
+        raise HttpError(400, "exceeded max depth") from None
     if value is None:
         return {}
     if not isinstance(value, dict):

@@ -1,0 +1,201 @@
+"""`make bench`: measure foreman against first-come-first-served and against the stub
+directly, and write docs/benchmarks.md and docs/benchmarks.json.
+
+    python -m scripts.bench            # the whole suite (under 15 minutes on 2 cores)
+    python -m scripts.bench --quick    # smaller workloads, one repetition (under 2 minutes)
+    python -m scripts.bench --only swap,scale --out /tmp/bench
+
+Everything runs on loopback against the stub Ollama, in real processes. Each figure is
+the median of its repetitions, with min and max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import durability, overhead, profile, report, scale, swap
+from .common import ROOT, aggregate, machine
+
+SECTIONS = ("swap", "overhead", "embeddings", "scale", "durability", "profile")
+
+
+def repeat(times: int, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    return aggregate([run() for _ in range(times)])
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+class Background(threading.Thread):
+    """A first-come-first-served run in a thread: it spends nearly all its time in the
+    stub's simulated loads, so it runs alongside foreman's runs instead of after them."""
+
+    def __init__(self, run: Callable[[], dict[str, Any]]) -> None:
+        super().__init__(daemon=True)
+        self._run = run
+        self.result: dict[str, Any] | None = None
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self._run()
+        except Exception as exc:  # reported by the main thread
+            self.error = exc
+
+    def outcome(self) -> dict[str, Any]:
+        self.join()
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+def swap_section(work: Path, quick: bool) -> dict[str, Any]:
+    if quick:
+        params = swap.Params(jobs=40, load=0.25, tokens=4, token_delay=0.005)
+        span, hot_seconds, bound, reps = 4.0, 4.0, 1.0, 1
+    else:
+        params = swap.Params(jobs=200, load=2.0, tokens=10, token_delay=0.005)
+        span, hot_seconds, bound, reps = 30.0, 15.0, 5.0, 3
+    workloads = {
+        "interleaved": swap.interleaved(params.jobs, seed=6),
+        "arriving": swap.arriving(params.jobs, seed=6, span=span),
+    }
+    generation = swap.calibrate(work, params)
+    fcfs = {
+        name: Background(lambda n=name, j=jobs: swap.run_fcfs(work, f"fcfs-{n}", j, params))
+        for name, jobs in workloads.items()
+    }
+    for thread in fcfs.values():
+        thread.start()
+    out: dict[str, Any] = {
+        "params": {
+            "jobs": params.jobs,
+            "models": len(swap.MODELS),
+            "load_s": params.load,
+            "tokens": params.tokens,
+            "token_delay_s": params.token_delay,
+            "generation_ms": generation * 1000,
+            "arrival_span_s": span,
+            "foreman_repetitions": reps,
+            "fcfs_repetitions": 1,
+        }
+    }
+    for name, jobs in workloads.items():
+        log(f"swap economy, {name}: foreman x{reps}")
+        mine = repeat(
+            reps, lambda n=name, j=jobs: swap.run_foreman(work, f"foreman-{n}", j, params)
+        )
+        out[name] = {"foreman": mine, "lower_bound": swap.lower_bound(jobs, params, generation)}
+    hot = swap.hot_model(hot_seconds, rate=1.3 / generation, seed=6)
+    out["starvation"] = {"jobs": len(hot), "hot_seconds": hot_seconds, "bound_s": bound}
+    for label, flags in (("default_600s", ()), (f"bound_{bound:g}s", ("--max-wait", str(bound)))):
+        log(f"swap economy, starvation bound: {label}")
+        out["starvation"][label] = repeat(
+            max(1, reps - 1), lambda f=flags: swap.run_foreman(work, "starve", hot, params, *f)
+        )
+    for name, thread in fcfs.items():
+        log(f"swap economy, {name}: waiting for first-come-first-served")
+        result = thread.outcome()
+        out[name]["fcfs"] = aggregate([result])
+        out[name]["makespan_ratio"] = (
+            result["makespan_s"] / out[name]["foreman"]["makespan_s"]["median"]
+        )
+        out[name]["loads_ratio"] = result["loads"] / out[name]["foreman"]["loads"]["median"]
+    return out
+
+
+def overhead_section(work: Path, quick: bool) -> dict[str, Any]:
+    reps = 1 if quick else 3
+    log(f"overhead x{reps}")
+    return repeat(reps, lambda: overhead.overhead(work, quick))
+
+
+def embeddings_section(work: Path, quick: bool) -> dict[str, Any]:
+    reps = 1 if quick else 3
+    log(f"embeddings relay x{reps}")
+    return repeat(reps, lambda: overhead.embeddings(work, quick))
+
+
+def scale_section(work: Path, quick: bool) -> dict[str, Any]:
+    reps = 1 if quick else 3
+    out: dict[str, Any] = {}
+    log(f"scale: POST /jobs enqueue rate x{reps}")
+    out["enqueue"] = repeat(reps, lambda: scale.enqueue_rate(work, quick))
+    log(f"scale: the HTTP stack's floor x{reps}")
+    out["stack_floor"] = repeat(reps, lambda: scale.stack_floor(work, quick))
+    sizes = (1_000, 100_000) if quick else (1_000, 100_000, 1_000_000)
+    out["claim"] = {}
+    for size in sizes:
+        log(f"scale: claim latency with {size:,} queued")
+        out["claim"][str(size)] = repeat(
+            1 if size >= 1_000_000 else reps, lambda n=size: scale.claim_latency(work, n)
+        )
+    first, last = out["claim"][str(sizes[0])], out["claim"][str(sizes[-1])]
+    out["claim_ratio_p50"] = last["claim_p50_ms"]["median"] / first["claim_p50_ms"]["median"]
+    log("scale: memory with 100,000 queued")
+    out["memory"] = repeat(1, lambda: scale.memory_with_queue(work, 100_000))
+    log("scale: 1,000 concurrent waiting clients")
+    out["clients"] = repeat(1, lambda: scale.many_clients(work, 1000))
+    return out
+
+
+def durability_section(work: Path, quick: bool) -> dict[str, Any]:
+    reps = 1 if quick else 3
+    log(f"durability at the store x{reps}")
+    return repeat(reps, lambda: durability.durability(work, quick))
+
+
+def profile_section(work: Path, quick: bool) -> dict[str, Any]:
+    log("profile: where foreman's CPU goes (py-spy)")
+    return profile.profile(work, quick)
+
+
+RUNNERS: dict[str, Callable[[Path, bool], dict[str, Any]]] = {
+    "swap": swap_section,
+    "overhead": overhead_section,
+    "embeddings": embeddings_section,
+    "scale": scale_section,
+    "durability": durability_section,
+    "profile": profile_section,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small workloads, one repetition")
+    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs", help="where to write")
+    args = parser.parse_args(argv)
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = set(only) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
+    started = time.perf_counter()
+    results: dict[str, Any] = {"machine": machine(), "mode": "quick" if args.quick else "full"}
+    with tempfile.TemporaryDirectory(prefix="foreman-bench-") as tmp:
+        work = Path(tmp)
+        for name in only:
+            results[name] = RUNNERS[name](work, args.quick)
+    results["elapsed_s"] = time.perf_counter() - started
+    results["machine"]["load_average_after"] = os.getloadavg()[0]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "benchmarks.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "benchmarks.md").write_text(report.render(results))
+    log(f"done in {results['elapsed_s']:.0f}s: {args.out / 'benchmarks.md'}")
+    print(report.headline(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,543 @@
+"""docs/benchmarks.md from the results: tables, ratios, and the issue's targets."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+TARGETS_NOTE = (
+    "Targets are what the project aims for; they are reported here, never asserted in tests."
+)
+
+
+def _num(value: float, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:,.{digits}f}"
+
+
+def fig(entry: Any, digits: int = 1) -> str:
+    """A figure as `median (min-max)`, or just the number when there was one run."""
+    if isinstance(entry, dict) and "median" in entry:
+        med, low, high = entry["median"], entry["min"], entry["max"]
+        if len(entry.get("runs", [])) <= 1 or low == high:
+            return _num(med, digits)
+        return f"{_num(med, digits)} ({_num(low, digits)}-{_num(high, digits)})"
+    if isinstance(entry, int | float):
+        return _num(float(entry), digits)
+    return str(entry)
+
+
+def med(entry: Any) -> float:
+    if isinstance(entry, dict) and "median" in entry:
+        return float(entry["median"])
+    return float(entry)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    """(figure, target, measured, met) for each target the issue sets."""
+    out: list[tuple[str, str, str, bool | None]] = []
+    swap = results.get("swap")
+    if swap:
+        inter = swap["interleaved"]
+        loads = med(inter["foreman"]["loads"])
+        bound = inter["lower_bound"]["loads"]
+        out.append(
+            (
+                "loads on the interleaved burst",
+                f"= lower bound ({bound})",
+                _num(loads, 0),
+                loads <= bound,
+            )
+        )
+        ratio = inter["makespan_ratio"]
+        out.append(
+            (
+                "makespan, first-come-first-served / foreman",
+                "≥ 3x",
+                f"{ratio:.1f}x",
+                ratio >= 3,
+            )
+        )
+    over = results.get("overhead")
+    if over:
+        added = med(over["non_streamed"]["added_p50_ms"])
+        out.append(("added latency p50, non-streamed", "≤ 2 ms", f"{added:.2f} ms", added <= 2))
+        rate = med(over["worker_async"]["jobs_per_s"])
+        out.append(("jobs/s through the single worker", "≥ 300", _num(rate, 0), rate >= 300))
+    scale = results.get("scale")
+    if scale:
+        rate = med(scale["enqueue"]["jobs_per_s"])
+        out.append(("jobs/s accepted by POST /jobs", "≥ 1,000", _num(rate, 0), rate >= 1000))
+        ratio = scale["claim_ratio_p50"]
+        sizes = list(scale["claim"])
+        out.append(
+            (
+                f"claim latency, {int(sizes[-1]):,} / {int(sizes[0]):,} queued",
+                "≤ 2x",
+                f"{ratio:.2f}x",
+                ratio <= 2,
+            )
+        )
+        rss = med(scale["memory"]["rss_queued_mb"])
+        out.append(("resident memory, 100k queued", "< 150 MB", f"{rss:.0f} MB", rss < 150))
+    return out
+
+
+def headline(results: dict[str, Any]) -> str:
+    lines = ["", "target                                          measured    met"]
+    for name, target, measured, met in targets(results):
+        mark = "yes" if met else ("NO" if met is not None else "-")
+        lines.append(f"{name[:40]:40s} {target:>10s} {measured:>10s}  {mark}")
+    return "\n".join(lines)
+
+
+def render(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    pk = m["packages"]
+    quick = results["mode"] == "quick"
+    out: list[str] = [
+        "# foreman benchmarks",
+        "",
+        "Written by `make bench`"
+        + (" in `--quick` mode (small workloads, one repetition)" if quick else "")
+        + f" on {m['date']}, in {results['elapsed_s'] / 60:.1f} minutes. Rerun it on your"
+        " own machine; every figure is measured side by side in one run, over loopback,"
+        " against the stub Ollama (`foreman stub`), with real processes. A figure shown as"
+        " `a (b-c)` is the median `a` of several repetitions, with their min `b` and max `c`.",
+        "",
+        *_table(
+            ["machine", ""],
+            [
+                ["CPU", f"{m['cpu']}, {m['cores']} cores"],
+                ["memory", f"{m['memory_gb']} GB"],
+                ["OS", m["os"]],
+                ["Python", m["python"]],
+                ["SQLite", m["sqlite"]],
+                [
+                    "packages",
+                    ", ".join(f"{name} {version}" for name, version in pk.items() if version),
+                ],
+                ["foreman commit", str(m.get("commit"))],
+                [
+                    "load average (start, end)",
+                    f"{m['load_average']:.2f}, {m.get('load_average_after', float('nan')):.2f}",
+                ],
+            ],
+        ),
+        "",
+        "## Against the targets",
+        "",
+        TARGETS_NOTE,
+        "",
+        *_table(
+            ["figure", "target", "measured", "met"],
+            [
+                [name, target, measured, "yes" if met else "**no**"]
+                for name, target, measured, met in targets(results)
+            ],
+        ),
+        "",
+    ]
+    if "swap" in results:
+        out += _swap(results["swap"])
+    if "overhead" in results:
+        out += _overhead(results["overhead"])
+    if "embeddings" in results:
+        out += _embeddings(results["embeddings"])
+    if "scale" in results:
+        out += _scale(results["scale"])
+    if "durability" in results:
+        out += _durability(results["durability"])
+    if "profile" in results:
+        out += _profile(results["profile"])
+    out += _missed(results)
+    out += _notes()
+    return "\n".join(out) + "\n"
+
+
+def _swap(s: dict[str, Any]) -> list[str]:
+    p = s["params"]
+    out = [
+        "## 1. Swap economy",
+        "",
+        f"{p['jobs']} jobs over {p['models']} models in a seeded random interleaving; the stub"
+        f" charges {p['load_s']:g} s per model swap and generates {p['tokens']} tokens"
+        f" {p['token_delay_s'] * 1000:g} ms apart ({p['generation_ms']:.0f} ms per job as"
+        " measured straight at the stub). *Interleaved*: every job arrives at once."
+        f" *Arriving*: the jobs arrive as a Poisson process over {p['arrival_span_s']:g} s,"
+        " during the run. foreman gets each job as a synchronous `/api/generate` request at"
+        " its arrival time; first-come-first-served (FCFS) sends the same jobs straight to the"
+        " stub one at a time in arrival order, which is what Ollama does with one parallel"
+        " slot; the lower bound is one load per model with every generation back to back. A"
+        " job's wait runs from its arrival to its complete answer.",
+        "",
+        f"Repetitions: foreman {p['foreman_repetitions']}, FCFS {p['fcfs_repetitions']}. An"
+        " FCFS run at this swap cost takes minutes (one swap for most jobs), so it runs once"
+        " per workload, on its own stub, alongside foreman's runs: both spend nearly all their"
+        " time waiting out the stub's simulated loads. FCFS is deterministic in its loads"
+        " (one per change of model in arrival order); its timings vary by milliseconds.",
+        "",
+    ]
+    for name in ("interleaved", "arriving"):
+        w = s[name]
+        f, c, lb = w["foreman"], w["fcfs"], w["lower_bound"]
+        out += [f"### {name.capitalize()}", ""]
+        out += _table(
+            ["", "loads", "makespan s", "wait p50 ms", "wait p99 ms", "worst wait ms"],
+            [
+                [
+                    "foreman",
+                    fig(f["loads"], 0),
+                    fig(f["makespan_s"]),
+                    fig(f["wait_p50_ms"], 0),
+                    fig(f["wait_p99_ms"], 0),
+                    fig(f["wait_max_ms"], 0),
+                ],
+                [
+                    "FCFS",
+                    fig(c["loads"], 0),
+                    fig(c["makespan_s"]),
+                    fig(c["wait_p50_ms"], 0),
+                    fig(c["wait_p99_ms"], 0),
+                    fig(c["wait_max_ms"], 0),
+                ],
+                ["lower bound", str(lb["loads"]), _num(lb["makespan_s"]), "", "", ""],
+            ],
+        )
+        out += [
+            "",
+            f"Makespan ratio FCFS / foreman: **{w['makespan_ratio']:.1f}x**; loads"
+            f" {w['loads_ratio']:.1f}x as many; foreman's makespan is"
+            f" {med(f['makespan_s']) / lb['makespan_s']:.2f}x the lower bound.",
+            "",
+            "Wait per model, p50 / p99 in ms:",
+            "",
+        ]
+        rows = []
+        for model in f["by_model"]:
+            fm, cm = f["by_model"][model], c["by_model"].get(model, {})
+            rows.append(
+                [
+                    model,
+                    fig(fm["jobs"], 0),
+                    f"{fig(fm['wait_p50_ms'], 0)} / {fig(fm['wait_p99_ms'], 0)}",
+                    f"{fig(cm.get('wait_p50_ms', 'n/a'), 0)}"
+                    f" / {fig(cm.get('wait_p99_ms', 'n/a'), 0)}",
+                ]
+            )
+        out += _table(["model", "jobs", "foreman", "FCFS"], rows)
+        out.append("")
+    st = s["starvation"]
+    labels = [key for key, value in st.items() if isinstance(value, dict)]
+    out += [
+        "### The starvation bound",
+        "",
+        f"A hot model arrives faster than it can be served for {st['hot_seconds']:g} s"
+        f" ({st['jobs']} jobs in all); each of the three other models gets one job early on."
+        " Drain-by-model alone keeps serving the hot model while it has work, so the other"
+        " three wait out its whole backlog; the starvation bound (`--max-wait`) lets a job"
+        " that waited too long run next, at the price of extra swaps.",
+        "",
+    ]
+    rows = []
+    for label in labels:
+        r = st[label]
+        cold = [m for m in r["by_model"] if not m.startswith("llama3")]
+        worst_cold = max(med(r["by_model"][m]["wait_max_ms"]) for m in cold) if cold else 0
+        hot = r["by_model"].get("llama3") or next(iter(r["by_model"].values()))
+        rows.append(
+            [
+                "--max-wait 600 (default)"
+                if label.startswith("default")
+                else f"--max-wait {st['bound_s']:g}",
+                fig(r["loads"], 0),
+                fig(r["makespan_s"]),
+                _num(worst_cold, 0),
+                fig(hot["wait_max_ms"], 0),
+            ]
+        )
+    out += _table(
+        ["", "loads", "makespan s", "worst wait, other models ms", "worst wait, hot model ms"],
+        rows,
+    )
+    out.append("")
+    return out
+
+
+def _overhead(o: dict[str, Any]) -> list[str]:
+    n, st = o["non_streamed"], o["streamed_first_chunk"]
+    relay = o["relay"]
+    return [
+        "## 2. Overhead",
+        "",
+        "A stub that answers at once (no load or token delay, 8 tokens). Serial requests,"
+        " alternating blocks of 50 straight to the stub and through foreman. Through foreman"
+        " every request is a job: stored, claimed by the worker, relayed, its end stored.",
+        "",
+        *_table(
+            [
+                "",
+                "direct p50",
+                "foreman p50",
+                "added p50",
+                "direct p99",
+                "foreman p99",
+                "added p99",
+            ],
+            [
+                [
+                    "non-streamed, whole answer (ms)",
+                    fig(n["direct_p50_ms"], 2),
+                    fig(n["foreman_p50_ms"], 2),
+                    fig(n["added_p50_ms"], 2),
+                    fig(n["direct_p99_ms"], 2),
+                    fig(n["foreman_p99_ms"], 2),
+                    fig(n["added_p99_ms"], 2),
+                ],
+                [
+                    "streamed, first chunk (ms)",
+                    fig(st["direct_p50_ms"], 2),
+                    fig(st["foreman_p50_ms"], 2),
+                    fig(st["added_p50_ms"], 2),
+                    fig(st["direct_p99_ms"], 2),
+                    fig(st["foreman_p99_ms"], 2),
+                    fig(st["added_p99_ms"], 2),
+                ],
+            ],
+        ),
+        "",
+        *_table(
+            ["throughput of the one worker", "jobs/s"],
+            [
+                [
+                    f"synchronous: {fig(o['worker_sync']['clients'], 0)} clients sending"
+                    " non-streamed requests",
+                    fig(o["worker_sync"]["jobs_per_s"], 0),
+                ],
+                [
+                    "asynchronous: jobs queued with POST /jobs, then drained",
+                    fig(o["worker_async"]["jobs_per_s"], 0),
+                ],
+                [
+                    "the stub alone, one client, one request at a time",
+                    fig(o["stub_alone_jobs_per_s"], 0),
+                ],
+            ],
+        ),
+        "",
+        f"Streaming relay: one stream of {fig(relay['chunks'], 0)} NDJSON lines from a stub"
+        " emitting them as fast as it can: "
+        f"{fig(relay['direct_chunks_per_s'], 0)} lines/s direct,"
+        f" {fig(relay['foreman_chunks_per_s'], 0)} lines/s through foreman"
+        f" ({fig(relay['ratio'], 2)} of direct).",
+        "",
+    ]
+
+
+def _embeddings(e: dict[str, Any]) -> list[str]:
+    d, f = e["direct"], e["foreman"]
+    return [
+        "## 3. Embeddings relay",
+        "",
+        f"{fig(e['clients'], 0)} concurrent clients sending `/api/embed` requests for a few"
+        " seconds, straight to the stub and then through foreman, while the chat queue is"
+        " busy (chat jobs queued with POST /jobs keep the worker and the stub's chat slot"
+        f" working throughout: {'yes' if e['chat_queue_busy_throughout'] else 'no'}).",
+        "",
+        *_table(
+            ["", "requests/s", "p50 ms", "p99 ms"],
+            [
+                ["direct", fig(d["requests_per_s"], 0), fig(d["p50_ms"]), fig(d["p99_ms"])],
+                ["foreman", fig(f["requests_per_s"], 0), fig(f["p50_ms"]), fig(f["p99_ms"])],
+            ],
+        ),
+        "",
+        f"foreman relays {fig(e['ratio_requests_per_s'], 2)} of the direct rate; the"
+        " embeddings never wait behind a chat job or a swap, but they share one Python"
+        " process (and its CPU) with the worker and every other request.",
+        "",
+    ]
+
+
+def _scale(s: dict[str, Any]) -> list[str]:
+    enq, floor = s["enqueue"], s["stack_floor"]
+    rows = [
+        [
+            f"{int(size):,}",
+            fig(c["claim_p50_ms"], 3),
+            fig(c["claim_p99_ms"], 3),
+            fig(c["db_mb"], 0),
+        ]
+        for size, c in s["claim"].items()
+    ]
+    mem, cl = s["memory"], s["clients"]
+    return [
+        "## 4. Scale",
+        "",
+        f"**Enqueue rate.** POST /jobs from {fig(enq['submitters'], 0)} concurrent"
+        f" submitters ({fig(enq['jobs'], 0)} jobs, the default durability: each job is on"
+        f" disk before its 202): **{fig(enq['jobs_per_s'], 0)} jobs/s**. The same client"
+        " against the same HTTP stack (Quart-Trio on Hypercorn) with a route that only reads"
+        f" the body and answers 202: {fig(floor['trivial_post_per_s'], 0)} requests/s; a bare"
+        " relay of non-streamed generate requests through that stack with httpx adds"
+        f" {fig(floor['bare_relay_added_p50_ms'], 2)} ms at the median"
+        f" ({fig(floor['bare_relay_added_p99_ms'], 2)} ms p99) over calling the stub"
+        " directly.",
+        "",
+        "**Claim latency.** `SyncStore.claim` (the scheduling rule and its commit) on a"
+        " database holding that many queued jobs over four models and three priorities,"
+        " median and p99 of 300 claims:",
+        "",
+        *_table(["queued", "claim p50 ms", "claim p99 ms", "database MB"], rows),
+        "",
+        f"Largest / smallest at the median: {s['claim_ratio_p50']:.2f}x.",
+        "",
+        f"**Memory.** foreman's resident set: {fig(mem['rss_empty_mb'], 0)} MB on an empty"
+        f" database, {fig(mem['rss_queued_mb'], 0)} MB with {int(med(mem['queued'])):,} jobs"
+        f" queued (peak {fig(mem['peak_queued_mb'], 0)} MB).",
+        "",
+        f"**Waiting clients.** {fig(cl['clients'], 0)} synchronous requests at once, each on"
+        f" its own connection, against an instant stub: {fig(cl['completed_ok'], 0)} completed"
+        f" with 200 in {fig(cl['elapsed_s'])} s; resident memory"
+        f" {fig(cl['rss_before_mb'], 0)} MB before, {fig(cl['rss_peak_mb'], 0)} MB at the peak.",
+        "",
+    ]
+
+
+def _durability(d: dict[str, Any]) -> list[str]:
+    w, sub = d["worker_path"], d["submissions"]
+    return [
+        "## 5. What durability costs at the store",
+        "",
+        "Measured on `SyncStore` directly, without HTTP. Per job through the worker (claim,"
+        " then the end):",
+        "",
+        *_table(
+            ["how commits reach the disk", "µs per job"],
+            [
+                [
+                    "foreman: the claim unsynced, the end synced (fsync) before the answer",
+                    fig(w["foreman_us_per_job"], 0),
+                ],
+                [
+                    "every commit synced (synchronous = FULL throughout)",
+                    fig(w["all_synced_us_per_job"], 0),
+                ],
+                [
+                    "no commit synced (synchronous = NORMAL: survives a crash of foreman, not a"
+                    " power cut)",
+                    fig(w["none_synced_us_per_job"], 0),
+                ],
+            ],
+        ),
+        "",
+        *_table(
+            ["submissions", "µs per job"],
+            [
+                ["one transaction (one fsync) per job", fig(sub["one_per_commit_us_per_job"], 0)],
+                [
+                    f"group commit, {fig(sub['group'], 0)} jobs per transaction",
+                    fig(sub["grouped_us_per_job"], 0),
+                ],
+            ],
+        ),
+        "",
+        "See the Durability section of docs/architecture.md for what each commit promises.",
+        "",
+    ]
+
+
+def _profile(p: dict[str, Any]) -> list[str]:
+    out = ["## 6. Where foreman's CPU goes", ""]
+    if "skipped" in p:
+        return [*out, f"Not measured: {p['skipped']}.", ""]
+    out += [
+        f"py-spy samples foreman 250 times a second while it accepts {p['jobs']:,} jobs from"
+        " 32 submitters (the stub held) and then while its worker runs them against an"
+        " instant stub. Each sample counts for the code running at that moment; samples of"
+        " a thread waiting for I/O or for work are left out. Shares of the busy samples, %:",
+        "",
+    ]
+    phases = [name for name in ("accepting", "running") if name in p]
+    names: list[str] = []
+    for phase in phases:
+        names += [n for n in p[phase].get("layers_pct", {}) if n not in names]
+    rows = [
+        [name] + [_num(p[phase].get("layers_pct", {}).get(name, 0.0), 0) for phase in phases]
+        for name in names
+    ]
+    out += _table(["layer", *phases], rows)
+    out += ["", "foreman's own busiest functions (share of busy samples, %):", ""]
+    for phase in phases:
+        top = p[phase].get("foreman_top_pct", {})
+        listed = ", ".join(
+            f"`{name.split(' (')[0]}` {_num(v, 1)}" for name, v in list(top.items())[:5]
+        )
+        out.append(f"- {phase}: {listed}")
+    out.append("")
+    return out
+
+
+def _missed(results: dict[str, Any]) -> list[str]:
+    """For each missed target: how much is the HTTP stack's floor, how much is foreman's,
+    and what could close the rest."""
+    over, scale = results.get("overhead"), results.get("scale")
+    if not (over and scale):
+        return []
+    floor = scale["stack_floor"]
+    added = med(over["non_streamed"]["added_p50_ms"])
+    bare = med(floor["bare_relay_added_p50_ms"])
+    enqueue = med(scale["enqueue"]["jobs_per_s"])
+    ceiling = med(floor["trivial_post_per_s"])
+    worker = med(over["worker_async"]["jobs_per_s"])
+    grouped = ""
+    if "durability" in results:
+        sub = results["durability"]["submissions"]
+        factor = med(sub["one_per_commit_us_per_job"]) / med(sub["grouped_us_per_job"])
+        grouped = f" (section 5: {factor:.0f}x less store time per submission)"
+    return [
+        "## What the missed targets are made of",
+        "",
+        f"- **Added latency.** Of the {added:.1f} ms foreman adds to a non-streamed request,"
+        f" {bare:.1f} ms is what the same HTTP stack adds to a bare relay with no store, queue"
+        f" or worker (section 4); the remaining {max(0.0, added - bare):.1f} ms is foreman's:"
+        " the submission's commit, waking the worker, the claim's commit, the end's commit,"
+        " each a hand-off to the store's thread and back, and handing the answer from the"
+        " worker to the waiting request. On two shared cores every hand-off also waits for"
+        " a core.",
+        f"- **Enqueue rate.** {enqueue:,.0f} jobs/s is {100 * enqueue / ceiling:.0f}% of what"
+        f" this stack answers on a route that does nothing ({ceiling:,.0f} requests/s); with"
+        " one request per job no change inside foreman can pass that ceiling. Group commit"
+        f" removed the fsync per job{grouped}. A batch submission (many jobs in one POST)"
+        " is what would go past it.",
+        f"- **Worker throughput.** {worker:,.0f} jobs/s is {1000 / worker:.1f} ms per job,"
+        " serial: a claim, an HTTP request to Ollama through httpx, an end committed with an"
+        " fsync, each store call a thread hop (section 6: the store and httpx dominate the"
+        " busy samples). The next steps, not taken yet: commit a job's end and the next claim"
+        " in one transaction (one commit and one thread hop less per job), and keep the"
+        " HTTP client's per-request work down.",
+        "",
+    ]
+
+
+def _notes() -> list[str]:
+    return [
+        "## Reading these numbers",
+        "",
+        "- The load generator is a minimal HTTP/1.1 client (`scripts/bench/loadgen.py`):"
+        " httpx costs more CPU per request than foreman spends answering one, and on two"
+        " cores it would measure itself.",
+        "- The stub, foreman and the load generator share the machine's cores; a busy"
+        " machine (see the load average above) makes every figure worse, foreman's more than"
+        " the stub's.",
+        "",
+    ]

@@ -1,0 +1,539 @@
+"""A hypothesis state machine that drives a real foreman and a real stub over sockets.
+
+Rules enqueue synchronous and asynchronous jobs across models and priorities, cancel,
+retry and purge them, arm upstream faults (refuse, reset, 5xx, hang, a stream cut short,
+an error mid-stream), kill foreman with SIGKILL and restart it, and play bursts whose
+order is checked against the scheduling rule. After every step:
+
+- never two chat/generate requests at the stub at once: no inference request arrived
+  while another was still open, unless foreman had already closed the other (the stub
+  records a request it is told to abandon as cancelled, a moment after foreman let go);
+- every job in the database is consistent: done with exactly the stub's deterministic
+  answer to its request, failed with a reason, or cancelled because a client asked (the
+  job API, or a synchronous client hanging up);
+- no job finished twice (two `state=done` lines in foreman's logs);
+- every job a client was told about still exists, unless it was purged.
+At the end of each run: faults cleared, foreman up, every job must end (nothing lost).
+
+The machine is synchronous, as hypothesis's stateful testing is; synchronous clients run
+in threads, everything else is httpx's sync client.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import sqlite3
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, ClassVar
+
+import httpx
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from foreman.policy import Candidate, pick_next
+from foreman.stub import expected_text
+from foreman.testing import Process, foreman_process
+
+MODELS = ("llama3", "mistral", "phi3")
+ENDPOINTS = ("/api/generate", "/api/chat", "/v1/chat/completions")
+INFERENCE = ("chat", "generate", "v1-chat", "v1-completions")
+TOKENS = 6
+FAULTS = ("refuse", "reset", "status", "hang", "cut", "mid_error", "none")
+DONE_LINE = re.compile(r"job (\w{26}) model=\S+ state=done")
+SETTLE_SECONDS = 45.0
+
+# what a run tried, over every run of the session (printed by `make fuzz`)
+TRIED: Counter[str] = Counter()
+
+
+class Failure(AssertionError):
+    pass
+
+
+def body_for(endpoint: str, model: str, text: str, stream: bool) -> dict[str, Any]:
+    if endpoint == "/api/generate":
+        return {"model": model, "prompt": text, "stream": stream}
+    return {"model": model, "messages": [{"role": "user", "content": text}], "stream": stream}
+
+
+def text_of(endpoint: str, result: Any) -> str | None:
+    """The generated text in a stored result (None if the result has none)."""
+    if not isinstance(result, dict):
+        return None
+    if endpoint == "/api/generate":
+        return result.get("response")
+    if endpoint == "/api/chat":
+        return (result.get("message") or {}).get("content")
+    choices = result.get("choices") or [{}]
+    return ((choices[0] or {}).get("message") or {}).get("content")
+
+
+def prompt_of(body: Any) -> str:
+    if not isinstance(body, dict):
+        return ""
+    if isinstance(body.get("prompt"), str):
+        return str(body["prompt"])
+    messages = body.get("messages")
+    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
+        return str(messages[-1].get("content") or "")
+    return ""
+
+
+def concurrent_inference(
+    record: list[dict[str, Any]],
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Pairs of chat/generate requests the stub held at once: one arrived while the one
+    before it was still open. A request foreman had already closed (the stub marks it
+    cancelled when it notices) may still look open for a moment: not a pair."""
+    inference = sorted((e for e in record if e["kind"] in INFERENCE), key=lambda e: e["arrival"])
+    pairs = []
+    for earlier, later in itertools.pairwise(inference):
+        open_until = earlier["end"] if earlier["end"] is not None else float("inf")
+        if later["arrival"] < open_until and not earlier["cancelled"]:
+            pairs.append((earlier, later))
+    return pairs
+
+
+class SyncClient(threading.Thread):
+    """One synchronous request; may hang up after `abandon_after` seconds."""
+
+    def __init__(self, url: str, endpoint: str, body: dict[str, Any], abandon_after: float | None):
+        super().__init__(daemon=True)
+        self.url, self.endpoint, self.body = url, endpoint, body
+        self.abandon_after = abandon_after
+        self.job_id: str | None = None
+        self.status: int | None = None
+        self.data = b""
+        self.error: str | None = None
+
+    def run(self) -> None:
+        deadline = None if self.abandon_after is None else time.monotonic() + self.abandon_after
+        timeout = httpx.Timeout(60.0 if deadline is None else self.abandon_after or 0.01)
+        try:
+            with (
+                httpx.Client(base_url=self.url, timeout=timeout) as client,
+                client.stream("POST", self.endpoint, json=self.body) as r,
+            ):
+                self.status = r.status_code
+                self.job_id = r.headers.get("x-foreman-job-id")
+                for chunk in r.iter_bytes():
+                    self.data += chunk
+                    if deadline is not None and time.monotonic() > deadline:
+                        return  # hang up mid-answer
+        except httpx.HTTPError as exc:
+            self.error = repr(exc)
+
+
+class ForemanMachine(RuleBasedStateMachine):
+    """Set `stub_url`, `work` and `tokens` on the class before running it."""
+
+    stub_url: ClassVar[str] = ""
+    work: ClassVar[Path] = Path()
+    runs: ClassVar[int] = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        ForemanMachine.runs += 1
+        TRIED["runs"] += 1
+        self.dir = self.work / f"run-{ForemanMachine.runs:04d}"
+        self.dir.mkdir(parents=True)
+        self.db = self.dir / "foreman.db"
+        self.stub = httpx.Client(base_url=self.stub_url, timeout=30)
+        self.proc: Process | None = None
+        self.url = ""
+        self.lives = 0
+        self.max_wait = 600.0
+        self.serial = 0
+        self.told: set[str] = set()  # job ids a client was given
+        self.cancel_requested: set[str] = set()
+        self.retried: set[str] = set()
+        self.purged: set[str] = set()  # told jobs that a purge removed
+        self.clients: list[SyncClient] = []
+        self.faults_armed = False
+        self.record: list[dict[str, Any]] = []
+        self.log_offsets: dict[Path, int] = {}
+        self.done_lines: Counter[str] = Counter()
+
+    # -- processes -----------------------------------------------------------------------
+
+    def start_foreman(self) -> None:
+        self.lives += 1
+        self.proc = foreman_process(
+            self.db,
+            self.stub_url,
+            self.dir / f"foreman-{self.lives}.log",
+            "--retry-backoff",
+            "0.05",
+            "--max-attempts",
+            "3",
+            "--max-wait",
+            str(self.max_wait),
+            "--job-timeout",
+            "3",
+            "--read-timeout",
+            "3",
+        )
+        self.url = self.proc.start()
+
+    def api(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30)
+
+    @initialize()
+    def begin(self) -> None:
+        self.stub.delete("/_stub/faults")
+        self.stub.post("/_stub/release")
+        self.stub.post(
+            "/_stub/config", json={"load_delay": 0.05, "token_delay": 0.002, "tokens": TOKENS}
+        )
+        self.seq_start = self._stub_seq()
+        self.start_foreman()
+
+    def teardown(self) -> None:
+        try:
+            if self.proc is not None:
+                self.settle()
+                self.check_everything(final=True)
+        finally:
+            if self.proc is not None and self.proc.alive:
+                self.proc.kill()
+            for client in self.clients:
+                client.join(5)
+            self.stub.close()
+
+    def _stub_seq(self) -> int:
+        requests = self.stub.get("/_stub/requests").json()["requests"]
+        return max((r["seq"] for r in requests), default=0)
+
+    # -- rules ---------------------------------------------------------------------------
+
+    def _text(self) -> str:
+        self.serial += 1
+        return f"fuzz {self.lives}.{self.serial}"
+
+    @rule(
+        endpoint=st.sampled_from(ENDPOINTS),
+        model=st.sampled_from(MODELS),
+        priority=st.integers(-2, 2),
+    )
+    def submit_async(self, endpoint: str, model: str, priority: int) -> None:
+        TRIED["submit_async"] += 1
+        body = body_for(endpoint, model, self._text(), False)
+        envelope = {"endpoint": endpoint, "body": body, "priority": priority}
+        with self.api() as api:
+            r = api.post("/jobs", json=envelope)
+        if r.status_code != 202:
+            raise Failure(f"POST /jobs answered {r.status_code}: {r.text}")
+        self.told.add(r.json()["id"])
+
+    @rule(
+        endpoint=st.sampled_from(ENDPOINTS),
+        model=st.sampled_from(MODELS),
+        stream=st.booleans(),
+        abandon=st.one_of(st.none(), st.floats(0.0, 0.3)),
+    )
+    def submit_sync(self, endpoint: str, model: str, stream: bool, abandon: float | None) -> None:
+        TRIED["submit_sync" + ("_abandoned" if abandon is not None else "")] += 1
+        client = SyncClient(
+            self.url, endpoint, body_for(endpoint, model, self._text(), stream), abandon
+        )
+        client.start()
+        self.clients.append(client)
+
+    @rule(pick=st.integers(0, 10_000))
+    def cancel(self, pick: int) -> None:
+        job_id = self._pick(pick)
+        if job_id is None:
+            return
+        TRIED["cancel"] += 1
+        with self.api() as api:
+            r = api.post(f"/jobs/{job_id}/cancel")
+        if r.status_code == 200:
+            self.cancel_requested.add(job_id)
+        elif r.status_code not in (404, 409):
+            raise Failure(f"cancel answered {r.status_code}: {r.text}")
+
+    @rule(pick=st.integers(0, 10_000))
+    def retry(self, pick: int) -> None:
+        job_id = self._pick(pick)
+        if job_id is None:
+            return
+        TRIED["retry"] += 1
+        with self.api() as api:
+            r = api.post(f"/jobs/{job_id}/retry")
+        if r.status_code == 200:
+            TRIED["retry_accepted"] += 1
+            self.retried.add(job_id)
+            self.cancel_requested.discard(job_id)  # it may end any way again
+        elif r.status_code not in (404, 409):
+            raise Failure(f"retry answered {r.status_code}: {r.text}")
+
+    @rule()
+    def purge(self) -> None:
+        TRIED["purge"] += 1
+        with self.api() as api:
+            r = api.delete("/jobs", params={"older_than": 0})
+        if r.status_code != 200:
+            raise Failure(f"purge answered {r.status_code}: {r.text}")
+        self.purged |= self.told - set(self.rows())
+
+    @rule(kind=st.sampled_from(FAULTS), after=st.integers(0, 3), status=st.sampled_from([500, 503]))
+    def arm_fault(self, kind: str, after: int, status: int) -> None:
+        """Arm one fault for an upcoming request, or ("none") disarm them all."""
+        TRIED[f"fault_{kind}"] += 1
+        if kind == "none":
+            self.stub.delete("/_stub/faults")
+            self.faults_armed = False
+            return
+        fault: dict[str, Any] = {"kind": kind, "count": 1}
+        if kind == "refuse":
+            fault["seconds"] = 0.3
+        elif kind == "status":
+            fault["status"] = status
+        elif kind in ("cut", "mid_error"):
+            fault["after"] = after
+        if kind != "refuse":
+            fault["request_kind"] = "generate" if after % 2 else "chat"
+        r = self.stub.post("/_stub/faults", json=fault)
+        if r.status_code != 200:
+            raise Failure(f"arming {fault} answered {r.status_code}: {r.text}")
+        self.faults_armed = True
+
+    @rule(max_wait=st.sampled_from([600.0, 0.3]))
+    def kill_and_restart(self, max_wait: float) -> None:
+        TRIED["kill_9"] += 1
+        assert self.proc is not None
+        self.proc.kill()
+        self.max_wait = max_wait
+        self.start_foreman()
+
+    @rule(seconds=st.sampled_from([0.05, 0.2, 0.5]))
+    def pause(self, seconds: float) -> None:
+        TRIED["pause"] += 1
+        time.sleep(seconds)
+
+    @precondition(lambda self: not self.faults_armed)
+    @rule(
+        jobs=st.lists(
+            st.tuples(st.sampled_from(MODELS), st.integers(-1, 1)), min_size=2, max_size=8
+        )
+    )
+    def burst(self, jobs: list[tuple[str, int]]) -> None:
+        """Hold the stub on a first job, queue the rest behind it, release, and check the
+        order the stub saw against the scheduling rule."""
+        TRIED["burst"] += 1
+        self.settle()
+        with self.api() as api:
+            self.stub.post("/_stub/release")
+            self.stub.post("/_stub/hold")
+            try:
+                first = self._submit_plain(api, MODELS[0], 0)
+                self._wait_in_flight(first)
+                rest = [self._submit_plain(api, model, prio) for model, prio in jobs]
+                if self.max_wait < 1:
+                    time.sleep(self.max_wait + 0.3)  # every queued job is now starved
+            finally:
+                self.stub.post("/_stub/release")
+        self.settle()
+        self.check_burst(first, rest)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _submit_plain(self, api: httpx.Client, model: str, priority: int) -> tuple[str, str]:
+        text = self._text()
+        body = body_for("/api/generate", model, text, False)
+        r = api.post(
+            "/jobs", json={"endpoint": "/api/generate", "body": body, "priority": priority}
+        )
+        if r.status_code != 202:
+            raise Failure(f"POST /jobs answered {r.status_code}: {r.text}")
+        self.told.add(r.json()["id"])
+        return r.json()["id"], text
+
+    def _wait_in_flight(self, job: tuple[str, str], limit: float = 15.0) -> None:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            for entry in self._record():
+                if prompt_of(entry["body"]) == job[1] and entry["end"] is None:
+                    return
+            time.sleep(0.01)
+        raise Failure(f"job {job[0]} never reached the stub")
+
+    def _pick(self, pick: int) -> str | None:
+        ids = sorted(self.told | {c.job_id for c in self.clients if c.job_id})
+        return ids[pick % len(ids)] if ids else None
+
+    def _record(self) -> list[dict[str, Any]]:
+        since = self.record[-1]["seq"] if self.record else self.seq_start
+        fresh = self.stub.get("/_stub/requests", params={"since": since}).json()["requests"]
+        # entries still open may fill in later: keep re-reading the open ones
+        for entry in fresh:
+            self.record.append(entry)
+        open_seqs = [e["seq"] for e in self.record if e["end"] is None]
+        if open_seqs:
+            current = {
+                e["seq"]: e
+                for e in self.stub.get(
+                    "/_stub/requests", params={"since": min(open_seqs) - 1}
+                ).json()["requests"]
+            }
+            self.record = [current.get(e["seq"], e) for e in self.record]
+        return self.record
+
+    def rows(self) -> dict[str, sqlite3.Row]:
+        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=30)
+        conn.row_factory = sqlite3.Row
+        try:
+            return {row["id"]: row for row in conn.execute("SELECT * FROM jobs")}
+        except sqlite3.OperationalError:
+            return {}
+        finally:
+            conn.close()
+
+    def settle(self) -> None:
+        """Clear faults, make sure foreman runs, and wait for every job to end."""
+        self.stub.delete("/_stub/faults")
+        self.stub.post("/_stub/release")
+        self.faults_armed = False
+        if self.proc is None or not self.proc.alive:
+            self.start_foreman()
+        for client in self.clients:
+            client.join(SETTLE_SECONDS)
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while time.monotonic() < deadline:
+            states = Counter(row["state"] for row in self.rows().values())
+            if not (states["queued"] or states["loading"] or states["working"]):
+                return
+            time.sleep(0.05)
+        stuck = {
+            k: r["state"]
+            for k, r in self.rows().items()
+            if r["state"] in ("queued", "loading", "working")
+        }
+        raise Failure(f"jobs did not end within {SETTLE_SECONDS}s: {stuck}")
+
+    # -- invariants ----------------------------------------------------------------------
+
+    @invariant()
+    def invariants(self) -> None:
+        if self.proc is not None:
+            self.check_everything(final=False)
+
+    def check_everything(self, final: bool) -> None:
+        self.check_one_at_a_time()
+        self.check_jobs(final)
+        self.check_done_once()
+
+    def check_one_at_a_time(self) -> None:
+        for earlier, later in concurrent_inference(self._record()):
+            raise Failure(
+                "two inference requests at the stub at once:"
+                f" #{earlier['seq']} {earlier['path']} (open until {earlier['end']})"
+                f" and #{later['seq']} {later['path']} (arrived {later['arrival']})"
+            )
+
+    def check_jobs(self, final: bool) -> None:
+        rows = self.rows()
+        for job_id in self.told - self.purged:
+            if job_id not in rows:
+                raise Failure(f"job {job_id} was accepted and is gone")
+        for row in rows.values():
+            state = row["state"]
+            if final and state not in ("done", "failed", "cancelled"):
+                raise Failure(f"job {row['id']} was lost: {state} after the queue drained")
+            if state == "done":
+                body = json.loads(row["body"])
+                got = text_of(row["endpoint"], json.loads(row["result"]))
+                want = expected_text(row["endpoint"], body, tokens=TOKENS)
+                if got != want:
+                    raise Failure(f"job {row['id']} is done with {got!r}, expected {want!r}")
+            elif state == "failed" and not row["error"]:
+                raise Failure(f"job {row['id']} failed without a reason")
+            elif state == "cancelled":
+                reason = row["error"] or ""
+                asked = row["id"] in self.cancel_requested and reason == "cancelled by request"
+                if not (asked or reason == "client disconnected"):
+                    raise Failure(f"job {row['id']} was cancelled but nobody asked ({reason!r})")
+        if final:
+            for client in self.clients:
+                if client.is_alive():
+                    raise Failure(f"a synchronous client still waits: {client.body}")
+                complete = client.abandon_after is None and client.error is None
+                retried = client.job_id in self.retried
+                if complete and not retried and client.status == 200 and client.job_id in rows:
+                    self.check_sync_answer(client, rows[client.job_id])
+
+    def check_sync_answer(self, client: SyncClient, row: sqlite3.Row) -> None:
+        """A client that waited to the end got exactly the stored answer's text."""
+        if row["state"] != "done":
+            return
+        want = expected_text(client.endpoint, client.body, tokens=TOKENS)
+        data = client.data.decode("utf-8", "replace")
+        if not client.body["stream"]:
+            if text_of(client.endpoint, json.loads(data)) != want:
+                raise Failure(f"sync answer for {row['id']} is {data[:200]!r}, expected {want!r}")
+        elif want and want.split()[-1] not in data:
+            raise Failure(f"streamed answer for {row['id']} lacks {want!r}: {data[:300]!r}")
+
+    def check_done_once(self) -> None:
+        for log in self.dir.glob("foreman-*.log"):
+            offset = self.log_offsets.get(log, 0)
+            with log.open("rb") as f:
+                f.seek(offset)
+                data = f.read()
+            # only whole lines: a line being written is read next time
+            cut = data.rfind(b"\n") + 1
+            self.log_offsets[log] = offset + cut
+            self.done_lines.update(DONE_LINE.findall(data[:cut].decode(errors="replace")))
+        twice = [job for job, n in self.done_lines.items() if n > 1]
+        if twice:
+            raise Failure(f"jobs finished twice: {twice}")
+
+    def check_burst(self, first: tuple[str, str], rest: list[tuple[str, str]]) -> None:
+        rows = self.rows()
+        texts = {text: job_id for job_id, text in rest}
+        seen = [
+            texts[prompt_of(e["body"])]
+            for e in self._record()
+            if e["kind"] in INFERENCE and prompt_of(e["body"]) in texts
+        ]
+        if sorted(seen) != sorted(texts.values()):
+            raise Failure(f"a burst job ran twice or never: {seen}")
+        candidates = [
+            Candidate(
+                job_id,
+                rows[job_id]["model_key"],
+                rows[job_id]["priority"],
+                rows[job_id]["enqueued_at"],
+            )
+            for job_id in texts.values()
+        ]
+        resident: str | None = rows[first[0]]["model_key"]
+        now = max(c.enqueued_at for c in candidates) + (
+            self.max_wait + 0.3 if self.max_wait < 1 else 0
+        )
+        expected = []
+        while candidates:
+            chosen = pick_next(candidates, resident, now, self.max_wait)
+            assert chosen is not None
+            expected.append(chosen.id)
+            resident = chosen.model_key
+            candidates.remove(chosen)
+        if seen != expected:
+            models = {job_id: rows[job_id]["model_key"] for job_id in texts.values()}
+            raise Failure(
+                "the stub saw the burst in another order than the scheduling rule gives:\n"
+                f"  saw      {[models[j] for j in seen]}\n"
+                f"  expected {[models[j] for j in expected]}"
+            )
+        TRIED["burst_checked"] += 1

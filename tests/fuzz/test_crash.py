@@ -1,0 +1,31 @@
+"""kill -9 at random moments loses no job and finishes none twice.
+
+`make test` runs a few rounds; `make crash` runs the campaign's 100 (CRASH_ROUNDS) and
+prints its report.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from .crash import run_campaign
+
+ROUNDS = int(os.environ.get("CRASH_ROUNDS", "4"))
+SEED = int(os.environ.get("CRASH_SEED", "6"))
+
+
+@pytest.mark.timeout(max(300, ROUNDS * 10))
+async def test_kill_9_at_random_moments_loses_nothing_and_finishes_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    report = await run_campaign(tmp_path, ROUNDS, SEED)
+    print("\n" + report.summary())
+    assert report.rounds == ROUNDS
+    assert report.jobs > 0
+    assert report.lost == []
+    assert report.finished_twice == []
+    assert report.wrong_results == []
+    assert report.integrity == "ok"

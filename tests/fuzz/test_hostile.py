@@ -1,0 +1,219 @@
+"""Hostile input against every route: a clear 4xx (or the route's normal answer), never
+foreman's own 500, never a crash, and a healthy service afterwards.
+
+`make test` sends a short corpus; `make fuzz` (FUZZ_PROFILE=long) a long one. Each run
+prints what it sent and how foreman answered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import attrs
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from foreman.stub import expected_text
+from foreman.testing import Process, foreman_process, stub_process
+
+from .hostile import Request, requests, send, summary, verdict
+
+LONG = os.environ.get("FUZZ_PROFILE") == "long"
+EXAMPLES = int(os.environ.get("FUZZ_HOSTILE_EXAMPLES", "3000" if LONG else "150"))
+SENTINEL = "sentinel-model"
+
+
+@attrs.frozen
+class Target:
+    url: str
+    host: str
+    port: int
+    foreman: Process
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    work = tmp_path_factory.mktemp("hostile")
+    stub = stub_process(
+        work / "stub.log",
+        "--models",
+        f"llama3,mistral,{SENTINEL}",
+        "--tokens",
+        "4",
+        "--log-level",
+        "warning",
+    )
+    stub_url = stub.start()
+    foreman = foreman_process(
+        work / "foreman.db",
+        stub_url,
+        work / "foreman.log",
+        "--retry-backoff",
+        "0.05",
+        "--max-attempts",
+        "2",
+        "--job-timeout",
+        "20",
+    )
+    url = foreman.start()
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    try:
+        yield Target(url, parts.hostname, parts.port, foreman)
+    finally:
+        foreman.terminate()
+        stub.terminate()
+
+
+def assert_healthy(target: Target) -> None:
+    assert target.foreman.alive
+    with httpx.Client(base_url=target.url, timeout=60) as client:
+        assert client.get("/api/version").status_code == 200
+        assert client.get("/jobs", params={"limit": 5}).status_code == 200
+        body = {"model": SENTINEL, "prompt": "still there?", "stream": False}
+        r = client.post("/api/generate", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["response"] == expected_text("/api/generate", body, tokens=4)
+    log = target.foreman.output().decode(errors="replace")
+    assert "unexpected error answering a request" not in log
+    # hypercorn logs its own send race ("Error in ASGI Framework"); foreman must not crash
+    assert "a connection ended on an error in the HTTP server" not in log
+
+
+def test_every_route_answers_a_hostile_corpus_without_an_error_of_its_own(target: Target) -> None:
+    counts: Counter[str] = Counter()
+    bugs: list[str] = []
+
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        database=None,
+    )
+    @given(request=requests())
+    def one(request: Request) -> None:
+        answer = send(
+            target.host,
+            target.port,
+            request.encode(f"{target.host}:{target.port}"),
+            half_close=request.framing == "short",
+            head_only=request.method == "HEAD",
+        )
+        outcome = verdict(answer)
+        counts[outcome] += 1
+        counts[f"route {request.method} {request.target.split('?')[0][:40]}"] += 0
+        if outcome.startswith(("BUG", "no answer")):
+            bugs.append(f"{request.method} {request.target[:80]} -> {outcome}")
+        assert not outcome.startswith("BUG"), outcome
+
+    started = time.monotonic()
+    try:
+        one()
+    finally:
+        counts = Counter({k: v for k, v in counts.items() if v})
+        print(f"\n{summary(counts)} in {time.monotonic() - started:.0f}s")
+        for bug in bugs[:10]:
+            print("  " + bug)
+    assert_healthy(target)
+
+
+def test_deeply_nested_and_huge_bodies_get_a_4xx(target: Target) -> None:
+    # regression: nesting past json's recursion limit was a 500 ("internal error")
+    deep = b'{"model":"llama3","messages":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    cases = [
+        ("/api/chat", b"[" * 100_000 + b"]" * 100_000),
+        ("/api/chat", deep),
+        ("/v1/chat/completions", deep),
+        ("/jobs", b'{"endpoint":"/api/chat","body":' + deep + b"}"),
+    ]
+    with httpx.Client(base_url=target.url, timeout=60) as client:
+        for path, body in cases:
+            r = client.post(path, content=body, headers={"Content-Type": "application/json"})
+            assert r.status_code == 400, (path, r.status_code, r.text[:200])
+            assert "nested too deeply" in r.text
+        huge = b'{"model":"llama3","prompt":"' + b"a" * (40 << 20) + b'"}'
+        r = client.post("/api/generate", content=huge)
+        assert r.status_code == 413, r.status_code
+    assert_healthy(target)
+
+
+def test_slow_clients_do_not_hold_up_anyone_else(target: Target) -> None:
+    """Clients that trickle their headers or their body one byte at a time, while a
+    normal client gets its answers."""
+    body = json.dumps({"model": "llama3", "prompt": "slow", "stream": False}).encode()
+    head = (
+        f"POST /api/generate HTTP/1.1\r\nHost: {target.host}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    slow = [socket.create_connection((target.host, target.port), timeout=10) for _ in range(20)]
+    try:
+        for i in range(40):
+            for n, sock in enumerate(slow):
+                data = head if n % 2 else head + body  # half trickle the head, half the body
+                if i < len(data):
+                    with contextlib.suppress(OSError):  # foreman may give up on it
+                        sock.sendall(data[i : i + 1])
+            if i % 10 == 0:
+                with httpx.Client(base_url=target.url, timeout=30) as client:
+                    r = client.post("/api/generate", content=body)
+                    assert r.status_code == 200
+            time.sleep(0.01)
+    finally:
+        for sock in slow:
+            sock.close()
+    assert_healthy(target)
+
+
+def _raw(target: Target, data: bytes, half_close: bool = False) -> int | None:
+    return send(target.host, target.port, data, timeout=30, half_close=half_close).status
+
+
+def test_a_client_that_closes_mid_body_cannot_stop_the_server(target: Target) -> None:
+    # regression: hypercorn's error answer raced the connection's close and the
+    # BusyResourceError ended the whole server; it took two or three of these
+    body = b'{"model":"llama3"}'
+    for _ in range(100):
+        for method, path in (("PUT", "/api/generate"), ("GET", "/jobs//events"), ("POST", "/x")):
+            data = (
+                f"{method} {path} HTTP/1.1\r\nHost: {target.host}\r\n"
+                f"Content-Length: {len(body) + 1}\r\nConnection: close\r\n\r\n"
+            ).encode() + body
+            _raw(target, data, half_close=True)
+    assert_healthy(target)
+
+
+def test_header_values_beyond_ascii_are_relayed_not_a_500(target: Target) -> None:
+    # regression: httpx refused a Latin-1 header value on the relay: a 500 from foreman
+    body = b'{"model":"llama3"}'
+    for path in ("/api/show", "/api/embed", "/v1/models"):
+        method = "GET" if path == "/v1/models" else "POST"
+        data = (
+            f"{method} {path} HTTP/1.1\r\nHost: {target.host}\r\nX-Name: caf\xe9\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode("latin-1") + body
+        status = _raw(target, data)
+        assert status is not None and status < 500, (path, status)
+    assert_healthy(target)
+
+
+def test_relayed_paths_go_to_ollama_as_the_client_encoded_them(target: Target) -> None:
+    # regression: the relay re-sent the decoded path: a %09 or %00 in it made httpx
+    # raise (a 500), and "..%2F" segments were resolved into another Ollama route
+    for path in ("/api/blobs/a%09b", "/api/blobs/%00", "/v1/models/x%0Dy"):
+        method = "GET" if path.startswith("/v1/") else "POST"
+        data = f"{method} {path} HTTP/1.1\r\nHost: {target.host}\r\nConnection: close\r\n\r\n"
+        status = _raw(target, data.encode())
+        assert status is not None and status < 500, (path, status)
+    with httpx.Client(base_url=target.url, timeout=30) as client:
+        r = client.get("/v1/models/..%2F..%2Fapi%2Fps")
+        assert r.status_code == 404  # a model of that name, not Ollama's /api/ps
+        assert "models" not in r.json()
+    assert_healthy(target)

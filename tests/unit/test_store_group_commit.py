@@ -1,0 +1,236 @@
+"""Group commit of concurrent submissions, and which commits wait for the disk."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from foreman.jobs import Job, JobState
+from foreman.store import IdempotencyConflict, Store, SyncStore, connect
+
+from ._helpers import FakeClock, new_job
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> Any:
+    changes: list[Job] = []
+    store = Store(SyncStore(connect(tmp_path / "foreman.db"), FakeClock()), changes.append)
+    store.changes = changes  # type: ignore[attr-defined]
+    yield store
+    await store.close()
+
+
+def _record_batches(store: Store) -> list[int]:
+    sizes: list[int] = []
+    submit_many = store.sync.submit_many
+
+    def recording(batch: Any) -> Any:
+        sizes.append(len(batch))
+        return submit_many(batch)
+
+    store.sync.submit_many = recording  # type: ignore[method-assign]
+    return sizes
+
+
+class Busy:
+    """Keeps the store's one connection busy (a read blocked on its thread) until let go."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.go = threading.Event()
+        self.started = trio.Event()
+
+    async def run(self) -> None:
+        get = self.store.sync.get
+
+        def blocked(job_id: str) -> Job | None:
+            self.go.wait(30)
+            return get(job_id)
+
+        self.store.sync.get = blocked  # type: ignore[method-assign]
+        try:
+            await self.store.get("nothing")
+        finally:
+            self.store.sync.get = get  # type: ignore[method-assign]
+
+
+async def _submit_all(store: Store, submit: Callable[[int], Any], count: int) -> list[Any]:
+    """Start `count` submissions while the store is busy, then let them through."""
+    busy = Busy(store)
+    out: list[Any] = [None] * count
+
+    async def one(i: int) -> None:
+        try:
+            out[i] = await submit(i)
+        except Exception as exc:
+            out[i] = exc
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(busy.run)
+        await trio.testing.wait_all_tasks_blocked()
+        for i in range(count):
+            nursery.start_soon(one, i)
+            await trio.testing.wait_all_tasks_blocked()  # so they queue up in order
+        busy.go.set()
+    return out
+
+
+async def test_submissions_that_wait_together_are_committed_in_one_transaction(store) -> None:
+    sizes = _record_batches(store)
+    results = await _submit_all(store, lambda i: store.submit(new_job(f"m{i % 3}:latest")), 20)
+
+    assert sizes == [20]
+    jobs = [job for job, created in results if created]
+    assert len({job.id for job in jobs}) == 20
+    assert all(job.state is JobState.QUEUED for job in jobs)
+    assert [job.id for job in store.changes] == [job.id for job in jobs]
+    for job in jobs:
+        assert await store.get(job.id) == job
+
+
+async def test_a_lone_submission_commits_at_once_and_the_next_one_after_it(store) -> None:
+    sizes = _record_batches(store)
+    first, _ = await store.submit(new_job())
+    second, _ = await store.submit(new_job())
+    assert sizes == [1, 1]
+    assert first.id != second.id
+
+
+async def test_an_idempotency_conflict_in_a_batch_answers_only_its_own_caller(store) -> None:
+    sizes = _record_batches(store)
+
+    def submit(i: int) -> Any:
+        if i < 2:
+            # same key, different requests: the second conflicts with the first
+            return store.submit(new_job(idempotency_key="k", request_hash=f"h{i}"))
+        if i == 2:
+            # same key, same request: the job the first made, not created again
+            return store.submit(new_job(idempotency_key="k", request_hash="h0"))
+        return store.submit(new_job())
+
+    results = await _submit_all(store, submit, 5)
+
+    assert sizes == [5]
+    made, created = results[0]
+    assert created
+    assert isinstance(results[1], IdempotencyConflict)
+    assert results[1].job.id == made.id
+    assert results[2] == (made, False)
+    assert all(r[1] for r in results[3:])
+    assert len(store.changes) == 3  # only created jobs are announced
+
+
+async def test_a_submission_the_database_rejects_fails_alone(store) -> None:
+    sizes = _record_batches(store)
+
+    def submit(i: int) -> Any:
+        # NOT NULL on model: the batch's transaction fails, each is tried on its own
+        return store.submit(new_job(model=None) if i == 1 else new_job())
+
+    results = await _submit_all(store, submit, 4)
+
+    assert sizes == [4]
+    assert isinstance(results[1], Exception)
+    assert not isinstance(results[1], tuple)
+    made = [r[0] for i, r in enumerate(results) if i != 1]
+    for job in made:
+        assert await store.get(job.id) == job
+
+
+async def test_a_caller_cancelled_while_its_batch_waits_still_gets_its_job_committed(
+    store,
+) -> None:
+    busy = Busy(store)
+    submitted: list[Job] = []
+
+    async def submit(scope_out: list[trio.CancelScope]) -> None:
+        with trio.CancelScope() as scope:
+            scope_out.append(scope)
+            job, _ = await store.submit(new_job(ref="cancelled"))
+            submitted.append(job)
+
+    scopes: list[trio.CancelScope] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(busy.run)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(store.submit, new_job())  # leads, waits for the connection
+        nursery.start_soon(submit, scopes)  # follows, then its caller gives up
+        await trio.testing.wait_all_tasks_blocked()
+        scopes[0].cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        busy.go.set()
+
+    # shielded like every write: the submission completed and returned to its caller
+    (job,) = submitted
+    assert (await store.get(job.id)) == job
+    assert len(await store.list_jobs()) == 2
+
+
+# -- which commits wait for the disk ----------------------------------------------------------
+
+
+@pytest.fixture
+def sync_store(tmp_path: Path) -> Iterator[SyncStore]:
+    conn = connect(tmp_path / "foreman.db")
+    yield SyncStore(conn, FakeClock())
+    conn.close()
+
+
+def _commit_levels(store: SyncStore, action: Callable[[], object]) -> list[str]:
+    """The synchronous level in force at each COMMIT `action` makes."""
+    statements: list[str] = []
+    store.conn.set_trace_callback(statements.append)
+    try:
+        action()
+    finally:
+        store.conn.set_trace_callback(None)
+    level = "FULL"
+    levels = []
+    in_transaction = False
+    for sql in statements:
+        words = sql.upper().split()
+        if words[:2] == ["PRAGMA", "SYNCHRONOUS"]:
+            level = {"1": "NORMAL", "2": "FULL"}.get(words[-1], words[-1])
+        elif words[:1] == ["BEGIN"]:
+            in_transaction = True
+        elif words[:1] in (["COMMIT"], ["ROLLBACK"]):
+            in_transaction = False
+            levels.append(level)
+        elif words[:1] in (["INSERT"], ["UPDATE"], ["DELETE"]) and not in_transaction:
+            levels.append(level)  # a statement in autocommit is its own commit
+    return levels
+
+
+def test_what_someone_is_told_is_synced_and_the_workers_own_moves_are_not(
+    sync_store: SyncStore,
+) -> None:
+    s = sync_store
+    assert _commit_levels(s, lambda: s.submit(new_job("a:latest"))) == ["FULL"]
+    job = s.get(s.list_jobs()[0].id)
+    assert job is not None
+    claimed: list[Job | None] = []
+    assert _commit_levels(s, lambda: claimed.append(s.claim(None, 600))) == ["NORMAL"]
+    assert claimed[0] is not None and claimed[0].state is JobState.LOADING
+    moves = [
+        (JobState.LOADING, JobState.WORKING, "NORMAL"),
+        (JobState.WORKING, JobState.QUEUED, "NORMAL"),  # a transient failure
+    ]
+    for old, new, level in moves:
+        assert _commit_levels(s, lambda o=old, n=new: s.transition(job.id, o, n)) == [level]
+    s.claim(None, 600)
+    s.transition(job.id, JobState.LOADING, JobState.WORKING)
+    assert _commit_levels(
+        s, lambda: s.transition(job.id, JobState.WORKING, JobState.DONE, result={})
+    ) == ["FULL"]
+    other = s.enqueue(new_job("b:latest"))
+    cancel = lambda: s.transition(other.id, JobState.QUEUED, JobState.CANCELLED)  # noqa: E731
+    assert _commit_levels(s, cancel) == ["FULL"]
+    assert _commit_levels(s, lambda: s.retry(other.id)) == ["FULL"]
+    # and the connection is back at FULL afterwards
+    assert s.conn.execute("PRAGMA synchronous").fetchone()[0] == 2
