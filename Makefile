@@ -40,7 +40,7 @@ stub: $(STAMP)
 # FUZZ_EXAMPLES, FUZZ_MINUTES: the state machine's runs; FUZZ_HOSTILE_EXAMPLES: the corpus
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -q tests/property
-	FUZZ_PROFILE=long $(BIN)/pytest -q -s tests/fuzz -k "not crash"
+	HYPOTHESIS_PROFILE=fuzz FUZZ_PROFILE=long $(BIN)/pytest -q -s tests/fuzz -k "not crash"
 
 # CRASH_ROUNDS (100), CRASH_SEED: kill -9 rounds on one database
 crash: $(STAMP)

@@ -8,28 +8,12 @@ lifts the per-test timeout, which a long fuzz run of the state machine would exc
 from __future__ import annotations
 
 import os
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import settings
 
-settings.register_profile(
-    "ci",
-    max_examples=100,
-    stateful_step_count=30,
-    deadline=timedelta(seconds=2),
-    print_blob=True,
-)
-settings.register_profile(
-    "fuzz",
-    max_examples=2000,
-    stateful_step_count=60,
-    deadline=None,
-    print_blob=True,
-)
+# The profiles are registered in tests/conftest.py (they govern every hypothesis test).
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
-settings.load_profile(PROFILE)
 
 HERE = Path(__file__).parent
 
