@@ -102,6 +102,7 @@ def decode_cursor(cursor: str) -> str:
 
 
 def number_arg(name: str, raw: str | None, *, default: float, low: float = 0.0) -> float:
+    """A query argument that counts seconds."""
     if raw is None:
         return default
     try:
@@ -110,6 +111,19 @@ def number_arg(name: str, raw: str | None, *, default: float, low: float = 0.0) 
         raise InvalidRequest(f"{name} must be a number of seconds") from None
     if not math.isfinite(value) or value < low:
         raise InvalidRequest(f"{name} must be a number of seconds, at least {low:g}")
+    return value
+
+
+def limit_arg(raw: str | None) -> int:
+    """The page size of a listing."""
+    if raw is None:
+        return DEFAULT_LIMIT
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_LIMIT:
+        raise InvalidRequest(f"limit must be a whole number from 1 to {MAX_LIMIT}")
     return value
 
 
@@ -220,9 +234,7 @@ def blueprint(services: Services) -> Blueprint:
         state = args.get("state")
         if state is not None and state not in {s.value for s in JobState}:
             raise InvalidRequest(f"state must be one of {', '.join(s.value for s in JobState)}")
-        limit = int(number_arg("limit", args.get("limit"), default=DEFAULT_LIMIT, low=1))
-        if limit > MAX_LIMIT:
-            raise InvalidRequest(f"limit must be at most {MAX_LIMIT}")
+        limit = limit_arg(args.get("limit"))
         cursor = args.get("cursor")
         model = args.get("model")
         jobs = await queue.store.list_jobs(

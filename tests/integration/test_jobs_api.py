@@ -323,8 +323,10 @@ async def test_bad_input_to_every_job_route_is_a_clear_400(client: httpx.AsyncCl
         ("/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV", {"wait": "soon"}, "wait must be"),
         ("/jobs", {"cursor": "!!nope"}, "cursor"),
         ("/jobs", {"state": "sleeping"}, "state must be one of"),
-        ("/jobs", {"limit": 0}, "limit"),
-        ("/jobs", {"limit": 100000}, "limit"),
+        ("/jobs", {"limit": 0}, "limit must be a whole number from 1 to 500"),
+        ("/jobs", {"limit": 100000}, "limit must be a whole number from 1 to 500"),
+        ("/jobs", {"limit": "ten"}, "limit must be a whole number from 1 to 500"),
+        ("/jobs", {"limit": "2.5"}, "limit must be a whole number from 1 to 500"),
     ]
     for path, params, message in gets:
         r = await client.get(path, params=params)
