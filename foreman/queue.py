@@ -178,6 +178,8 @@ async def run_janitor(queue: JobQueue, retention: float, interval: float = 60.0)
         for job in await queue.store.expire_overdue():
             log.info("job %s model=%s state=failed (expired)", job.id, job.model)
         await queue.purge(retention)
+        if math.isfinite(retention):
+            await queue.store.prune_swaps(queue.store.sync.clock() - retention)
         await trio.sleep(
             min(interval, max(1.0, retention / 10)) if math.isfinite(retention) else interval
         )

@@ -91,6 +91,19 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN key_name TEXT;
     CREATE INDEX jobs_by_key ON jobs (key_name, id) WHERE key_name IS NOT NULL;
     """,
+    # 4: the swap history the dashboard draws: one row per model load the worker made,
+    # written in the same commit as the move that ends the load
+    """
+    CREATE TABLE swaps (
+        id         INTEGER PRIMARY KEY,
+        model_key  TEXT NOT NULL,
+        job_id     TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        loaded_at  REAL NOT NULL,
+        jobs       INTEGER NOT NULL DEFAULT 1
+    );
+    CREATE INDEX swaps_started ON swaps (started_at);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -111,6 +124,53 @@ _TOP_PRIORITY = "SELECT max(priority) FROM jobs INDEXED BY jobs_queue WHERE stat
 _NEXT_PRIORITY = (
     "SELECT max(priority) FROM jobs INDEXED BY jobs_queue WHERE state = 'queued' AND priority < ?"
 )
+
+
+@attrs.frozen
+class Swap:
+    """One model load: which model, when the load began and ended, and how many jobs
+    started while that model stayed resident (the one that caused the load included)."""
+
+    model_key: str
+    job_id: str
+    started_at: float
+    loaded_at: float
+    jobs: int
+
+
+@attrs.frozen
+class Waiting:
+    """The queued jobs of one residency key."""
+
+    model_key: str
+    count: int
+    oldest_enqueued_at: float
+    top_priority: int
+
+
+@attrs.frozen
+class Activity:
+    """What the queue did over a recent window, for the dashboard's headline."""
+
+    since: float
+    # jobs that ran and ended in the window, by final state
+    finished: dict[str, int]
+    # model loads the worker made in the window
+    loads: int
+    # loads the same jobs would have cost run in arrival order (one per change of model)
+    arrival_loads: int
+    # jobs done in the last hour
+    done_last_hour: int
+
+
+@attrs.frozen
+class Overview:
+    """Everything the dashboard reads from the database, read in one go."""
+
+    waiting: list[Waiting]
+    swaps: list[Swap]
+    activity: Activity
+    running: Job | None
 
 
 class StoreError(Exception):
@@ -417,17 +477,28 @@ class SyncStore:
         ).fetchone()
         return _row_to_job(row) if row is not None else None
 
-    def transition(self, job_id: str, old: JobState, new: JobState, **fields: Any) -> Job | None:
+    def transition(
+        self, job_id: str, old: JobState, new: JobState, *, loaded: bool = False, **fields: Any
+    ) -> Job | None:
         """Move one job from `old` to `new`, setting `fields`, as one committed write.
 
         `finished_at` is stamped on terminal states. Returns None (and changes nothing)
-        when the job is not in `old` any more: someone else moved it first.
+        when the job is not in `old` any more: someone else moved it first. `loaded` (on
+        loading -> working) records the model load the move ends in the swap history,
+        in the same commit.
         """
         if new.terminal:
             fields.setdefault("finished_at", self.clock())
         # synced unless the move is one recovery would redo (see `_unsynced`)
         with self._unsynced(not (new.terminal or old.terminal)), self.conn:
-            return self._transition_sql(job_id, old, new, fields)
+            moved = self._transition_sql(job_id, old, new, fields)
+            if moved is not None and loaded and old is JobState.LOADING:
+                self.conn.execute(
+                    "INSERT INTO swaps (model_key, job_id, started_at, loaded_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (moved.model_key, moved.id, moved.started_at or self.clock(), self.clock()),
+                )
+            return moved
 
     def claim(self, resident: str | None, max_wait: float) -> Job | None:
         """Pick the next job by the scheduling rule and mark it started, in one write.
@@ -458,6 +529,13 @@ class SyncStore:
                     "queue_ms": int(max(0.0, now - picked.enqueued_at) * 1000),
                 },
             )
+            if new is JobState.WORKING:
+                # one more job served by the latest load
+                self.conn.execute(
+                    "UPDATE swaps SET jobs = jobs + 1"
+                    " WHERE id = (SELECT max(id) FROM swaps) AND model_key = ?",
+                    (picked.model_key,),
+                )
             return claimed, expired
 
     def recover_interrupted(self) -> list[Job]:
@@ -605,6 +683,68 @@ class SyncStore:
             f"SELECT id, state, model_name FROM jobs WHERE state NOT IN {TERMINAL_SQL}"
         ).fetchall()
         return [(job_id, JobState(state), model) for job_id, state, model in rows]
+
+    def overview(self, running_id: str | None, since: float, swaps: int = 40) -> Overview:
+        """The dashboard's reads, in one trip to the store's thread.
+
+        The per-model aggregate walks the queued rows of the partial queue index (about
+        1 ms per 1,000 queued jobs); the dashboard spaces its reads by their cost.
+        """
+        waiting = [
+            Waiting(key, n, float(oldest), top)
+            for key, n, oldest, top in self.conn.execute(
+                "SELECT model_key, count(*), min(enqueued_at), max(priority)"
+                " FROM jobs INDEXED BY jobs_queue_model WHERE state = 'queued'"
+                " GROUP BY model_key"
+            )
+        ]
+        recent = [
+            Swap(key, job_id, float(started), float(loaded), jobs)
+            for key, job_id, started, loaded, jobs in self.conn.execute(
+                "SELECT model_key, job_id, started_at, loaded_at, jobs FROM swaps"
+                " ORDER BY id DESC LIMIT ?",
+                (swaps,),
+            )
+        ]
+        recent.reverse()
+        running = self.get(running_id) if running_id is not None else None
+        return Overview(waiting, recent, self.activity(since), running)
+
+    def activity(self, since: float) -> Activity:
+        """The headline numbers over the jobs that ended since `since` (walks only those,
+        on the index of finished jobs)."""
+        finished = {
+            state: n
+            for state, n in self.conn.execute(
+                f"SELECT state, count(*) FROM jobs INDEXED BY jobs_finished"
+                f" WHERE state IN {TERMINAL_SQL} AND finished_at >= ? AND started_at IS NOT NULL"
+                f" GROUP BY state",
+                (since,),
+            )
+        }
+        (arrival_loads,) = self.conn.execute(
+            "SELECT count(*) FROM (SELECT model_key,"
+            " lag(model_key) OVER (ORDER BY created_at, id) AS previous"
+            f" FROM jobs INDEXED BY jobs_finished WHERE state IN {TERMINAL_SQL}"
+            " AND finished_at >= ? AND started_at IS NOT NULL)"
+            " WHERE previous IS NULL OR previous != model_key",
+            (since,),
+        ).fetchone()
+        (loads,) = self.conn.execute(
+            "SELECT count(*) FROM swaps WHERE started_at >= ?", (since,)
+        ).fetchone()
+        (done_last_hour,) = self.conn.execute(
+            "SELECT count(*) FROM jobs INDEXED BY jobs_finished"
+            f" WHERE state IN {TERMINAL_SQL} AND state = 'done' AND finished_at >= ?",
+            (self.clock() - 3600,),
+        ).fetchone()
+        return Activity(since, finished, loads, arrival_loads, done_last_hour)
+
+    def prune_swaps(self, started_before: float) -> int:
+        """Forget loads older than the retention (the janitor's job)."""
+        with self.conn:
+            cur = self.conn.execute("DELETE FROM swaps WHERE started_at < ?", (started_before,))
+        return cur.rowcount
 
     def check_writable(self) -> None:
         """Take and release the write lock: raises sqlite3.Error if the database cannot be
@@ -785,10 +925,10 @@ class Store:
         return await self._read(self.sync.counts_by_state)
 
     async def transition(
-        self, job_id: str, old: JobState, new: JobState, **fields: Any
+        self, job_id: str, old: JobState, new: JobState, *, loaded: bool = False, **fields: Any
     ) -> Job | None:
         def run() -> Job | None:
-            return self.sync.transition(job_id, old, new, **fields)
+            return self.sync.transition(job_id, old, new, loaded=loaded, **fields)
 
         return self._notify(await self._write(run))
 
@@ -822,6 +962,12 @@ class Store:
     async def check_writable(self) -> None:
         await self._write(self.sync.check_writable)
 
+    async def overview(self, running_id: str | None, since: float) -> Overview:
+        return await self._read(self.sync.overview, running_id, since)
+
+    async def prune_swaps(self, started_before: float) -> int:
+        return await self._write(self.sync.prune_swaps, started_before)
+
 
 def backup(source: Path, destination: Path) -> None:
     """Copy a live database with SQLite's online backup API: consistent even while
@@ -846,4 +992,15 @@ def backup(source: Path, destination: Path) -> None:
         src.close()
 
 
-__all__ = ["RUNNING_STATES", "SCHEMA_VERSION", "Store", "StoreError", "SyncStore", "connect"]
+__all__ = [
+    "RUNNING_STATES",
+    "SCHEMA_VERSION",
+    "Activity",
+    "Overview",
+    "Store",
+    "StoreError",
+    "Swap",
+    "SyncStore",
+    "Waiting",
+    "connect",
+]

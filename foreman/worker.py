@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import attrs
@@ -82,6 +82,8 @@ class Running:
     error_line: bytes | None = None
     # cancelled by a shutdown, not by a client: the job goes back to the queue
     interrupted: bool = False
+    # parts of Ollama's answer relayed so far (one a token, for a streamed answer)
+    tokens: int = 0
 
 
 def error_reply(family: Family, status: int, message: str, extra: Headers = ()) -> Reply:
@@ -98,6 +100,7 @@ class Worker:
         settings: WorkerSettings,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
+        on_progress: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.upstream = upstream
@@ -106,6 +109,8 @@ class Worker:
         self.settings = settings
         self.rng = rng or random.Random()
         self.metrics = metrics
+        # told of every part of a streamed answer (the dashboard's token count)
+        self.on_progress = on_progress or (lambda: None)
         # set at shutdown: claim nothing more
         self.stopping = False
         # between a claim and the end of its job (a claim in flight counts)
@@ -324,7 +329,7 @@ class Worker:
         await self.upstream.load(job.model, options, job.endpoint, self.settings.keep_alive)
         self.resident = job.model_key
         self.resident_endpoint = job.endpoint
-        return await self._move(running, JobState.WORKING)
+        return await self._move(running, JobState.WORKING, loaded=True)
 
     async def _call(self, job: Job, running: Running) -> None:
         request = _request_object(job.body)
@@ -378,6 +383,8 @@ class Worker:
                 if ticket is not None and ticket.streamed:
                     running.error_line = part
                 raise
+            running.tokens += 1
+            self.on_progress()
             if ticket is not None:
                 message: Message = (
                     Chunk(part) if ticket.streamed else attrs.evolve(head, first=part)
