@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format demo run stub fuzz crash bench bench-quick clean
+.PHONY: install browser test lint format demo run stub fuzz crash bench bench-quick clean
 
 install: $(STAMP)
 
@@ -14,7 +14,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-test: $(STAMP)
+# Chromium from the system's packages, for the dashboard's browser tests
+browser:
+	scripts/install-browser.sh
+
+test: $(STAMP) browser
 	$(BIN)/pytest -q
 
 # flake8-async's cancellation checks that ruff's ASYNC rules lack (unshielded awaits in

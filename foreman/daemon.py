@@ -19,6 +19,8 @@ from hypercorn.config import Config as HypercornConfig
 
 from foreman.api import Services, create_app
 from foreman.api.access import AccessLog
+from foreman.board import Board
+from foreman.board import Live as BoardLive
 from foreman.config import Settings
 from foreman.events import JobEvents, Wakeup
 from foreman.keys import KeyFile, watch_key_file
@@ -109,6 +111,8 @@ async def run(
                 job.state.value,
             )
         tally.load(await store.unfinished())
+        board = Board(store, settings.max_wait)
+        events.subscribe(None, board.on_job_change)
         async with default_client(settings.ollama_url) as client:
             upstream = Upstream(client, settings.read_timeout)
             worker = Worker(
@@ -123,6 +127,7 @@ async def run(
                     job_timeout=settings.job_timeout,
                 ),
                 metrics=metrics,
+                on_progress=board.poke,
             )
             queue = JobQueue(
                 store,
@@ -139,8 +144,21 @@ async def run(
                 ollama_up=lambda: worker.online,
                 accepting=lambda: queue.accepting,
             )
+            board.live = BoardLive(
+                resident=lambda: worker.resident,
+                running=lambda: (
+                    (worker.running.job_id, worker.running.tokens) if worker.running else None
+                ),
+                ollama_up=lambda: worker.online,
+                accepting=lambda: queue.accepting,
+            )
             services = Services(
-                settings=settings, queue=queue, upstream=upstream, keys=keys, metrics=metrics
+                settings=settings,
+                queue=queue,
+                upstream=upstream,
+                keys=keys,
+                metrics=metrics,
+                board=board,
             )
             app = AccessLog(create_app(services))
             server_stop = trio.Event()
@@ -167,6 +185,7 @@ async def run(
                     task_status.started(address)
                     await control.stop_requested.wait()
                     await drain(worker, queue, relay, events, settings.shutdown_grace)
+                    board.close_all()
                     server_stop.set()
                 log.info("foreman stopped; closing the database")
                 nursery.cancel_scope.cancel()

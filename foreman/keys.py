@@ -9,6 +9,9 @@ The file holds one key a line, `NAME KEY SCOPE[,SCOPE...]` separated by white sp
 - `admin`: model management (pull, push, create, copy, delete, blobs), purging jobs,
   /metrics, and everything the other scopes allow, every job included
 
+Any key may watch the dashboard's data (/queue, /queue/events: a non-admin key sees only
+its own jobs there too); the dashboard's page itself (/ui) and /health, /ready are open.
+
 `parse_keys` and `required_scopes` are pure. `KeyFile` reads the file and keeps the key
 ring in force; a reload that fails keeps the previous keys (never falls open). A key's
 text is never put in a message or a log line: errors name the line and the key's name.
@@ -142,7 +145,9 @@ def presented_key(authorization: str | None, service_key: str | None) -> str | N
 
 # -- which scope each route needs ------------------------------------------------------
 
-OPEN_PATHS = frozenset({"/health", "/ready"})
+# the dashboard's page and assets hold no data (it asks /queue with a key)
+UI_PATHS = frozenset({"/ui", "/ui/", "/ui/index.html", "/ui/app.js", "/ui/app.css"})
+OPEN_PATHS = frozenset({"/health", "/ready"}) | UI_PATHS
 INFERENCE_PATHS = frozenset(
     {
         "/",
@@ -185,6 +190,8 @@ def required_scopes(method: str, path: str) -> frozenset[Scope] | None:
         return _ADMIN
     if path == "/jobs" or path.startswith("/jobs/") or path == "/openapi.json":
         return _JOBS
+    # /queue and /queue/events (the dashboard's data) take any key, as does anything
+    # foreman does not serve
     return ALL_SCOPES
 
 

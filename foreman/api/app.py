@@ -11,8 +11,9 @@ from quart import request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from foreman.api import auth, jobs, ollama, openai, ops
+from foreman.api import auth, dashboard, jobs, ollama, openai, ops
 from foreman.api.errors import error_for, http_error
+from foreman.board import Board
 from foreman.config import Settings
 from foreman.keys import KeyFile
 from foreman.metrics import JobTally, Metrics
@@ -31,6 +32,8 @@ class Services:
     upstream: Upstream
     keys: KeyFile = attrs.field(factory=lambda: KeyFile(None))
     metrics: Metrics = attrs.field(factory=lambda: Metrics(JobTally()))
+    # the dashboard's view (None: no dashboard, e.g. an app built for a unit test)
+    board: Board | None = None
 
 
 def create_app(services: Services) -> QuartTrio:
@@ -53,6 +56,8 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(ollama.blueprint(services))
     app.register_blueprint(openai.blueprint(services))
     app.register_blueprint(jobs.blueprint(services))
+    if services.board is not None:
+        app.register_blueprint(dashboard.blueprint(services, services.board))
 
     # foreman's own errors take the shape of the route family the path belongs to
     @app.errorhandler(HTTPException)

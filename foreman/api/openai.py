@@ -40,7 +40,12 @@ def blueprint(services: Services) -> Blueprint:
         return await sync.submit_and_answer(services, Endpoint.V1_COMPLETIONS)
 
     async def passthrough(**_: str) -> Response:
-        return await proxy.relay(services.upstream, metrics=services.metrics)
+        board = services.board
+        return await proxy.relay(
+            services.upstream,
+            metrics=services.metrics,
+            on_embedding=board.embedding_used if board is not None else None,
+        )
 
     for rule, methods in RELAYED:
         name = "relay_" + rule.strip("/").replace("/", "_").replace("<path:", "").replace(">", "")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import trio
@@ -10,6 +11,7 @@ from quart import Response, request
 
 from foreman.api.errors import error_for
 from foreman.metrics import Metrics
+from foreman.residency import normalise_model
 from foreman.upstream import Upstream, UpstreamError, request_headers, response_headers
 
 EMBEDDING_ROUTES = frozenset({"/api/embed", "/api/embeddings", "/v1/embeddings"})
@@ -22,12 +24,16 @@ async def request_body() -> bytes:
 
 
 async def relay(
-    upstream: Upstream, path: str | None = None, metrics: Metrics | None = None
+    upstream: Upstream,
+    path: str | None = None,
+    metrics: Metrics | None = None,
+    on_embedding: Callable[[str], None] | None = None,
 ) -> Response:
     """Pass the current request to Ollama byte for byte, and its answer back as it came.
 
     A body with a length is read whole; anything else (pull progress, streams) is relayed
     chunk by chunk as it arrives, and closing the client closes the upstream request.
+    `on_embedding` hears the model of each embedding request Ollama answered.
     """
     started = trio.current_time()
     body = await request_body()
@@ -60,9 +66,13 @@ async def relay(
             return error_for(request.path, 502, f"connection to ollama failed: {exc!r}")
         finally:
             await response.aclose()
-        if metrics is not None and request.path in EMBEDDING_ROUTES:
-            seconds = trio.current_time() - started
-            metrics.embedding(request.path, response.status_code, seconds)
+        if request.path in EMBEDDING_ROUTES:
+            if metrics is not None:
+                seconds = trio.current_time() - started
+                metrics.embedding(request.path, response.status_code, seconds)
+            model = _model_of(body)
+            if on_embedding is not None and response.status_code < 300 and model is not None:
+                on_embedding(normalise_model(model))
         return build_response(data, response.status_code, headers)
 
     async def chunks() -> AsyncIterator[bytes]:
@@ -76,6 +86,15 @@ async def relay(
                 await response.aclose()
 
     return build_response(chunks(), response.status_code, headers)
+
+
+def _model_of(body: bytes) -> str | None:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    model = data.get("model") if isinstance(data, dict) else None
+    return model if isinstance(model, str) and model.strip() else None
 
 
 def build_response(

@@ -1,0 +1,178 @@
+"""The live dashboard: the page at /ui and the queue summary it draws from.
+
+/ui and its two assets are static and open (they hold no data and no key). The data
+comes from /queue (one JSON document) and /queue/events (server-sent events: `hello`
+says who the caller is and whether it may act, `snapshot` gives the summary and the
+recent jobs, then `job` events as jobs change and a fresh `summary` after each burst of
+changes). Any valid key may watch; a non-admin key sees only its own jobs, and the
+actions on the page (cancel, retry, purge) are the job API's routes, which refuse a key
+without the scope they need.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import trio
+from quart import Blueprint, Response, request
+
+from foreman.api.auth import caller, owner_filter
+from foreman.api.errors import ollama_error
+from foreman.api.jobs import SSE_KEEPALIVE, json_response, limit_arg
+from foreman.board import Board, Change, job_view
+from foreman.keys import ALL_SCOPES
+from foreman.validate import InvalidRequest
+
+if TYPE_CHECKING:
+    from foreman.api.app import Services
+
+# the page's files: served from the package, never from a path the client names
+ASSETS = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "app.css": "text/css; charset=utf-8",
+}
+# the page runs only its own script and talks only to its own origin
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self';"
+        " img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def asset(name: str) -> bytes:
+    return resources.files("foreman.ui").joinpath(name).read_bytes()
+
+
+def blueprint(services: Services, board: Board) -> Blueprint:
+    bp = Blueprint("dashboard", __name__)
+    queue = services.queue
+
+    @bp.errorhandler(InvalidRequest)
+    async def invalid(exc: InvalidRequest) -> Response:
+        return ollama_error(400, str(exc))
+
+    @bp.route("/ui", methods=["GET", "HEAD"])
+    @bp.route("/ui/", methods=["GET", "HEAD"])
+    async def page() -> Response:
+        return _asset("index.html")
+
+    @bp.route("/ui/<name>", methods=["GET", "HEAD"])
+    async def page_asset(name: str) -> Response:
+        if name not in ASSETS:
+            return ollama_error(404, f"no such file: /ui/{name}")
+        return _asset(name)
+
+    @bp.route("/queue", methods=["GET"])
+    async def overview() -> Response:
+        owner = owner_filter()
+        jobs = await queue.store.list_jobs(
+            limit=limit_arg(request.args.get("limit")), key_name=owner
+        )
+        return json_response(
+            {
+                "you": _you(services),
+                "summary": visible_summary(await board.summary(), owner),
+                "jobs": [job_view(j) for j in jobs],
+            }
+        )
+
+    @bp.route("/queue/events", methods=["GET"])
+    async def events() -> Response:
+        limit = limit_arg(request.args.get("limit"))
+        return _stream(services, board, owner_filter(), _you(services), limit)
+
+    return bp
+
+
+def _asset(name: str) -> Response:
+    return Response(asset(name), 200, content_type=ASSETS[name], headers=PAGE_HEADERS)
+
+
+def _you(services: Services) -> dict[str, Any]:
+    """Who the page is talking as: a key's name and scopes, never the key."""
+    key = caller()
+    scopes = key.scopes if key is not None else ALL_SCOPES
+    return {
+        "name": key.name if key is not None else None,
+        "scopes": sorted(s.value for s in scopes),
+        "keys_enabled": services.keys.ring.enabled,
+        "can_act": key is None or key.admin,
+    }
+
+
+def visible_summary(summary: dict[str, Any], owner: str | None) -> dict[str, Any]:
+    """The summary as a key that sees only its own jobs may see it: the counts, models
+    and timings stay; another key's job ids, refs and errors go."""
+    if owner is None:
+        return summary
+    out = dict(summary)
+    running = summary.get("running")
+    if running is not None and running.get("owner") != owner:
+        out["running"] = {k: running[k] for k in _ANONYMOUS if k in running}
+    out["swaps"] = [{**s, "job_id": None} for s in summary.get("swaps", ())]
+    return out
+
+
+# what anyone may see of a job that is not theirs
+_ANONYMOUS = ("state", "model", "started_at", "enqueued_at", "attempts", "tokens", "stream")
+
+
+def _event(kind: str, data: Any) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def _stream(
+    services: Services, board: Board, owner: str | None, you: dict[str, Any], limit: int
+) -> Response:
+    async def events() -> AsyncIterator[bytes]:
+        # subscribed before the jobs are read, so no change falls between the two; the
+        # changes numbered at or below the board's version at the read are in it already
+        feed = board.open_feed()
+        try:
+            yield _event("hello", you)
+            seen = board.version
+            jobs = await services.queue.store.list_jobs(limit=limit, key_name=owner)
+            summary = visible_summary(await board.summary(), owner)
+            yield _event("snapshot", {"summary": summary, "jobs": [job_view(j) for j in jobs]})
+            # a summary goes out `board.spacing` seconds after the first change it covers
+            due: float | None = None
+            while True:
+                wait = SSE_KEEPALIVE if due is None else max(0.0, due - trio.current_time())
+                item = None
+                with trio.move_on_after(wait):
+                    try:
+                        item = await feed.receive.receive()
+                    except trio.EndOfChannel:
+                        return  # fell behind or shutting down: the page reconnects
+                if item is None:
+                    if due is None:
+                        yield b": keep-alive\n\n"
+                    else:
+                        due = None
+                        yield _event("summary", visible_summary(await board.summary(), owner))
+                    continue
+                if isinstance(item, Change):
+                    job = item.job
+                    if item.version > seen and (owner is None or job.key_name == owner):
+                        yield _event("job", job_view(job))
+                else:
+                    feed.took_poke()
+                if due is None:
+                    due = trio.current_time() + board.spacing
+        finally:
+            feed.stop()
+
+    return Response(
+        events(),
+        status=200,
+        content_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,277 @@
+"""The dashboard's view of the queue: what it holds, what runs, what the swaps cost.
+
+One `Board` per daemon. It hears every committed job change from the broadcaster and the
+worker's progress through `poke`, and hands both on to the dashboard's event streams, each
+of which has its own channel. A stream sends job changes as they come and a fresh
+`summary` at most once per `spacing` seconds; the summary is read from the database once
+per change and shared by every viewer, and the spacing grows with what the read costs,
+so open dashboards cannot crowd the worker out of the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+from foreman.jobs import Job
+from foreman.residency import split_key
+from foreman.store import Overview, Store
+
+# the headline's window
+ACTIVITY_WINDOW = 24 * 3600.0
+# bounds on the time between two summaries a stream sends
+MIN_SPACING = 0.25
+MAX_SPACING = 5.0
+# how many times its own cost a summary read waits before the next one
+COST_FACTOR = 10.0
+# the longest error text a dashboard row carries
+ERROR_CHARS = 500
+
+
+class Poke:
+    """Something other than a job changed (a token arrived, an embedding model was used)."""
+
+
+POKE = Poke()
+
+
+@attrs.frozen
+class Change:
+    """A committed job change, numbered: a stream that read the jobs when the board was
+    at `version` v has seen every change numbered v or lower."""
+
+    version: int
+    job: Job
+
+
+@attrs.frozen
+class Live:
+    """What the board reads from the running parts (set by the daemon)."""
+
+    # residency key of the chat model Ollama holds
+    resident: Callable[[], str | None] = lambda: None
+    # (job id, tokens relayed so far) of the job the worker holds
+    running: Callable[[], tuple[str, int] | None] = lambda: None
+    ollama_up: Callable[[], bool] = lambda: False
+    accepting: Callable[[], bool] = lambda: True
+
+
+@attrs.define(eq=False)
+class _Viewer:
+    send: trio.MemorySendChannel[Change | Poke]
+    # a poke is already in the channel: one is enough
+    poked: bool = False
+
+
+@attrs.define(eq=False)
+class Feed:
+    """One dashboard stream's changes. Its channel ends when the viewer falls too far
+    behind or foreman shuts down."""
+
+    receive: trio.MemoryReceiveChannel[Change | Poke]
+    _viewer: _Viewer
+    _board: Board
+
+    def took_poke(self) -> None:
+        """Call after taking a `Poke`, so the next one is delivered."""
+        self._viewer.poked = False
+
+    def stop(self) -> None:
+        self._board._drop(self._viewer)
+
+
+class Board:
+    def __init__(
+        self,
+        store: Store,
+        max_wait: float,
+        live: Live | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.store = store
+        self.max_wait = max_wait
+        self.live = live or Live()
+        self._clock = clock or store.sync.clock
+        self._viewers: set[_Viewer] = set()
+        self._closed = False
+        self._version = 0
+        self._overview: Overview | None = None
+        self._overview_version = -1
+        self._lock = trio.Lock()
+        self.spacing = MIN_SPACING
+        # the embedding model last relayed, and when (embeddings bypass the queue)
+        self.embedding: tuple[str, float] | None = None
+
+    # -- fed by foreman's parts -----------------------------------------------------------
+
+    def on_job_change(self, job: Job) -> None:
+        """A broadcaster listener: never blocks."""
+        self._version += 1
+        change = Change(self._version, job)
+        for viewer in list(self._viewers):
+            self._offer(viewer, change)
+
+    def poke(self, *, changed: bool = False) -> None:
+        """Tell the viewers to send a fresh summary; `changed` when what the database
+        says may differ too (a token arriving changes nothing stored)."""
+        if changed:
+            self._version += 1
+        for viewer in list(self._viewers):
+            if not viewer.poked:
+                viewer.poked = True
+                self._offer(viewer, POKE)
+
+    def embedding_used(self, model: str) -> None:
+        if self.embedding is None or self.embedding[0] != model:
+            self.embedding = (model, self._clock())
+            self.poke()
+        else:
+            self.embedding = (model, self._clock())
+
+    def _offer(self, viewer: _Viewer, item: Change | Poke) -> None:
+        try:
+            viewer.send.send_nowait(item)
+        except trio.WouldBlock:
+            # a viewer this far behind starts over (its stream ends; the page reconnects)
+            self._drop(viewer)
+        except trio.ClosedResourceError:
+            self._viewers.discard(viewer)
+
+    def _drop(self, viewer: _Viewer) -> None:
+        self._viewers.discard(viewer)
+        viewer.send.close()
+
+    # -- viewers --------------------------------------------------------------------------
+
+    def open_feed(self, buffer: int = 1024) -> Feed:
+        """Every change from now on, until `Feed.stop`."""
+        send, receive = trio.open_memory_channel[Change | Poke](buffer)
+        viewer = _Viewer(send)
+        if self._closed:
+            send.close()
+        else:
+            self._viewers.add(viewer)
+        return Feed(receive, viewer, self)
+
+    def close_all(self) -> None:
+        """End every dashboard stream, now and from now on (shutdown)."""
+        self._closed = True
+        for viewer in list(self._viewers):
+            self._drop(viewer)
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def viewers(self) -> int:
+        return len(self._viewers)
+
+    # -- the summary ----------------------------------------------------------------------
+
+    async def summary(self) -> dict[str, Any]:
+        """The queue as it stands. The database is read once per job change however many
+        viewers ask; the running job's token count is read fresh each time."""
+        async with self._lock:
+            running = self.live.running()
+            if self._overview is None or self._overview_version != self._version:
+                version = self._version
+                began = trio.current_time()
+                self._overview = await self.store.overview(
+                    running[0] if running else None, self._clock() - ACTIVITY_WINDOW
+                )
+                cost = trio.current_time() - began
+                self.spacing = min(MAX_SPACING, max(MIN_SPACING, cost * COST_FACTOR))
+                self._overview_version = version
+            return self._render(self._overview, running[1] if running else None)
+
+    def _render(self, overview: Overview, tokens: int | None) -> dict[str, Any]:
+        resident = self.live.resident()
+        now = self._clock()
+        waiting = sorted(
+            overview.waiting,
+            key=lambda w: (w.model_key != resident, -w.top_priority, w.oldest_enqueued_at),
+        )
+        activity = overview.activity
+        running = None
+        if overview.running is not None and not overview.running.state.terminal:
+            running = {**job_view(overview.running), "tokens": tokens}
+        since_load = None
+        if resident is not None and overview.swaps and overview.swaps[-1].model_key == resident:
+            since_load = overview.swaps[-1].loaded_at
+        return {
+            "now": now,
+            "ollama_up": self.live.ollama_up(),
+            "accepting": self.live.accepting(),
+            "max_wait": self.max_wait,
+            "resident": {
+                "chat": None
+                if resident is None
+                else {"model": split_key(resident)[0], "key": resident, "since": since_load},
+                "embedding": None
+                if self.embedding is None
+                else {"model": self.embedding[0], "used_at": self.embedding[1]},
+            },
+            "running": running,
+            "waiting": [
+                {
+                    "model": split_key(w.model_key)[0],
+                    "key": w.model_key,
+                    "count": w.count,
+                    "oldest_enqueued_at": w.oldest_enqueued_at,
+                    "top_priority": w.top_priority,
+                    "resident": w.model_key == resident,
+                    "overdue": now - w.oldest_enqueued_at >= self.max_wait,
+                }
+                for w in waiting
+            ],
+            "queued": sum(w.count for w in waiting),
+            "swaps": [
+                {
+                    "model": split_key(s.model_key)[0],
+                    "key": s.model_key,
+                    "job_id": s.job_id,
+                    "started_at": s.started_at,
+                    "loaded_at": s.loaded_at,
+                    "load_ms": round((s.loaded_at - s.started_at) * 1000),
+                    "jobs": s.jobs,
+                }
+                for s in overview.swaps
+            ],
+            "activity": {
+                "window": ACTIVITY_WINDOW,
+                "finished": activity.finished,
+                "loads": activity.loads,
+                "arrival_loads": activity.arrival_loads,
+                "swaps_avoided": max(0, activity.arrival_loads - activity.loads),
+                "done_last_hour": activity.done_last_hour,
+            },
+        }
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    """A job as the dashboard shows it: no request, no result, times as epoch seconds."""
+    error = job.error
+    if error is not None and len(error) > ERROR_CHARS:
+        error = error[: ERROR_CHARS - 1] + "\u2026"
+    return {
+        "id": job.id,
+        "state": job.state.value,
+        "endpoint": job.endpoint.value,
+        "model": split_key(job.model_key)[0],
+        "priority": job.priority,
+        "ref": job.ref,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "created_at": job.created_at,
+        "enqueued_at": job.enqueued_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "queue_ms": job.queue_ms,
+        "error": error,
+        "owner": job.key_name,
+        "stream": job.stream,
+    }

@@ -1,0 +1,250 @@
+"""The dashboard's data: the swap history and headline in the store, and the Board that
+hands changes to viewers."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from foreman.board import MAX_SPACING, MIN_SPACING, Board, Change, Live, Poke
+from foreman.jobs import Job, JobState
+from foreman.store import Store, SyncStore, connect
+
+from ._helpers import FakeClock, new_job
+
+
+def run_job(store: SyncStore, resident: str | None) -> Job:
+    """Claim the next job and finish it, loading its model if it is not `resident`."""
+    job = store.claim(resident, max_wait=600)
+    assert job is not None
+    if job.state is JobState.LOADING:
+        job = store.transition(job.id, JobState.LOADING, JobState.WORKING, loaded=True)
+        assert job is not None
+    done = store.transition(job.id, JobState.WORKING, JobState.DONE, result={})
+    assert done is not None
+    return done
+
+
+# -- the swap history ---------------------------------------------------------------------
+
+
+def test_a_load_is_recorded_with_the_move_that_ends_it_and_counts_the_jobs_it_served(
+    store: SyncStore, clock: FakeClock
+) -> None:
+    for model in ["a:latest", "a:latest", "b:latest", "a:latest"]:
+        store.enqueue(new_job(model))
+        clock.advance(1)
+    first = store.claim(None, max_wait=600)
+    assert first is not None and first.state is JobState.LOADING
+    assert store.overview(None, 0).swaps == []  # a load in progress is not a swap yet
+    clock.advance(2.5)
+    store.transition(first.id, JobState.LOADING, JobState.WORKING, loaded=True)
+    (swap,) = store.overview(None, 0).swaps
+    assert (swap.model_key, swap.job_id, swap.jobs) == ("a:latest", first.id, 1)
+    assert swap.loaded_at - swap.started_at == pytest.approx(2.5)
+    store.transition(first.id, JobState.WORKING, JobState.DONE, result={})
+    resident = "a:latest"
+    for _ in range(3):
+        job = run_job(store, resident)
+        resident = job.model_key
+    swaps = [(s.model_key, s.jobs) for s in store.overview(None, 0).swaps]
+    assert swaps == [("a:latest", 3), ("b:latest", 1)]
+
+
+def test_a_move_to_working_without_a_load_records_no_swap(store: SyncStore) -> None:
+    store.enqueue(new_job("a:latest"))
+    job = store.claim(None, max_wait=600)
+    assert job is not None
+    store.transition(job.id, JobState.LOADING, JobState.WORKING)
+    assert store.overview(None, 0).swaps == []
+
+
+def test_jobs_of_a_resident_model_loaded_before_any_recorded_swap_count_nowhere(
+    store: SyncStore,
+) -> None:
+    store.enqueue(new_job("b:latest"))
+    run_job(store, None)
+    store.enqueue(new_job("a:latest"))
+    run_job(store, "a:latest")  # resident at start: no load, and not b's job
+    assert [(s.model_key, s.jobs) for s in store.overview(None, 0).swaps] == [("b:latest", 1)]
+
+
+def test_old_swaps_are_pruned(store: SyncStore, clock: FakeClock) -> None:
+    for model in ["a:latest", "b:latest"]:
+        store.enqueue(new_job(model))
+        run_job(store, None)
+        clock.advance(100)
+    assert store.prune_swaps(clock.now - 150) == 1
+    assert [s.model_key for s in store.overview(None, 0).swaps] == ["b:latest"]
+
+
+# -- the headline -----------------------------------------------------------------------
+
+
+@given(st.lists(st.sampled_from(["a:latest", "b:latest", "c:latest"]), min_size=1, max_size=12))
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_arrival_loads_count_one_load_per_change_of_model_in_arrival_order(
+    tmp_path_factory: pytest.TempPathFactory, arrivals: list[str]
+) -> None:
+    clock = FakeClock()
+    conn = connect(tmp_path_factory.mktemp("db") / "f.db")
+    try:
+        store = SyncStore(conn, clock)
+        for model in arrivals:
+            store.enqueue(new_job(model))
+            clock.advance(1)
+        resident = None
+        for _ in arrivals:
+            resident = run_job(store, resident).model_key
+        activity = store.activity(since=0)
+        expected = 1 + sum(1 for x, y in itertools.pairwise(arrivals) if x != y)
+        assert activity.arrival_loads == expected
+        # drained by model: one load per distinct model
+        assert activity.loads == len(set(arrivals))
+        assert activity.finished == {"done": len(arrivals)}
+    finally:
+        conn.close()
+
+
+def test_the_headline_counts_only_jobs_that_ran_in_the_window(
+    store: SyncStore, clock: FakeClock
+) -> None:
+    store.enqueue(new_job("a:latest"))
+    run_job(store, None)
+    clock.advance(7200)
+    since = clock.now - 10
+    cancelled = store.enqueue(new_job("b:latest"))
+    store.transition(cancelled.id, JobState.QUEUED, JobState.CANCELLED)
+    store.enqueue(new_job("c:latest"))
+    run_job(store, "a:latest")
+    activity = store.activity(since)
+    # the old job and the one cancelled before it ran are not counted
+    assert activity.finished == {"done": 1}
+    assert (activity.loads, activity.arrival_loads) == (1, 1)
+    assert activity.done_last_hour == 1
+
+
+def test_overview_reads_waiting_jobs_per_model_without_scanning_the_table(
+    store: SyncStore, clock: FakeClock
+) -> None:
+    for model, priority in [("a:latest", 0), ("b:latest", 2), ("a:latest", 5)]:
+        store.enqueue(new_job(model, priority=priority))
+        clock.advance(1)
+    waiting = {w.model_key: w for w in store.overview(None, 0).waiting}
+    assert (waiting["a:latest"].count, waiting["a:latest"].top_priority) == (2, 5)
+    assert waiting["a:latest"].oldest_enqueued_at == 1000.0
+    assert (waiting["b:latest"].count, waiting["b:latest"].oldest_enqueued_at) == (1, 1001.0)
+    plan = store.conn.execute(
+        "EXPLAIN QUERY PLAN SELECT model_key, count(*), min(enqueued_at), max(priority)"
+        " FROM jobs INDEXED BY jobs_queue_model WHERE state = 'queued' GROUP BY model_key"
+    ).fetchall()
+    assert "USING INDEX jobs_queue_model" in str(plan)
+
+
+# -- the Board --------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def async_store(tmp_path: Path) -> Store:
+    return await Store.open(tmp_path / "board.db", clock=FakeClock())
+
+
+async def test_viewers_get_every_change_in_order_and_one_poke_at_a_time(
+    async_store: Store,
+) -> None:
+    board = Board(async_store, max_wait=600)
+    feed = board.open_feed()
+    job = await async_store.enqueue(new_job())
+    board.on_job_change(job)
+    for _ in range(100):
+        board.poke()
+    board.on_job_change(job)
+    items = [feed.receive.receive_nowait() for _ in range(3)]
+    assert isinstance(items[0], Change) and items[0].version == 1
+    assert isinstance(items[1], Poke)
+    assert isinstance(items[2], Change) and items[2].version == 2
+    with pytest.raises(trio.WouldBlock):
+        feed.receive.receive_nowait()
+    feed.took_poke()
+    board.poke()
+    assert isinstance(feed.receive.receive_nowait(), Poke)
+    feed.stop()
+    assert board.viewers == 0
+
+
+async def test_a_viewer_that_falls_behind_is_cut_off_and_shutdown_ends_the_rest(
+    async_store: Store,
+) -> None:
+    board = Board(async_store, max_wait=600)
+    slow = board.open_feed(buffer=2)
+    fast = board.open_feed()
+    job = await async_store.enqueue(new_job())
+    for _ in range(3):
+        board.on_job_change(job)
+    assert board.viewers == 1
+    received = [slow.receive.receive_nowait() for _ in range(2)]
+    assert len(received) == 2
+    with pytest.raises(trio.EndOfChannel):
+        await slow.receive.receive()
+    board.close_all()
+    for _ in range(3):
+        fast.receive.receive_nowait()
+    with pytest.raises(trio.EndOfChannel):
+        await fast.receive.receive()
+    late = board.open_feed()
+    with pytest.raises(trio.EndOfChannel):
+        await late.receive.receive()
+
+
+async def test_the_summary_is_read_once_per_change_and_tokens_are_read_fresh(
+    async_store: Store,
+) -> None:
+    tokens = [0]
+    reads = []
+    board = Board(
+        async_store,
+        max_wait=600,
+        live=Live(resident=lambda: "m:latest", running=lambda: ("x", tokens[0])),
+    )
+    original = async_store.overview
+
+    async def counted(*args: object) -> object:
+        reads.append(args)
+        return await original(*args)  # type: ignore[arg-type]
+
+    async_store.overview = counted  # type: ignore[method-assign]
+    first = await board.summary()
+    tokens[0] = 7
+    board.poke()
+    second = await board.summary()
+    assert len(reads) == 1
+    assert first["running"] is None  # no job "x" in the store
+    assert second["resident"]["chat"] == {"model": "m:latest", "key": "m:latest", "since": None}
+    job = await async_store.enqueue(new_job())
+    board.on_job_change(job)
+    third = await board.summary()
+    assert len(reads) == 2
+    assert [w["count"] for w in third["waiting"]] == [1]
+    assert MIN_SPACING <= board.spacing <= MAX_SPACING
+
+
+async def test_embedding_use_is_shown_and_pokes_only_when_the_model_changes(
+    async_store: Store,
+) -> None:
+    board = Board(async_store, max_wait=600)
+    feed = board.open_feed()
+    board.embedding_used("nomic-embed-text:latest")
+    assert isinstance(feed.receive.receive_nowait(), Poke)
+    feed.took_poke()
+    board.embedding_used("nomic-embed-text:latest")
+    with pytest.raises(trio.WouldBlock):
+        feed.receive.receive_nowait()
+    summary = await board.summary()
+    assert summary["resident"]["embedding"]["model"] == "nomic-embed-text:latest"
