@@ -114,11 +114,9 @@ class Board:
         for viewer in list(self._viewers):
             self._offer(viewer, change)
 
-    def poke(self, *, changed: bool = False) -> None:
-        """Tell the viewers to send a fresh summary; `changed` when what the database
-        says may differ too (a token arriving changes nothing stored)."""
-        if changed:
-            self._version += 1
+    def poke(self) -> None:
+        """Tell the viewers to send a fresh summary of something the database does not
+        hold (a token relayed, an embedding model used): no new read is needed."""
         for viewer in list(self._viewers):
             if not viewer.poked:
                 viewer.poked = True
