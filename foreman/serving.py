@@ -59,7 +59,7 @@ class IsolatedTCPServer(TCPServer):
         if event.idle:
             scope = trio.CancelScope()
             self._idle_scope = scope
-            self._task_group._nursery.start_soon(self._close_when_idle, scope)
+            self._task_group.spawn(self._close_when_idle, scope)
 
     async def _close_when_idle(self, scope: trio.CancelScope) -> None:
         with scope:
