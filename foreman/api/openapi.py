@@ -1,5 +1,6 @@
 """GET /openapi.json: a description of foreman's own API (the job routes in full, the
-Ollama and OpenAI routes by reference to their upstream documentation)."""
+dashboard's routes, the Ollama and OpenAI routes by reference to their upstream
+documentation)."""
 
 from __future__ import annotations
 
@@ -157,6 +158,40 @@ def spec() -> dict[str, Any]:
             }
         },
     }
+    limit = _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "newest jobs")
+    dashboard_ops: dict[str, Any] = {
+        "/queue": {
+            "get": {
+                "summary": "The dashboard's data: who the key is, the queue summary, recent jobs",
+                "description": "Any key may read it; a non-admin key sees only its own jobs."
+                " Times are Unix seconds. See the README's dashboard section for the fields.",
+                "parameters": [limit],
+                "responses": {
+                    "200": _json({"type": "object"}, "`{you, summary, jobs}`"),
+                    "400": _error("a bad limit"),
+                    "401": _error("no key, or an unknown one"),
+                },
+            }
+        },
+        "/queue/events": {
+            "get": {
+                "summary": "The dashboard's live feed (Server-Sent Events)",
+                "description": "`hello` (who the key is), `snapshot` (summary and jobs), then"
+                " a `job` event per change and a fresh `summary` after each burst.",
+                "parameters": [limit],
+                "responses": {
+                    "200": {"description": "an event stream", "content": {"text/event-stream": {}}},
+                    "401": _error("no key, or an unknown one"),
+                },
+            }
+        },
+        "/ui": {
+            "get": {
+                "summary": "The dashboard page",
+                "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
+            }
+        },
+    }
     ollama_ops: dict[str, Any] = {
         "/api/chat": {"post": _relayed("Chat, through the queue (Ollama's API)")},
         "/api/generate": {"post": _relayed("Generate, through the queue (Ollama's API)")},
@@ -174,7 +209,7 @@ def spec() -> dict[str, Any]:
             "version": __version__,
             "description": "A durable, drain-by-model job queue in front of Ollama.",
         },
-        "paths": {**job_ops, **ollama_ops},
+        "paths": {**job_ops, **dashboard_ops, **ollama_ops},
         "components": {
             "schemas": {
                 "Error": {

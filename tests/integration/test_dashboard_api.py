@@ -205,6 +205,14 @@ async def test_ui_page_and_assets_are_open_and_locked_down(client: httpx.AsyncCl
     assert escape.status_code == 404
 
 
+async def test_the_api_description_lists_the_dashboard_routes(client: httpx.AsyncClient) -> None:
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    for path in ("/queue", "/queue/events", "/ui"):
+        assert "200" in paths[path]["get"]["responses"], path
+    assert (await client.get("/queue", params={"limit": 0})).status_code == 400
+    assert "400" in paths["/queue"]["get"]["responses"]
+
+
 # -- with API keys --------------------------------------------------------------------
 
 
