@@ -155,9 +155,10 @@ class Activity:
     since: float
     # jobs that ran and ended in the window, by final state
     finished: dict[str, int]
-    # model loads the worker made in the window
+    # the loads those jobs cost in the order they ran, and in arrival order: one per
+    # change of model, counted the same way for both so the comparison is fair (a load
+    # that failed, or a model already resident at start, counts alike on both sides)
     loads: int
-    # loads the same jobs would have cost run in arrival order (one per change of model)
     arrival_loads: int
     # jobs done in the last hour
     done_last_hour: int
@@ -722,23 +723,27 @@ class SyncStore:
                 (since,),
             )
         }
-        (arrival_loads,) = self.conn.execute(
-            "SELECT count(*) FROM (SELECT model_key,"
-            " lag(model_key) OVER (ORDER BY created_at, id) AS previous"
-            f" FROM jobs INDEXED BY jobs_finished WHERE state IN {TERMINAL_SQL}"
-            " AND finished_at >= ? AND started_at IS NOT NULL)"
-            " WHERE previous IS NULL OR previous != model_key",
-            (since,),
-        ).fetchone()
-        (loads,) = self.conn.execute(
-            "SELECT count(*) FROM swaps WHERE started_at >= ?", (since,)
-        ).fetchone()
+        arrival_loads = self._model_changes(since, "created_at")
+        loads = self._model_changes(since, "started_at")
         (done_last_hour,) = self.conn.execute(
             "SELECT count(*) FROM jobs INDEXED BY jobs_finished"
             f" WHERE state IN {TERMINAL_SQL} AND state = 'done' AND finished_at >= ?",
             (self.clock() - 3600,),
         ).fetchone()
         return Activity(since, finished, loads, arrival_loads, done_last_hour)
+
+    def _model_changes(self, since: float, order: str) -> int:
+        """How many loads the jobs that ran and ended since `since` cost in `order`
+        (arrival: created_at; as run: started_at), counting one per change of model."""
+        (count,) = self.conn.execute(
+            f"SELECT count(*) FROM (SELECT model_key,"
+            f" lag(model_key) OVER (ORDER BY {order}, id) AS previous"
+            f" FROM jobs INDEXED BY jobs_finished WHERE state IN {TERMINAL_SQL}"
+            f" AND finished_at >= ? AND started_at IS NOT NULL)"
+            f" WHERE previous IS NULL OR previous != model_key",
+            (since,),
+        ).fetchone()
+        return int(count)
 
     def prune_swaps(self, started_before: float) -> int:
         """Forget loads older than the retention (the janitor's job)."""

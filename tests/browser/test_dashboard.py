@@ -264,3 +264,37 @@ def test_the_page_fits_a_phone_and_reads_in_dark_mode(
         shoot(phone, "01-phone-dark")
     finally:
         context.close()
+
+
+def test_an_admin_retries_a_failed_job_and_purges_finished_ones_from_the_page(
+    page: Any,
+    stub: Process,
+    make_foreman: Callable[..., Foreman],
+    api: Callable[..., httpx.Client],
+    shoot: Any,
+) -> None:
+    foreman = make_foreman()
+    client = api(foreman.url)
+    control = api(stub.url)
+    # Ollama refuses the first attempt for good (a 404 is permanent): the job fails
+    fault = {"kind": "status", "status": 404, "message": "model 'llama3' not found"}
+    control.post("/_stub/faults", json=fault).raise_for_status()
+    failed = submit(client, "llama3", "fails once", max_attempts=1)
+    page.goto(f"{foreman.url}/ui")
+    expect(row(page, failed)).to_have_attribute("data-state", "failed")
+    expect(row(page, failed)).to_contain_text("not found")
+    shoot(page, "01-failed")
+
+    row(page, failed).locator('button[data-action="retry"]').click()
+    expect(row(page, failed)).to_have_attribute("data-state", "done")
+    assert client.get(f"/jobs/{failed}").json()["state"] == "done"
+    shoot(page, "02-retried")
+
+    purge = page.locator("#purge")
+    purge.click()
+    expect(purge).to_have_attribute("data-confirm", "true")
+    purge.click()
+    expect(page.locator("#notice")).to_contain_text("Purged 1 finished job")
+    expect(page.locator("#jobs tr[data-job-id]")).to_have_count(0)
+    assert client.get("/jobs").json()["jobs"] == []
+    shoot(page, "03-purged")

@@ -103,6 +103,7 @@ def test_arrival_loads_count_one_load_per_change_of_model_in_arrival_order(
         resident = None
         for _ in arrivals:
             resident = run_job(store, resident).model_key
+            clock.advance(1)
         activity = store.activity(since=0)
         expected = 1 + sum(1 for x, y in itertools.pairwise(arrivals) if x != y)
         assert activity.arrival_loads == expected
@@ -129,6 +130,17 @@ def test_the_headline_counts_only_jobs_that_ran_in_the_window(
     assert activity.finished == {"done": 1}
     assert (activity.loads, activity.arrival_loads) == (1, 1)
     assert activity.done_last_hour == 1
+
+
+def test_a_load_that_failed_counts_alike_in_both_orders(store: SyncStore) -> None:
+    """Nothing is 'avoided' by a job whose load failed: both sides count its load."""
+    store.enqueue(new_job("a:latest"))
+    job = store.claim(None, max_wait=600)
+    assert job is not None and job.state is JobState.LOADING
+    store.transition(job.id, JobState.LOADING, JobState.FAILED, error="model not found")
+    activity = store.activity(since=0)
+    assert (activity.loads, activity.arrival_loads) == (1, 1)
+    assert store.overview(None, 0).swaps == []
 
 
 def test_overview_reads_waiting_jobs_per_model_without_scanning_the_table(
