@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from quart import Response, g, request
@@ -36,6 +37,22 @@ def owner_filter() -> str | None:
     if key is None or key.admin:
         return None
     return key.name
+
+
+def key_check(services: Services) -> Callable[[], bool]:
+    """For a long-lived answer (an event stream): a function that says whether the key
+    the request came with still stands, so a revoked key or a changed scope ends the
+    stream at its next event or keep-alive (the client reconnects and is asked again)."""
+    key = caller()
+    keys = services.keys
+
+    def still_valid() -> bool:
+        ring = keys.ring
+        if key is None:
+            return not ring.enabled
+        return key in ring.keys
+
+    return still_valid
 
 
 def note(**fields: str) -> None:

@@ -12,14 +12,14 @@ without the scope they need.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import trio
 from quart import Blueprint, Response, request
 
-from foreman.api.auth import caller, owner_filter
+from foreman.api.auth import caller, key_check, owner_filter
 from foreman.api.errors import ollama_error
 from foreman.api.jobs import SSE_KEEPALIVE, json_response, limit_arg
 from foreman.board import Board, Change, job_view
@@ -87,7 +87,7 @@ def blueprint(services: Services, board: Board) -> Blueprint:
     @bp.route("/queue/events", methods=["GET"])
     async def events() -> Response:
         limit = limit_arg(request.args.get("limit"))
-        return _stream(services, board, owner_filter(), _you(services), limit)
+        return _stream(services, board, owner_filter(), _you(services), limit, key_check(services))
 
     return bp
 
@@ -130,7 +130,12 @@ def _event(kind: str, data: Any) -> bytes:
 
 
 def _stream(
-    services: Services, board: Board, owner: str | None, you: dict[str, Any], limit: int
+    services: Services,
+    board: Board,
+    owner: str | None,
+    you: dict[str, Any],
+    limit: int,
+    still_valid: Callable[[], bool],
 ) -> Response:
     async def events() -> AsyncIterator[bytes]:
         # subscribed before the jobs are read, so no change falls between the two; the
@@ -152,6 +157,8 @@ def _stream(
                         item = await feed.receive.receive()
                     except trio.EndOfChannel:
                         return  # fell behind or shutting down: the page reconnects
+                if not still_valid():
+                    return  # the key was revoked or its scopes changed: ask again
                 if item is None:
                     if due is None:
                         yield b": keep-alive\n\n"

@@ -13,7 +13,7 @@ import binascii
 import hashlib
 import json
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,7 @@ import attrs
 import trio
 from quart import Blueprint, Response, request
 
-from foreman.api.auth import caller, note, owner_filter
+from foreman.api.auth import caller, key_check, note, owner_filter
 from foreman.api.errors import ollama_error
 from foreman.api.openapi import spec
 from foreman.api.proxy import request_body
@@ -260,7 +260,7 @@ def blueprint(services: Services) -> Blueprint:
 
     @bp.route("/jobs/events", methods=["GET"])
     async def all_events() -> Response:
-        return _event_stream(queue, None, owner_filter())
+        return _event_stream(queue, None, key_check(services), owner_filter())
 
     @bp.route("/jobs/<job_id>", methods=["GET"])
     async def show(job_id: str) -> Response:
@@ -276,7 +276,7 @@ def blueprint(services: Services) -> Blueprint:
     @bp.route("/jobs/<job_id>/events", methods=["GET"])
     async def job_events(job_id: str) -> Response:
         await find(job_id)
-        return _event_stream(queue, job_id)
+        return _event_stream(queue, job_id, key_check(services))
 
     @bp.route("/jobs/<job_id>/cancel", methods=["POST"])
     async def cancel(job_id: str) -> Response:
@@ -324,9 +324,12 @@ def _visible(job: Job) -> bool:
     return owner is None or job.key_name == owner
 
 
-def _event_stream(queue: JobQueue, job_id: str | None, owner: str | None = None) -> Response:
+def _event_stream(
+    queue: JobQueue, job_id: str | None, still_valid: Callable[[], bool], owner: str | None = None
+) -> Response:
     """Server-sent events: one `job` event per change, starting with the current state
-    (a single job) and ending after its terminal state."""
+    (a single job) and ending after its terminal state, or when the caller's key is
+    revoked."""
 
     async def events() -> AsyncIterator[bytes]:
         # subscribed before reading the job, so no change falls between the two; the
@@ -348,6 +351,8 @@ def _event_stream(queue: JobQueue, job_id: str | None, owner: str | None = None)
                     except trio.EndOfChannel:
                         # fell too far behind: end, so the client reconnects and catches up
                         return
+                if not still_valid():
+                    return
                 if job is None:
                     yield b": keep-alive\n\n"
                     continue

@@ -321,3 +321,30 @@ async def test_shutdown_ends_dashboard_streams(
         with trio.fail_after(30):
             async for _ in events:
                 pass
+
+
+async def test_revoking_a_key_ends_its_open_event_streams(
+    keyed: str, keyed_settings: Settings, stub: StubOllama
+) -> None:
+    """A leaked key taken out of the keys file stops watching at the next event."""
+    assert keyed_settings.api_keys_file is not None
+    async with client_for(keyed, SERVICE) as svc, client_for(keyed, ADMIN) as admin:
+        for path in ("/queue/events", "/jobs/events"):
+            async with svc.stream("GET", path) as response:
+                assert response.status_code == 200
+                lines = response.aiter_lines()
+                keyed_settings.api_keys_file.write_text(f"ops {ADMIN} admin\n")
+                with trio.fail_after(30):
+                    while (await svc.get("/queue")).status_code != 401:
+                        await trio.sleep(0.05)
+                await submit(admin, "llama3", f"wakes {path}")
+                with trio.fail_after(30):
+                    async for _ in lines:
+                        pass  # the stream ends instead of going on
+            # the key comes back for the next route's stream
+            keyed_settings.api_keys_file.write_text(
+                f"ops {ADMIN} admin\nsvc {SERVICE} jobs\nreader {READER} inference\n"
+            )
+            with trio.fail_after(30):
+                while (await svc.get("/queue")).status_code != 200:
+                    await trio.sleep(0.05)
