@@ -18,7 +18,7 @@ import trio
 
 from foreman.jobs import Job
 from foreman.residency import split_key
-from foreman.store import Overview, Store
+from foreman.store import Activity, Overview, Store
 
 # the headline's window
 ACTIVITY_WINDOW = 24 * 3600.0
@@ -27,6 +27,10 @@ MIN_SPACING = 0.25
 MAX_SPACING = 5.0
 # how many times its own cost a summary read waits before the next one
 COST_FACTOR = 10.0
+# the headline walks a day of finished jobs: it is read again at most this often, and
+# at most once per this many times what its read cost
+ACTIVITY_REFRESH = 1.0
+ACTIVITY_COST_FACTOR = 20.0
 # the longest error text a dashboard row carries
 ERROR_CHARS = 500
 
@@ -38,13 +42,15 @@ class Poke:
 POKE = Poke()
 
 
-@attrs.frozen
+@attrs.define(eq=False)
 class Change:
     """A committed job change, numbered: a stream that read the jobs when the board was
     at `version` v has seen every change numbered v or lower."""
 
     version: int
     job: Job
+    # the change as a stream sends it, made by the first stream that sends it
+    encoded: bytes | None = None
 
 
 @attrs.frozen
@@ -100,6 +106,10 @@ class Board:
         self._version = 0
         self._overview: Overview | None = None
         self._overview_version = -1
+        self._activity: Activity | None = None
+        self._activity_version = -1
+        self._activity_at = 0.0
+        self._activity_every = ACTIVITY_REFRESH
         self._lock = trio.Lock()
         self.spacing = MIN_SPACING
         # the embedding model last relayed, and when (embeddings bypass the queue)
@@ -172,28 +182,44 @@ class Board:
 
     async def summary(self) -> dict[str, Any]:
         """The queue as it stands. The database is read once per job change however many
-        viewers ask; the running job's token count is read fresh each time."""
+        viewers ask (the headline at most once per `ACTIVITY_REFRESH`: see
+        `refresh_due`); the running job's token count is read fresh each time."""
         async with self._lock:
             running = self.live.running()
-            if self._overview is None or self._overview_version != self._version:
-                version = self._version
+            version = self._version
+            if self._overview is None or self._overview_version != version:
                 began = trio.current_time()
-                self._overview = await self.store.overview(
-                    running[0] if running else None, self._clock() - ACTIVITY_WINDOW
-                )
+                self._overview = await self.store.overview(running[0] if running else None)
                 cost = trio.current_time() - began
                 self.spacing = min(MAX_SPACING, max(MIN_SPACING, cost * COST_FACTOR))
                 self._overview_version = version
-            return self._render(self._overview, running[1] if running else None)
+            if self._activity is None or (
+                self._activity_version != version
+                and trio.current_time() >= self._activity_at + self._activity_every
+            ):
+                began = trio.current_time()
+                self._activity = await self.store.activity(self._clock() - ACTIVITY_WINDOW)
+                self._activity_at = trio.current_time()
+                cost = self._activity_at - began
+                self._activity_every = max(ACTIVITY_REFRESH, cost * ACTIVITY_COST_FACTOR)
+                self._activity_version = version
+            return self._render(self._overview, self._activity, running[1] if running else None)
 
-    def _render(self, overview: Overview, tokens: int | None) -> dict[str, Any]:
+    def refresh_due(self) -> float | None:
+        """When (trio time) a summary would bring a headline newer than the last one, or
+        None while it is current: a stream sends one more summary then, so the headline
+        catches up even if nothing changes after a burst."""
+        if self._activity is None or self._activity_version == self._version:
+            return None
+        return self._activity_at + self._activity_every
+
+    def _render(self, overview: Overview, activity: Activity, tokens: int | None) -> dict[str, Any]:
         resident = self.live.resident()
         now = self._clock()
         waiting = sorted(
             overview.waiting,
             key=lambda w: (w.model_key != resident, -w.top_priority, w.oldest_enqueued_at),
         )
-        activity = overview.activity
         running = None
         if overview.running is not None and not overview.running.state.terminal:
             running = {**job_view(overview.running), "tokens": tokens}

@@ -166,11 +166,10 @@ class Activity:
 
 @attrs.frozen
 class Overview:
-    """Everything the dashboard reads from the database, read in one go."""
+    """What the dashboard reads from the database after each change, in one go."""
 
     waiting: list[Waiting]
     swaps: list[Swap]
-    activity: Activity
     running: Job | None
 
 
@@ -685,8 +684,8 @@ class SyncStore:
         ).fetchall()
         return [(job_id, JobState(state), model) for job_id, state, model in rows]
 
-    def overview(self, running_id: str | None, since: float, swaps: int = 40) -> Overview:
-        """The dashboard's reads, in one trip to the store's thread.
+    def overview(self, running_id: str | None, swaps: int = 40) -> Overview:
+        """The dashboard's reads after a change, in one trip to the store's thread.
 
         The per-model aggregate walks the queued rows of the partial queue index (about
         1 ms per 1,000 queued jobs); the dashboard spaces its reads by their cost.
@@ -709,7 +708,7 @@ class SyncStore:
         ]
         recent.reverse()
         running = self.get(running_id) if running_id is not None else None
-        return Overview(waiting, recent, self.activity(since), running)
+        return Overview(waiting, recent, running)
 
     def activity(self, since: float) -> Activity:
         """The headline numbers over the jobs that ended since `since` (walks only those,
@@ -967,8 +966,11 @@ class Store:
     async def check_writable(self) -> None:
         await self._write(self.sync.check_writable)
 
-    async def overview(self, running_id: str | None, since: float) -> Overview:
-        return await self._read(self.sync.overview, running_id, since)
+    async def overview(self, running_id: str | None) -> Overview:
+        return await self._read(self.sync.overview, running_id)
+
+    async def activity(self, since: float) -> Activity:
+        return await self._read(self.sync.activity, since)
 
     async def prune_swaps(self, started_before: float) -> int:
         return await self._write(self.sync.prune_swaps, started_before)

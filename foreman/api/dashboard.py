@@ -22,13 +22,15 @@ from quart import Blueprint, Response, request
 from foreman.api.auth import caller, key_check, owner_filter
 from foreman.api.errors import ollama_error
 from foreman.api.jobs import SSE_KEEPALIVE, json_response, limit_arg
-from foreman.board import Board, Change, job_view
+from foreman.board import Board, Change, Feed, Poke, job_view
 from foreman.keys import ALL_SCOPES
 from foreman.validate import InvalidRequest
 
 if TYPE_CHECKING:
     from foreman.api.app import Services
 
+# how long a stream gathers changes before it writes them (a person cannot tell)
+BATCH_SECONDS = 0.1
 # the page's files: served from the package, never from a path the client names
 ASSETS = {
     "index.html": "text/html; charset=utf-8",
@@ -125,6 +127,24 @@ def visible_summary(summary: dict[str, Any], owner: str | None) -> dict[str, Any
 _ANONYMOUS = ("state", "model", "started_at", "enqueued_at", "attempts", "tokens", "stream")
 
 
+def _take_waiting(feed: Feed, items: list[Change | Poke]) -> bool:
+    """Move every change already in the feed into `items`; True if the feed ended."""
+    while True:
+        try:
+            items.append(feed.receive.receive_nowait())
+        except trio.WouldBlock:
+            return False
+        except trio.EndOfChannel:
+            return True
+
+
+def _job_event(change: Change) -> bytes:
+    """A job's `job` event, encoded once however many streams send it."""
+    if change.encoded is None:
+        change.encoded = _event("job", job_view(change.job))
+    return change.encoded
+
+
 def _event(kind: str, data: Any) -> bytes:
     return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
@@ -148,32 +168,46 @@ def _stream(
             summary = visible_summary(await board.summary(), owner)
             yield _event("snapshot", {"summary": summary, "jobs": [job_view(j) for j in jobs]})
             # a summary goes out `board.spacing` seconds after the first change it covers
-            due: float | None = None
+            # (or when the board's cached headline is due a refresh)
+            due = board.refresh_due()
             while True:
                 wait = SSE_KEEPALIVE if due is None else max(0.0, due - trio.current_time())
-                item = None
+                items: list[Change | Poke] = []
+                ended = False
                 with trio.move_on_after(wait):
                     try:
-                        item = await feed.receive.receive()
+                        items.append(await feed.receive.receive())
                     except trio.EndOfChannel:
                         return  # fell behind or shutting down: the page reconnects
                 if not still_valid():
                     return  # the key was revoked or its scopes changed: ask again
-                if item is None:
+                if not items:
                     if due is None:
                         yield b": keep-alive\n\n"
                     else:
-                        due = None
-                        yield _event("summary", visible_summary(await board.summary(), owner))
+                        summary = await board.summary()
+                        due = board.refresh_due()
+                        yield _event("summary", visible_summary(summary, owner))
                     continue
-                if isinstance(item, Change):
-                    job = item.job
-                    if item.version > seen and (owner is None or job.key_name == owner):
-                        yield _event("job", job_view(job))
-                else:
-                    feed.took_poke()
-                if due is None:
-                    due = trio.current_time() + board.spacing
+                # changes come in bursts (a job moves three times in a few milliseconds):
+                # gather what arrives shortly after the first, and send it in one write,
+                # each job once, in its latest state
+                await trio.sleep(BATCH_SECONDS)
+                ended = _take_waiting(feed, items)
+                latest: dict[str, Change] = {}
+                for item in items:
+                    if isinstance(item, Poke):
+                        feed.took_poke()
+                    elif item.version > seen and (owner is None or item.job.key_name == owner):
+                        latest.pop(item.job.id, None)
+                        latest[item.job.id] = item
+                if latest:
+                    yield b"".join(_job_event(change) for change in latest.values())
+                if ended:
+                    return
+                soon = trio.current_time() + board.spacing
+                if due is None or due > soon:
+                    due = soon
         finally:
             feed.stop()
 

@@ -22,10 +22,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import durability, overhead, profile, report, scale, swap
+from . import dashboard, durability, overhead, profile, report, scale, swap
 from .common import ROOT, aggregate, machine
 
-SECTIONS = ("swap", "overhead", "embeddings", "scale", "durability", "profile")
+SECTIONS = ("swap", "overhead", "embeddings", "scale", "durability", "dashboard", "profile")
 
 
 def repeat(times: int, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -156,6 +156,19 @@ def durability_section(work: Path, quick: bool) -> dict[str, Any]:
     return repeat(reps, lambda: durability.durability(work, quick))
 
 
+def dashboard_section(work: Path, quick: bool) -> dict[str, Any]:
+    reps = 1 if quick else 3
+    out: dict[str, Any] = {"summary": {}}
+    for queued in (1_000, 10_000, 100_000):
+        log(f"dashboard: summary read with {queued:,} queued")
+        out["summary"][str(queued)] = repeat(
+            1, lambda n=queued: dashboard.summary_cost(work, n, finished=10_000)
+        )
+    log(f"dashboard: worker throughput with five dashboards open x{reps}")
+    out["viewers"] = repeat(reps, lambda: dashboard.throughput_with_viewers(work, quick))
+    return out
+
+
 def profile_section(work: Path, quick: bool) -> dict[str, Any]:
     log("profile: where foreman's CPU goes (py-spy)")
     return profile.profile(work, quick)
@@ -167,6 +180,7 @@ RUNNERS: dict[str, Callable[[Path, bool], dict[str, Any]]] = {
     "embeddings": embeddings_section,
     "scale": scale_section,
     "durability": durability_section,
+    "dashboard": dashboard_section,
     "profile": profile_section,
 }
 

@@ -157,6 +157,8 @@ def render(results: dict[str, Any]) -> str:
         out += _scale(results["scale"])
     if "durability" in results:
         out += _durability(results["durability"])
+    if "dashboard" in results:
+        out += _dashboard(results["dashboard"])
     if "profile" in results:
         out += _profile(results["profile"])
     out += _missed(results)
@@ -456,8 +458,46 @@ def _durability(d: dict[str, Any]) -> list[str]:
     ]
 
 
+def _dashboard(d: dict[str, Any]) -> list[str]:
+    rows = [
+        [
+            f"{int(size):,}",
+            fig(c["overview_p50_ms"], 2),
+            fig(c["spacing_s"], 2),
+            fig(c["activity_p50_ms"], 2),
+            fig(c["activity_every_s"], 2),
+        ]
+        for size, c in d["summary"].items()
+    ]
+    v = d["viewers"]
+    return [
+        "## 6. What an open dashboard costs",
+        "",
+        "**The summary's reads**, with that many jobs queued over four models and"
+        f" {int(med(next(iter(d['summary'].values()))['finished'])):,} jobs ended in the"
+        " last day. After each change the board reads `SyncStore.overview` (waiting jobs"
+        " per model, the last 40 swaps, the running job) and waits ten times that before"
+        " the next summary (0.25 to 5 s); it reads the 24 h headline (`activity`) at most"
+        " once per twenty times its cost (at least a second). One read serves every open"
+        " page.",
+        "",
+        *_table(
+            ["queued", "overview p50 ms", "spacing s", "headline p50 ms", "headline every s"],
+            rows,
+        ),
+        "",
+        f"**The worker with pages watching.** {fig(v['jobs'], 0)} queued jobs drained by"
+        " the worker against an instant stub: "
+        f"{fig(v['viewers_0']['jobs_per_s'], 0)} jobs/s with no dashboard open,"
+        f" {fig(v['viewers_5']['jobs_per_s'], 0)} jobs/s with five pages on /queue/events"
+        f" ({fig(v['ratio'], 2)}x), each page receiving"
+        f" {fig(v['viewers_5']['kb_per_viewer_per_job'], 2)} KB per job.",
+        "",
+    ]
+
+
 def _profile(p: dict[str, Any]) -> list[str]:
-    out = ["## 6. Where foreman's CPU goes", ""]
+    out = ["## 7. Where foreman's CPU goes", ""]
     if "skipped" in p:
         return [*out, f"Not measured: {p['skipped']}.", ""]
     out += [

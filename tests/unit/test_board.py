@@ -8,10 +8,19 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from foreman.board import MAX_SPACING, MIN_SPACING, Board, Change, Live, Poke
+from foreman.board import (
+    ACTIVITY_REFRESH,
+    MAX_SPACING,
+    MIN_SPACING,
+    Board,
+    Change,
+    Live,
+    Poke,
+)
 from foreman.jobs import Job, JobState
 from foreman.store import Store, SyncStore, connect
 
@@ -41,10 +50,10 @@ def test_a_load_is_recorded_with_the_move_that_ends_it_and_counts_the_jobs_it_se
         clock.advance(1)
     first = store.claim(None, max_wait=600)
     assert first is not None and first.state is JobState.LOADING
-    assert store.overview(None, 0).swaps == []  # a load in progress is not a swap yet
+    assert store.overview(None).swaps == []  # a load in progress is not a swap yet
     clock.advance(2.5)
     store.transition(first.id, JobState.LOADING, JobState.WORKING, loaded=True)
-    (swap,) = store.overview(None, 0).swaps
+    (swap,) = store.overview(None).swaps
     assert (swap.model_key, swap.job_id, swap.jobs) == ("a:latest", first.id, 1)
     assert swap.loaded_at - swap.started_at == pytest.approx(2.5)
     store.transition(first.id, JobState.WORKING, JobState.DONE, result={})
@@ -52,7 +61,7 @@ def test_a_load_is_recorded_with_the_move_that_ends_it_and_counts_the_jobs_it_se
     for _ in range(3):
         job = run_job(store, resident)
         resident = job.model_key
-    swaps = [(s.model_key, s.jobs) for s in store.overview(None, 0).swaps]
+    swaps = [(s.model_key, s.jobs) for s in store.overview(None).swaps]
     assert swaps == [("a:latest", 3), ("b:latest", 1)]
 
 
@@ -61,7 +70,7 @@ def test_a_move_to_working_without_a_load_records_no_swap(store: SyncStore) -> N
     job = store.claim(None, max_wait=600)
     assert job is not None
     store.transition(job.id, JobState.LOADING, JobState.WORKING)
-    assert store.overview(None, 0).swaps == []
+    assert store.overview(None).swaps == []
 
 
 def test_jobs_of_a_resident_model_loaded_before_any_recorded_swap_count_nowhere(
@@ -71,7 +80,7 @@ def test_jobs_of_a_resident_model_loaded_before_any_recorded_swap_count_nowhere(
     run_job(store, None)
     store.enqueue(new_job("a:latest"))
     run_job(store, "a:latest")  # resident at start: no load, and not b's job
-    assert [(s.model_key, s.jobs) for s in store.overview(None, 0).swaps] == [("b:latest", 1)]
+    assert [(s.model_key, s.jobs) for s in store.overview(None).swaps] == [("b:latest", 1)]
 
 
 def test_old_swaps_are_pruned(store: SyncStore, clock: FakeClock) -> None:
@@ -80,7 +89,7 @@ def test_old_swaps_are_pruned(store: SyncStore, clock: FakeClock) -> None:
         run_job(store, None)
         clock.advance(100)
     assert store.prune_swaps(clock.now - 150) == 1
-    assert [s.model_key for s in store.overview(None, 0).swaps] == ["b:latest"]
+    assert [s.model_key for s in store.overview(None).swaps] == ["b:latest"]
 
 
 # -- the headline -----------------------------------------------------------------------
@@ -140,7 +149,7 @@ def test_a_load_that_failed_counts_alike_in_both_orders(store: SyncStore) -> Non
     store.transition(job.id, JobState.LOADING, JobState.FAILED, error="model not found")
     activity = store.activity(since=0)
     assert (activity.loads, activity.arrival_loads) == (1, 1)
-    assert store.overview(None, 0).swaps == []
+    assert store.overview(None).swaps == []
 
 
 def test_overview_reads_waiting_jobs_per_model_without_scanning_the_table(
@@ -149,7 +158,7 @@ def test_overview_reads_waiting_jobs_per_model_without_scanning_the_table(
     for model, priority in [("a:latest", 0), ("b:latest", 2), ("a:latest", 5)]:
         store.enqueue(new_job(model, priority=priority))
         clock.advance(1)
-    waiting = {w.model_key: w for w in store.overview(None, 0).waiting}
+    waiting = {w.model_key: w for w in store.overview(None).waiting}
     assert (waiting["a:latest"].count, waiting["a:latest"].top_priority) == (2, 5)
     assert waiting["a:latest"].oldest_enqueued_at == 1000.0
     assert (waiting["b:latest"].count, waiting["b:latest"].oldest_enqueued_at) == (1, 1001.0)
@@ -245,6 +254,31 @@ async def test_the_summary_is_read_once_per_change_and_tokens_are_read_fresh(
     assert len(reads) == 2
     assert [w["count"] for w in third["waiting"]] == [1]
     assert MIN_SPACING <= board.spacing <= MAX_SPACING
+
+
+async def test_the_headline_is_read_at_most_once_a_second_and_caught_up_after_a_burst(
+    async_store: Store, autojump_clock: trio.testing.MockClock
+) -> None:
+    board = Board(async_store, max_wait=600)
+    reads: list[float] = []
+    original = async_store.activity
+
+    async def counted(since: float) -> object:
+        reads.append(trio.current_time())
+        return await original(since)
+
+    async_store.activity = counted  # type: ignore[method-assign]
+    await board.summary()
+    assert len(reads) == 1 and board.refresh_due() is None
+    for _ in range(5):  # a burst of changes within the second
+        board.on_job_change(await async_store.enqueue(new_job()))
+        await board.summary()
+    assert len(reads) == 1
+    due = board.refresh_due()
+    assert due is not None and due == pytest.approx(reads[0] + ACTIVITY_REFRESH, abs=0.1)
+    await trio.sleep_until(due)
+    await board.summary()
+    assert len(reads) == 2 and board.refresh_due() is None
 
 
 async def test_embedding_use_is_shown_and_pokes_only_when_the_model_changes(
