@@ -44,12 +44,7 @@ def blueprint(services: Services) -> Blueprint:
         return await sync.submit_and_answer(services, Endpoint.GENERATE)
 
     async def passthrough(**_: str) -> Response:
-        board = services.board
-        return await proxy.relay(
-            services.upstream,
-            metrics=services.metrics,
-            on_embedding=board.embedding_used if board is not None else None,
-        )
+        return await proxy.relay_for(services)
 
     for rule, methods in RELAYED:
         endpoint = "relay_" + rule.strip("/").replace("/", "_").replace("<", "").replace(">", "")

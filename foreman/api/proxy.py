@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 import httpx
 import trio
@@ -13,6 +14,9 @@ from foreman.api.errors import error_for
 from foreman.metrics import Metrics
 from foreman.residency import normalise_model
 from foreman.upstream import Upstream, UpstreamError, request_headers, response_headers
+
+if TYPE_CHECKING:
+    from foreman.api.app import Services
 
 EMBEDDING_ROUTES = frozenset({"/api/embed", "/api/embeddings", "/v1/embeddings"})
 
@@ -86,6 +90,17 @@ async def relay(
                 await response.aclose()
 
     return build_response(chunks(), response.status_code, headers)
+
+
+async def relay_for(services: Services) -> Response:
+    """`relay` as the Ollama and /v1 routes that bypass the queue use it: embeddings
+    counted in the metrics, and the embedding model used shown on the dashboard."""
+    board = services.board
+    return await relay(
+        services.upstream,
+        metrics=services.metrics,
+        on_embedding=board.embedding_used if board is not None else None,
+    )
 
 
 def _model_of(body: bytes) -> str | None:
