@@ -2,10 +2,10 @@
 
 One `Board` per daemon. It hears every committed job change from the broadcaster and the
 worker's progress through `poke`, and hands both on to the dashboard's event streams, each
-of which has its own channel. A stream sends job changes as they come and a fresh
-`summary` at most once per `spacing` seconds; the summary is read from the database once
-per change and shared by every viewer, and the spacing grows with what the read costs,
-so open dashboards cannot crowd the worker out of the store.
+of which has its own channel (`Feed`). A stream sends job changes in small batches and a
+fresh `summary` at most once per `spacing` seconds; the summary is read from the
+database once per change and shared by every viewer, and the spacing grows with what the
+read costs, so open dashboards cannot crowd the worker out of the store.
 """
 
 from __future__ import annotations

@@ -173,7 +173,6 @@ def _stream(
             while True:
                 wait = SSE_KEEPALIVE if due is None else max(0.0, due - trio.current_time())
                 items: list[Change | Poke] = []
-                ended = False
                 with trio.move_on_after(wait):
                     try:
                         items.append(await feed.receive.receive())
