@@ -90,8 +90,9 @@ async def submit_and_answer(services: Services, endpoint: Endpoint) -> Response:
         owner = owner_filter()
         if owner is not None and submitted.job.key_name != owner:
             return error_for(endpoint.value, 409, "idempotency key already used by another key")
-        return await replay(services.queue, submitted.job)
     interval = keepalive_interval(services.settings, parsed.stream)
+    if submitted.ticket is None:
+        return await replay(services.queue, submitted.job, interval)
     return await answer(services.queue, submitted.job, submitted.ticket, interval)
 
 
@@ -108,30 +109,63 @@ def keepalive_interval(settings: Settings, stream: bool) -> float | None:
     return settings.keepalive
 
 
-async def replay(queue: JobQueue, job: Job) -> Response:
+async def replay(queue: JobQueue, job: Job, keepalive: float | None = None) -> Response:
     """Answer a repeated request (same Idempotency-Key) from the job it already made:
-    wait for it to end, then answer with its stored result."""
+    wait for it to end, then answer with its stored result. With keepalive on, a wait
+    longer than one interval turns into a kept-alive answer, as a first request's does."""
     while not job.state.terminal:
         if not queue.accepting:
             return error_for(
                 job.endpoint.value, 503, "foreman is shutting down", {"Retry-After": "30"}
             )
-        current = await queue.wait(job.id, 60.0)
+        current = await queue.wait(job.id, 60.0 if keepalive is None else keepalive)
         if current is None:
             return error_for(job.endpoint.value, 404, f"job {job.id} is gone")
         job = current
+        if keepalive is not None and not job.state.terminal:
+            return _replay_kept_alive(queue, job, keepalive)
     headers = {"X-Foreman-Job-Id": job.id, "X-Foreman-Queue-Ms": str(job.queue_ms or 0)}
     if job.state is not JobState.DONE:
-        status = 499 if job.state is JobState.CANCELLED else 500
-        message = job.error or f"job {job.id} ended as {job.state.value}"
-        return error_for(job.endpoint.value, status, message, headers)
-    body = json.dumps(job.result, separators=(",", ":"))
+        return error_for(job.endpoint.value, *_ended_badly(job), headers)
+    content_type, data = _stored_answer(job)
+    return Response(data, 200, headers, content_type=content_type)
+
+
+def _stored_answer(job: Job) -> tuple[str, bytes]:
+    """A done job's stored result as its request expects it: for a stream, one part in
+    the endpoint's own framing (an NDJSON line, or one SSE event and [DONE] on /v1)."""
     if job.stream:
-        # the stored result holds the whole answer: a stream of one part, in the
-        # endpoint's own framing (an NDJSON line, or one SSE event and [DONE] on /v1)
-        content_type, data = replay_stream(job.endpoint, job.result)
-        return Response(data, 200, headers, content_type=content_type)
-    return Response(body, 200, headers, content_type="application/json; charset=utf-8")
+        return replay_stream(job.endpoint, job.result)
+    return "application/json; charset=utf-8", json.dumps(job.result, separators=(",", ":")).encode()
+
+
+def _ended_badly(job: Job) -> tuple[int, str]:
+    status = 499 if job.state is JobState.CANCELLED else 500
+    return status, job.error or f"job {job.id} ended as {job.state.value}"
+
+
+def _replay_kept_alive(queue: JobQueue, job: Job, interval: float) -> Response:
+    """A repeated request whose job is still under way: status 200 and the head now,
+    keepalive parts until the job ends, then its stored answer (a failure in-band)."""
+
+    async def parts() -> AsyncIterator[bytes]:
+        current: Job | None = job
+        yield _tick(job)
+        while current is not None and not current.state.terminal:
+            if not queue.accepting:
+                yield _failure(job, 503, "foreman is shutting down; ask again after the restart")
+                return
+            current = await queue.wait(job.id, interval)
+            if current is not None and not current.state.terminal:
+                yield _tick(job)
+        if current is None:
+            yield _failure(job, 404, f"job {job.id} is gone")
+        elif current.state is JobState.DONE:
+            yield _stored_answer(current)[1]
+        else:
+            yield _failure(job, *_ended_badly(current))
+
+    return Response(parts(), 200, _kept_alive_headers(job), content_type=_content_type(job))
 
 
 async def answer(
@@ -178,26 +212,11 @@ def _kept_alive(queue: JobQueue, job: Job, ticket: Ticket, interval: float) -> R
     """The answer of a request that waited `interval` without one: status 200 and the
     head now, keepalive parts until the real answer, then the answer itself (a failure
     in-band, since the status is spent)."""
-    family = Family.of(job.endpoint)
-    if not job.stream:
-        content_type = "application/json; charset=utf-8"
-    elif job.endpoint.openai:
-        content_type = "text/event-stream"
-    else:
-        content_type = "application/x-ndjson"
-
-    def tick() -> bytes:
-        return keepalive_part(job.endpoint, job.model, _ollama_time(), job.stream)
-
-    def failure(status: int, message: str) -> bytes:
-        if job.stream:
-            return family.stream_error(message)
-        return family.error_body(status, message)
 
     async def parts() -> AsyncIterator[bytes]:
         complete = False
         try:
-            yield tick()
+            yield _tick(job)
             message: Message | None = None
             ended = False
             while message is None and not ended:
@@ -207,18 +226,18 @@ def _kept_alive(queue: JobQueue, job: Job, ticket: Ticket, interval: float) -> R
                     except trio.EndOfChannel:
                         ended = True
                 if message is None and not ended:
-                    yield tick()
+                    yield _tick(job)
             if message is None:
                 current = await queue.get(job.id) or job
                 complete = True
-                yield failure(*_no_answer(current, ticket))
+                yield _failure(job, *_no_answer(current, ticket))
                 return
             if isinstance(message, Reply):
                 complete = True
                 if 200 <= message.status < 300 or not job.stream:
                     yield message.body
                 else:
-                    yield failure(message.status, error_message(message.body, message.status))
+                    yield _failure(job, message.status, error_message(message.body, message.status))
                 return
             assert isinstance(message, StreamStart)
             yield message.first
@@ -232,13 +251,35 @@ def _kept_alive(queue: JobQueue, job: Job, ticket: Ticket, interval: float) -> R
                     await _client_left(queue, job, ticket)
             queue.relay.detach(ticket)
 
-    headers = {
+    return Response(parts(), 200, _kept_alive_headers(job), content_type=_content_type(job))
+
+
+def _kept_alive_headers(job: Job) -> dict[str, str]:
+    return {
         "X-Foreman-Job-Id": job.id,
         "X-Foreman-Keepalive": "1",
         "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no",
     }
-    return Response(parts(), 200, headers, content_type=content_type)
+
+
+def _content_type(job: Job) -> str:
+    """What a kept-alive answer is, announced before the answer exists."""
+    if not job.stream:
+        return "application/json; charset=utf-8"
+    return "text/event-stream" if job.endpoint.openai else "application/x-ndjson"
+
+
+def _tick(job: Job) -> bytes:
+    return keepalive_part(job.endpoint, job.model, _ollama_time(), job.stream)
+
+
+def _failure(job: Job, status: int, message: str) -> bytes:
+    """A failure after the head went out: in-band, in the job's own framing."""
+    family = Family.of(job.endpoint)
+    if job.stream:
+        return family.stream_error(message)
+    return family.error_body(status, message)
 
 
 def _ollama_time() -> str:

@@ -196,3 +196,46 @@ async def test_a_failure_after_keepalive_arrives_in_band_as_ollamas_error_line(
     last = json.loads(b"".join(p for _, p in parts).splitlines()[-1])
     assert set(last) == {"error"} and "not found" in last["error"]
     assert "not found" in results["official"].error
+
+
+async def test_a_repeated_request_waiting_on_its_job_gets_keepalives_then_the_answer(
+    client: httpx.AsyncClient, stub: StubOllama, foreman: str
+) -> None:
+    """A client that timed out and retries with the same Idempotency-Key waits on the
+    job its first attempt made; that wait is kept alive too."""
+    body = {"model": "llama3", "messages": MESSAGES}
+    key = {"Idempotency-Key": "memo-42-title"}
+    seen = trio.Event()
+    results: dict[str, Any] = {}
+
+    async def first() -> None:
+        results["first"] = await client.post("/api/chat", json=body, headers=key)
+
+    async def repeated() -> None:
+        results["again"] = await read_with_times(client, "/api/chat", body, seen, 4, key)
+
+    async with trio.open_nursery() as nursery:
+        await occupy_worker(client, stub, nursery)
+        nursery.start_soon(first)
+        with trio.fail_after(30):
+            while not (await client.get("/jobs", params={"state": "queued"})).json()["jobs"]:  # noqa: ASYNC110 - until the first request's job is stored
+                await trio.sleep(0.01)
+        nursery.start_soon(repeated)
+        with trio.fail_after(30):
+            await seen.wait()  # the head and keepalive chunks, while the job still waits
+        stub.release()
+
+    response, parts = results["again"]
+    assert response.status_code == 200
+    assert response.headers["x-foreman-keepalive"] == "1"
+    lines = b"".join(p for _, p in parts).splitlines()
+    chunks = [json.loads(line) for line in lines]
+    assert all(c["done"] is False and c["message"]["content"] == "" for c in chunks[:-1])
+    assert len(chunks) >= 4
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(parts)]
+    assert max(gaps) < MAX_GAP
+    # the last line is the stored answer: the whole text, done
+    assert chunks[-1]["done"] is True
+    assert chunks[-1]["message"]["content"] == stub.expected_text("/api/chat", body)
+    assert results["first"].headers["x-foreman-job-id"] == response.headers["x-foreman-job-id"]
+    assert len([e for e in stub.requests_of("chat") if e.model == "llama3:latest"]) == 1
