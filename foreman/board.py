@@ -42,6 +42,14 @@ class Poke:
 POKE = Poke()
 
 
+class Resync(Poke):
+    """Jobs were deleted (a purge): no change announces it, so a stream sends a whole new
+    snapshot."""
+
+
+RESYNC = Resync()
+
+
 @attrs.define(eq=False)
 class Change:
     """A committed job change, numbered: a stream that read the jobs when the board was
@@ -68,8 +76,9 @@ class Live:
 @attrs.define(eq=False)
 class _Viewer:
     send: trio.MemorySendChannel[Change | Poke]
-    # a poke is already in the channel: one is enough
+    # a poke (or resync) is already in the channel: one is enough
     poked: bool = False
+    resync: bool = False
 
 
 @attrs.define(eq=False)
@@ -81,9 +90,12 @@ class Feed:
     _viewer: _Viewer
     _board: Board
 
-    def took_poke(self) -> None:
-        """Call after taking a `Poke`, so the next one is delivered."""
-        self._viewer.poked = False
+    def took_poke(self, poke: Poke) -> None:
+        """Call after taking a `Poke` (or `Resync`), so the next one is delivered."""
+        if isinstance(poke, Resync):
+            self._viewer.resync = False
+        else:
+            self._viewer.poked = False
 
     def stop(self) -> None:
         self._board._drop(self._viewer)
@@ -131,6 +143,14 @@ class Board:
             if not viewer.poked:
                 viewer.poked = True
                 self._offer(viewer, POKE)
+
+    def jobs_removed(self) -> None:
+        """Finished jobs were deleted: every stream starts over from a new snapshot."""
+        self._version += 1
+        for viewer in list(self._viewers):
+            if not viewer.resync:
+                viewer.resync = True
+                self._offer(viewer, RESYNC)
 
     def embedding_used(self, model: str) -> None:
         if self.embedding is None or self.embedding[0] != model:

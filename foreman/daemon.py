@@ -137,6 +137,7 @@ async def run(
                 worker.cancel_running,
                 tally=tally,
                 max_queue=settings.max_queue,
+                on_removed=board.jobs_removed,
             )
             metrics.live = Live(
                 resident=lambda: worker.resident,

@@ -65,6 +65,7 @@ class JobQueue:
         cancel_running: Callable[[str], bool],
         tally: JobTally | None = None,
         max_queue: int | None = None,
+        on_removed: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.relay = relay
@@ -73,6 +74,8 @@ class JobQueue:
         self._cancel_running = cancel_running
         self.tally = tally or JobTally()
         self.max_queue = max_queue
+        # told when finished jobs are deleted (no job change says so)
+        self._on_removed = on_removed or (lambda: None)
         # False once shutdown began: new jobs are refused, the queue is kept
         self.accepting = True
         # submissions admitted but not yet stored (they count against the limit)
@@ -162,13 +165,17 @@ class JobQueue:
         return job
 
     async def delete(self, job_id: str) -> bool:
-        return await self.store.delete(job_id)
+        deleted = await self.store.delete(job_id)
+        if deleted:
+            self._on_removed()
+        return deleted
 
     async def purge(self, older_than: float) -> int:
         """Delete finished jobs that ended more than `older_than` seconds ago."""
         purged = await self.store.purge(self.store.sync.clock() - older_than)
         if purged:
             log.info("purged %d finished jobs older than %.0fs", purged, older_than)
+            self._on_removed()
         return purged
 
 

@@ -22,7 +22,7 @@ from quart import Blueprint, Response, request
 from foreman.api.auth import caller, key_check, owner_filter
 from foreman.api.errors import ollama_error
 from foreman.api.jobs import SSE_KEEPALIVE, json_response, limit_arg
-from foreman.board import Board, Change, Feed, Poke, job_view
+from foreman.board import Board, Change, Feed, Poke, Resync, job_view
 from foreman.keys import ALL_SCOPES
 from foreman.validate import InvalidRequest
 
@@ -163,10 +163,16 @@ def _stream(
         feed = board.open_feed()
         try:
             yield _event("hello", you)
-            seen = board.version
-            jobs = await services.queue.store.list_jobs(limit=limit, key_name=owner)
-            summary = visible_summary(await board.summary(), owner)
-            yield _event("snapshot", {"summary": summary, "jobs": [job_view(j) for j in jobs]})
+
+            async def snapshot() -> tuple[int, bytes]:
+                seen = board.version
+                jobs = await services.queue.store.list_jobs(limit=limit, key_name=owner)
+                summary = visible_summary(await board.summary(), owner)
+                data = {"summary": summary, "jobs": [job_view(j) for j in jobs]}
+                return seen, _event("snapshot", data)
+
+            seen, first = await snapshot()
+            yield first
             # a summary goes out `board.spacing` seconds after the first change it covers
             # (or when the board's cached headline is due a refresh)
             due = board.refresh_due()
@@ -194,13 +200,19 @@ def _stream(
                 await trio.sleep(BATCH_SECONDS)
                 ended = _take_waiting(feed, items)
                 latest: dict[str, Change] = {}
+                resync = False
                 for item in items:
                     if isinstance(item, Poke):
-                        feed.took_poke()
+                        feed.took_poke(item)
+                        resync = resync or isinstance(item, Resync)
                     elif item.version > seen and (owner is None or item.job.key_name == owner):
                         latest.pop(item.job.id, None)
                         latest[item.job.id] = item
-                if latest:
+                if resync:
+                    # jobs were deleted: a new snapshot holds every change before it
+                    seen, fresh = await snapshot()
+                    yield fresh
+                elif latest:
                     yield b"".join(_job_event(change) for change in latest.values())
                 if ended:
                     return

@@ -290,6 +290,11 @@ def test_an_admin_retries_a_failed_job_and_purges_finished_ones_from_the_page(
     assert client.get(f"/jobs/{failed}").json()["state"] == "done"
     shoot(page, "02-retried")
 
+    # another page watching the same queue
+    other = page.context.new_page()
+    other.goto(f"{foreman.url}/ui")
+    expect(row(other, failed)).to_have_attribute("data-state", "done")
+
     purge = page.locator("#purge")
     purge.click()
     expect(purge).to_have_attribute("data-confirm", "true")
@@ -298,3 +303,7 @@ def test_an_admin_retries_a_failed_job_and_purges_finished_ones_from_the_page(
     expect(page.locator("#jobs tr[data-job-id]")).to_have_count(0)
     assert client.get("/jobs").json()["jobs"] == []
     shoot(page, "03-purged")
+    # the other page learns of the purge from its stream (a new snapshot)
+    expect(other.locator("#jobs tr[data-job-id]")).to_have_count(0)
+    expect(other.locator("#failures .stat-note")).to_contain_text("0 done")
+    shoot(other, "04-purged-elsewhere")

@@ -176,6 +176,29 @@ async def test_a_burst_reaches_the_stream_complete_each_job_in_its_latest_state(
     assert set(last) == ids
 
 
+async def test_a_purge_sends_open_streams_a_new_snapshot(client: httpx.AsyncClient) -> None:
+    done = await submit(client, "llama3", "to purge")
+    assert (await client.get(f"/jobs/{done}", params={"wait": 30})).json()["state"] == "done"
+    async with client.stream("GET", "/queue/events") as response:
+        events = sse_events(response)
+        assert (await events.__anext__())[0] == "hello"
+        kind, snapshot = await events.__anext__()
+        assert [j["id"] for j in snapshot["jobs"]] == [done]
+        r = await client.delete("/jobs", params={"older_than": 0})
+        assert r.json() == {"purged": 1}
+        resent = None
+        with trio.fail_after(30):
+            async for kind, data in events:
+                if kind == "snapshot":
+                    resent = data
+                if kind not in ("snapshot", "summary") or resent is None:
+                    continue
+                summary = data["summary"] if kind == "snapshot" else data
+                if summary["activity"]["finished"] == {}:
+                    break  # the headline catches up within its refresh interval
+        assert resent is not None and resent["jobs"] == []
+
+
 async def test_streamed_job_reports_its_tokens_while_it_runs(
     client: httpx.AsyncClient, stub: StubOllama
 ) -> None:

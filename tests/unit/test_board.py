@@ -16,10 +16,12 @@ from foreman.board import (
     ACTIVITY_REFRESH,
     MAX_SPACING,
     MIN_SPACING,
+    POKE,
     Board,
     Change,
     Live,
     Poke,
+    Resync,
 )
 from foreman.jobs import Job, JobState
 from foreman.store import Store, SyncStore, connect
@@ -193,11 +195,28 @@ async def test_viewers_get_every_change_in_order_and_one_poke_at_a_time(
     assert isinstance(items[2], Change) and items[2].version == 2
     with pytest.raises(trio.WouldBlock):
         feed.receive.receive_nowait()
-    feed.took_poke()
+    feed.took_poke(POKE)
     board.poke()
     assert isinstance(feed.receive.receive_nowait(), Poke)
     feed.stop()
     assert board.viewers == 0
+
+
+async def test_a_purge_asks_each_viewer_once_for_a_new_snapshot(async_store: Store) -> None:
+    board = Board(async_store, max_wait=600)
+    feed = board.open_feed()
+    before = board.version
+    board.jobs_removed()
+    board.jobs_removed()
+    board.poke()
+    taken = [feed.receive.receive_nowait() for _ in range(2)]
+    assert isinstance(taken[0], Resync) and type(taken[1]) is Poke
+    with pytest.raises(trio.WouldBlock):
+        feed.receive.receive_nowait()
+    assert board.version > before  # what the store says changed (fewer finished jobs)
+    feed.took_poke(taken[0])
+    board.jobs_removed()
+    assert isinstance(feed.receive.receive_nowait(), Resync)
 
 
 async def test_a_viewer_that_falls_behind_is_cut_off_and_shutdown_ends_the_rest(
@@ -288,7 +307,7 @@ async def test_embedding_use_is_shown_and_pokes_only_when_the_model_changes(
     feed = board.open_feed()
     board.embedding_used("nomic-embed-text:latest")
     assert isinstance(feed.receive.receive_nowait(), Poke)
-    feed.took_poke()
+    feed.took_poke(POKE)
     board.embedding_used("nomic-embed-text:latest")
     with pytest.raises(trio.WouldBlock):
         feed.receive.receive_nowait()
