@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -191,21 +191,35 @@ async def answer(
         return build_response(first.body, first.status, first.headers)
     assert isinstance(first, StreamStart)
 
-    async def lines() -> AsyncIterator[bytes]:
-        complete = False
-        try:
-            yield first.first
-            async for message in ticket.receive_channel:
-                assert isinstance(message, Chunk)
-                yield message.data
-            complete = True
-        finally:
-            if not complete:
-                with trio.move_on_after(CLEANUP_SECONDS, shield=True):
-                    await _client_left(queue, job, ticket)
-            queue.relay.detach(ticket)
+    return build_response(
+        _relayed(queue, job, ticket, _stream_rest(first, ticket)), first.status, first.headers
+    )
 
-    return build_response(lines(), first.status, first.headers)
+
+async def _stream_rest(start: StreamStart, ticket: Ticket) -> AsyncGenerator[bytes, None]:
+    """A stream's first part, then each chunk the worker relays, until the last."""
+    yield start.first
+    async for message in ticket.receive_channel:
+        assert isinstance(message, Chunk)
+        yield message.data
+
+
+async def _relayed(
+    queue: JobQueue, job: Job, ticket: Ticket, parts: AsyncGenerator[bytes, None]
+) -> AsyncIterator[bytes]:
+    """Send `parts` to the client; if it leaves before they end, its job goes as a
+    departed client's does. Either way the ticket is let go."""
+    complete = False
+    try:
+        async for part in parts:
+            yield part
+        complete = True
+    finally:
+        with trio.move_on_after(CLEANUP_SECONDS, shield=True):
+            await parts.aclose()
+            if not complete:
+                await _client_left(queue, job, ticket)
+        queue.relay.detach(ticket)
 
 
 def _kept_alive(queue: JobQueue, job: Job, ticket: Ticket, interval: float) -> Response:
@@ -213,45 +227,37 @@ def _kept_alive(queue: JobQueue, job: Job, ticket: Ticket, interval: float) -> R
     head now, keepalive parts until the real answer, then the answer itself (a failure
     in-band, since the status is spent)."""
 
-    async def parts() -> AsyncIterator[bytes]:
-        complete = False
-        try:
-            yield _tick(job)
-            message: Message | None = None
-            ended = False
-            while message is None and not ended:
-                with trio.move_on_after(interval):
-                    try:
-                        message = await ticket.receive_channel.receive()
-                    except trio.EndOfChannel:
-                        ended = True
-                if message is None and not ended:
-                    yield _tick(job)
-            if message is None:
-                current = await queue.get(job.id) or job
-                complete = True
-                yield _failure(job, *_no_answer(current, ticket))
-                return
-            if isinstance(message, Reply):
-                complete = True
-                if 200 <= message.status < 300 or not job.stream:
-                    yield message.body
-                else:
-                    yield _failure(job, message.status, error_message(message.body, message.status))
-                return
+    async def parts() -> AsyncGenerator[bytes, None]:
+        yield _tick(job)
+        message: Message | None = None
+        ended = False
+        while message is None and not ended:
+            with trio.move_on_after(interval):
+                try:
+                    message = await ticket.receive_channel.receive()
+                except trio.EndOfChannel:
+                    ended = True
+            if message is None and not ended:
+                yield _tick(job)
+        if message is None:
+            current = await queue.get(job.id) or job
+            yield _failure(job, *_no_answer(current, ticket))
+        elif isinstance(message, Reply):
+            if 200 <= message.status < 300 or not job.stream:
+                yield message.body
+            else:
+                yield _failure(job, message.status, error_message(message.body, message.status))
+        else:
             assert isinstance(message, StreamStart)
-            yield message.first
-            async for rest in ticket.receive_channel:
-                assert isinstance(rest, Chunk)
-                yield rest.data
-            complete = True
-        finally:
-            if not complete:
-                with trio.move_on_after(CLEANUP_SECONDS, shield=True):
-                    await _client_left(queue, job, ticket)
-            queue.relay.detach(ticket)
+            async for part in _stream_rest(message, ticket):
+                yield part
 
-    return Response(parts(), 200, _kept_alive_headers(job), content_type=_content_type(job))
+    return Response(
+        _relayed(queue, job, ticket, parts()),
+        200,
+        _kept_alive_headers(job),
+        content_type=_content_type(job),
+    )
 
 
 def _kept_alive_headers(job: Job) -> dict[str, str]:
