@@ -230,11 +230,7 @@ class Upstream:
         try:
             await self.call("POST", endpoint.native.value, payload, patient=True)
         except UpstreamError as err:
-            if err.status is None or err.body is None or not endpoint.openai:
-                raise
-            # both families answer errors as application/json: only the body changes
-            body = Family.of(endpoint).error_body(err.status, err.message)
-            raise attrs.evolve(err, body=body) from None
+            raise in_family(err, endpoint) from None
 
     async def unload(self, model: str, endpoint: Endpoint) -> None:
         """Ask Ollama to drop a model now (keep_alive 0 with nothing to generate), on the
@@ -256,6 +252,16 @@ class Upstream:
     async def probe(self) -> None:
         """Raises UpstreamError unless Ollama answers."""
         await self.call("GET", "/api/version")
+
+
+def in_family(err: UpstreamError, endpoint: Endpoint) -> UpstreamError:
+    """Ollama's answer to a native call made for a job, as the job's own route would have
+    had it: Ollama's /v1 middleware wraps the native handler's error text, status kept,
+    in OpenAI's shape. Both families answer errors as application/json: only the body
+    changes."""
+    if err.status is None or err.body is None or not endpoint.openai:
+        return err
+    return attrs.evolve(err, body=Family.of(endpoint).error_body(err.status, err.message))
 
 
 def _keep_alive_value(raw: str) -> str | int:

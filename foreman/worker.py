@@ -1,9 +1,11 @@
 """The single worker: claims the next job by the scheduling rule and runs it on Ollama.
 
 Exactly one runs, so at most one chat/generate request is ever at Ollama. It knows which
-model is resident; on a swap it unloads the previous model first (so the load never
-evicts an embedding model from Ollama's other slot), then loads the next one with
-foreman's keep_alive, which pins it while its queue drains. `supervise` restarts it after
+model is resident; on a swap it first asks Ollama whether it has the next model (a job
+for a model Ollama does not have fails with Ollama's 404 and evicts nothing), then
+unloads the previous model (so the load never evicts an embedding model from Ollama's
+other slot), then loads the next one with foreman's keep_alive, which pins it while its
+queue drains. `supervise` restarts it after
 an unexpected error without losing the job it held.
 
 Every attempt is bounded by the job timeout (a hung Ollama cannot hold the worker
@@ -41,6 +43,7 @@ from foreman.store import Store
 from foreman.upstream import (
     Upstream,
     UpstreamError,
+    in_family,
     iter_events,
     iter_lines,
     read_body,
@@ -305,6 +308,8 @@ class Worker:
             # nothing to load for an unload command; it changes residency itself
             return await self._move(running, JobState.WORKING)
         previous = self.resident
+        if previous is not None:
+            await self._check_known(job)
         waiting_prev = await self.store.count_queued(previous) if previous else 0
         waiting_next = await self.store.count_queued(job.model_key)
         log.info(
@@ -330,6 +335,20 @@ class Worker:
         self.resident = job.model_key
         self.resident_endpoint = job.endpoint
         return await self._move(running, JobState.WORKING, loaded=True)
+
+    async def _check_known(self, job: Job) -> None:
+        """Raise Ollama's 404 if it does not have the job's model, before the resident
+        model is unloaded: one typo must not cost the next real request a full reload.
+        /api/show reads the model's files without loading it. Any other failure of the
+        check leaves the decision to the load, as if there had been no check."""
+        try:
+            await self.upstream.show(job.model)
+        except UpstreamError as err:
+            if err.status == 404:
+                raise in_family(err, job.endpoint) from None
+            if err.kind is FailureKind.OUTAGE:
+                raise
+            log.warning("checking %s before the swap failed (%s); swapping anyway", job.model, err)
 
     async def _call(self, job: Job, running: Running) -> None:
         request = _request_object(job.body)
