@@ -12,6 +12,9 @@ The file holds one key a line, `NAME KEY SCOPE[,SCOPE...]` separated by white sp
 Any key may watch the dashboard's data (/queue, /queue/events: a non-admin key sees only
 its own jobs there too); the dashboard's page itself (/ui) and /health, /ready are open.
 
+Keys are printable ASCII: a header carries bytes that the server reads back as Latin-1,
+so a key with other characters could never be presented as written.
+
 `parse_keys` and `required_scopes` are pure. `KeyFile` reads the file and keeps the key
 ring in force; a reload that fails keeps the previous keys (never falls open). A key's
 text is never put in a message or a log line: errors name the line and the key's name.
@@ -33,6 +36,9 @@ log = logging.getLogger("foreman.keys")
 
 MIN_KEY_LENGTH = 16
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+# what a header can carry so that it reads back as the same text: a key beyond it would
+# load and never match
+_PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
 
 
 class KeysError(Exception):
@@ -113,6 +119,11 @@ def parse_keys(text: str, source: str = "keys file") -> KeyRing:
         if len(secret) < MIN_KEY_LENGTH:
             raise KeysError(
                 f"{where}: the key of {name!r} is shorter than {MIN_KEY_LENGTH} characters"
+            )
+        if not _PRINTABLE_ASCII.fullmatch(secret):
+            raise KeysError(
+                f"{where}: the key of {name!r} holds characters other than printable ASCII,"
+                " which a client cannot send in a header"
             )
         scopes: set[Scope] = set()
         for item in scope_text.split(","):

@@ -110,3 +110,50 @@ async def test_sighup_reloads_the_keys_and_keeps_serving(stub: StubOllama, tmp_p
     finally:
         assert await trio.to_thread.run_sync(proc.terminate) == 0
     assert b"first-key" not in proc.output() and b"second-key" not in proc.output()
+
+
+# a key as an editor might leave it: a typographic quote where a ' was meant
+NON_ASCII_KEY = "second-key-0123456789\u2019"
+
+
+def test_a_key_beyond_ascii_stops_foreman_at_start_with_one_line(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(f"ops first-key-0123456789 admin\napp {NON_ASCII_KEY} inference\n", "utf-8")
+    done = run_cli(
+        "serve", "--db", str(tmp_path / "x.db"), "--port", "0", "--api-keys-file", str(keys)
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("foreman: error: "), done.stderr
+    assert "line 2: the key of 'app' holds characters other than printable ASCII" in lines[0]
+    assert "second-key" not in done.stderr
+
+
+async def test_a_key_beyond_ascii_is_refused_at_reload_and_the_old_keys_stay(
+    stub: StubOllama, tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("app first-key-0123456789 inference\n")
+    proc = foreman_process(
+        tmp_path / "f.db", stub.url, tmp_path / "foreman.log", "--api-keys-file", str(keys)
+    )
+    url = await trio.to_thread.run_sync(proc.start)
+    try:
+        keys.write_text(f"app {NON_ASCII_KEY} inference\n", "utf-8")
+        proc.signal(signal.SIGHUP)
+        await trio.to_thread.run_sync(
+            partial(proc.wait_for_output, "keeping the 1 keys already loaded")
+        )
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            old = {"Authorization": "Bearer first-key-0123456789"}
+            assert (await client.get("/api/tags", headers=old)).status_code == 200
+    finally:
+        assert await trio.to_thread.run_sync(proc.terminate) == 0
+    output = proc.output().decode("utf-8", "replace")
+    # one line each time it is refused (the file watcher may also have tried), no trace
+    refused = [line for line in output.splitlines() if "printable ASCII" in line]
+    assert refused, output
+    assert all("line 1: the key of 'app'" in line for line in refused)
+    assert "Traceback" not in output
+    assert "keys reloaded" not in output
+    assert "second-key" not in output

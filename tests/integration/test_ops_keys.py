@@ -161,3 +161,27 @@ async def test_editing_the_keys_file_rotates_keys_and_keys_are_never_logged(
     assert "key=app" in logged and "keys reloaded" in logged
     for secret in (APP, new, BATCH, ROOT, TOKEN):
         assert secret not in logged
+
+
+async def test_a_key_beyond_ascii_written_to_the_file_is_refused_and_the_old_keys_stay(
+    client: httpx.AsyncClient, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    assert settings.api_keys_file is not None
+    settings.api_keys_file.write_text(KEYS.replace(APP, "caf\u00e9-inference-key-0123"), "utf-8")
+
+    def refused() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "printable ASCII" in r.getMessage()]
+
+    # the file is watched (polled every 2 s): wait for the refusal
+    with trio.fail_after(30):
+        while not refused():  # noqa: ASYNC110 - waiting on a log record, not a trio task
+            await trio.sleep(0.05)
+    (record,) = refused()
+    assert record.levelno == logging.ERROR
+    assert "line 2: the key of 'app'" in record.getMessage()
+    assert "keeping the 4 keys already loaded" in record.getMessage()
+    assert "\n" not in record.getMessage() and record.exc_info is None
+    assert (await client.get("/api/tags", headers=bearer(APP))).status_code == 200
+    assert not any("keys reloaded" in r.getMessage() for r in caplog.records)
+    assert "inference-key" not in "\n".join(r.getMessage() for r in caplog.records)

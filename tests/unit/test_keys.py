@@ -54,6 +54,11 @@ def test_authenticate_finds_the_key_and_nothing_else():
             "line 3: the key of 'b' is also another name's key",
         ),
         ("a 0123456789abcdefgh jobs\na 0123456789abcdefgX jobs", "line 2: the name 'a'"),
+        # a header cannot carry these as written: such a key would load and never match
+        ("a 0123456789abcdefgé inference", "line 1: the key of 'a' holds characters other"),
+        ("a 0123456789abcdefg\u2019x inference", "other than printable ASCII"),
+        ("a 0123456789abcdefg\x7f inference", "other than printable ASCII"),
+        ("a 0123456789abcdefg\x01 inference", "other than printable ASCII"),
     ],
 )
 def test_a_bad_line_is_named_and_the_key_never_appears(text, reason):
