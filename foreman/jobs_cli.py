@@ -1,7 +1,9 @@
 """`foreman jobs ...`: the job API from the command line, against a running foreman.
 
 Readable tables by default, `--json` for scripts. Talks HTTP only (`--url` or
-FOREMAN_URL), so it works against a foreman on another machine as well.
+FOREMAN_URL), so it works against a foreman on another machine as well. The key comes
+from FOREMAN_API_KEY (or `--key`, which any user on the machine can read in the process
+list).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any, TextIO
 
 import httpx
 
+from foreman.keys import presentable
+
 DEFAULT_URL = "http://127.0.0.1:11435"
 
 
@@ -27,7 +31,11 @@ class CliError(Exception):
 def add_parser(commands: Any) -> None:
     jobs = commands.add_parser("jobs", help="list, submit, watch and manage jobs")
     jobs.add_argument("--url", help=f"foreman's URL [FOREMAN_URL, default {DEFAULT_URL}]")
-    jobs.add_argument("--key", help="API key, if foreman requires one [FOREMAN_API_KEY]")
+    jobs.add_argument(
+        "--key",
+        help="API key, if foreman requires one; visible to other users of this machine in"
+        " the process list: prefer the FOREMAN_API_KEY environment variable",
+    )
     jobs.add_argument("--json", action="store_true", help="print JSON instead of tables")
     sub = jobs.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
 
@@ -72,6 +80,13 @@ def run(args: argparse.Namespace, env: Mapping[str, str], out: TextIO | None = N
     out = out or sys.stdout
     url = args.url or env.get("FOREMAN_URL") or DEFAULT_URL
     key = args.key or env.get("FOREMAN_API_KEY")
+    if key and not presentable(key):
+        # no header carries it as written (httpx would fail with a traceback)
+        print(
+            "foreman: error: the API key holds characters other than printable ASCII",
+            file=sys.stderr,
+        )
+        return 1
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
         with httpx.Client(base_url=url, headers=headers, timeout=90) as client:

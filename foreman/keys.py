@@ -54,6 +54,11 @@ class Scope(enum.StrEnum):
 ALL_SCOPES = frozenset(Scope)
 
 
+def presentable(key: str) -> bool:
+    """Whether a client can send `key` in a header and have it read back as written."""
+    return _PRINTABLE_ASCII.fullmatch(key) is not None
+
+
 def _digest(text: str) -> bytes:
     # compared as fixed-length digests, so the comparison's time says nothing about
     # the length of any key
@@ -120,7 +125,7 @@ def parse_keys(text: str, source: str = "keys file") -> KeyRing:
             raise KeysError(
                 f"{where}: the key of {name!r} is shorter than {MIN_KEY_LENGTH} characters"
             )
-        if not _PRINTABLE_ASCII.fullmatch(secret):
+        if not presentable(secret):
             raise KeysError(
                 f"{where}: the key of {name!r} holds characters other than printable ASCII,"
                 " which a client cannot send in a header"
@@ -277,6 +282,7 @@ __all__ = [
     "KeysError",
     "Scope",
     "parse_keys",
+    "presentable",
     "presented_key",
     "required_scopes",
     "watch_key_file",

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import trio
 
 from foreman.cli import main
+from foreman.config import Settings
 from foreman.stub import StubOllama
+from foreman.testing import running_foreman
 
 
 async def cli(capsys: pytest.CaptureFixture[str], url: str, *args: str) -> tuple[int, str, str]:
@@ -64,3 +67,33 @@ async def test_watch_follows_a_job_to_its_end(
     code, out, _ = await cli(capsys, foreman, "watch", job["id"])
     assert code == 0
     assert out.splitlines()[-1].split()[:2] == [job["id"], "done"]
+
+
+JOBS_KEY = "jobs-cli-key-0123456789"
+
+
+async def test_the_key_comes_from_foreman_api_key_and_help_says_why(
+    settings: Settings,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(f"batch {JOBS_KEY} jobs\n")
+    async with running_foreman(settings, api_keys_file=keys) as url:
+        code, _, err = await cli(capsys, url, "ls")
+        assert code == 1 and err.startswith("foreman: error: 401: "), err
+        # the variable carries the key, so it never shows in the process list
+        monkeypatch.setenv("FOREMAN_API_KEY", JOBS_KEY)
+        code, out, err = await cli(capsys, url, "--json", "ls")
+        assert code == 0, err
+        assert json.loads(out)["jobs"] == []
+        # a key no header can carry: one line, no traceback, nothing sent
+        monkeypatch.setenv("FOREMAN_API_KEY", "caf\u00e9-0123456789abcdef")
+        code, _, err = await cli(capsys, url, "ls")
+        assert code == 1
+        assert err == "foreman: error: the API key holds characters other than printable ASCII\n"
+    with pytest.raises(SystemExit):
+        main(["jobs", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "visible to other users" in help_text and "FOREMAN_API_KEY" in help_text
