@@ -8,6 +8,7 @@ from typing import Any
 
 from foreman import __version__
 from foreman.jobs import Endpoint, JobState
+from foreman.validate import MAX_DEADLINE
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 JOB = {"$ref": "#/components/schemas/Job"}
@@ -227,7 +228,12 @@ def spec() -> dict[str, Any]:
                         "priority": {"type": "integer", "default": 0},
                         "ref": {"type": "string", "maxLength": 256},
                         "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100},
-                        "deadline": {"type": "number", "exclusiveMinimum": 0},
+                        "deadline": {
+                            "type": "number",
+                            "exclusiveMinimum": 0,
+                            "maximum": MAX_DEADLINE,
+                            "description": "seconds from now by which the job must start",
+                        },
                     },
                 },
                 "Job": {

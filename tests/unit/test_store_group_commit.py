@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -141,6 +142,48 @@ async def test_a_submission_the_database_rejects_fails_alone(store) -> None:
     made = [r[0] for i, r in enumerate(results) if i != 1]
     for job in made:
         assert await store.get(job.id) == job
+
+
+async def test_a_row_the_driver_cannot_bind_fails_alone_inside_the_one_transaction(
+    store,
+) -> None:
+    # regression: a model name holding a lone surrogate (UnicodeEncodeError, not an
+    # sqlite3.Error) failed the whole batch: every neighbour got the error, none stored
+    sizes = _record_batches(store)
+    bad = {3: new_job(model="\ud800"), 7: new_job(priority=2**70), 11: new_job(ref="x\udfff")}
+
+    results = await _submit_all(store, lambda i: store.submit(bad.get(i, new_job())), 14)
+
+    assert sizes == [14]
+    assert isinstance(results[3], UnicodeEncodeError)
+    assert isinstance(results[7], OverflowError)
+    assert isinstance(results[11], UnicodeEncodeError)
+    made = [r[0] for i, r in enumerate(results) if i not in bad]
+    assert all(isinstance(r, tuple) and r[1] for i, r in enumerate(results) if i not in bad)
+    for job in made:
+        assert await store.get(job.id) == job
+    assert len(await store.list_jobs()) == 11
+    assert [job.id for job in store.changes] == [job.id for job in made]
+
+
+def test_a_failing_submission_undoes_only_its_own_work(sync_store: SyncStore) -> None:
+    """Savepoints, not a retry of each alone: one BEGIN and one COMMIT for the batch, and a
+    failure after the insert (a conflicting id) leaves its neighbours' rows in place."""
+    taken = sync_store.enqueue(new_job())
+    statements: list[str] = []
+    sync_store.conn.set_trace_callback(statements.append)
+    try:
+        answers = sync_store.submit_many(
+            [(new_job(ref="a"), None), (new_job(ref="dup"), taken.id), (new_job(ref="b"), None)]
+        )
+    finally:
+        sync_store.conn.set_trace_callback(None)
+
+    assert isinstance(answers[1], sqlite3.IntegrityError)
+    assert [a[0].ref for a in answers if isinstance(a, tuple)] == ["a", "b"]
+    assert sorted(j.ref or "" for j in sync_store.list_jobs()) == ["", "a", "b"]
+    words = [s.split()[0].upper() for s in statements]
+    assert words.count("BEGIN") == 1 and words.count("COMMIT") == 1
 
 
 async def test_a_caller_cancelled_while_its_batch_waits_still_gets_its_job_committed(
