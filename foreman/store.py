@@ -104,6 +104,13 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX swaps_started ON swaps (started_at);
     """,
+    # 5: idempotency keys belong to the API key that used them: the same key from two API
+    # keys names two jobs (jobs made without keys, key_name NULL, share one owner)
+    """
+    DROP INDEX jobs_idempotency;
+    CREATE UNIQUE INDEX jobs_idempotency ON jobs (ifnull(key_name, ''), idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -364,9 +371,11 @@ class SyncStore:
         now = self.clock()
         job_id = job_id or str(ULID())
         if new.idempotency_key is not None:
+            # the unique index's own expression, so the lookup is one seek on it
             found = self.conn.execute(
-                f"SELECT {_COLUMNS}, request_hash FROM jobs WHERE idempotency_key = ?",
-                (new.idempotency_key,),
+                f"SELECT {_COLUMNS}, request_hash FROM jobs"
+                f" WHERE ifnull(key_name, '') = ? AND idempotency_key = ?",
+                (new.key_name or "", new.idempotency_key),
             ).fetchone()
             if found is not None:
                 existing = _row_to_job(found)

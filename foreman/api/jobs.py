@@ -227,8 +227,6 @@ def blueprint(services: Services) -> Blueprint:
         except IdempotencyConflict as exc:
             return ollama_error(409, str(exc))
         job = submitted.job
-        if not _visible(job):
-            return ollama_error(409, "idempotency key already used by another key")
         note(job=job.id)
         return json_response(job_json(job), 202, {"Location": f"/jobs/{job.id}"})
 

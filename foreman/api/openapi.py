@@ -41,7 +41,12 @@ def spec() -> dict[str, Any]:
             "post": {
                 "summary": "Submit a job to collect later",
                 "parameters": [
-                    {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}}
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                        "description": "one job per key and API key",
+                    }
                 ],
                 "requestBody": {
                     "required": True,
@@ -52,7 +57,7 @@ def spec() -> dict[str, Any]:
                 "responses": {
                     "202": _json(JOB, "queued (or the job its idempotency key names)"),
                     "400": _error("invalid submission"),
-                    "409": _error("idempotency key reused with another request"),
+                    "409": _error("idempotency key reused by this API key with another request"),
                 },
             },
             "get": {
