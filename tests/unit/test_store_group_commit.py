@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from foreman.jobs import Job, JobState
 from foreman.store import IdempotencyConflict, Store, SyncStore, connect
@@ -277,3 +280,44 @@ def test_what_someone_is_told_is_synced_and_the_workers_own_moves_are_not(
     assert _commit_levels(s, lambda: s.retry(other.id)) == ["FULL"]
     # and the connection is back at FULL afterwards
     assert s.conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+_KINDS = {
+    "good": lambda: new_job(),
+    "lone surrogate": lambda: new_job(model="m\udc00"),
+    "too large": lambda: new_job(priority=-(2**64)),
+    "no model": lambda: new_job(model=None),
+    "same key": lambda: new_job(idempotency_key="k", request_hash="h"),
+    "key clash": lambda: new_job(idempotency_key="k", request_hash="other"),
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(sorted(_KINDS)), min_size=1, max_size=12))
+def test_in_any_batch_exactly_the_good_submissions_are_stored(kinds: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        conn = connect(Path(folder) / "foreman.db")
+        try:
+            store = SyncStore(conn, FakeClock())
+            answers = store.submit_many([(_KINDS[kind](), None) for kind in kinds])
+            stored = {job.id for job in store.list_jobs(limit=100)}
+        finally:
+            conn.close()
+
+    for kind, answer in zip(kinds, answers, strict=True):
+        if kind == "good":
+            assert isinstance(answer, tuple) and answer[1], answer
+        elif kind in ("lone surrogate", "too large", "no model"):
+            assert isinstance(answer, Exception), answer
+    keyed = [i for i, kind in enumerate(kinds) if kind in ("same key", "key clash")]
+    if keyed:
+        first = answers[keyed[0]]
+        assert isinstance(first, tuple) and first[1]
+        for i in keyed[1:]:
+            if kinds[i] == kinds[keyed[0]]:
+                assert answers[i] == (first[0], False)  # the first job, again
+            else:
+                assert isinstance(answers[i], IdempotencyConflict)
+    made = {answer[0].id for answer in answers if isinstance(answer, tuple)}
+    assert made == stored
+    assert len(stored) == kinds.count("good") + (1 if keyed else 0)
