@@ -104,6 +104,13 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX swaps_started ON swaps (started_at);
     """,
+    # 5: idempotency keys belong to the API key that used them: the same key from two API
+    # keys names two jobs (jobs made without keys, key_name NULL, share one owner)
+    """
+    DROP INDEX jobs_idempotency;
+    CREATE UNIQUE INDEX jobs_idempotency ON jobs (ifnull(key_name, ''), idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -195,7 +202,6 @@ def wall_clock() -> float:
 
 
 def _row_to_job(row: Sequence[Any]) -> Job:
-    result = row[16]
     return Job(
         id=row[0],
         endpoint=Endpoint(row[1]),
@@ -214,7 +220,7 @@ def _row_to_job(row: Sequence[Any]) -> Job:
         started_at=_float(row[13]),
         finished_at=_float(row[14]),
         error=row[15],
-        result=json.loads(result) if result is not None else None,
+        result=_result(row[16]),
         queue_ms=row[17],
         ref=row[18],
         idempotency_key=row[19],
@@ -225,6 +231,17 @@ def _row_to_job(row: Sequence[Any]) -> Job:
 
 def _float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _result(text: str | None) -> Any:
+    """A stored result; text that is not JSON (written by hand, or by a foreman with a
+    bug) comes back as `{"raw": text}` rather than breaking every read of its row."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return {"raw": text}
 
 
 def migrate(conn: sqlite3.Connection) -> int:
@@ -315,8 +332,9 @@ class SyncStore:
         """Several submissions in one transaction: one commit, one fsync, for them all.
 
         The group commit behind concurrent `Store.submit` calls. Each answer is what
-        `submit` would have returned or raised for that submission; an idempotency
-        conflict answers its own submission without touching the others, and if the
+        `submit` would have returned or raised for that submission. Each submission runs
+        inside its own savepoint, so one that fails (an idempotency conflict, a row SQLite
+        or its driver refuses) is rolled back and answers its own caller alone; if the
         transaction as a whole fails, each submission is tried again on its own.
         """
         out: list[tuple[Job, bool] | Exception] = []
@@ -324,10 +342,7 @@ class SyncStore:
             with self.conn:
                 self.conn.execute("BEGIN IMMEDIATE")
                 for new, job_id in batch:
-                    try:
-                        out.append(self._insert(new, job_id))
-                    except IdempotencyConflict as exc:
-                        out.append(exc)
+                    out.append(self._insert_alone(new, job_id))
         except sqlite3.Error:
             if len(batch) == 1:
                 raise
@@ -335,18 +350,32 @@ class SyncStore:
             for new, job_id in batch:
                 try:
                     out.append(self.submit(new, job_id))
-                except (sqlite3.Error, IdempotencyConflict) as exc:
+                except Exception as exc:
                     out.append(exc)
         return out
+
+    def _insert_alone(self, new: NewJob, job_id: str | None) -> tuple[Job, bool] | Exception:
+        """`_insert` inside a savepoint: its failure is its answer, and undoes only its own
+        work. Raises only if the savepoint itself fails (the transaction is lost)."""
+        self.conn.execute("SAVEPOINT submission")
+        try:
+            answer: tuple[Job, bool] | Exception = self._insert(new, job_id)
+        except Exception as exc:
+            self.conn.execute("ROLLBACK TO submission")
+            answer = exc
+        self.conn.execute("RELEASE submission")
+        return answer
 
     def _insert(self, new: NewJob, job_id: str | None) -> tuple[Job, bool]:
         """`submit`'s work inside a transaction the caller holds."""
         now = self.clock()
         job_id = job_id or str(ULID())
         if new.idempotency_key is not None:
+            # the unique index's own expression, so the lookup is one seek on it
             found = self.conn.execute(
-                f"SELECT {_COLUMNS}, request_hash FROM jobs WHERE idempotency_key = ?",
-                (new.idempotency_key,),
+                f"SELECT {_COLUMNS}, request_hash FROM jobs"
+                f" WHERE ifnull(key_name, '') = ? AND idempotency_key = ?",
+                (new.key_name or "", new.idempotency_key),
             ).fetchone()
             if found is not None:
                 existing = _row_to_job(found)

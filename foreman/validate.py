@@ -2,13 +2,18 @@
 
 Only what foreman itself depends on is checked (a JSON object, a model name, the shapes
 that decide streaming and residency); everything else is Ollama's to judge, and its
-answer reaches the client unchanged.
+answer reaches the client unchanged. One exception: the body must be JSON that can be
+stored and shown again, so foreman refuses what Python's parser takes but JSON does not
+(NaN, Infinity, a number too large for a float) and text that is not Unicode (a lone
+surrogate escape such as "\\ud800"), wherever in the body it is.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import math
+import re
+from typing import Any, NoReturn
 
 import attrs
 
@@ -29,7 +34,19 @@ class InferenceRequest:
     body: dict[str, Any]
 
 
+# a \\uXXXX escape in the surrogate range: paired ones (an emoji written as two escapes)
+# are fine, so a match is only a reason to look at the parsed strings
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object that foreman can store and show again.
+
+    Python's parser is laxer than JSON: it takes NaN and Infinity, turns 1e400 into
+    infinity, and keeps a lone surrogate escape as a code point no UTF-8 text can hold
+    (SQLite refuses it, and so would every answer that shows it). All are refused.
+    """
     if not raw.strip():
         raise InvalidRequest("missing request body")
     try:
@@ -37,7 +54,9 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise InvalidRequest("request body is not valid UTF-8") from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_not_json, parse_float=_finite_float)
+    except InvalidRequest:
+        raise
     except ValueError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     except RecursionError:
@@ -45,7 +64,41 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise InvalidRequest("request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise InvalidRequest("request body must be a JSON object")
+    if _SURROGATE_ESCAPE.search(text) and _holds_lone_surrogate(data):
+        raise InvalidRequest(
+            "request body holds a lone surrogate escape (\\ud800-\\udfff without its pair),"
+            " which is not Unicode text"
+        )
     return data
+
+
+def _not_json(name: str) -> NoReturn:
+    raise InvalidRequest(f"request body is not valid JSON: {name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise InvalidRequest(f"request body holds a number too large for a float: {text[:40]}")
+    return value
+
+
+def _holds_lone_surrogate(data: Any) -> bool:
+    """Whether any string (key or value) anywhere in `data` holds a surrogate code point
+    (the parser pairs the escapes it can, so what is left is alone). A loop, not
+    recursion: the body may be nested as deep as the parser allows."""
+    pending = [data]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 def inference_request(endpoint: Endpoint, raw: bytes) -> InferenceRequest:
@@ -55,10 +108,19 @@ def inference_request(endpoint: Endpoint, raw: bytes) -> InferenceRequest:
     return _native_request(endpoint, raw)
 
 
+MAX_MODEL_CHARS = 512
+
+
 def _model(data: dict[str, Any]) -> str:
+    """The model name: stored, logged and shown on the dashboard, so printable and short
+    (Ollama's own names are a few dozen characters of a small alphabet)."""
     model = data.get("model")
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequest("model is required (a non-empty string)")
+    if len(model) > MAX_MODEL_CHARS or not model.isprintable():
+        raise InvalidRequest(
+            f"model must be a printable name of at most {MAX_MODEL_CHARS} characters"
+        )
     return model
 
 
@@ -116,6 +178,9 @@ def _openai_request(endpoint: Endpoint, raw: bytes) -> InferenceRequest:
 # -- job options, shared by the job API and the X-Foreman-* headers of the sync routes --
 
 MAX_PRIORITY = 1_000_000
+# the furthest deadline a job may have: a year (further is no deadline at all, and a
+# number beyond that could not be shown as a date)
+MAX_DEADLINE = 365 * 24 * 3600
 
 
 def check_ref(value: Any) -> str | None:
@@ -148,3 +213,19 @@ def parse_priority(value: str | None) -> int:
             f"X-Foreman-Priority must be between -{MAX_PRIORITY} and {MAX_PRIORITY}"
         )
     return priority
+
+
+def check_deadline(value: Any, now: float) -> float | None:
+    """A job's `deadline` (seconds from now, at most a year) as the wall-clock time by
+    which it must have started."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequest("deadline must be a number of seconds from now")
+    # a comparison, not float(): a whole number too large for a float is refused too
+    if not 0 < value <= MAX_DEADLINE:
+        raise InvalidRequest(
+            f"deadline must be a positive number of seconds from now, at most {MAX_DEADLINE}"
+            " (a year)"
+        )
+    return now + float(value)

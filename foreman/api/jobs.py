@@ -32,6 +32,7 @@ from foreman.store import IdempotencyConflict, NotTerminal
 from foreman.validate import (
     MAX_PRIORITY,
     InvalidRequest,
+    check_deadline,
     check_idempotency_key,
     check_ref,
     inference_request,
@@ -48,11 +49,20 @@ MAX_LIMIT = 500
 SSE_KEEPALIVE = 15.0
 
 
+# the range a timestamp can be written in (years 1970 to 9999)
+_LAST_MOMENT = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+
+
 def timestamp(value: float | None) -> str | None:
-    """RFC 3339 UTC with milliseconds, e.g. 2026-11-23T16:05:09.123Z."""
-    if value is None:
+    """RFC 3339 UTC with milliseconds, e.g. 2026-11-23T16:05:09.123Z.
+
+    Never raises: a stored time beyond the year 9999 (a deadline an older foreman let
+    through) is shown as the last moment that can be written, and one that is not a
+    number at all as null, so no row can break a listing or an event stream.
+    """
+    if value is None or not math.isfinite(value):
         return None
-    moment = datetime.fromtimestamp(value, UTC)
+    moment = datetime.fromtimestamp(min(max(value, 0.0), _LAST_MOMENT), UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -155,13 +165,7 @@ def submission(raw: bytes, default_attempts: int, now: float) -> NewJob:
         raise InvalidRequest("max_attempts must be a whole number from 1 to 100")
     if not 1 <= max_attempts <= 100:
         raise InvalidRequest("max_attempts must be a whole number from 1 to 100")
-    deadline = envelope.get("deadline")
-    if deadline is not None:
-        if isinstance(deadline, bool) or not isinstance(deadline, int | float):
-            raise InvalidRequest("deadline must be a number of seconds from now")
-        if not math.isfinite(deadline) or deadline <= 0:
-            raise InvalidRequest("deadline must be a positive number of seconds from now")
-        deadline = now + float(deadline)
+    deadline = check_deadline(envelope.get("deadline"), now)
     return NewJob(
         endpoint=endpoint,
         model=parsed.model,
@@ -223,8 +227,6 @@ def blueprint(services: Services) -> Blueprint:
         except IdempotencyConflict as exc:
             return ollama_error(409, str(exc))
         job = submitted.job
-        if not _visible(job):
-            return ollama_error(409, "idempotency key already used by another key")
         note(job=job.id)
         return json_response(job_json(job), 202, {"Location": f"/jobs/{job.id}"})
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from foreman import __version__
 from foreman.jobs import Endpoint, JobState
+from foreman.validate import MAX_DEADLINE
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 JOB = {"$ref": "#/components/schemas/Job"}
@@ -40,7 +41,12 @@ def spec() -> dict[str, Any]:
             "post": {
                 "summary": "Submit a job to collect later",
                 "parameters": [
-                    {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}}
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                        "description": "one job per key and API key",
+                    }
                 ],
                 "requestBody": {
                     "required": True,
@@ -51,7 +57,7 @@ def spec() -> dict[str, Any]:
                 "responses": {
                     "202": _json(JOB, "queued (or the job its idempotency key names)"),
                     "400": _error("invalid submission"),
-                    "409": _error("idempotency key reused with another request"),
+                    "409": _error("idempotency key reused by this API key with another request"),
                 },
             },
             "get": {
@@ -227,7 +233,12 @@ def spec() -> dict[str, Any]:
                         "priority": {"type": "integer", "default": 0},
                         "ref": {"type": "string", "maxLength": 256},
                         "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100},
-                        "deadline": {"type": "number", "exclusiveMinimum": 0},
+                        "deadline": {
+                            "type": "number",
+                            "exclusiveMinimum": 0,
+                            "maximum": MAX_DEADLINE,
+                            "description": "seconds from now by which the job must start",
+                        },
                     },
                 },
                 "Job": {

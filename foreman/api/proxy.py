@@ -104,9 +104,11 @@ async def relay_for(services: Services) -> Response:
 
 
 def _model_of(body: bytes) -> str | None:
+    """The model an embedding request names, if it names one; never raises, since the
+    body is the client's and Ollama has already judged it."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     model = data.get("model") if isinstance(data, dict) else None
     return model if isinstance(model, str) and model.strip() else None

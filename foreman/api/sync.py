@@ -25,7 +25,7 @@ import trio
 from quart import Response, request
 
 from foreman.answers import Family, keepalive_part, replay_stream
-from foreman.api.auth import caller, note, owner_filter
+from foreman.api.auth import caller, note
 from foreman.api.errors import error_for
 from foreman.api.proxy import build_response, request_body
 from foreman.config import Settings
@@ -86,10 +86,6 @@ async def submit_and_answer(services: Services, endpoint: Endpoint) -> Response:
     except IdempotencyConflict as exc:
         return error_for(endpoint.value, 409, str(exc))
     note(job=submitted.job.id)
-    if submitted.ticket is None:
-        owner = owner_filter()
-        if owner is not None and submitted.job.key_name != owner:
-            return error_for(endpoint.value, 409, "idempotency key already used by another key")
     interval = keepalive_interval(services.settings, parsed.stream)
     if submitted.ticket is None:
         return await replay(services.queue, submitted.job, interval)

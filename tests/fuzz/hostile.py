@@ -73,14 +73,31 @@ HEADERS = (
 )
 QUERY_KEYS = ("wait", "limit", "cursor", "state", "model", "ref", "older_than", "since", "x")
 # models the corpus may name; the health check uses one it never does
-MODELS = ("llama3", "mistral", "", "nomic-embed-text", "llama3:latest", "x" * 300)
+MODELS = (
+    "llama3",
+    "mistral",
+    "",
+    "nomic-embed-text",
+    "llama3:latest",
+    "x" * 300,
+    "x" * 600,
+    "\ud800",
+    "llama3\udfff",
+    "llama3\n",
+)
+# text that is not Unicode: lone surrogates, which json.dumps writes as escapes ("\ud800")
+text_with_surrogates = st.text(
+    st.one_of(st.characters(), st.characters(categories=["Cs"])), max_size=20
+)
 
 json_leaf = (
     st.none()
     | st.booleans()
     | st.integers(-(2**70), 2**70)
     | st.floats(allow_nan=False, allow_infinity=False)
+    | st.sampled_from([1e308, -1e308, 5e-324, 10**400])
     | st.text(max_size=20)
+    | text_with_surrogates
 )
 json_value = st.recursive(
     json_leaf,
@@ -136,9 +153,23 @@ job_envelope = st.fixed_dictionaries(
         "priority": json_value,
         "ref": json_value,
         "max_attempts": json_value,
-        "deadline": json_value,
+        "deadline": _maybe(st.sampled_from([60, 31_536_000, 31_536_001, 1e308, 10**400])),
         "extra": json_value,
     },
+)
+
+
+# bodies foreman must refuse with 400 whatever the route: a lone surrogate, at the top or
+# nested; numbers JSON cannot hold; a deadline that cannot be a date
+UNSTORABLE = (
+    b'{"model":"\\ud800","messages":[]}',
+    b'{"model":"llama3","messages":[{"role":"user","content":"a\\udfffb"}]}',
+    b'{"model":"llama3","prompt":"\\ud83d"}',
+    b'{"model":"llama3","options":{"num_ctx":1e400}}',
+    b'{"model":"llama3","options":{"temperature":Infinity}}',
+    b'{"endpoint":"/api/chat","body":{"model":"\\ud800"}}',
+    b'{"endpoint":"/api/chat","body":{"model":"llama3"},"deadline":1e308}',
+    b'{"endpoint":"/api/generate","body":{"model":"llama3"},"deadline":1' + b"0" * 400 + b"}",
 )
 
 
@@ -162,6 +193,8 @@ bodies = st.one_of(
     # big, but under the body limit
     st.integers(1, 4).map(lambda mb: b'{"model":"llama3","prompt":"' + b"a" * (mb << 20) + b'"}'),
     st.sampled_from([b"null", b"[]", b"{}", b'"text"', b"1e999999", b"NaN", b'{"model":NaN}']),
+    # what Python's parser takes and JSON does not, or cannot be stored as text
+    st.sampled_from(UNSTORABLE),
 )
 segment = st.one_of(
     st.sampled_from(["01J0000000000000000000000", "x", "..", "%00", "a" * 2000]),

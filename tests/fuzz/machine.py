@@ -53,6 +53,22 @@ FAULTS = ("refuse", "reset", "status", "hang", "cut", "mid_error", "none")
 DONE_LINE = re.compile(r"job (\w{26}) model=\S+ state=done")
 SETTLE_SECONDS = 45.0
 
+# submissions foreman cannot store or show (a lone surrogate, at the top or nested; a
+# number JSON cannot hold; a deadline that cannot be a date): each must be a 400 that
+# harms none of the good submissions sent with it
+UNSTORABLE = (
+    ("/jobs", b'{"endpoint":"/api/chat","body":{"model":"\\ud800","messages":[]}}'),
+    (
+        "/jobs",
+        b'{"endpoint":"/api/chat","body":{"model":"llama3",'
+        b'"messages":[{"role":"user","content":"a\\udfffb"}]}}',
+    ),
+    ("/jobs", b'{"endpoint":"/api/generate","body":{"model":"llama3"},"deadline":1e308}'),
+    ("/api/generate", b'{"model":"llama3","prompt":"x\\ud83d","stream":false}'),
+    ("/api/chat", b'{"model":"\\udc00","messages":[],"stream":false}'),
+    ("/v1/chat/completions", b'{"model":"llama3","messages":[],"temperature":NaN}'),
+)
+
 # what a run tried, over every run of the session (printed by `make fuzz`)
 TRIED: Counter[str] = Counter()
 
@@ -249,6 +265,52 @@ class ForemanMachine(RuleBasedStateMachine):
         )
         client.start()
         self.clients.append(client)
+
+    @rule(
+        bad=st.sampled_from(UNSTORABLE),
+        good=st.lists(
+            st.tuples(st.sampled_from(ENDPOINTS), st.sampled_from(MODELS)), min_size=1, max_size=6
+        ),
+    )
+    def submit_among_unstorable(self, bad: tuple[str, bytes], good: list[tuple[str, str]]) -> None:
+        """Good submissions sent at once with one that cannot be stored: the bad one is
+        a 400, and every good one is taken (the invariants then follow it to its end)."""
+        TRIED["submit_among_unstorable"] += 1
+        sends = [
+            ("/jobs", json.dumps({"endpoint": e, "body": body_for(e, m, self._text(), False)}))
+            for e, m in good
+        ]
+        sends.insert(len(sends) // 2, (bad[0], bad[1].decode()))
+        answers: dict[int, httpx.Response | httpx.HTTPError] = {}
+
+        def post(i: int, path: str, content: str) -> None:
+            try:
+                with self.api() as api:
+                    answers[i] = api.post(
+                        path, content=content, headers={"Content-Type": "application/json"}
+                    )
+            except httpx.HTTPError as exc:
+                answers[i] = exc
+
+        threads = [
+            threading.Thread(target=post, args=(i, path, content), daemon=True)
+            for i, (path, content) in enumerate(sends)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        for i, (path, content) in enumerate(sends):
+            r = answers.get(i)
+            if not isinstance(r, httpx.Response):
+                raise Failure(f"POST {path} got no answer: {r!r}")
+            if (path, content.encode()) == bad:
+                if r.status_code != 400:
+                    raise Failure(f"POST {path} {content} answered {r.status_code}: {r.text}")
+            elif r.status_code != 202:
+                raise Failure(f"POST /jobs beside a bad one answered {r.status_code}: {r.text}")
+            else:
+                self.told.add(r.json()["id"])
 
     @rule(pick=st.integers(0, 10_000))
     def cancel(self, pick: int) -> None:

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from foreman.stub import expected_text
 from foreman.testing import Process, foreman_process, stub_process
 
-from .hostile import Request, requests, send, summary, verdict
+from .hostile import UNSTORABLE, Request, requests, send, summary, verdict
 
 LONG = os.environ.get("FUZZ_PROFILE") == "long"
 EXAMPLES = int(os.environ.get("FUZZ_HOSTILE_EXAMPLES", "3000" if LONG else "150"))
@@ -142,6 +142,21 @@ def test_deeply_nested_and_huge_bodies_get_a_4xx(target: Target) -> None:
         huge = b'{"model":"llama3","prompt":"' + b"a" * (40 << 20) + b'"}'
         r = client.post("/api/generate", content=huge)
         assert r.status_code == 413, r.status_code
+    assert_healthy(target)
+
+
+def test_what_cannot_be_stored_or_shown_is_a_400_on_every_submitting_route(
+    target: Target,
+) -> None:
+    # regression: a lone surrogate failed its whole group commit (500 for its neighbours),
+    # and a deadline of 1e308 was stored and then broke every listing that showed it
+    routes = ("/api/chat", "/api/generate", "/v1/chat/completions", "/v1/completions", "/jobs")
+    with httpx.Client(base_url=target.url, timeout=60) as client:
+        for path in routes:
+            for body in UNSTORABLE:
+                r = client.post(path, content=body, headers={"Content-Type": "application/json"})
+                assert r.status_code == 400, (path, body[:80], r.status_code, r.text[:200])
+        assert client.get("/jobs", params={"limit": 500}).status_code == 200
     assert_healthy(target)
 
 

@@ -143,6 +143,43 @@ async def test_a_jobs_key_sees_only_its_own_jobs_and_admin_sees_all(
     assert len(everyone) == 2
 
 
+async def test_an_idempotency_key_belongs_to_the_api_key_that_used_it(
+    client: httpx.AsyncClient,
+) -> None:
+    # regression: keys were shared, so another API key's reuse was a 409 naming the first
+    # key's job, and any key could squat predictable idempotency keys
+    def job(prompt: str) -> dict[str, object]:
+        return {"endpoint": "/api/generate", "body": {"model": "llama3", "prompt": prompt}}
+
+    shared = {"Idempotency-Key": "nightly-2024-01-01"}
+    mine = await client.post("/jobs", json=job("mine"), headers={**shared, **bearer(BATCH)})
+    theirs = await client.post("/jobs", json=job("theirs"), headers={**shared, **bearer(OTHER)})
+    assert (mine.status_code, theirs.status_code) == (202, 202), theirs.text
+    mine_id, theirs_id = mine.json()["id"], theirs.json()["id"]
+    assert mine_id != theirs_id
+
+    # each key's repeat answers from its own job; a conflict names only the caller's job
+    again = await client.post("/jobs", json=job("theirs"), headers={**shared, **bearer(OTHER)})
+    assert (again.status_code, again.json()["id"]) == (202, theirs_id)
+    clash = await client.post("/jobs", json=job("other"), headers={**shared, **bearer(OTHER)})
+    assert clash.status_code == 409
+    assert theirs_id in clash.json()["error"] and mine_id not in clash.text
+    # an admin key's idempotency keys are its own too
+    root = await client.post("/jobs", json=job("root"), headers={**shared, **bearer(ROOT)})
+    assert root.status_code == 202 and root.json()["id"] not in (mine_id, theirs_id)
+
+    # the synchronous routes: the same key from two API keys makes two jobs
+    sync = {"Idempotency-Key": "sync-shared"}
+    a = await client.post("/api/chat", json=CHAT, headers={**sync, **bearer(APP)})
+    b = await client.post("/api/chat", json=CHAT, headers={**sync, **bearer(BATCH)})
+    assert (a.status_code, b.status_code) == (200, 200), b.text
+    assert a.headers["x-foreman-job-id"] != b.headers["x-foreman-job-id"]
+    repeat = await client.post("/api/chat", json=CHAT, headers={**sync, **bearer(BATCH)})
+    assert repeat.headers["x-foreman-job-id"] == b.headers["x-foreman-job-id"]
+    everyone = (await client.get("/jobs", headers=bearer(ROOT))).json()["jobs"]
+    assert len(everyone) == 5
+
+
 async def test_editing_the_keys_file_rotates_keys_and_keys_are_never_logged(
     client: httpx.AsyncClient, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:

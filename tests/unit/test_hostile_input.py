@@ -21,6 +21,15 @@ def test_deeply_nested_json_is_a_bad_request_not_a_crash() -> None:
         inference_request(Endpoint.CHAT, DEEP_FIELD)
 
 
+def test_the_model_of_a_deeply_nested_embedding_request_is_none_not_a_crash() -> None:
+    # json.loads raised RecursionError after the relay: a 500 from foreman on /api/embed
+    from foreman.api.proxy import _model_of
+
+    assert _model_of(DEEP) is None
+    assert _model_of(DEEP_FIELD) is None
+    assert _model_of(b'{"model":"nomic-embed-text","input":"x"}') == "nomic-embed-text"
+
+
 def test_the_stub_answers_deeply_nested_json_as_ollama_does() -> None:
     assert peek_json(DEEP) is None
     with pytest.raises(HttpError) as caught:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,6 +12,8 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from foreman.jobs import Job, JobState
 from foreman.store import IdempotencyConflict, Store, SyncStore, connect
@@ -143,6 +147,48 @@ async def test_a_submission_the_database_rejects_fails_alone(store) -> None:
         assert await store.get(job.id) == job
 
 
+async def test_a_row_the_driver_cannot_bind_fails_alone_inside_the_one_transaction(
+    store,
+) -> None:
+    # regression: a model name holding a lone surrogate (UnicodeEncodeError, not an
+    # sqlite3.Error) failed the whole batch: every neighbour got the error, none stored
+    sizes = _record_batches(store)
+    bad = {3: new_job(model="\ud800"), 7: new_job(priority=2**70), 11: new_job(ref="x\udfff")}
+
+    results = await _submit_all(store, lambda i: store.submit(bad.get(i, new_job())), 14)
+
+    assert sizes == [14]
+    assert isinstance(results[3], UnicodeEncodeError)
+    assert isinstance(results[7], OverflowError)
+    assert isinstance(results[11], UnicodeEncodeError)
+    made = [r[0] for i, r in enumerate(results) if i not in bad]
+    assert all(isinstance(r, tuple) and r[1] for i, r in enumerate(results) if i not in bad)
+    for job in made:
+        assert await store.get(job.id) == job
+    assert len(await store.list_jobs()) == 11
+    assert [job.id for job in store.changes] == [job.id for job in made]
+
+
+def test_a_failing_submission_undoes_only_its_own_work(sync_store: SyncStore) -> None:
+    """Savepoints, not a retry of each alone: one BEGIN and one COMMIT for the batch, and a
+    failure after the insert (a conflicting id) leaves its neighbours' rows in place."""
+    taken = sync_store.enqueue(new_job())
+    statements: list[str] = []
+    sync_store.conn.set_trace_callback(statements.append)
+    try:
+        answers = sync_store.submit_many(
+            [(new_job(ref="a"), None), (new_job(ref="dup"), taken.id), (new_job(ref="b"), None)]
+        )
+    finally:
+        sync_store.conn.set_trace_callback(None)
+
+    assert isinstance(answers[1], sqlite3.IntegrityError)
+    assert [a[0].ref for a in answers if isinstance(a, tuple)] == ["a", "b"]
+    assert sorted(j.ref or "" for j in sync_store.list_jobs()) == ["", "a", "b"]
+    words = [s.split()[0].upper() for s in statements]
+    assert words.count("BEGIN") == 1 and words.count("COMMIT") == 1
+
+
 async def test_a_caller_cancelled_while_its_batch_waits_still_gets_its_job_committed(
     store,
 ) -> None:
@@ -234,3 +280,44 @@ def test_what_someone_is_told_is_synced_and_the_workers_own_moves_are_not(
     assert _commit_levels(s, lambda: s.retry(other.id)) == ["FULL"]
     # and the connection is back at FULL afterwards
     assert s.conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+_KINDS = {
+    "good": lambda: new_job(),
+    "lone surrogate": lambda: new_job(model="m\udc00"),
+    "too large": lambda: new_job(priority=-(2**64)),
+    "no model": lambda: new_job(model=None),
+    "same key": lambda: new_job(idempotency_key="k", request_hash="h"),
+    "key clash": lambda: new_job(idempotency_key="k", request_hash="other"),
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(sorted(_KINDS)), min_size=1, max_size=12))
+def test_in_any_batch_exactly_the_good_submissions_are_stored(kinds: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        conn = connect(Path(folder) / "foreman.db")
+        try:
+            store = SyncStore(conn, FakeClock())
+            answers = store.submit_many([(_KINDS[kind](), None) for kind in kinds])
+            stored = {job.id for job in store.list_jobs(limit=100)}
+        finally:
+            conn.close()
+
+    for kind, answer in zip(kinds, answers, strict=True):
+        if kind == "good":
+            assert isinstance(answer, tuple) and answer[1], answer
+        elif kind in ("lone surrogate", "too large", "no model"):
+            assert isinstance(answer, Exception), answer
+    keyed = [i for i, kind in enumerate(kinds) if kind in ("same key", "key clash")]
+    if keyed:
+        first = answers[keyed[0]]
+        assert isinstance(first, tuple) and first[1]
+        for i in keyed[1:]:
+            if kinds[i] == kinds[keyed[0]]:
+                assert answers[i] == (first[0], False)  # the first job, again
+            else:
+                assert isinstance(answers[i], IdempotencyConflict)
+    made = {answer[0].id for answer in answers if isinstance(answer, tuple)}
+    assert made == stored
+    assert len(stored) == kinds.count("good") + (1 if keyed else 0)

@@ -63,6 +63,54 @@ def test_the_key_is_stored_with_the_job(store):
     assert got is not None and got.idempotency_key == "k9"
 
 
+def test_the_same_key_from_two_api_keys_makes_two_jobs(store):
+    # regression: keys were global, so another API key's reuse was refused (naming the
+    # first key's job) and a key could squat predictable idempotency keys
+    mine, created = store.submit(new_job(idempotency_key="k", request_hash="h1", key_name="a"))
+    theirs, created_too = store.submit(
+        new_job(idempotency_key="k", request_hash="h2", key_name="b")
+    )
+
+    assert created and created_too and mine.id != theirs.id
+    assert store.submit(new_job(idempotency_key="k", request_hash="h2", key_name="b")) == (
+        theirs,
+        False,
+    )
+    with pytest.raises(IdempotencyConflict) as caught:
+        store.submit(new_job(idempotency_key="k", request_hash="h3", key_name="b"))
+    assert caught.value.job.id == theirs.id
+    assert mine.id not in str(caught.value)
+
+
+def test_jobs_made_without_api_keys_share_one_owner(store):
+    first, _ = store.submit(new_job(idempotency_key="k", request_hash="h"))
+    again, created = store.submit(new_job(idempotency_key="k", request_hash="h"))
+    keyed, keyed_created = store.submit(
+        new_job(idempotency_key="k", request_hash="h", key_name="a")
+    )
+
+    assert again == first and not created
+    assert keyed_created and keyed.id != first.id
+    with pytest.raises(sqlite3.IntegrityError):
+        store.conn.execute(
+            "INSERT INTO jobs (id, endpoint, model, model_key, body, stream, state,"
+            " max_attempts, enqueued_at, created_at, idempotency_key)"
+            " VALUES ('x', '/api/chat', 'm', 'm:latest', x'7b7d', 0, 'queued', 5, 1, 1, 'k')"
+        )
+
+
+def test_the_idempotency_lookup_is_one_seek_on_its_unique_index(store):
+    statements: list[str] = []
+    store.conn.set_trace_callback(statements.append)
+    try:
+        store.submit(new_job(idempotency_key="k", request_hash="h", key_name="a"))
+    finally:
+        store.conn.set_trace_callback(None)
+    (lookup,) = [s for s in statements if s.startswith("SELECT") and "idempotency_key" in s]
+    plan = store.conn.execute("EXPLAIN QUERY PLAN " + lookup).fetchall()
+    assert len(plan) == 1 and "USING INDEX jobs_idempotency" in plan[0][-1], plan
+
+
 # -- retry ------------------------------------------------------------------------------------
 
 
@@ -244,3 +292,33 @@ def test_migrating_fills_the_model_name_of_existing_jobs(db_path):
 
     assert names == {"j1": "m:latest", "j2": "host:5000/ns/m:v1"}
     assert job is not None and job.model_key == 'm:latest {"num_ctx":8192}'
+
+
+def test_migrating_scopes_existing_idempotency_keys_by_their_api_key(db_path):
+    db_path.parent.mkdir(parents=True)
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    for number in range(4):
+        conn.executescript(MIGRATIONS[number])
+    conn.execute("PRAGMA user_version = 4")
+    conn.executemany(
+        "INSERT INTO jobs (id, endpoint, model, model_key, body, stream, state,"
+        " max_attempts, enqueued_at, created_at, idempotency_key, request_hash, key_name)"
+        " VALUES (?, '/api/chat', 'm', 'm:latest', x'7b7d', 0, 'queued', 5, 1, 1, ?, 'h', ?)",
+        [("j1", "k", "a"), ("j2", "free", None)],
+    )
+    conn.close()
+
+    conn = connect(db_path)
+    try:
+        store = SyncStore(conn)
+        kept, created = store.submit(new_job(idempotency_key="k", request_hash="h", key_name="a"))
+        other, other_created = store.submit(
+            new_job(idempotency_key="k", request_hash="h", key_name="b")
+        )
+        unkeyed, unkeyed_created = store.submit(new_job(idempotency_key="free", request_hash="h"))
+    finally:
+        conn.close()
+
+    assert (kept.id, created) == ("j1", False)
+    assert other_created and other.id != "j1"
+    assert (unkeyed.id, unkeyed_created) == ("j2", False)

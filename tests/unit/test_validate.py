@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from foreman.jobs import Endpoint
 from foreman.validate import (
+    MAX_DEADLINE,
+    MAX_MODEL_CHARS,
     MAX_PRIORITY,
     InvalidRequest,
+    check_deadline,
     check_idempotency_key,
     check_ref,
     inference_request,
@@ -237,3 +243,119 @@ def test_parse_priority_rejects_other_values(raw, message):
     with pytest.raises(InvalidRequest) as caught:
         parse_priority(raw)
     assert str(caught.value).startswith(message)
+
+
+# -- what can be stored and shown again -------------------------------------------------------
+
+LONE = "request body holds a lone surrogate escape"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model": "\\ud800"}',
+        b'{"model": "m", "messages": [{"role": "user", "content": "a\\udfffb"}]}',
+        b'{"model": "m", "prompt": "\\uDC00"}',
+        b'{"model": "m", "options": {"stop": ["\\ud83d"]}}',
+        b'{"model": "m", "\\ud800": 1}',
+        b'{"model": "m", "format": {"deep": [[["\\ude00x"]]]}}',
+    ],
+)
+@pytest.mark.parametrize("endpoint", NATIVE + OPENAI)
+def test_a_lone_surrogate_anywhere_in_the_body_is_refused(endpoint, raw):
+    with pytest.raises(InvalidRequest) as caught:
+        inference_request(endpoint, raw.replace(b'"m",', b'"m", "messages": [],', 1))
+    assert str(caught.value).startswith(LONE)
+
+
+def test_paired_surrogate_escapes_and_an_escaped_backslash_are_plain_text():
+    # an emoji written as two escapes is one character; "\\ud800" is six characters
+    data = parse_json_object(b'{"model": "m", "prompt": "\\ud83d\\ude00 \\\\ud800"}')
+    assert data["prompt"] == "\U0001f600 \\ud800"
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b'{"model": "m", "options": {"temperature": NaN}}', "NaN is not a JSON value"),
+        (b'{"model": "m", "options": {"num_ctx": Infinity}}', "Infinity is not a JSON value"),
+        (b'{"model": "m", "seed": -Infinity}', "-Infinity is not a JSON value"),
+        (b'{"model": "m", "options": {"num_ctx": 1e400}}', "number too large for a float"),
+        (b'{"model": "m", "x": -1.5e999}', "number too large for a float"),
+    ],
+)
+def test_numbers_json_cannot_hold_are_refused(raw, message):
+    with pytest.raises(InvalidRequest) as caught:
+        inference_request(Endpoint.GENERATE, raw)
+    assert message in str(caught.value)
+
+
+def test_the_largest_floats_json_can_hold_are_accepted():
+    data = parse_json_object(b'{"a": 1e308, "b": -1.7976931348623157e308, "c": 5e-324}')
+    assert data == {"a": 1e308, "b": -1.7976931348623157e308, "c": 5e-324}
+
+
+@pytest.mark.parametrize("model", ["m\n", "m\x00", "\x1b[31mm", "x" * (MAX_MODEL_CHARS + 1)])
+@pytest.mark.parametrize("endpoint", NATIVE + OPENAI)
+def test_a_model_name_must_be_printable_and_short(endpoint, model):
+    with pytest.raises(InvalidRequest) as caught:
+        inference_request(endpoint, body(model=model, messages=[]))
+    assert str(caught.value).startswith("model must be a printable name of at most")
+
+
+def test_a_long_printable_model_name_within_the_limit_is_accepted():
+    model = "registry.example.com:5000/team/Llama 3 ü:" + "x" * 400
+    assert len(model) <= MAX_MODEL_CHARS
+    assert inference_request(Endpoint.CHAT, body(model=model)).model == model
+
+
+_text_with_surrogates = st.text(
+    st.one_of(st.characters(), st.characters(categories=["Cs"])), max_size=6
+)
+_any_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()  # NaN and infinities included: json.dumps writes them as Python does
+    | _text_with_surrogates,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(_text_with_surrogates, inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@given(st.dictionaries(_text_with_surrogates, _any_json, max_size=4))
+def test_whatever_is_accepted_can_be_stored_and_shown_as_json(data):
+    raw = json.dumps(data).encode()  # ASCII: every surrogate as an escape
+    try:
+        parsed = parse_json_object(raw)
+    except InvalidRequest:
+        return
+    # strict JSON, and UTF-8 text: what SQLite stores and an answer can carry
+    json.dumps(parsed, allow_nan=False, ensure_ascii=False).encode("utf-8")
+
+
+# -- deadlines --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seconds", [0.001, 1, 3600.5, MAX_DEADLINE])
+def test_check_deadline_turns_seconds_from_now_into_a_time(seconds):
+    assert check_deadline(seconds, 1_000.0) == 1_000.0 + seconds
+    assert check_deadline(None, 1_000.0) is None
+
+
+@pytest.mark.parametrize(
+    "seconds", [0, -1, MAX_DEADLINE + 1, 1e308, math.inf, -math.inf, math.nan, 10**400]
+)
+def test_check_deadline_refuses_what_is_not_a_time_within_a_year(seconds):
+    with pytest.raises(InvalidRequest) as caught:
+        check_deadline(seconds, 1_000.0)
+    assert str(caught.value).startswith("deadline must be a positive number of seconds from now")
+
+
+@pytest.mark.parametrize("seconds", ["60", True, [60], {"s": 60}])
+def test_check_deadline_refuses_what_is_not_a_number(seconds):
+    with pytest.raises(InvalidRequest) as caught:
+        check_deadline(seconds, 1_000.0)
+    assert str(caught.value) == "deadline must be a number of seconds from now"
