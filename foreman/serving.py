@@ -23,6 +23,16 @@ that never hangs up kept its socket for as long as foreman ran) and not at shutd
 `start_soon`, which runs it in the connection's nursery alone, and nothing on the way
 there can be interrupted by the request's cancellation.
 
+3. A connection is closed after an answer that must end it: one to an HTTP/1.0 request,
+or to a request that said `Connection: close`. Hypercorn closes such a connection from
+the task that finishes the response, which under Quart-Trio is again the request's own,
+cancelled as soon as the request is done; the close met that cancellation at its first
+checkpoint (before the socket was shut) and the connection stayed open. An HTTP/1.0
+answer without a length ends only when the connection does, so a client reading to the
+end (nginx's default `proxy_pass`, ApacheBench, health checkers) hung until its own
+timeout. The close here is shielded: it does not wait on anything, so the shield only
+lets it finish.
+
 `serve` is hypercorn's, run with `IsolatedTCPServer` as the connection handler.
 """
 
@@ -64,6 +74,11 @@ class IsolatedTCPServer(TCPServer):
     async def _close_when_idle(self, scope: trio.CancelScope) -> None:
         with scope:
             await self._idle_timeout()
+
+    async def _close(self) -> None:
+        # shut the socket even when the caller is a request task being cancelled
+        with trio.CancelScope(shield=True):
+            await super()._close()
 
     async def run(self) -> None:
         try:
