@@ -113,7 +113,7 @@ def _startup_error(exc: BaseException) -> str | None:
             if found is not None:
                 return found
         return None
-    if isinstance(exc, StoreError | KeysError):
+    if isinstance(exc, StoreError | KeysError | ConfigError):
         return str(exc)
     if isinstance(exc, OSError):
         return f"cannot listen: {exc.strerror or exc}"

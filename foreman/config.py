@@ -314,6 +314,23 @@ SETTINGS: tuple[Setting, ...] = (
         "false",
         "also keep non-streamed requests alive (early headers, whitespace before the JSON)",
     ),
+    Setting(
+        "max_connections",
+        "--max-connections",
+        "FOREMAN_MAX_CONNECTIONS",
+        parse_positive_int,
+        None,
+        "client connections held at once; beyond it a new one gets 503 and is closed "
+        "(default: what the open-file limit leaves after a reserve, at most 4096)",
+    ),
+    Setting(
+        "header_timeout",
+        "--header-timeout",
+        "FOREMAN_HEADER_TIMEOUT",
+        parse_positive_float,
+        "10",
+        "seconds a new connection has to send its first request's head before it is closed",
+    ),
 )
 
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -341,6 +358,9 @@ class Settings:
     shutdown_grace: float = 30.0
     keepalive: float = 30.0
     keepalive_unstreamed: bool = False
+    # None: derived at start from the open-file limit (foreman.connections)
+    max_connections: int | None = None
+    header_timeout: float = 10.0
 
     @property
     def listen_is_loopback(self) -> bool:

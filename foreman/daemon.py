@@ -14,32 +14,43 @@ from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
 
+import attrs
 import trio
-from hypercorn.config import Config as HypercornConfig
 
 from foreman.api import Services, create_app
 from foreman.api.access import AccessLog
 from foreman.board import Board
 from foreman.board import Live as BoardLive
 from foreman.config import Settings
+from foreman.connections import AcceptFailureThrottle, connection_cap, raise_open_file_limit
 from foreman.events import JobEvents, Wakeup
 from foreman.keys import KeyFile, watch_key_file
 from foreman.metrics import JobTally, Live, Metrics
 from foreman.queue import JobQueue, run_janitor
 from foreman.relay import Relay
-from foreman.serving import serve  # hypercorn's, with connection errors isolated
+from foreman.serving import ServerConfig, serve  # hypercorn's, with its connections mended
 from foreman.store import Store
-from foreman.upstream import Upstream, default_client
+from foreman.upstream import (
+    PROBE_CONNECTIONS,
+    RELAY_CONNECTIONS,
+    UPSTREAM_CONNECTIONS,
+    WORKER_CONNECTIONS,
+    Upstream,
+    default_client,
+)
 from foreman.worker import Worker, WorkerSettings, supervise
 
 log = logging.getLogger("foreman")
 
+LISTEN_BACKLOG = 1024
 # bound on closing the database at exit (it waits for the store's thread to be free)
 CLOSE_SECONDS = 30
 
 
-def hypercorn_config(settings: Settings) -> HypercornConfig:
-    config = HypercornConfig()
+def hypercorn_config(settings: Settings) -> ServerConfig:
+    """`settings.max_connections` must be resolved (see `with_connection_cap`)."""
+    assert settings.max_connections is not None
+    config = ServerConfig(settings.max_connections, settings.header_timeout)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     config.bind = [f"{host}:{settings.port}"]
     config.accesslog = None
@@ -47,6 +58,9 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
     # generous: an Ollama client may hold a request open for as long as its job takes
     config.keep_alive_timeout = 75
     config.graceful_timeout = 5
+    # connections waiting to be accepted (the kernel may hold fewer: net.core.somaxconn);
+    # hypercorn's 100 made a burst of clients see resets
+    config.backlog = LISTEN_BACKLOG
     return config
 
 
@@ -83,6 +97,16 @@ def load_keys(settings: Settings) -> KeyFile:
     return keys
 
 
+def with_connection_cap(settings: Settings) -> Settings:
+    """The settings with the connection cap resolved against the open-file limit, which
+    is raised first as far as the hard limit allows; raises ConfigError when the limit
+    leaves no room."""
+    soft = raise_open_file_limit()
+    cap = connection_cap(settings.max_connections, soft, UPSTREAM_CONNECTIONS)
+    log.info("open-file limit %d; at most %d client connections at once", soft, cap)
+    return attrs.evolve(settings, max_connections=cap)
+
+
 async def run(
     settings: Settings,
     *,
@@ -92,7 +116,11 @@ async def run(
     """Run foreman until cancelled, or until `control` asks it to stop (then gracefully).
     Reports the address it listens on to `task_status`."""
     control = control or Control()
+    settings = with_connection_cap(settings)
     keys = load_keys(settings)
+    # accept fails only if the system runs out of files; say so once a minute, not 10/s
+    accept_failures = logging.getLogger("trio.serve_listeners")
+    throttle = AcceptFailureThrottle()
     control.keys = keys
     events = JobEvents()
     relay = Relay()
@@ -100,6 +128,7 @@ async def run(
     tally = JobTally()
     metrics = Metrics(tally)
     store = await Store.open(settings.db, on_change=events.publish)
+    accept_failures.addFilter(throttle)
     try:
         events.subscribe(None, relay.on_job_change)
         events.subscribe(None, metrics.on_job_change)
@@ -113,8 +142,12 @@ async def run(
         tally.load(await store.unfinished())
         board = Board(store, settings.max_wait)
         events.subscribe(None, board.on_job_change)
-        async with default_client(settings.ollama_url) as client:
-            upstream = Upstream(client, settings.read_timeout)
+        async with (
+            default_client(settings.ollama_url, RELAY_CONNECTIONS) as relay_client,
+            default_client(settings.ollama_url, WORKER_CONNECTIONS) as worker_client,
+            default_client(settings.ollama_url, PROBE_CONNECTIONS) as probe_client,
+        ):
+            upstream = Upstream(worker_client, settings.read_timeout)
             worker = Worker(
                 store,
                 upstream,
@@ -156,7 +189,8 @@ async def run(
             services = Services(
                 settings=settings,
                 queue=queue,
-                upstream=upstream,
+                upstream=Upstream(relay_client, settings.read_timeout),
+                probes=Upstream(probe_client, settings.read_timeout),
                 keys=keys,
                 metrics=metrics,
                 board=board,
@@ -191,6 +225,7 @@ async def run(
                 log.info("foreman stopped; closing the database")
                 nursery.cancel_scope.cancel()
     finally:
+        accept_failures.removeFilter(throttle)
         with trio.move_on_after(CLOSE_SECONDS, shield=True):
             await store.close()
 

@@ -23,20 +23,62 @@ that never hangs up kept its socket for as long as foreman ran) and not at shutd
 `start_soon`, which runs it in the connection's nursery alone, and nothing on the way
 there can be interrupted by the request's cancellation.
 
+3. A connection is closed after an answer that must end it: one to an HTTP/1.0 request,
+or to a request that said `Connection: close`. Hypercorn closes such a connection from
+the task that finishes the response, which under Quart-Trio is again the request's own,
+cancelled as soon as the request is done; the close met that cancellation at its first
+checkpoint (before the socket was shut) and the connection stayed open. An HTTP/1.0
+answer without a length ends only when the connection does, so a client reading to the
+end (nginx's default `proxy_pass`, ApacheBench, health checkers) hung until its own
+timeout. The close here is shielded: it does not wait on anything, so the shield only
+lets it finish.
+
+4. Connections are capped and a request's head has a deadline (`ServerConfig`). A
+connection beyond `max_connections` is answered 503 with `Retry-After` and closed at
+once, so foreman never runs out of file descriptors (see `foreman.connections`). A new
+connection must deliver its first request's head within `header_timeout`, far shorter
+than the keep-alive timeout that Hypercorn would otherwise apply: connections opened
+and left silent are closed within seconds and their places go to others. A connection
+the client closed is let go at once, not when its idle timer would have run out.
+
 `serve` is hypercorn's, run with `IsolatedTCPServer` as the connection handler.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import hypercorn.trio.run
 import trio
+from hypercorn.config import Config
 from hypercorn.events import Event, Updated
 from hypercorn.trio import serve
 from hypercorn.trio.tcp_server import TCPServer
 
+from foreman.connections import ConnectionCount
+
 log = logging.getLogger("foreman.serving")
+
+# the answer to a connection beyond the cap, sent before closing it
+_OVER_CAP_BODY = b'{"error":"foreman has too many connections open; try again shortly"}\n'
+OVER_CAP = (
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
+    b"Content-Type: application/json\r\nConnection: close\r\n"
+    + f"Content-Length: {len(_OVER_CAP_BODY)}\r\n\r\n".encode()
+    + _OVER_CAP_BODY
+)
+# how long a refused connection may take to be told so
+OVER_CAP_SEND_SECONDS = 1.0
+
+
+class ServerConfig(Config):
+    """Hypercorn's configuration with foreman's connection limits (one per server)."""
+
+    def __init__(self, max_connections: int, header_timeout: float) -> None:
+        super().__init__()
+        self.connections = ConnectionCount(max_connections)
+        self.header_timeout = header_timeout
 
 
 class IsolatedTCPServer(TCPServer):
@@ -44,6 +86,8 @@ class IsolatedTCPServer(TCPServer):
     it has been idle too long or the server stops."""
 
     _idle_scope: trio.CancelScope | None = None
+    # an answer went out: from now on, silence is keep-alive, not a slow head
+    _answered = False
 
     async def protocol_send(self, event: Event) -> None:
         if not isinstance(event, Updated):
@@ -57,6 +101,7 @@ class IsolatedTCPServer(TCPServer):
             self._idle_scope.cancel()
             self._idle_scope = None
         if event.idle:
+            self._answered = True
             scope = trio.CancelScope()
             self._idle_scope = scope
             self._task_group.spawn(self._close_when_idle, scope)
@@ -65,7 +110,37 @@ class IsolatedTCPServer(TCPServer):
         with scope:
             await self._idle_timeout()
 
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        # the client is gone: its timer would otherwise hold the connection (and its
+        # place under the cap) until it ran out, up to the keep-alive timeout
+        with trio.CancelScope(shield=True):
+            await self.idle_task.stop()
+        if self._idle_scope is not None:
+            self._idle_scope.cancel()
+            self._idle_scope = None
+
+    async def _idle_timeout(self) -> None:
+        # hypercorn's timer, with the head deadline until the first answer went out
+        header_timeout = getattr(self.config, "header_timeout", None)
+        if self._answered or header_timeout is None:
+            await super()._idle_timeout()
+            return
+        with trio.move_on_after(header_timeout):
+            await self.context.terminated.wait()
+        with trio.CancelScope(shield=True):
+            await self._initiate_server_close()
+
+    async def _close(self) -> None:
+        # shut the socket even when the caller is a request task being cancelled
+        with trio.CancelScope(shield=True):
+            await super()._close()
+
     async def run(self) -> None:
+        count: ConnectionCount | None = getattr(self.config, "connections", None)
+        if count is not None and not count.take():
+            await self._refuse()
+            return
         try:
             await super().run()
         except Exception as exc:
@@ -74,6 +149,16 @@ class IsolatedTCPServer(TCPServer):
                 log.debug("a connection ended on hypercorn's send race: %r", exc)
             else:
                 log.warning("a connection ended on an error in the HTTP server", exc_info=exc)
+        finally:
+            if count is not None:
+                count.release()
+
+    async def _refuse(self) -> None:
+        """Tell a connection beyond the cap to come back later, and close it."""
+        with trio.move_on_after(OVER_CAP_SEND_SECONDS):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.stream.send_all(OVER_CAP)
+        await self._close()
 
 
 def _only(exc: BaseException, kind: type[BaseException]) -> bool:
@@ -85,4 +170,4 @@ def _only(exc: BaseException, kind: type[BaseException]) -> bool:
 # worker_serve builds each connection's handler from this module attribute
 hypercorn.trio.run.TCPServer = IsolatedTCPServer  # type: ignore[attr-defined]
 
-__all__ = ["IsolatedTCPServer", "serve"]
+__all__ = ["IsolatedTCPServer", "ServerConfig", "serve"]

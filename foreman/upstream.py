@@ -105,15 +105,29 @@ CONNECT_TIMEOUT = 10.0
 WRITE_TIMEOUT = 60.0
 
 
-def default_client(base_url: str) -> httpx.AsyncClient:
+# Connections to Ollama, in separate pools so that no one use can take them all: relayed
+# requests (embeddings, pulls, model information: as many as clients send), the worker
+# (one job at a time, with its loads and unloads) and the readiness probe (which anyone
+# may call). A flood of slow relayed requests waits for the relay's pool, not the worker.
+RELAY_CONNECTIONS = 64
+WORKER_CONNECTIONS = 4
+PROBE_CONNECTIONS = 4
+UPSTREAM_CONNECTIONS = RELAY_CONNECTIONS + WORKER_CONNECTIONS + PROBE_CONNECTIONS
+
+
+def default_client(base_url: str, max_connections: int = RELAY_CONNECTIONS) -> httpx.AsyncClient:
     """No read timeout by default: a load or a long non-streamed generation sends nothing
     for minutes, and closing a request early makes Ollama abort its load. Requests that
     should not go silent for long ask for one (`Upstream.read_timeout`); the worker also
-    bounds every attempt with the job timeout."""
+    bounds every attempt with the job timeout. A request finding every connection busy
+    waits for one (no pool timeout)."""
     return httpx.AsyncClient(
         base_url=base_url,
         timeout=httpx.Timeout(connect=CONNECT_TIMEOUT, read=None, write=WRITE_TIMEOUT, pool=None),
-        limits=httpx.Limits(max_connections=256, max_keepalive_connections=32),
+        limits=httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=min(max_connections, 32),
+        ),
         follow_redirects=False,
     )
 

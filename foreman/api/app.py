@@ -29,7 +29,10 @@ class Services:
 
     settings: Settings
     queue: JobQueue
+    # relayed routes' connections to Ollama
     upstream: Upstream
+    # the readiness probe's own (None: the relay's), which a flood of relayed calls cannot take
+    probes: Upstream | None = None
     keys: KeyFile = attrs.field(factory=lambda: KeyFile(None))
     metrics: Metrics = attrs.field(factory=lambda: Metrics(JobTally()))
     # the dashboard's view (None: no dashboard, e.g. an app built for a unit test)

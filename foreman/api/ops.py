@@ -47,7 +47,7 @@ def blueprint(services: Services) -> Blueprint:
         reachable = False
         with trio.move_on_after(READY_PROBE_SECONDS):
             try:
-                await services.upstream.probe()
+                await (services.probes or services.upstream).probe()
                 reachable = True
             except UpstreamError:
                 pass

@@ -214,9 +214,11 @@ class Request:
     headers: tuple[tuple[str, str], ...]
     body: bytes
     framing: str  # "length", "short" (Content-Length one more than sent), "chunked", "bad-chunk"
+    # "1.1" says `Connection: close`; "1.0" closes by default (as nginx's proxy_pass does)
+    version: str = "1.1"
 
     def encode(self, host: str) -> bytes:
-        lines = [f"{self.method} {self.target} HTTP/1.1", f"Host: {host}"]
+        lines = [f"{self.method} {self.target} HTTP/{self.version}", f"Host: {host}"]
         lines += [f"{name}: {value}" for name, value in self.headers]
         body = self.body
         if self.framing in ("chunked", "bad-chunk"):
@@ -226,7 +228,8 @@ class Request:
         else:
             extra = 1 if self.framing == "short" and body else 0
             lines.append(f"Content-Length: {len(body) + extra}")
-        lines.append("Connection: close")
+        if self.version == "1.1":
+            lines.append("Connection: close")
         return "\r\n".join(lines).encode("latin-1", "replace") + b"\r\n\r\n" + body
 
 
@@ -252,7 +255,8 @@ def requests(draw: st.DrawFn) -> Request:
     if draw(st.booleans()):
         headers += (("Content-Type", "application/json"),)
     framing = draw(st.sampled_from(["length"] * 6 + ["short", "chunked", "bad-chunk"]))
-    return Request(method, target, headers, draw(bodies), framing)
+    version = draw(st.sampled_from(["1.1", "1.0"]))
+    return Request(method, target, headers, draw(bodies), framing, version)
 
 
 @attrs.frozen
@@ -260,6 +264,9 @@ class Answer:
     status: int | None  # None: the server closed the connection without an answer
     body: bytes
     seconds: float
+    # every request asks for the connection to end with the answer: did the server close
+    # it? None when not asked (an event stream has no end to wait for)
+    closed: bool | None = None
 
 
 def send(
@@ -271,7 +278,8 @@ def send(
     head_only: bool = False,
 ) -> Answer:
     """Write `data` (then, with `half_close`, end the sending side, as a client whose
-    body falls short does) and read the answer's head and a small body; close."""
+    body falls short does), read the answer to the end (its first MiB kept) and note
+    whether the server closed the connection after it; close."""
     started = time.monotonic()
     with socket.create_connection((host, port), timeout=timeout) as sock:
         try:
@@ -296,16 +304,28 @@ def send(
                     break
                 buf = rest  # 100 Continue: the real answer follows
             length = 0
-            for line in head.split(b"\r\n")[1:] if not head_only else ():
+            streaming = False
+            for line in head.split(b"\r\n")[1:]:
                 name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
+                name = name.strip().lower()
+                if name == b"content-length" and not head_only:
                     length = min(int(value.strip()), 1 << 20)
+                elif name == b"content-type" and b"event-stream" in value.lower():
+                    streaming = True
             while len(rest) < length:
                 chunk = sock.recv(65536)
                 if not chunk:
                     break
                 rest += chunk
-            return Answer(status, rest, time.monotonic() - started)
+            if streaming:
+                return Answer(status, rest, time.monotonic() - started)
+            try:
+                while chunk := sock.recv(65536):
+                    if len(rest) < 1 << 20:
+                        rest += chunk
+            except TimeoutError:
+                return Answer(status, rest, time.monotonic() - started, closed=False)
+            return Answer(status, rest, time.monotonic() - started, closed=True)
         except (ConnectionResetError, BrokenPipeError):
             return Answer(None, buf, time.monotonic() - started)
         except TimeoutError:
@@ -319,6 +339,8 @@ def verdict(answer: Answer) -> str:
         if answer.body == b"timeout":
             return "no answer before the client gave up"
         return "closed without an answer"
+    if answer.closed is False:
+        return f"BUG connection left open after a {answer.status} answer"
     if answer.status >= 500:
         text = answer.body.decode("utf-8", "replace")
         if "internal error in foreman" in text or not text.strip():

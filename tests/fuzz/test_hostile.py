@@ -232,3 +232,31 @@ def test_relayed_paths_go_to_ollama_as_the_client_encoded_them(target: Target) -
         assert r.status_code == 404  # a model of that name, not Ollama's /api/ps
         assert "models" not in r.json()
     assert_healthy(target)
+
+
+def test_an_answer_that_must_end_the_connection_ends_it(target: Target) -> None:
+    # regression: answers to HTTP/1.0 and `Connection: close` requests left the
+    # connection open, so a client reading to the end (nginx's proxy_pass) hung
+    chat = json.dumps({"model": "llama3", "messages": [{"role": "user", "content": "hi"}]})
+    cases = [
+        ("GET", "/health", ""),
+        ("HEAD", "/health", ""),
+        ("GET", "/api/tags", ""),
+        ("GET", "/jobs", ""),
+        ("GET", "/nope", ""),
+        ("POST", "/api/generate", "{not json"),
+        ("POST", "/api/chat", chat),
+    ]
+    for version in ("1.0", "1.1"):
+        for method, path, body in cases:
+            framing = "length"
+            request = Request(method, path, (), body.encode(), framing, version)
+            answer = send(
+                target.host,
+                target.port,
+                request.encode(f"{target.host}:{target.port}"),
+                head_only=method == "HEAD",
+            )
+            assert answer.closed is True, (version, method, path, verdict(answer))
+            assert not verdict(answer).startswith("BUG"), (version, path, verdict(answer))
+    assert_healthy(target)
