@@ -19,6 +19,7 @@ import httpx
 from foreman.answers import Family
 from foreman.jobs import Endpoint
 from foreman.retry import FailureKind, classify_status
+from foreman.target import TargetRefused, checked_path
 
 # Hop-by-hop and framing headers are the proxy's own business on each side; the rest of
 # the client's headers reach Ollama, and the rest of Ollama's reach the client.
@@ -179,12 +180,29 @@ class Upstream:
             connect=CONNECT_TIMEOUT, read=read_timeout, write=WRITE_TIMEOUT, pool=None
         )
         request = self.client.build_request(
-            method, path, content=body, headers=headers, timeout=timeout
+            method, self.url(path), content=body, headers=headers, timeout=timeout
         )
         try:
             return await self.client.send(request, stream=True)
         except httpx.HTTPError as exc:
             raise _network_error(exc, f"{method} {path}") from None
+
+    def url(self, path: str) -> httpx.URL:
+        """The configured Ollama base URL with `path` (and query) appended.
+
+        `path` is never parsed as a URL of its own: a client's `http://other-host/x` or
+        `//other-host/x` would name another host. Raises httpx.InvalidURL for anything
+        but a path, and for dot segments, which httpx would resolve (possibly out of the
+        base URL's own path)."""
+        if not path.startswith("/"):
+            raise httpx.InvalidURL(f"not a path: {path[:80]!r}")
+        raw = path.encode("utf-8")
+        try:
+            checked_path(raw.partition(b"?")[0], None)
+        except TargetRefused as refused:
+            raise httpx.InvalidURL(refused.message) from None
+        base = self.client.base_url
+        return base.copy_with(raw_path=base.raw_path + raw[1:])
 
     async def call(
         self, method: str, path: str, payload: Any = None, *, patient: bool = False

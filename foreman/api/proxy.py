@@ -41,8 +41,9 @@ async def relay(
     """
     started = trio.current_time()
     body = await request_body()
-    # the path as the client sent it, still percent-encoded: decoded, a tab or NUL in it
-    # made httpx raise (a 500), and "..%2F" segments reached another Ollama route
+    # the path as the client sent it, still percent-encoded (decoded, a tab or NUL in it
+    # made httpx raise, a 500), and checked before routing (`request_target`): no other
+    # host, no dot segments, no encoded slashes, so it names the route foreman authorised
     raw_path = request.scope.get("raw_path") or request.path.encode()
     target = path or raw_path.decode("latin-1")
     if request.query_string:
