@@ -105,9 +105,12 @@ async def relay_for(services: Services) -> Response:
 
 
 def _model_of(body: bytes) -> str | None:
+    """The model an embedding request named, for the dashboard; None when the body does
+    not say. Ollama has answered by now: nothing here may fail the request (a body
+    nested past the parser's recursion limit made it a 500)."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     model = data.get("model") if isinstance(data, dict) else None
     return model if isinstance(model, str) and model.strip() else None

@@ -213,3 +213,15 @@ async def test_dot_segments_and_encoded_slashes_are_refused_before_routing(
             if target.startswith("/v1/"):
                 assert error["error"]["type"] == "invalid_request_error", error
     assert relayed(stub) == []
+
+
+async def test_a_deeply_nested_embedding_body_is_relayed_not_a_500(
+    foreman: str, stub: StubOllama
+) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for path in ("/api/embed", "/api/embeddings", "/v1/embeddings"):
+        body = b'{"model":"nomic-embed-text","input":' + deep + b"}"
+        answer = await raw_request(foreman, "POST", path, body)
+        direct = await raw_request(stub.url, "POST", path, body)
+        assert (answer.status, answer.body) == (direct.status, direct.body), (path, answer)
+        assert answer.status < 500
