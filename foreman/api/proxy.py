@@ -53,7 +53,7 @@ async def relay(
             request.method,
             target,
             body=body or None,
-            headers=request_headers(request.headers.items()),
+            headers=request_headers(request.scope.get("headers") or ()),
         )
     except httpx.InvalidURL:
         return error_for(request.path, 400, "the request path is not a valid URL path")
@@ -78,7 +78,8 @@ async def relay(
             model = _model_of(body)
             if on_embedding is not None and response.status_code < 300 and model is not None:
                 on_embedding(normalise_model(model))
-        return build_response(data, response.status_code, headers)
+        length = _declared_length(response) if request.method == "HEAD" else None
+        return build_response(data, response.status_code, headers, length=length)
 
     async def chunks() -> AsyncIterator[bytes]:
         try:
@@ -116,11 +117,27 @@ def _model_of(body: bytes) -> str | None:
     return model if isinstance(model, str) and model.strip() else None
 
 
+def _declared_length(response: httpx.Response) -> int | None:
+    """The Content-Length Ollama declared (the answer to a HEAD has no body to count)."""
+    try:
+        return int(response.headers["content-length"])
+    except (KeyError, ValueError):
+        return None
+
+
 def build_response(
-    body: bytes | AsyncIterator[bytes], status: int, headers: tuple[tuple[str, str], ...]
+    body: bytes | AsyncIterator[bytes],
+    status: int,
+    headers: tuple[tuple[str, str], ...],
+    *,
+    length: int | None = None,
 ) -> Response:
+    """An answer with exactly `headers`, framed by foreman's server: a whole body goes out
+    with its Content-Length (`length` overrides it, for a HEAD), an iterator chunked."""
     out = Response(body, status=status)
     out.headers.clear()
     for name, value in headers:
         out.headers.add(name, value)
+    if isinstance(body, bytes) and status >= 200 and status not in (204, 304):
+        out.headers["Content-Length"] = str(len(body) if length is None else length)
     return out

@@ -215,6 +215,44 @@ async def test_dot_segments_and_encoded_slashes_are_refused_before_routing(
     assert relayed(stub) == []
 
 
+async def test_relayed_requests_carry_the_clients_headers_and_nothing_of_the_frameworks(
+    foreman: str, stub: StubOllama
+) -> None:
+    headers = (("X-Name", "caf\xe9"), ("User-Agent", "hostile/1"))
+    answer = await raw_request(foreman, "GET", "/api/tags", headers=headers)
+    assert answer.status == 200
+    [seen] = relayed(stub)
+    names = [name for name, _ in seen.headers]
+    assert "remote-addr" not in names, seen.headers
+    assert ("x-name", "caf\xe9") in seen.headers
+    assert ("user-agent", "hostile/1") in seen.headers
+    assert seen.target == "/api/tags"
+
+
+async def test_relayed_answers_carry_one_date_one_server_and_their_length(
+    foreman: str, stub: StubOllama
+) -> None:
+    version = await raw_request(foreman, "GET", "/api/version")
+    show = await raw_request(foreman, "POST", "/api/show", b'{"model":"llama3"}')
+    missing = await raw_request(foreman, "POST", "/api/show", b'{"model":"nope"}')
+    embed = await raw_request(
+        foreman, "POST", "/api/embed", b'{"model":"nomic-embed-text","input":"a"}'
+    )
+    generate = await raw_request(
+        foreman, "POST", "/api/generate", b'{"model":"llama3","prompt":"hi","stream":false}'
+    )
+    for answer in (version, show, missing, embed, generate):
+        assert len(answer.all("date")) == 1, answer.headers
+        assert len(answer.all("server")) == 1, answer.headers
+        assert answer.all("transfer-encoding") == [], answer.headers
+        assert answer.all("content-length") == [str(len(answer.body))], answer.headers
+    assert (version.status, show.status, missing.status) == (200, 200, 404)
+    root = await raw_request(foreman, "GET", "/")
+    head = await raw_request(foreman, "HEAD", "/")
+    assert head.status == 200
+    assert head.all("content-length") == root.all("content-length") == [str(len(root.body))]
+
+
 async def test_a_deeply_nested_embedding_body_is_relayed_not_a_500(
     foreman: str, stub: StubOllama
 ) -> None:
