@@ -19,6 +19,7 @@ import httpx
 from foreman.answers import Family
 from foreman.jobs import Endpoint
 from foreman.retry import FailureKind, classify_status
+from foreman.target import TargetRefused, checked_path
 
 # Hop-by-hop and framing headers are the proxy's own business on each side; the rest of
 # the client's headers reach Ollama, and the rest of Ollama's reach the client.
@@ -37,6 +38,9 @@ HOP_HEADERS = frozenset(
 )
 # Headers that are foreman's own and never go upstream (keys, foreman's controls).
 PRIVATE_HEADERS = frozenset({"authorization", "x-service-key", "cookie"})
+# Ollama's headers that foreman's own server writes for the client: relayed as well, the
+# client got two of each.
+SERVER_HEADERS = frozenset({"date", "server"})
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -62,23 +66,30 @@ class UpstreamError(Exception):
         return self.message
 
 
-def request_headers(incoming: Iterable[tuple[str, str]]) -> httpx.Headers:
+def request_headers(incoming: Iterable[tuple[bytes, bytes]]) -> httpx.Headers:
     """The client's headers that may go to Ollama, as the bytes the client sent.
 
-    The server decodes header values as Latin-1; httpx refuses such text beyond ASCII,
-    which made relaying a header like `X-Name: é` a 500, so they go on as bytes."""
+    `incoming` is the header list of the request as it arrived (the ASGI scope's): the
+    web framework's view adds headers of its own (`Remote-Addr`) that no client sent.
+    Values go on as bytes: httpx refuses text beyond ASCII, which made relaying a header
+    like `X-Name: é` a 500."""
     out: list[tuple[bytes, bytes]] = []
     for name, value in incoming:
-        lower = name.lower()
+        lower = name.decode("latin-1").lower()
         if lower in HOP_HEADERS or lower in PRIVATE_HEADERS or lower.startswith("x-foreman-"):
             continue
-        out.append((name.encode("latin-1", "replace"), value.encode("latin-1", "replace")))
+        out.append((bytes(name), bytes(value)))
     return httpx.Headers(out)
 
 
 def response_headers(headers: httpx.Headers) -> Headers:
-    """Ollama's headers that may go back to the client."""
-    return tuple((k, v) for k, v in headers.multi_items() if k.lower() not in HOP_HEADERS)
+    """Ollama's headers that may go back to the client: not the framing, which foreman's
+    server sets for its own answer, nor `Date` and `Server`, which it writes itself."""
+    return tuple(
+        (k, v)
+        for k, v in headers.multi_items()
+        if k.lower() not in HOP_HEADERS and k.lower() not in SERVER_HEADERS
+    )
 
 
 def error_message(body: bytes, status: int) -> str:
@@ -193,12 +204,29 @@ class Upstream:
             connect=CONNECT_TIMEOUT, read=read_timeout, write=WRITE_TIMEOUT, pool=None
         )
         request = self.client.build_request(
-            method, path, content=body, headers=headers, timeout=timeout
+            method, self.url(path), content=body, headers=headers, timeout=timeout
         )
         try:
             return await self.client.send(request, stream=True)
         except httpx.HTTPError as exc:
             raise _network_error(exc, f"{method} {path}") from None
+
+    def url(self, path: str) -> httpx.URL:
+        """The configured Ollama base URL with `path` (and query) appended.
+
+        `path` is never parsed as a URL of its own: a client's `http://other-host/x` or
+        `//other-host/x` would name another host. Raises httpx.InvalidURL for anything
+        but a path, and for dot segments, which httpx would resolve (possibly out of the
+        base URL's own path)."""
+        if not path.startswith("/"):
+            raise httpx.InvalidURL(f"not a path: {path[:80]!r}")
+        raw = path.encode("utf-8")
+        try:
+            checked_path(raw.partition(b"?")[0], None)
+        except TargetRefused as refused:
+            raise httpx.InvalidURL(refused.message) from None
+        base = self.client.base_url
+        return base.copy_with(raw_path=base.raw_path + raw[1:])
 
     async def call(
         self, method: str, path: str, payload: Any = None, *, patient: bool = False

@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from foreman.api import auth, dashboard, jobs, ollama, openai, ops
 from foreman.api.errors import error_for, http_error
+from foreman.api.request_target import TargetCheck
 from foreman.board import Board
 from foreman.config import Settings
 from foreman.keys import KeyFile
@@ -49,6 +50,8 @@ def create_app(services: Services) -> QuartTrio:
         PROVIDE_AUTOMATIC_OPTIONS=False,
     )
     app.extensions["foreman"] = services
+    # before routing and authorisation: the path they see is the path relayed to Ollama
+    app.asgi_app = TargetCheck(app.asgi_app)  # type: ignore[method-assign,assignment]
     max_body = services.settings.max_body
 
     @app.before_request

@@ -41,8 +41,9 @@ async def relay(
     """
     started = trio.current_time()
     body = await request_body()
-    # the path as the client sent it, still percent-encoded: decoded, a tab or NUL in it
-    # made httpx raise (a 500), and "..%2F" segments reached another Ollama route
+    # the path as the client sent it, still percent-encoded (decoded, a tab or NUL in it
+    # made httpx raise, a 500), and checked before routing (`request_target`): no other
+    # host, no dot segments, no encoded slashes, so it names the route foreman authorised
     raw_path = request.scope.get("raw_path") or request.path.encode()
     target = path or raw_path.decode("latin-1")
     if request.query_string:
@@ -52,7 +53,7 @@ async def relay(
             request.method,
             target,
             body=body or None,
-            headers=request_headers(request.headers.items()),
+            headers=request_headers(request.scope.get("headers") or ()),
         )
     except httpx.InvalidURL:
         return error_for(request.path, 400, "the request path is not a valid URL path")
@@ -77,7 +78,8 @@ async def relay(
             model = _model_of(body)
             if on_embedding is not None and response.status_code < 300 and model is not None:
                 on_embedding(normalise_model(model))
-        return build_response(data, response.status_code, headers)
+        length = _declared_length(response) if request.method == "HEAD" else None
+        return build_response(data, response.status_code, headers, length=length)
 
     async def chunks() -> AsyncIterator[bytes]:
         try:
@@ -104,8 +106,9 @@ async def relay_for(services: Services) -> Response:
 
 
 def _model_of(body: bytes) -> str | None:
-    """The model an embedding request names, if it names one; never raises, since the
-    body is the client's and Ollama has already judged it."""
+    """The model an embedding request named, for the dashboard; None when the body does
+    not say. Ollama has answered by now: nothing here may fail the request (a body
+    nested past the parser's recursion limit made it a 500)."""
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):
@@ -114,11 +117,27 @@ def _model_of(body: bytes) -> str | None:
     return model if isinstance(model, str) and model.strip() else None
 
 
+def _declared_length(response: httpx.Response) -> int | None:
+    """The Content-Length Ollama declared (the answer to a HEAD has no body to count)."""
+    try:
+        return int(response.headers["content-length"])
+    except (KeyError, ValueError):
+        return None
+
+
 def build_response(
-    body: bytes | AsyncIterator[bytes], status: int, headers: tuple[tuple[str, str], ...]
+    body: bytes | AsyncIterator[bytes],
+    status: int,
+    headers: tuple[tuple[str, str], ...],
+    *,
+    length: int | None = None,
 ) -> Response:
+    """An answer with exactly `headers`, framed by foreman's server: a whole body goes out
+    with its Content-Length (`length` overrides it, for a HEAD), an iterator chunked."""
     out = Response(body, status=status)
     out.headers.clear()
     for name, value in headers:
         out.headers.add(name, value)
+    if isinstance(body, bytes) and status >= 200 and status not in (204, 304):
+        out.headers["Content-Length"] = str(len(body) if length is None else length)
     return out

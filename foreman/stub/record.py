@@ -27,6 +27,10 @@ class RequestEntry:
     model: str | None
     arrival: float
     connection: int = 0
+    # the request target as sent (path and query, still encoded) and the headers as
+    # received (names in lower case): what foreman relayed, byte for byte
+    target: str = ""
+    headers: list[tuple[str, str]] = attrs.field(factory=list)
     body: Any = None
     keep_alive: Any = None
     stream: bool | None = None

@@ -166,6 +166,8 @@ async def serve_request(state: StubState, exchange: Exchange, loopback: bool) ->
     kind, model = classify(request.path, body)
     entry = state.recorder.begin(request.method, request.path, kind, model, trio.current_time())
     entry.connection = exchange.conn.ident
+    entry.target = request.target
+    entry.headers = list(request.headers)
     entry.body = body if body is not None else (request.body.decode("utf-8", "replace") or None)
     if isinstance(body, dict):
         entry.keep_alive = body.get("keep_alive")

@@ -207,6 +207,36 @@ header_value = st.one_of(
 )
 
 
+# request targets that would make a relay call another host or another route: absolute
+# form (legal HTTP/1.1) and dot segments, plain and percent-encoded. "{foreman}" and
+# "{elsewhere}" are filled in when the request is written: foreman's own authority, and a
+# listener standing in for any other host on the network
+AUTHORITIES = (
+    "{elsewhere}",
+    "{foreman}",
+    "user@{foreman}",
+    "{elsewhere}@{foreman}",
+    "{foreman}@{elsewhere}",
+    "169.254.169.254",
+    "[::1]:1",
+)
+SCHEMES = ("http", "https", "HTTP", "ftp", "file")
+DOTS = ("..", ".", "%2e%2e", "%2E%2e", ".%2e", "%2e.", "%2e", "..%2f", "%2e%2e%2F", "..%5c")
+AIMS = ("api/pull", "api/delete", "api/ps", "_stub/state", "etc/passwd", "")
+
+
+@st.composite
+def hostile_targets(draw: st.DrawFn) -> str:
+    """An absolute-form target, or a route's path with dot segments climbing out of it."""
+    route = draw(st.sampled_from(ROUTES)).replace("{", "").replace("}", "")
+    if draw(st.booleans()):
+        scheme = draw(st.sampled_from(SCHEMES))
+        return f"{scheme}://{draw(st.sampled_from(AUTHORITIES))}{route}"
+    dots = draw(st.lists(st.sampled_from(DOTS), min_size=1, max_size=4))
+    climb = "/".join(dots)
+    return f"{route.rstrip('/')}/{climb}/{draw(st.sampled_from(AIMS))}"
+
+
 @attrs.frozen
 class Request:
     method: str
@@ -217,8 +247,9 @@ class Request:
     # "1.1" says `Connection: close`; "1.0" closes by default (as nginx's proxy_pass does)
     version: str = "1.1"
 
-    def encode(self, host: str) -> bytes:
-        lines = [f"{self.method} {self.target} HTTP/{self.version}", f"Host: {host}"]
+    def encode(self, host: str, elsewhere: str = "elsewhere.invalid:9") -> bytes:
+        target = self.target.replace("{foreman}", host).replace("{elsewhere}", elsewhere)
+        lines = [f"{self.method} {target} HTTP/{self.version}", f"Host: {host}"]
         lines += [f"{name}: {value}" for name, value in self.headers]
         body = self.body
         if self.framing in ("chunked", "bad-chunk"):
@@ -246,6 +277,8 @@ def requests(draw: st.DrawFn) -> Request:
     target = path + ("?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else "")
     if not target.startswith("/") or any(c in target for c in " \r\n"):
         target = quote(target, safe="/?&=%")
+    if draw(st.integers(0, 9)) == 0:
+        target = draw(hostile_targets())
     method = draw(
         st.sampled_from(METHODS)
         if draw(st.integers(0, 3)) == 0

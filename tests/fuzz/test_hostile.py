@@ -20,11 +20,12 @@ import attrs
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from foreman.stub import expected_text
 from foreman.testing import Process, foreman_process, stub_process
 
-from .hostile import UNSTORABLE, Request, requests, send, summary, verdict
+from .hostile import UNSTORABLE, Request, hostile_targets, requests, send, summary, verdict
 
 LONG = os.environ.get("FUZZ_PROFILE") == "long"
 EXAMPLES = int(os.environ.get("FUZZ_HOSTILE_EXAMPLES", "3000" if LONG else "150"))
@@ -37,11 +38,40 @@ class Target:
     host: str
     port: int
     foreman: Process
+    # a listener standing in for any other host on the network: nothing may connect to it
+    elsewhere: socket.socket
+
+    @property
+    def authority(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def elsewhere_authority(self) -> str:
+        host, port = self.elsewhere.getsockname()[:2]
+        return f"{host}:{port}"
+
+    def encode(self, request: Request) -> bytes:
+        return request.encode(self.authority, self.elsewhere_authority)
+
+
+def connections_to(listener: socket.socket) -> int:
+    """How many connections reached a listener that never accepts (they wait in its
+    backlog, so none is missed)."""
+    count = 0
+    while True:
+        try:
+            sock, _ = listener.accept()
+        except BlockingIOError:
+            return count
+        sock.close()
+        count += 1
 
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     work = tmp_path_factory.mktemp("hostile")
+    elsewhere = socket.create_server(("127.0.0.1", 0), backlog=128)
+    elsewhere.setblocking(False)
     stub = stub_process(
         work / "stub.log",
         "--models",
@@ -67,10 +97,11 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     parts = urlsplit(url)
     assert parts.hostname is not None and parts.port is not None
     try:
-        yield Target(url, parts.hostname, parts.port, foreman)
+        yield Target(url, parts.hostname, parts.port, foreman, elsewhere)
     finally:
         foreman.terminate()
         stub.terminate()
+        elsewhere.close()
 
 
 def assert_healthy(target: Target) -> None:
@@ -86,6 +117,7 @@ def assert_healthy(target: Target) -> None:
     assert "unexpected error answering a request" not in log
     # hypercorn logs its own send race ("Error in ASGI Framework"); foreman must not crash
     assert "a connection ended on an error in the HTTP server" not in log
+    assert connections_to(target.elsewhere) == 0, "foreman was made to call another host"
 
 
 def test_every_route_answers_a_hostile_corpus_without_an_error_of_its_own(target: Target) -> None:
@@ -103,7 +135,7 @@ def test_every_route_answers_a_hostile_corpus_without_an_error_of_its_own(target
         answer = send(
             target.host,
             target.port,
-            request.encode(f"{target.host}:{target.port}"),
+            target.encode(request),
             half_close=request.framing == "short",
             head_only=request.method == "HEAD",
         )
@@ -122,6 +154,36 @@ def test_every_route_answers_a_hostile_corpus_without_an_error_of_its_own(target
         print(f"\n{summary(counts)} in {time.monotonic() - started:.0f}s")
         for bug in bugs[:10]:
             print("  " + bug)
+    assert_healthy(target)
+
+
+def test_absolute_targets_and_dot_segments_reach_only_ollama_and_get_a_4xx(
+    target: Target,
+) -> None:
+    counts: Counter[str] = Counter()
+
+    @settings(
+        max_examples=EXAMPLES // 3,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        database=None,
+    )
+    @given(aim=hostile_targets(), method=st.sampled_from(["GET", "POST", "HEAD", "DELETE"]))
+    def one(aim: str, method: str) -> None:
+        request = Request(method, aim, (), b'{"model":"llama3"}', "length")
+        answer = send(target.host, target.port, target.encode(request), head_only=method == "HEAD")
+        outcome = verdict(answer)
+        counts[outcome] += 1
+        assert answer.status is not None and answer.status < 500, (aim, outcome)
+        own = aim.lower().startswith(("http://{foreman}/", "https://{foreman}/"))
+        if not own:
+            assert 400 <= answer.status < 500, (aim, outcome)
+        assert connections_to(target.elsewhere) == 0, aim
+
+    try:
+        one()
+    finally:
+        print(f"\n{summary(counts)}")
     assert_healthy(target)
 
 
@@ -229,7 +291,7 @@ def test_relayed_paths_go_to_ollama_as_the_client_encoded_them(target: Target) -
         assert status is not None and status < 500, (path, status)
     with httpx.Client(base_url=target.url, timeout=30) as client:
         r = client.get("/v1/models/..%2F..%2Fapi%2Fps")
-        assert r.status_code == 404  # a model of that name, not Ollama's /api/ps
+        assert r.status_code == 400  # refused before routing, never Ollama's /api/ps
         assert "models" not in r.json()
     assert_healthy(target)
 
