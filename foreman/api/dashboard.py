@@ -23,6 +23,7 @@ from foreman.api.auth import caller, key_check, owner_filter
 from foreman.api.errors import ollama_error
 from foreman.api.jobs import SSE_KEEPALIVE, json_response, limit_arg
 from foreman.board import Board, Change, Feed, Poke, Resync, job_view
+from foreman.jobs import Job
 from foreman.keys import ALL_SCOPES
 from foreman.validate import InvalidRequest
 
@@ -138,11 +139,9 @@ def _take_waiting(feed: Feed, items: list[Change | Poke]) -> bool:
             return True
 
 
-def _job_event(change: Change) -> bytes:
-    """A job's `job` event, encoded once however many streams send it."""
-    if change.encoded is None:
-        change.encoded = _event("job", job_view(change.job))
-    return change.encoded
+def _job_event(job: Job) -> bytes:
+    """A job's `job` event (encoded once per change however many streams send it)."""
+    return _event("job", job_view(job))
 
 
 def _event(kind: str, data: Any) -> bytes:
@@ -213,7 +212,7 @@ def _stream(
                     seen, fresh = await snapshot()
                     yield fresh
                 elif latest:
-                    yield b"".join(_job_event(change) for change in latest.values())
+                    yield b"".join(change.encoded(_job_event) for change in latest.values())
                 if ended:
                     return
                 soon = trio.current_time() + board.spacing

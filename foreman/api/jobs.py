@@ -46,6 +46,11 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 # a comment line on idle event streams, well inside a tunnel's 100 s idle limit
 SSE_KEEPALIVE = 15.0
+# how long a queue-wide event stream gathers changes before it writes them: at least
+# this long, and longer with many such streams open, so that together they write about
+# STREAM_WRITES times a second at most, however many there are
+STREAM_BATCH = 0.1
+STREAM_WRITES = 1000.0
 
 
 def timestamp(value: float | None) -> str | None:
@@ -325,18 +330,29 @@ def _visible(job: Job) -> bool:
 
 
 def _event_stream(
-    queue: JobQueue, job_id: str | None, still_valid: Callable[[], bool], owner: str | None = None
+    queue: JobQueue,
+    job_id: str | None,
+    still_valid: Callable[[], bool],
+    owner: str | None = None,
 ) -> Response:
     """Server-sent events: one `job` event per change, starting with the current state
     (a single job) and ending after its terminal state, or when the caller's key is
-    revoked."""
+    revoked.
+
+    A queue-wide stream gathers the changes of `batch_seconds` into one write: with
+    hundreds of streams open, a write per change per stream would crowd the worker out of
+    the loop it shares with them. Each change is still sent, once and in order,
+    and encoded once for every stream that sends it."""
 
     async def events() -> AsyncIterator[bytes]:
         # subscribed before reading the job, so no change falls between the two; the
         # finally (not a with block) is what runs when the client leaves mid-yield
-        changes, stop = queue.events.open_channel(job_id)
+        feed = queue.events.open_feed(job_id, owner)
         try:
-            if job_id is not None:
+            if job_id is None:
+                # a comment, so the client knows it hears every change from here on
+                yield b": listening\n\n"
+            else:
                 current = await queue.get(job_id)
                 if current is None:
                     return
@@ -344,25 +360,29 @@ def _event_stream(
                 if current.state.terminal:
                     return
             while True:
-                job = None
                 with trio.move_on_after(SSE_KEEPALIVE):
-                    try:
-                        job = await changes.receive()
-                    except trio.EndOfChannel:
-                        # fell too far behind: end, so the client reconnects and catches up
-                        return
+                    await feed.wait()
                 if not still_valid():
                     return
-                if job is None:
+                if job_id is None and not feed.ended:
+                    await trio.sleep(batch_seconds(queue.events.watching_all()))
+                changes = feed.take()
+                if not changes:
+                    if feed.ended:
+                        # fell too far behind (the client reconnects and catches up), or
+                        # foreman is shutting down
+                        return
                     yield b": keep-alive\n\n"
                     continue
-                if owner is not None and job.key_name != owner:
-                    continue
-                yield _sse(job)
-                if job_id is not None and job.state.terminal:
-                    return
+                if job_id is not None:
+                    # a job's stream ends with its first terminal state
+                    ends = next((i for i, c in enumerate(changes) if c.job.state.terminal), None)
+                    if ends is not None:
+                        yield b"".join(c.encoded(_sse) for c in changes[: ends + 1])
+                        return
+                yield b"".join(c.encoded(_sse) for c in changes)
         finally:
-            stop()
+            feed.stop()
 
     return Response(
         events(),
@@ -370,6 +390,11 @@ def _event_stream(
         content_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+def batch_seconds(streams: int) -> float:
+    """How long a queue-wide stream gathers changes, with `streams` such streams open."""
+    return max(STREAM_BATCH, streams / STREAM_WRITES)
 
 
 def _sse(job: Job) -> bytes:
