@@ -3,11 +3,12 @@
 Fed by the store after each committed transition; nothing here touches the database, so
 a waiter costs nothing while it waits. Event streams read `Feed`s: a change is handed to
 every feed as one shared `Change`, whose encoding is made once however many streams send
-it.
+it, and `StreamSlots` bounds how many streams may be open.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -245,3 +246,63 @@ class JobEvents:
     def watching_all(self) -> int:
         """How many feeds take every job's changes (queue-wide streams)."""
         return len(self._feeds)
+
+
+class TooManyStreams(Exception):
+    """A new event stream was refused: `status` is 429 when the caller's key holds its
+    share, 503 when foreman holds as many as it will."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@attrs.define(eq=False)
+class StreamSlot:
+    """One open event stream's place, held until `release` (by the stream's end)."""
+
+    key: str | None
+    _slots: StreamSlots
+
+    def release(self) -> None:
+        self._slots.release(self)
+
+
+class StreamSlots:
+    """How many event streams are open, in all and per API key, against two caps.
+
+    Every kind of stream (the job API's and the dashboard's) holds one slot: each holds a
+    connection, a task and a buffer of changes alike. Without API keys every caller is
+    the same one, so only the total applies. A stream releases its slot when it ends; the
+    slots are held weakly as well, so a stream whose response was dropped before it began
+    (the client left at once) frees its slot when it is collected, never holding it for
+    good.
+    """
+
+    def __init__(self, total: int, per_key: int) -> None:
+        self.total = total
+        self.per_key = per_key
+        self._open: weakref.WeakSet[StreamSlot] = weakref.WeakSet()
+
+    def take(self, key: str | None) -> StreamSlot:
+        """A slot for a new stream of `key` (None: no API keys); raises TooManyStreams."""
+        if key is not None and sum(1 for s in self._open if s.key == key) >= self.per_key:
+            raise TooManyStreams(
+                f"this key holds {self.per_key} open event streams, its most;"
+                " close one before opening another",
+                429,
+            )
+        if len(self._open) >= self.total:
+            raise TooManyStreams(
+                f"foreman holds {self.total} open event streams, its most; try again later",
+                503,
+            )
+        slot = StreamSlot(key, self)
+        self._open.add(slot)
+        return slot
+
+    def release(self, slot: StreamSlot) -> None:
+        self._open.discard(slot)
+
+    def __len__(self) -> int:
+        return len(self._open)

@@ -15,6 +15,7 @@ from foreman.api import auth, dashboard, jobs, ollama, openai, ops
 from foreman.api.errors import error_for, http_error
 from foreman.board import Board
 from foreman.config import Settings
+from foreman.events import StreamSlots
 from foreman.keys import KeyFile
 from foreman.metrics import JobTally, Metrics
 from foreman.queue import BUSY_MESSAGE, JobQueue, QueueFull, Refused
@@ -34,6 +35,13 @@ class Services:
     metrics: Metrics = attrs.field(factory=lambda: Metrics(JobTally()))
     # the dashboard's view (None: no dashboard, e.g. an app built for a unit test)
     board: Board | None = None
+    # the open event streams, against the caps in the settings
+    streams: StreamSlots = attrs.field(
+        default=attrs.Factory(
+            lambda self: StreamSlots(self.settings.max_streams, self.settings.max_streams_per_key),
+            takes_self=True,
+        )
+    )
 
 
 def create_app(services: Services) -> QuartTrio:

@@ -25,6 +25,7 @@ from foreman.api.auth import caller, key_check, note, owner_filter
 from foreman.api.errors import ollama_error
 from foreman.api.openapi import spec
 from foreman.api.proxy import request_body
+from foreman.events import StreamSlot, TooManyStreams
 from foreman.jobs import Endpoint, Job, JobState, NewJob
 from foreman.queue import JobQueue
 from foreman.residency import normalise_model
@@ -51,6 +52,8 @@ SSE_KEEPALIVE = 15.0
 # STREAM_WRITES times a second at most, however many there are
 STREAM_BATCH = 0.1
 STREAM_WRITES = 1000.0
+# seconds a client refused an event stream is asked to wait before it asks again
+STREAM_RETRY_AFTER = 5
 
 
 def timestamp(value: float | None) -> str | None:
@@ -263,9 +266,14 @@ def blueprint(services: Services) -> Blueprint:
         older_than = number_arg("older_than", raw, default=0.0)
         return json_response({"purged": await queue.purge(older_than)})
 
+    @bp.errorhandler(TooManyStreams)
+    async def too_many_streams(exc: TooManyStreams) -> Response:
+        return stream_refusal(services, exc)
+
     @bp.route("/jobs/events", methods=["GET"])
     async def all_events() -> Response:
-        return _event_stream(queue, None, key_check(services), owner_filter())
+        slot = services.streams.take(key_name())
+        return _event_stream(queue, None, key_check(services), slot, owner_filter())
 
     @bp.route("/jobs/<job_id>", methods=["GET"])
     async def show(job_id: str) -> Response:
@@ -281,7 +289,8 @@ def blueprint(services: Services) -> Blueprint:
     @bp.route("/jobs/<job_id>/events", methods=["GET"])
     async def job_events(job_id: str) -> Response:
         await find(job_id)
-        return _event_stream(queue, job_id, key_check(services))
+        slot = services.streams.take(key_name())
+        return _event_stream(queue, job_id, key_check(services), slot)
 
     @bp.route("/jobs/<job_id>/cancel", methods=["POST"])
     async def cancel(job_id: str) -> Response:
@@ -319,6 +328,18 @@ def blueprint(services: Services) -> Blueprint:
     return bp
 
 
+def key_name() -> str | None:
+    """The caller's API key's name (None: foreman runs without keys)."""
+    holder = caller()
+    return holder.name if holder is not None else None
+
+
+def stream_refusal(services: Services, exc: TooManyStreams) -> Response:
+    """No room for another event stream: 429 or 503, and when to try again."""
+    services.metrics.reject("too_many_streams")
+    return ollama_error(exc.status, str(exc), {"Retry-After": str(STREAM_RETRY_AFTER)})
+
+
 class NotFound(LookupError):
     """No job with that id (or none the caller may see)."""
 
@@ -333,11 +354,12 @@ def _event_stream(
     queue: JobQueue,
     job_id: str | None,
     still_valid: Callable[[], bool],
+    slot: StreamSlot,
     owner: str | None = None,
 ) -> Response:
     """Server-sent events: one `job` event per change, starting with the current state
     (a single job) and ending after its terminal state, or when the caller's key is
-    revoked.
+    revoked. Holds `slot` until it ends.
 
     A queue-wide stream gathers the changes of `batch_seconds` into one write: with
     hundreds of streams open, a write per change per stream would crowd the worker out of
@@ -383,6 +405,7 @@ def _event_stream(
                 yield b"".join(c.encoded(_sse) for c in changes)
         finally:
             feed.stop()
+            slot.release()
 
     return Response(
         events(),

@@ -1,14 +1,15 @@
-"""The job event streams over real sockets: every change reaches every stream that may
-see it, once and in order."""
+"""The job event streams over real sockets: the caps on open streams, and every change
+reaching every stream that may see it, once and in order."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 import trio
@@ -31,6 +32,8 @@ def keyed_settings(tmp_path: Path, stub: StubOllama) -> Settings:
         db=tmp_path / "foreman.db",
         port=0,
         api_keys_file=keys,
+        max_streams=4,
+        max_streams_per_key=2,
     )
 
 
@@ -66,6 +69,65 @@ async def submit(client: httpx.AsyncClient, text: str) -> str:
     assert r.status_code == 202, r.text
     job_id: str = r.json()["id"]
     return job_id
+
+
+async def test_a_key_over_its_share_gets_429_and_foreman_over_its_total_503(keyed: str) -> None:
+    async with (
+        client_for(keyed, SVC) as svc,
+        client_for(keyed, ADMIN) as admin,
+        AsyncExitStack() as held,
+    ):
+        job = await submit(svc, "watched")
+        # the dashboard's stream counts against the same caps as the job API's
+        for client, path in ((svc, "/jobs/events"), (svc, "/queue/events")):
+            opened = await held.enter_async_context(stream(client, path))
+            assert opened.status_code == 200
+        over_share = await refusal(svc, f"/jobs/{job}/events")
+        assert over_share.status_code == 429
+        assert "event streams" in over_share.json()["error"]
+        assert int(over_share.headers["Retry-After"]) > 0
+        for _ in range(2):
+            opened = await held.enter_async_context(stream(admin, "/jobs/events"))
+            assert opened.status_code == 200
+        async with client_for(keyed, BATCH) as batch:
+            full = await refusal(batch, "/jobs/events")
+        assert full.status_code == 503
+        assert "event streams" in full.json()["error"]
+        assert int(full.headers["Retry-After"]) > 0
+        # a refusal is counted
+        metrics = (await admin.get("/metrics")).text
+        assert 'foreman_rejected_total{reason="too_many_streams"} 2.0' in metrics
+
+
+async def test_a_closed_stream_frees_its_place(keyed: str) -> None:
+    async with client_for(keyed, SVC) as svc, client_for(keyed, BATCH) as batch:
+        async with stream(svc, "/jobs/events") as first, stream(svc, "/jobs/events") as second:
+            assert (first.status_code, second.status_code) == (200, 200)
+            assert (await refusal(svc, "/jobs/events")).status_code == 429
+        # the server hears the client leave a moment later
+        with trio.fail_after(30):
+            while (await refusal(svc, "/jobs/events")).status_code == 429:  # noqa: ASYNC110 - asks the server, which no trio event here announces
+                await trio.sleep(0.02)
+        # and a freed place is taken again: svc holds its share once more
+        async with stream(svc, "/jobs/events") as first, stream(svc, "/jobs/events") as second:
+            assert (first.status_code, second.status_code) == (200, 200)
+            assert (await refusal(svc, "/jobs/events")).status_code == 429
+            async with stream(batch, "/jobs/events") as other:
+                assert other.status_code == 200
+
+
+async def test_without_keys_only_the_total_caps_the_streams(
+    nursery: trio.Nursery, settings: Settings
+) -> None:
+    url = await nursery.start(run, attrs.evolve(settings, max_streams=2))
+    async with client_for(url, None) as client:
+        async with stream(client, "/jobs/events") as a, stream(client, "/queue/events") as b:
+            assert (a.status_code, b.status_code) == (200, 200)
+            full = await refusal(client, "/jobs/events")
+            assert full.status_code == 503 and "Retry-After" in full.headers
+        with trio.fail_after(30):
+            while (await refusal(client, "/jobs/events")).status_code == 503:  # noqa: ASYNC110 - asks the server, which no trio event here announces
+                await trio.sleep(0.02)
 
 
 async def test_every_stream_gets_each_change_it_may_see_once_and_in_order(keyed: str) -> None:

@@ -1,13 +1,15 @@
-"""The broadcaster's event-stream feeds."""
+"""The broadcaster's event-stream feeds and the caps on open streams."""
 
 from __future__ import annotations
+
+import gc
 
 import pytest
 import trio
 import trio.testing
 
 from foreman.api.jobs import STREAM_BATCH, _sse, batch_seconds
-from foreman.events import JobEvents
+from foreman.events import JobEvents, StreamSlots, TooManyStreams
 from foreman.jobs import Endpoint, Job, JobState
 
 
@@ -113,6 +115,53 @@ async def test_a_waiting_stream_wakes_for_a_change_and_at_shutdown() -> None:
     assert feed.ended
     # a feed opened after shutdown has ended already
     assert events.open_feed(None).ended
+
+
+def test_a_key_may_hold_its_share_of_streams_then_gets_429() -> None:
+    slots = StreamSlots(total=10, per_key=2)
+    held = [slots.take("svc"), slots.take("svc")]
+    with pytest.raises(TooManyStreams) as refused:
+        slots.take("svc")
+    assert refused.value.status == 429
+    assert "event streams" in str(refused.value)
+    # another key is not held back by svc's share
+    slots.take("other")
+    held[0].release()
+    slots.take("svc")
+
+
+def test_foreman_holds_at_most_the_total_then_answers_503() -> None:
+    slots = StreamSlots(total=3, per_key=2)
+    held = [slots.take("a"), slots.take("b"), slots.take(None)]
+    with pytest.raises(TooManyStreams) as refused:
+        slots.take("c")
+    assert refused.value.status == 503
+    assert len(slots) == 3
+    held[2].release()
+    held[2].release()  # releasing twice frees one place
+    assert len(slots) == 2
+    slots.take("c")
+
+
+def test_without_keys_only_the_total_applies() -> None:
+    slots = StreamSlots(total=5, per_key=1)
+    held = [slots.take(None) for _ in range(5)]
+    with pytest.raises(TooManyStreams) as refused:
+        slots.take(None)
+    assert refused.value.status == 503
+    assert len(held) == 5
+
+
+def test_a_slot_dropped_without_release_is_freed_when_collected() -> None:
+    """A stream whose response never began (the client left at once) never runs the
+    code that releases its slot."""
+    slots = StreamSlots(total=1, per_key=1)
+    slot = slots.take("svc")
+    with pytest.raises(TooManyStreams):
+        slots.take("svc")
+    del slot
+    gc.collect()
+    slots.take("svc")
 
 
 def test_many_queue_wide_streams_gather_changes_for_longer() -> None:
