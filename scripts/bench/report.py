@@ -524,10 +524,14 @@ def _streams(s: dict[str, Any]) -> list[str]:
         f" {fig(busy['events_per_reader'], 0)} job events, every change of every job).",
         "",
         *_table(
-            ["readers on /jobs/events", "submit and drain s"],
+            ["readers on /jobs/events", "submit and drain s", "foreman's CPU s"],
             [
-                ["none", fig(quiet["elapsed_s"], 2)],
-                [str(readers), fig(busy["elapsed_s"], 2)],
+                ["none", fig(quiet["elapsed_s"], 2), fig(quiet.get("foreman_cpu_s", "n/a"), 2)],
+                [
+                    str(readers),
+                    fig(busy["elapsed_s"], 2),
+                    fig(busy.get("foreman_cpu_s", "n/a"), 2),
+                ],
             ],
         ),
         "",
