@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 import trio
 
+from foreman import events
 from foreman.jobs import Job
 from foreman.residency import split_key
 from foreman.store import Activity, Overview, Store
@@ -51,14 +52,12 @@ RESYNC = Resync()
 
 
 @attrs.define(eq=False)
-class Change:
+class Change(events.Change):
     """A committed job change, numbered: a stream that read the jobs when the board was
-    at `version` v has seen every change numbered v or lower."""
+    at `version` v has seen every change numbered v or lower. Its encoding is shared by
+    every stream that sends it (see `events.Change`)."""
 
     version: int
-    job: Job
-    # the change as a stream sends it, made by the first stream that sends it
-    encoded: bytes | None = None
 
 
 @attrs.frozen
@@ -132,7 +131,7 @@ class Board:
     def on_job_change(self, job: Job) -> None:
         """A broadcaster listener: never blocks."""
         self._version += 1
-        change = Change(self._version, job)
+        change = Change(job, self._version)
         for viewer in list(self._viewers):
             self._offer(viewer, change)
 

@@ -267,6 +267,23 @@ SETTINGS: tuple[Setting, ...] = (
         "queued jobs beyond which new jobs are refused with 503 and Retry-After",
     ),
     Setting(
+        "max_streams",
+        "--max-streams",
+        "FOREMAN_MAX_STREAMS",
+        parse_positive_int,
+        "256",
+        "event streams (/jobs/events, /jobs/{id}/events, /queue/events) open at once;"
+        " the next is refused with 503 and Retry-After",
+    ),
+    Setting(
+        "max_streams_per_key",
+        "--max-streams-per-key",
+        "FOREMAN_MAX_STREAMS_PER_KEY",
+        parse_positive_int,
+        "32",
+        "event streams one API key may hold open; its next is refused with 429 and Retry-After",
+    ),
+    Setting(
         "max_body",
         "--max-body",
         "FOREMAN_MAX_BODY",
@@ -352,6 +369,8 @@ class Settings:
     api_keys_file: Path | None = None
     metrics_token: str | None = attrs.field(default=None, repr=False)
     max_queue: int = 10_000
+    max_streams: int = 256
+    max_streams_per_key: int = 32
     max_body: int = 32 * 1024 * 1024
     read_timeout: float = 300.0
     job_timeout: float = 3600.0

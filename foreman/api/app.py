@@ -16,6 +16,7 @@ from foreman.api.errors import error_for, http_error
 from foreman.api.request_target import TargetCheck
 from foreman.board import Board
 from foreman.config import Settings
+from foreman.events import StreamSlots
 from foreman.keys import KeyFile
 from foreman.metrics import JobTally, Metrics
 from foreman.queue import BUSY_MESSAGE, JobQueue, QueueFull, Refused
@@ -38,6 +39,13 @@ class Services:
     metrics: Metrics = attrs.field(factory=lambda: Metrics(JobTally()))
     # the dashboard's view (None: no dashboard, e.g. an app built for a unit test)
     board: Board | None = None
+    # the open event streams, against the caps in the settings
+    streams: StreamSlots = attrs.field(
+        default=attrs.Factory(
+            lambda self: StreamSlots(self.settings.max_streams, self.settings.max_streams_per_key),
+            takes_self=True,
+        )
+    )
 
 
 def create_app(services: Services) -> QuartTrio:

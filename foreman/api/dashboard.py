@@ -21,8 +21,10 @@ from quart import Blueprint, Response, request
 
 from foreman.api.auth import caller, key_check, owner_filter
 from foreman.api.errors import ollama_error
-from foreman.api.jobs import SSE_KEEPALIVE, json_response, limit_arg
+from foreman.api.jobs import SSE_KEEPALIVE, json_response, key_name, limit_arg, stream_refusal
 from foreman.board import Board, Change, Feed, Poke, Resync, job_view
+from foreman.events import StreamSlot, TooManyStreams
+from foreman.jobs import Job
 from foreman.keys import ALL_SCOPES
 from foreman.validate import InvalidRequest
 
@@ -86,10 +88,18 @@ def blueprint(services: Services, board: Board) -> Blueprint:
             }
         )
 
+    @bp.errorhandler(TooManyStreams)
+    async def too_many_streams(exc: TooManyStreams) -> Response:
+        return stream_refusal(services, exc)
+
     @bp.route("/queue/events", methods=["GET"])
     async def events() -> Response:
         limit = limit_arg(request.args.get("limit"))
-        return _stream(services, board, owner_filter(), _you(services), limit, key_check(services))
+        # the dashboard's streams count against the same caps as the job API's
+        slot = services.streams.take(key_name())
+        return _stream(
+            services, board, owner_filter(), _you(services), limit, key_check(services), slot
+        )
 
     return bp
 
@@ -138,11 +148,9 @@ def _take_waiting(feed: Feed, items: list[Change | Poke]) -> bool:
             return True
 
 
-def _job_event(change: Change) -> bytes:
-    """A job's `job` event, encoded once however many streams send it."""
-    if change.encoded is None:
-        change.encoded = _event("job", job_view(change.job))
-    return change.encoded
+def _job_event(job: Job) -> bytes:
+    """A job's `job` event (encoded once per change however many streams send it)."""
+    return _event("job", job_view(job))
 
 
 def _event(kind: str, data: Any) -> bytes:
@@ -156,6 +164,7 @@ def _stream(
     you: dict[str, Any],
     limit: int,
     still_valid: Callable[[], bool],
+    slot: StreamSlot,
 ) -> Response:
     async def events() -> AsyncIterator[bytes]:
         # subscribed before the jobs are read, so no change falls between the two; the
@@ -213,7 +222,7 @@ def _stream(
                     seen, fresh = await snapshot()
                     yield fresh
                 elif latest:
-                    yield b"".join(_job_event(change) for change in latest.values())
+                    yield b"".join(change.encoded(_job_event) for change in latest.values())
                 if ended:
                     return
                 soon = trio.current_time() + board.spacing
@@ -221,6 +230,7 @@ def _stream(
                     due = soon
         finally:
             feed.stop()
+            slot.release()
 
     return Response(
         events(),

@@ -25,6 +25,7 @@ from foreman.api.auth import caller, key_check, note, owner_filter
 from foreman.api.errors import ollama_error
 from foreman.api.openapi import spec
 from foreman.api.proxy import request_body
+from foreman.events import StreamSlot, TooManyStreams
 from foreman.jobs import Endpoint, Job, JobState, NewJob
 from foreman.queue import JobQueue
 from foreman.residency import normalise_model
@@ -47,6 +48,13 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 # a comment line on idle event streams, well inside a tunnel's 100 s idle limit
 SSE_KEEPALIVE = 15.0
+# how long a queue-wide event stream gathers changes before it writes them: at least
+# this long, and longer with many such streams open, so that together they write about
+# STREAM_WRITES times a second at most, however many there are
+STREAM_BATCH = 0.1
+STREAM_WRITES = 1000.0
+# seconds a client refused an event stream is asked to wait before it asks again
+STREAM_RETRY_AFTER = 5
 
 
 # the range a timestamp can be written in (years 1970 to 9999)
@@ -260,9 +268,14 @@ def blueprint(services: Services) -> Blueprint:
         older_than = number_arg("older_than", raw, default=0.0)
         return json_response({"purged": await queue.purge(older_than)})
 
+    @bp.errorhandler(TooManyStreams)
+    async def too_many_streams(exc: TooManyStreams) -> Response:
+        return stream_refusal(services, exc)
+
     @bp.route("/jobs/events", methods=["GET"])
     async def all_events() -> Response:
-        return _event_stream(queue, None, key_check(services), owner_filter())
+        slot = services.streams.take(key_name())
+        return _event_stream(queue, None, key_check(services), slot, owner_filter())
 
     @bp.route("/jobs/<job_id>", methods=["GET"])
     async def show(job_id: str) -> Response:
@@ -278,7 +291,8 @@ def blueprint(services: Services) -> Blueprint:
     @bp.route("/jobs/<job_id>/events", methods=["GET"])
     async def job_events(job_id: str) -> Response:
         await find(job_id)
-        return _event_stream(queue, job_id, key_check(services))
+        slot = services.streams.take(key_name())
+        return _event_stream(queue, job_id, key_check(services), slot)
 
     @bp.route("/jobs/<job_id>/cancel", methods=["POST"])
     async def cancel(job_id: str) -> Response:
@@ -316,6 +330,18 @@ def blueprint(services: Services) -> Blueprint:
     return bp
 
 
+def key_name() -> str | None:
+    """The caller's API key's name (None: foreman runs without keys)."""
+    holder = caller()
+    return holder.name if holder is not None else None
+
+
+def stream_refusal(services: Services, exc: TooManyStreams) -> Response:
+    """No room for another event stream: 429 or 503, and when to try again."""
+    services.metrics.reject("too_many_streams")
+    return ollama_error(exc.status, str(exc), {"Retry-After": str(STREAM_RETRY_AFTER)})
+
+
 class NotFound(LookupError):
     """No job with that id (or none the caller may see)."""
 
@@ -327,18 +353,30 @@ def _visible(job: Job) -> bool:
 
 
 def _event_stream(
-    queue: JobQueue, job_id: str | None, still_valid: Callable[[], bool], owner: str | None = None
+    queue: JobQueue,
+    job_id: str | None,
+    still_valid: Callable[[], bool],
+    slot: StreamSlot,
+    owner: str | None = None,
 ) -> Response:
     """Server-sent events: one `job` event per change, starting with the current state
     (a single job) and ending after its terminal state, or when the caller's key is
-    revoked."""
+    revoked. Holds `slot` until it ends.
+
+    A queue-wide stream gathers the changes of `batch_seconds` into one write: with
+    hundreds of streams open, a write per change per stream would crowd the worker out of
+    the loop it shares with them. Each change is still sent, once and in order,
+    and encoded once for every stream that sends it."""
 
     async def events() -> AsyncIterator[bytes]:
         # subscribed before reading the job, so no change falls between the two; the
         # finally (not a with block) is what runs when the client leaves mid-yield
-        changes, stop = queue.events.open_channel(job_id)
+        feed = queue.events.open_feed(job_id, owner)
         try:
-            if job_id is not None:
+            if job_id is None:
+                # a comment, so the client knows it hears every change from here on
+                yield b": listening\n\n"
+            else:
                 current = await queue.get(job_id)
                 if current is None:
                     return
@@ -346,25 +384,30 @@ def _event_stream(
                 if current.state.terminal:
                     return
             while True:
-                job = None
                 with trio.move_on_after(SSE_KEEPALIVE):
-                    try:
-                        job = await changes.receive()
-                    except trio.EndOfChannel:
-                        # fell too far behind: end, so the client reconnects and catches up
-                        return
+                    await feed.wait()
                 if not still_valid():
                     return
-                if job is None:
+                if job_id is None and not feed.ended:
+                    await trio.sleep(batch_seconds(queue.events.watching_all()))
+                changes = feed.take()
+                if not changes:
+                    if feed.ended:
+                        # fell too far behind (the client reconnects and catches up), or
+                        # foreman is shutting down
+                        return
                     yield b": keep-alive\n\n"
                     continue
-                if owner is not None and job.key_name != owner:
-                    continue
-                yield _sse(job)
-                if job_id is not None and job.state.terminal:
-                    return
+                if job_id is not None:
+                    # a job's stream ends with its first terminal state
+                    ends = next((i for i, c in enumerate(changes) if c.job.state.terminal), None)
+                    if ends is not None:
+                        yield b"".join(c.encoded(_sse) for c in changes[: ends + 1])
+                        return
+                yield b"".join(c.encoded(_sse) for c in changes)
         finally:
-            stop()
+            feed.stop()
+            slot.release()
 
     return Response(
         events(),
@@ -372,6 +415,11 @@ def _event_stream(
         content_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+def batch_seconds(streams: int) -> float:
+    """How long a queue-wide stream gathers changes, with `streams` such streams open."""
+    return max(STREAM_BATCH, streams / STREAM_WRITES)
 
 
 def _sse(job: Job) -> bytes:

@@ -34,6 +34,13 @@ def _relayed(summary: str) -> dict[str, Any]:
     return {"summary": summary, "responses": {"default": {"description": "Ollama's answer"}}}
 
 
+# an event stream refused at its cap (both with Retry-After)
+_STREAM_REFUSALS = {
+    "429": _error("the key holds as many open event streams as it may"),
+    "503": _error("foreman holds as many open event streams as it will"),
+}
+
+
 def spec() -> dict[str, Any]:
     states = [s.value for s in JobState]
     job_ops = {
@@ -105,7 +112,10 @@ def spec() -> dict[str, Any]:
         "/jobs/events": {
             "get": {
                 "summary": "Server-sent events: every job change, as it happens",
-                "responses": {"200": {"description": "text/event-stream of `job` events"}},
+                "responses": {
+                    "200": {"description": "text/event-stream of `job` events"},
+                    **_STREAM_REFUSALS,
+                },
             }
         },
         "/jobs/{id}": {
@@ -138,6 +148,7 @@ def spec() -> dict[str, Any]:
                 "responses": {
                     "200": {"description": "text/event-stream of `job` events"},
                     "404": _error("no such job"),
+                    **_STREAM_REFUSALS,
                 },
             }
         },
@@ -188,6 +199,7 @@ def spec() -> dict[str, Any]:
                 "responses": {
                     "200": {"description": "an event stream", "content": {"text/event-stream": {}}},
                     "401": _error("no key, or an unknown one"),
+                    **_STREAM_REFUSALS,
                 },
             }
         },

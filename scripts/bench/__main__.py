@@ -22,10 +22,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import dashboard, durability, overhead, profile, report, scale, swap
+from . import dashboard, durability, overhead, profile, report, scale, streams, swap
 from .common import ROOT, aggregate, machine
 
-SECTIONS = ("swap", "overhead", "embeddings", "scale", "durability", "dashboard", "profile")
+SECTIONS = (
+    "swap",
+    "overhead",
+    "embeddings",
+    "scale",
+    "durability",
+    "dashboard",
+    "streams",
+    "profile",
+)
 
 
 def repeat(times: int, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -169,6 +178,12 @@ def dashboard_section(work: Path, quick: bool) -> dict[str, Any]:
     return out
 
 
+def streams_section(work: Path, quick: bool) -> dict[str, Any]:
+    reps = 1 if quick else 3
+    log(f"event streams: {streams.JOBS} jobs with 0 and {streams.READERS} readers x{reps}")
+    return repeat(reps, lambda: streams.drain_with_readers(work, quick))
+
+
 def profile_section(work: Path, quick: bool) -> dict[str, Any]:
     log("profile: where foreman's CPU goes (py-spy)")
     return profile.profile(work, quick)
@@ -181,6 +196,7 @@ RUNNERS: dict[str, Callable[[Path, bool], dict[str, Any]]] = {
     "scale": scale_section,
     "durability": durability_section,
     "dashboard": dashboard_section,
+    "streams": streams_section,
     "profile": profile_section,
 }
 

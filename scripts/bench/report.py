@@ -89,6 +89,19 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         )
         rss = med(scale["memory"]["rss_queued_mb"])
         out.append(("resident memory, 100k queued", "< 150 MB", f"{rss:.0f} MB", rss < 150))
+    streams = results.get("streams")
+    if streams:
+        ratio = med(streams["ratio"])
+        goal = med(streams["goal_ratio"])
+        readers = int(med(streams["readers_200"]["readers"]))
+        out.append(
+            (
+                f"drain time, {readers} readers on /jobs/events / none",
+                f"≤ {goal:g}x",
+                f"{ratio:.2f}x",
+                ratio <= goal,
+            )
+        )
     return out
 
 
@@ -161,6 +174,8 @@ def render(results: dict[str, Any]) -> str:
         out += _dashboard(results["dashboard"])
     if "profile" in results:
         out += _profile(results["profile"])
+    if "streams" in results:
+        out += _streams(results["streams"])
     out += _missed(results)
     out += _notes()
     return "\n".join(out) + "\n"
@@ -496,6 +511,40 @@ def _dashboard(d: dict[str, Any]) -> list[str]:
     ]
 
 
+def _streams(s: dict[str, Any]) -> list[str]:
+    quiet, busy = s["readers_0"], s["readers_200"]
+    readers = int(med(busy["readers"]))
+    return [
+        "## 8. What open event streams cost",
+        "",
+        f"{fig(s['jobs'], 0)} jobs submitted one after another with POST /jobs and drained"
+        " by the worker against an instant stub, timed from the first submission to the"
+        f" last job's end: with no stream open, then with {readers} readers on /jobs/events"
+        " (in a process of their own, reading everything as it comes; each received"
+        f" {fig(busy['events_per_reader'], 0)} job events, every change of every job).",
+        "",
+        *_table(
+            ["readers on /jobs/events", "submit and drain s", "foreman's CPU s"],
+            [
+                ["none", fig(quiet["elapsed_s"], 2), fig(quiet.get("foreman_cpu_s", "n/a"), 2)],
+                [
+                    str(readers),
+                    fig(busy["elapsed_s"], 2),
+                    fig(busy.get("foreman_cpu_s", "n/a"), 2),
+                ],
+            ],
+        ),
+        "",
+        f"With {readers} readers / with none: **{fig(s['ratio'], 2)}x** (goal ≤"
+        f" {med(s['goal_ratio']):g}x). Each change is encoded once for every stream, and a"
+        " queue-wide stream gathers changes for a tenth of a second before it writes them"
+        " (longer with many open: together they write about 1,000 times a second at most,"
+        f" so {readers} streams gather for {readers / 1000:g} s), rather than writing once"
+        " per change.",
+        "",
+    ]
+
+
 def _profile(p: dict[str, Any]) -> list[str]:
     out = ["## 7. Where foreman's CPU goes", ""]
     if "skipped" in p:
@@ -561,7 +610,7 @@ def _missed(results: dict[str, Any]) -> list[str]:
         " is what would go past it.",
         f"- **Worker throughput.** {worker:,.0f} jobs/s is {1000 / worker:.1f} ms per job,"
         " serial: a claim, an HTTP request to Ollama through httpx, an end committed with an"
-        " fsync, each store call a thread hop (section 6: the store and httpx dominate the"
+        " fsync, each store call a thread hop (section 7: the store and httpx dominate the"
         " busy samples). The next steps, not taken yet: commit a job's end and the next claim"
         " in one transaction (one commit and one thread hop less per job), and keep the"
         " HTTP client's per-request work down.",

@@ -104,6 +104,10 @@ BAD_VALUES = [
     ("retention", "a week", "must be a number"),
     ("retention", "-1", "must be a positive number"),
     ("log_level", "verbose", "must be one of debug, info, warning, error"),
+    ("max_streams", "0", "must be a positive whole number"),
+    ("max_streams", "lots", "must be a positive whole number"),
+    ("max_streams_per_key", "-3", "must be a positive whole number"),
+    ("max_streams_per_key", "2.5", "must be a positive whole number"),
 ]
 
 
@@ -169,3 +173,11 @@ def test_help_names_each_env_var():
     text = parser.format_help()
     for s in SETTINGS:
         assert s.env in text
+
+
+def test_stream_caps_default_to_256_in_all_and_32_per_key():
+    settings = resolve(parse_flags(), {})
+    assert (settings.max_streams, settings.max_streams_per_key) == (256, 32)
+    env = {"FOREMAN_MAX_STREAMS": "10", "FOREMAN_MAX_STREAMS_PER_KEY": "2"}
+    settings = resolve(parse_flags(), env)
+    assert (settings.max_streams, settings.max_streams_per_key) == (10, 2)
