@@ -19,7 +19,7 @@ from foreman.events import JobEvents, Wakeup
 from foreman.jobs import Job, JobState, NewJob
 from foreman.metrics import JobTally
 from foreman.relay import Relay, Ticket
-from foreman.store import Store
+from foreman.store import Store, StoreUnwritable
 
 log = logging.getLogger("foreman.queue")
 
@@ -44,6 +44,23 @@ class QueueFull(Refused):
 
 class ShuttingDown(Refused):
     reason = "shutting_down"
+
+
+class DatabaseUnwritable(Refused):
+    """The database cannot take the job (a full disk, its file deleted): acknowledging
+    it anyway would promise what foreman cannot keep."""
+
+    reason = "database_unwritable"
+
+
+# how long a client is asked to wait when the database cannot be written: an operator
+# has to free space, which takes longer than a busy queue takes to drain
+UNWRITABLE_RETRY_AFTER = 30
+
+
+def unwritable_message(reason: str) -> str:
+    """What a client hears (the database's path stays in foreman's log and on /ready)."""
+    return f"foreman cannot store new jobs now: its database cannot be written ({reason})"
 
 
 @attrs.frozen
@@ -94,11 +111,25 @@ class JobQueue:
             raise ShuttingDown("foreman is shutting down; try again shortly", 30)
         if self.max_queue is not None and self.tally.queued + self._admitted >= self.max_queue:
             raise QueueFull(BUSY_MESSAGE, 10)
+        moved = self.store.file_problem()
+        if moved is not None:
+            log.warning("refusing a new job: %s", moved)
+            raise DatabaseUnwritable(unwritable_message(moved), UNWRITABLE_RETRY_AFTER)
         job_id = str(ULID())
         ticket = self.relay.attach(job_id) if attach else None
         self._admitted += 1
         try:
             job, created = await self.store.submit(new, job_id)
+        except Exception as exc:
+            if ticket is not None:
+                self.relay.detach(ticket)
+            down = self.store.unwritable(exc)
+            if down is None:
+                raise
+            log.warning("refusing a new job: %s", down)
+            raise DatabaseUnwritable(
+                unwritable_message(down.reason), UNWRITABLE_RETRY_AFTER
+            ) from exc
         except BaseException:
             if ticket is not None:
                 self.relay.detach(ticket)
@@ -182,11 +213,15 @@ class JobQueue:
 async def run_janitor(queue: JobQueue, retention: float, interval: float = 60.0) -> None:
     """Expire jobs past their deadline and purge finished jobs past the retention."""
     while True:
-        for job in await queue.store.expire_overdue():
-            log.info("job %s model=%s state=failed (expired)", job.id, job.model)
-        await queue.purge(retention)
-        if math.isfinite(retention):
-            await queue.store.prune_swaps(queue.store.sync.clock() - retention)
+        try:
+            for job in await queue.store.expire_overdue():
+                log.info("job %s model=%s state=failed (expired)", job.id, job.model)
+            await queue.purge(retention)
+            if math.isfinite(retention):
+                await queue.store.prune_swaps(queue.store.sync.clock() - retention)
+        except StoreUnwritable as exc:
+            # a full disk is no reason to stop foreman: try again next round
+            log.warning("janitor: %s; trying again later", exc)
         await trio.sleep(
             min(interval, max(1.0, retention / 10)) if math.isfinite(retention) else interval
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -30,6 +31,7 @@ from foreman.jobs import (
     NewJob,
     check_transition,
 )
+from foreman.lockfile import DatabaseLock, LockHeld
 from foreman.policy import Candidate
 from foreman.residency import split_key
 
@@ -184,6 +186,32 @@ class StoreError(Exception):
     """The database cannot be opened or is from a newer foreman."""
 
 
+class StoreUnwritable(StoreError):
+    """A write failed because the database cannot take writes now: the disk is full,
+    the file is read-only or gone, an I/O error. Not a bug and not the job's fault:
+    the write may succeed once the operator frees space. `reason` is SQLite's words."""
+
+    def __init__(self, path: Path | None, reason: str) -> None:
+        where = f"database {path}" if path is not None else "the database"
+        super().__init__(f"{where} cannot be written: {reason}")
+        self.reason = reason
+
+
+# SQLite's primary result codes that say "the database cannot take writes now"
+# (SQLITE_BUSY, SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN), as opposed
+# to a bug in a statement or a constraint a row broke
+_UNWRITABLE_CODES = frozenset({5, 8, 10, 13, 14})
+
+
+def unwritable_reason(exc: BaseException) -> str | None:
+    """SQLite's reason when `exc` means the database cannot be written, else None."""
+    if isinstance(exc, StoreUnwritable):
+        return exc.reason
+    if isinstance(exc, sqlite3.Error) and (exc.sqlite_errorcode or 0) & 0xFF in _UNWRITABLE_CODES:
+        return str(exc)
+    return None
+
+
 class IdempotencyConflict(Exception):
     """An idempotency key already names a job made from a different request."""
 
@@ -285,6 +313,12 @@ class SyncStore:
         self.clock = clock
         # the connection's own level (2 = FULL), which `_unsynced` returns to
         self._synchronous = int(conn.execute("PRAGMA synchronous").fetchone()[0])
+        # the file this connection writes to (None in memory) and its identity, to notice
+        # the file being deleted or replaced under us (SQLite itself goes on writing to
+        # the unlinked file, and whatever it takes then is gone at the next start)
+        name = conn.execute("PRAGMA database_list").fetchone()[2]
+        self.path = Path(name) if name else None
+        self._identity = _identity(self.path) if self.path is not None else None
 
     @contextmanager
     def _unsynced(self, unsynced: bool = True) -> Iterator[None]:
@@ -779,11 +813,32 @@ class SyncStore:
             cur = self.conn.execute("DELETE FROM swaps WHERE started_at < ?", (started_before,))
         return cur.rowcount
 
-    def check_writable(self) -> None:
-        """Take and release the write lock: raises sqlite3.Error if the database cannot be
-        written (read-only file, lock held elsewhere, disk gone)."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        self.conn.execute("ROLLBACK")
+    def probe_write(self) -> None:
+        """Commit a write that changes nothing, so a full disk shows before a job meets it.
+
+        Taking the write lock alone succeeds on a full disk; this rewrites the schema
+        version as it is, which puts a page in the write-ahead log like any real write
+        (unsynced: a probe needs no fsync). Raises sqlite3.Error if it cannot be written.
+        """
+        (version,) = self.conn.execute("PRAGMA user_version").fetchone()
+        with self._unsynced(), self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute(f"PRAGMA user_version = {int(version)}")
+
+    def file_problem(self) -> str | None:
+        """Why the database's path no longer leads to the file this connection writes
+        (deleted, replaced), or None. One stat: cheap enough for every submission."""
+        if self.path is None or self._identity is None:
+            return None
+        try:
+            now = _identity(self.path)
+        except FileNotFoundError:
+            return "the database file was deleted while foreman runs; restart foreman"
+        except OSError as exc:
+            return f"the database file cannot be reached: {exc.strerror or exc}"
+        if now != self._identity:
+            return "the database file was replaced while foreman runs; restart foreman"
+        return None
 
     def explain_pick(self) -> list[str]:
         """The query plans of `pick`'s statements (a test proves none scans the table)."""
@@ -818,6 +873,11 @@ class SyncStore:
         ]
 
 
+def _identity(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
 @attrs.define(eq=False)
 class _Submission:
     """One caller's submission waiting for a group commit."""
@@ -845,12 +905,15 @@ class Store:
         self,
         sync: SyncStore,
         on_change: Callable[[Job], None] | None = None,
+        lock: DatabaseLock | None = None,
     ) -> None:
         self.sync = sync
         self._limiter = trio.CapacityLimiter(1)
         self._on_change = on_change or (lambda job: None)
         self._submissions: list[_Submission] = []
         self._leading = False
+        # held until `close`: one foreman per database
+        self._lock = lock
 
     @classmethod
     async def open(
@@ -860,11 +923,22 @@ class Store:
         clock: Callable[[], float] = wall_clock,
         on_change: Callable[[Job], None] | None = None,
     ) -> Store:
+        """Lock, open (creating or migrating) and test-write the database.
+
+        Raises StoreError with one line when another process holds the database, when it
+        cannot be opened, and (StoreUnwritable) when it cannot be written: foreman would
+        only start to refuse every job.
+        """
+        lock = DatabaseLock(path)
         try:
-            conn = await trio.to_thread.run_sync(connect, path)
+            conn = await trio.to_thread.run_sync(_open_locked, path, lock)
+        except LockHeld as exc:
+            raise StoreError(str(exc)) from None
+        except StoreError:
+            raise
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open database {path}: {exc}") from None
-        return cls(SyncStore(conn, clock), on_change)
+        return cls(SyncStore(conn, clock), on_change, lock)
 
     def set_listener(self, on_change: Callable[[Job], None]) -> None:
         self._on_change = on_change
@@ -873,9 +947,41 @@ class Store:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a write, shielded; a failure that says the database cannot take writes now
+        (a full disk, ...) comes out as StoreUnwritable, which callers wait out."""
         with trio.CancelScope(shield=True):
-            result = await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+            try:
+                result = await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+            except sqlite3.Error as exc:
+                reason = unwritable_reason(exc)
+                if reason is None:
+                    raise
+                raise StoreUnwritable(self.sync.path, reason) from exc
         return result
+
+    def unwritable(self, exc: BaseException) -> StoreUnwritable | None:
+        """`exc` (from any store call, a submission included) as StoreUnwritable when it
+        says the database cannot take writes now; None for any other failure."""
+        if isinstance(exc, StoreUnwritable):
+            return exc
+        reason = unwritable_reason(exc)
+        return StoreUnwritable(self.sync.path, reason) if reason is not None else None
+
+    def file_problem(self) -> str | None:
+        """`SyncStore.file_problem`: a stat of the database's path, no database access."""
+        return self.sync.file_problem()
+
+    async def write_problem(self) -> str | None:
+        """Why the database cannot take writes now, or None: its file is gone or replaced,
+        the write lock cannot be had, or a probe write fails (a full disk)."""
+        problem = self.file_problem()
+        if problem is not None:
+            return problem
+        try:
+            await self._write(self.sync.probe_write)
+        except StoreUnwritable as exc:
+            return exc.reason
+        return None
 
     def _notify(self, job: Job | None) -> Job | None:
         if job is not None:
@@ -884,7 +990,11 @@ class Store:
 
     async def close(self) -> None:
         with trio.CancelScope(shield=True):
-            await self._read(self.sync.conn.close)
+            try:
+                await self._read(self.sync.conn.close)
+            finally:
+                if self._lock is not None:
+                    self._lock.release()
 
     async def enqueue(self, new: NewJob, job_id: str | None = None) -> Job:
         job, _ = await self.submit(new, job_id)
@@ -992,9 +1102,6 @@ class Store:
     async def unfinished(self) -> list[tuple[str, JobState, str]]:
         return await self._read(self.sync.unfinished)
 
-    async def check_writable(self) -> None:
-        await self._write(self.sync.check_writable)
-
     async def overview(self, running_id: str | None) -> Overview:
         return await self._read(self.sync.overview, running_id)
 
@@ -1003,6 +1110,27 @@ class Store:
 
     async def prune_swaps(self, started_before: float) -> int:
         return await self._write(self.sync.prune_swaps, started_before)
+
+
+def _open_locked(path: Path, lock: DatabaseLock) -> sqlite3.Connection:
+    """`Store.open`'s blocking part: the lock first (before recovery can touch another
+    foreman's running job), then the connection and a probe write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock.acquire()
+    try:
+        conn = connect(path)
+        try:
+            SyncStore(conn).probe_write()
+        except sqlite3.Error as exc:
+            conn.close()
+            reason = unwritable_reason(exc)
+            if reason is None:
+                raise
+            raise StoreUnwritable(path, reason) from None
+    except BaseException:
+        lock.release()
+        raise
+    return conn
 
 
 def backup(source: Path, destination: Path) -> None:
@@ -1035,6 +1163,7 @@ __all__ = [
     "Overview",
     "Store",
     "StoreError",
+    "StoreUnwritable",
     "Swap",
     "SyncStore",
     "Waiting",

@@ -12,6 +12,11 @@ Every attempt is bounded by the job timeout (a hung Ollama cannot hold the worke
 forever; running out of time is a transient failure). At shutdown the worker stops
 claiming, and the job it holds either finishes or is put back in the queue with its
 attempt refunded (`stop_claiming`, `wait_quiet`, `interrupt`).
+
+A write the database cannot take (a full disk: `StoreUnwritable`) is neither a crash nor
+the job's fault: the worker keeps what it was about to write and tries again with backoff
+(`StoreBackoff`) until the write succeeds, so a finished answer is recorded, not run
+again; a claim that cannot be written simply waits.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from foreman.metrics import Metrics
 from foreman.relay import Chunk, Headers, Message, Relay, Reply, StreamStart, Ticket
 from foreman.residency import normalise_model, split_key
 from foreman.retry import FailureKind, backoff_delay
-from foreman.store import Store
+from foreman.store import Store, StoreUnwritable
 from foreman.upstream import (
     Upstream,
     UpstreamError,
@@ -56,6 +61,30 @@ JSON_HEADERS = (("Content-Type", "application/json; charset=utf-8"),)
 # bound on the shielded put-back of a job interrupted by shutdown
 PUT_BACK_SECONDS = 10
 SHUTDOWN_MESSAGE = "foreman is shutting down; job {id} is back in the queue and runs after restart"
+
+
+class StoreBackoff:
+    """Waiting out a database that cannot be written: 0.25 s doubling to 10 s between
+    tries, one warning when writes start failing and one line when they work again."""
+
+    def __init__(self, first: float = 0.25, cap: float = 10.0) -> None:
+        self.first = first
+        self.cap = cap
+        self.delay = first
+        self.failing = False
+
+    async def pause(self, exc: StoreUnwritable, doing: str) -> None:
+        if not self.failing:
+            log.warning("%s; %s waits until it can be written", exc, doing)
+            self.failing = True
+        await trio.sleep(self.delay)
+        self.delay = min(self.delay * 2, self.cap)
+
+    def succeeded(self) -> None:
+        if self.failing:
+            log.info("the database takes writes again; the worker carries on")
+        self.failing = False
+        self.delay = self.first
 
 
 @attrs.frozen
@@ -125,6 +154,8 @@ class Worker:
         self.resident_endpoint = Endpoint.GENERATE
         self.running: Running | None = None
         self.online = False
+        # shared by every write the worker waits out, so the log says it once
+        self.store_backoff = StoreBackoff()
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -138,7 +169,13 @@ class Worker:
             armed = self.wakeup.arm()
             self._set_busy(True)
             try:
-                job = await self.store.claim(self.resident, self.settings.max_wait)
+                try:
+                    job = await self.store.claim(self.resident, self.settings.max_wait)
+                except StoreUnwritable as exc:
+                    # nothing was claimed: wait for the database, then look again
+                    await self.store_backoff.pause(exc, "the worker")
+                    continue
+                self.store_backoff.succeeded()
                 if job is not None and self.stopping:
                     # shutdown began while the claim was being written: put it back
                     await self.store.transition(
@@ -277,7 +314,7 @@ class Worker:
             running.ticket.offer(error_reply(family, 503, message, _job_headers(job)))
 
     async def _move(self, running: Running, new: JobState, **fields: Any) -> Job | None:
-        moved = await self.store.transition(running.job_id, running.state, new, **fields)
+        moved = await self._write_transition(running, new, fields)
         if moved is None:
             log.info("job %s left %s before the worker moved it", running.job_id, running.state)
             return None
@@ -292,6 +329,30 @@ class Worker:
             f" error={moved.error!r}" if moved.error and new is not JobState.DONE else "",
         )
         return moved
+
+    async def _write_transition(
+        self, running: Running, new: JobState, fields: dict[str, Any]
+    ) -> Job | None:
+        """The worker's move of its job, tried again while the database cannot be
+        written: the outcome it carries (an answer Ollama already gave) is kept, not
+        thrown away. Once shutdown began there is no waiting: the job stays as the
+        database has it, and the next start puts it back in the queue."""
+        while True:
+            try:
+                moved = await self.store.transition(running.job_id, running.state, new, **fields)
+            except StoreUnwritable as exc:
+                if self.stopping:
+                    log.warning(
+                        "job %s: %s; left %s for the next start to put back",
+                        running.job_id,
+                        exc,
+                        running.state.value,
+                    )
+                    return None
+                await self.store_backoff.pause(exc, f"job {running.job_id}")
+                continue
+            self.store_backoff.succeeded()
+            return moved
 
     async def _finish(
         self, running: Running, new: JobState, last: Message | None, **fields: Any
@@ -521,27 +582,44 @@ def _job_headers(job: Job) -> tuple[tuple[str, str], ...]:
 
 
 async def supervise(worker: Worker, *, restart_delay: float = 1.0) -> None:
-    """Keep the one worker running: log a crash, requeue its job, restart after a pause."""
+    """Keep the one worker running: log a crash, requeue its job, restart after a pause.
+
+    Nothing the worker raises ends the supervisor: a database that cannot be written
+    (which the worker mostly waits out itself) is waited out here too, without a
+    traceback, and the clean-up write waits for it rather than escaping and taking the
+    whole process (and /health) down.
+    """
     delay = restart_delay
     while True:
         started = trio.current_time()
         try:
             await worker.run()
+        except StoreUnwritable as exc:
+            await worker.store_backoff.pause(exc, "the worker")
+            await _requeue_in_flight(worker, "the database could not be written")
         except Exception:
             if trio.current_time() - started > 60:
                 delay = restart_delay  # it had been healthy: not a crash loop
             log.exception("the worker crashed; restarting in %.1fs", delay)
-            await _requeue_in_flight(worker)
+            await _requeue_in_flight(worker, "the worker crashed")
             await trio.sleep(delay)
             delay = min(delay * 2, 30.0)
 
 
-async def _requeue_in_flight(worker: Worker) -> None:
+async def _requeue_in_flight(worker: Worker, why: str) -> None:
     """Put back whatever the crashed worker held. There is one worker, so every job in a
-    running state is its job; the store, not the worker's memory, says which."""
+    running state is its job; the store, not the worker's memory, says which. A write
+    that fails because the database cannot be written is tried again with backoff."""
     worker.running = None
     worker.resident = None
-    for job in await worker.store.running():
-        moved = await worker.store.transition(job.id, job.state, JobState.QUEUED)
-        if moved is not None:
-            log.info("job %s put back in the queue after the worker crashed", moved.id)
+    while True:
+        try:
+            for job in await worker.store.running():
+                moved = await worker.store.transition(job.id, job.state, JobState.QUEUED)
+                if moved is not None:
+                    log.info("job %s put back in the queue after %s", moved.id, why)
+        except StoreUnwritable as exc:
+            await worker.store_backoff.pause(exc, "the worker")
+            continue
+        worker.store_backoff.succeeded()
+        return

@@ -19,7 +19,15 @@ from foreman.config import Settings
 from foreman.events import StreamSlots
 from foreman.keys import KeyFile
 from foreman.metrics import JobTally, Metrics
-from foreman.queue import BUSY_MESSAGE, JobQueue, QueueFull, Refused
+from foreman.queue import (
+    BUSY_MESSAGE,
+    UNWRITABLE_RETRY_AFTER,
+    JobQueue,
+    QueueFull,
+    Refused,
+    unwritable_message,
+)
+from foreman.store import StoreUnwritable
 from foreman.upstream import Upstream
 
 log = logging.getLogger("foreman.api")
@@ -88,6 +96,17 @@ def create_app(services: Services) -> QuartTrio:
         services.metrics.reject(exc.reason)
         message = BUSY_MESSAGE if isinstance(exc, QueueFull) else str(exc)
         return error_for(request.path, 503, message, {"Retry-After": str(exc.retry_after)})
+
+    # any other write (a cancel, a retry, a delete) while the database cannot be written
+    @app.errorhandler(StoreUnwritable)
+    async def unwritable(exc: StoreUnwritable) -> Any:
+        log.warning("answering 503: %s", exc)
+        return error_for(
+            request.path,
+            503,
+            unwritable_message(exc.reason),
+            {"Retry-After": str(UNWRITABLE_RETRY_AFTER)},
+        )
 
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> Any:

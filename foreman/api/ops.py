@@ -2,14 +2,14 @@
 
 /health answers 200 while the process serves HTTP and touches nothing else, so a
 supervisor can call it as often as it likes. /ready says whether foreman can do its
-work: the database takes a write lock, Ollama answers, and shutdown has not begun.
+work: the database takes a write (a probe that changes nothing, so a full disk shows) and
+is still the file foreman opened, Ollama answers, and shutdown has not begun.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 from typing import TYPE_CHECKING
 
 import trio
@@ -39,11 +39,11 @@ def blueprint(services: Services) -> Blueprint:
         reasons = []
         if not services.queue.accepting:
             reasons.append("shutting down")
-        try:
-            await services.queue.store.check_writable()
-        except sqlite3.Error as exc:
-            log.warning("readiness: the database is not writable: %s", exc)
-            reasons.append("database is not writable")
+        store = services.queue.store
+        problem = await store.write_problem()
+        if problem is not None:
+            log.warning("readiness: database %s is not writable: %s", store.sync.path, problem)
+            reasons.append(f"database is not writable: {problem}")
         reachable = False
         with trio.move_on_after(READY_PROBE_SECONDS):
             try:
