@@ -103,7 +103,8 @@ def with_connection_cap(settings: Settings) -> Settings:
     leaves no room."""
     soft = raise_open_file_limit()
     cap = connection_cap(settings.max_connections, soft, UPSTREAM_CONNECTIONS)
-    log.info("open-file limit %d; at most %d client connections at once", soft, cap)
+    # said once foreman listens (see run): a start that fails says only why
+    log.debug("open-file limit %d; at most %d client connections at once", soft, cap)
     return attrs.evolve(settings, max_connections=cap)
 
 
@@ -212,10 +213,12 @@ async def run(
                     )
                     address = binds[0] if binds else f"http://{settings.host}:{settings.port}"
                     log.info(
-                        "foreman listening on %s, ollama at %s, database %s",
+                        "foreman listening on %s, ollama at %s, database %s, "
+                        "at most %d client connections",
                         address,
                         settings.ollama_url,
                         settings.db,
+                        settings.max_connections,
                     )
                     task_status.started(address)
                     await control.stop_requested.wait()
