@@ -12,8 +12,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -166,3 +166,39 @@ async def running_foreman(settings: Settings, **changes: Any) -> AsyncIterator[s
             yield str(url)
         finally:
             nursery.cancel_scope.cancel()
+
+
+class CannotMount(RuntimeError):
+    """A small disk for a full-disk test could not be had here (no root, no tmpfs)."""
+
+
+@contextmanager
+def small_disk(where: Path, size: str = "2m") -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `where` for the block, so a test can fill a disk
+    without filling the machine's. Needs root; raises CannotMount otherwise."""
+    where.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        raise CannotMount("mounting a tmpfs needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise CannotMount(f"cannot mount a tmpfs: {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill_disk(disk: Path) -> Path:
+    """Write a file on `disk` until it refuses another byte; delete it to free the disk."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(bytes(4096))
+        except OSError:
+            pass
+    return filler

@@ -22,7 +22,8 @@ from foreman.daemon import run
 from foreman.jobs import Endpoint, JobState, NewJob
 from foreman.store import SyncStore, connect
 from foreman.stub import StubOllama
-from foreman.testing import Process, foreman_process
+from foreman.testing import CannotMount, Process, fill_disk, foreman_process
+from foreman.testing import small_disk as mount_small_disk
 
 from .conftest import job_rows, wait_for
 
@@ -30,39 +31,13 @@ from .conftest import job_rows, wait_for
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs, unmounted after the test."""
-    where = tmp_path / "disk"
-    where.mkdir()
-    problem = None
-    if os.geteuid() != 0:
-        problem = "mounting a tmpfs needs root"
-    else:
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)],
-            capture_output=True,
-            text=True,
-        )
-        if done.returncode != 0:
-            problem = f"cannot mount a tmpfs: {done.stderr.strip()}"
-    if problem is not None:
-        if os.environ.get("CI"):
-            pytest.fail(problem)
-        pytest.skip(problem)
     try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def fill(disk: Path) -> Path:
-    """Write a file until the disk refuses another byte."""
-    filler = disk / "filler"
-    with open(filler, "wb", buffering=0) as out:
-        try:
-            while True:
-                out.write(bytes(4096))
-        except OSError:
-            pass
-    return filler
+        with mount_small_disk(tmp_path / "disk") as where:
+            yield where
+    except CannotMount as exc:
+        if os.environ.get("CI"):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
 
 
 def chat(text: str) -> dict[str, object]:
@@ -97,7 +72,7 @@ async def test_a_full_disk_refuses_new_jobs_keeps_serving_and_loses_nothing(
             assert r.status_code == 202
             queued.append(r.json()["id"])
 
-        filler = await trio.to_thread.run_sync(fill, small_disk)
+        filler = await trio.to_thread.run_sync(fill_disk, small_disk)
 
         ollama_shape = await client.post("/api/chat", json=chat("refused"))
         assert ollama_shape.status_code == 503
@@ -174,7 +149,7 @@ def test_a_start_on_a_full_disk_fails_with_one_line(small_disk: Path) -> None:
     body = b'{"model":"llama3","prompt":"x","stream":false}'
     job = store.enqueue(NewJob(Endpoint.GENERATE, "llama3", "llama3:latest", body, False))
     store.transition(job.id, JobState.QUEUED, JobState.WORKING, attempts_delta=1)
-    fill(small_disk)
+    fill_disk(small_disk)
     try:
         # (the connection kept open keeps the write-ahead log, as a killed foreman leaves it)
         done = run_cli("serve", "--db", str(db), "--port", "0", "--ollama", "http://127.0.0.1:9")
