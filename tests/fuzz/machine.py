@@ -2,8 +2,10 @@
 
 Rules enqueue synchronous and asynchronous jobs across models and priorities, cancel,
 retry and purge them, arm upstream faults (refuse, reset, 5xx, hang, a stream cut short,
-an error mid-stream), kill foreman with SIGKILL and restart it, and play bursts whose
-order is checked against the scheduling rule. After every step:
+an error mid-stream), kill foreman with SIGKILL and restart it, start a second foreman
+on the same database (it must refuse, with one line), fill the database's disk for a
+while (when the run has a small disk of its own), and play bursts whose order is checked
+against the scheduling rule. After every step:
 
 - never two chat/generate requests at the stub at once: no inference request arrived
   while another was still open, unless foreman had already closed the other (the stub
@@ -24,7 +26,10 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import shutil
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -43,7 +48,7 @@ from hypothesis.stateful import (
 
 from foreman.policy import Candidate, pick_next
 from foreman.stub import expected_text
-from foreman.testing import Process, foreman_process
+from foreman.testing import Process, fill_disk, foreman_process
 
 MODELS = ("llama3", "mistral", "phi3")
 ENDPOINTS = ("/api/generate", "/api/chat", "/v1/chat/completions")
@@ -152,10 +157,12 @@ class SyncClient(threading.Thread):
 
 
 class ForemanMachine(RuleBasedStateMachine):
-    """Set `stub_url`, `work` and `tokens` on the class before running it."""
+    """Set `stub_url` and `work` on the class before running it, and `disk` (a small
+    filesystem of the machine's own, for the full-disk rule) when there is one."""
 
     stub_url: ClassVar[str] = ""
     work: ClassVar[Path] = Path()
+    disk: ClassVar[Path | None] = None
     runs: ClassVar[int] = 0
 
     def __init__(self) -> None:
@@ -164,7 +171,10 @@ class ForemanMachine(RuleBasedStateMachine):
         TRIED["runs"] += 1
         self.dir = self.work / f"run-{ForemanMachine.runs:04d}"
         self.dir.mkdir(parents=True)
-        self.db = self.dir / "foreman.db"
+        # the database (not the logs) on the small disk, when the run has one
+        self.db_dir = self.disk / self.dir.name if self.disk is not None else self.dir
+        self.db_dir.mkdir(exist_ok=True)
+        self.db = self.db_dir / "foreman.db"
         self.stub = httpx.Client(base_url=self.stub_url, timeout=30)
         self.proc: Process | None = None
         self.url = ""
@@ -226,6 +236,9 @@ class ForemanMachine(RuleBasedStateMachine):
             for client in self.clients:
                 client.join(5)
             self.stub.close()
+            if self.disk is not None:
+                # the small disk is shared by every run of the session
+                shutil.rmtree(self.db_dir, ignore_errors=True)
 
     def _stub_seq(self) -> int:
         requests = self.stub.get("/_stub/requests").json()["requests"]
@@ -378,6 +391,54 @@ class ForemanMachine(RuleBasedStateMachine):
         self.proc.kill()
         self.max_wait = max_wait
         self.start_foreman()
+
+    @rule()
+    def second_foreman(self) -> None:
+        """A second foreman on the same database refuses to start, with one line naming
+        the database and the process that holds it; the first one runs on untouched (the
+        done-once check would see a job it ran again)."""
+        TRIED["second_foreman"] += 1
+        assert self.proc is not None and self.proc.popen is not None
+        argv = [sys.executable, "-m", "foreman", "serve", "--port", "0", "--db", str(self.db)]
+        done = subprocess.run(
+            [*argv, "--ollama", self.stub_url], capture_output=True, text=True, timeout=60
+        )
+        lines = done.stderr.strip().splitlines()
+        holder = f"database {self.db} is in use by process {self.proc.popen.pid} "
+        if done.returncode == 0 or len(lines) != 1 or holder not in lines[0]:
+            raise Failure(f"a second foreman exited {done.returncode}: {done.stderr!r}")
+        if not self.proc.alive:
+            raise Failure("the first foreman died when a second one tried to start")
+
+    @precondition(lambda self: self.disk is not None)
+    @rule(
+        endpoint=st.sampled_from(ENDPOINTS),
+        model=st.sampled_from(MODELS),
+        seconds=st.sampled_from([0.0, 0.3]),
+    )
+    def fill_the_disk(self, endpoint: str, model: str, seconds: float) -> None:
+        """Fill the database's disk, submit while it is full, free it again. A submission
+        is either taken (and then must run like any other) or refused with 503 and
+        Retry-After; foreman stays up and /health answers throughout."""
+        TRIED["full_disk"] += 1
+        assert self.disk is not None
+        filler = fill_disk(self.disk)
+        try:
+            with self.api() as api:
+                body = body_for(endpoint, model, self._text(), False)
+                r = api.post("/jobs", json={"endpoint": endpoint, "body": body})
+                if r.status_code == 202:
+                    self.told.add(r.json()["id"])
+                elif r.status_code != 503 or "Retry-After" not in r.headers:
+                    raise Failure(f"POST /jobs on a full disk answered {r.status_code}: {r.text}")
+                time.sleep(seconds)
+                health = api.get("/health")
+                if health.status_code != 200:
+                    raise Failure(f"/health on a full disk answered {health.status_code}")
+        finally:
+            filler.unlink()
+        if self.proc is None or not self.proc.alive:
+            raise Failure("foreman died on a full disk")
 
     @rule(seconds=st.sampled_from([0.05, 0.2, 0.5]))
     def pause(self, seconds: float) -> None:

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from foreman.testing import stub_process
+from foreman.testing import CannotMount, small_disk, stub_process
 
 from .machine import TOKENS, TRIED, ForemanMachine, concurrent_inference
 
@@ -39,12 +39,26 @@ def stub_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc.terminate()
 
 
+@pytest.fixture(scope="module")
+def disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path | None]:
+    """A small tmpfs for the full-disk rule. Without root or a tmpfs the rule is left out,
+    except under CI, where that fails the test."""
+    try:
+        with small_disk(tmp_path_factory.mktemp("disk"), "64m") as where:
+            yield where
+    except CannotMount as exc:
+        if os.environ.get("CI"):
+            pytest.fail(str(exc))
+        yield None
+
+
 @pytest.mark.timeout(int(MINUTES * 60 * 2) + 300)
 def test_foreman_keeps_its_promises_under_faults_kills_and_cancels(
-    stub_url: str, tmp_path: Path
+    stub_url: str, disk: Path | None, tmp_path: Path
 ) -> None:
     ForemanMachine.stub_url = stub_url
     ForemanMachine.work = tmp_path
+    ForemanMachine.disk = disk
     TRIED.clear()
     started = time.monotonic()
     while TRIED["runs"] < EXAMPLES and time.monotonic() - started < MINUTES * 60:
