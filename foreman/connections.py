@@ -8,8 +8,12 @@ closes, and Trio logs a traceback for every failed accept, ten times a second. S
   (`raise_open_file_limit`);
 - client connections are capped below that limit (`connection_cap`), leaving a reserve
   for the database, the connections to Ollama, the log and the listening sockets;
-- a connection beyond the cap is answered 503 and closed at once (`ConnectionCount`,
-  used by `serving.IsolatedTCPServer`);
+- at the cap, a new connection takes the place of the connection that has been idle
+  longest between two requests (keep-alive), as a reverse proxy reuses its idle
+  connections: one cheap request per connection, then silence, must not hold every
+  place for the whole keep-alive timeout. Only when no connection is idle is the new
+  one answered 503 and closed at once (`ConnectionCount`, used by
+  `serving.IsolatedTCPServer`);
 - if accept fails anyway (another process used up the system's files), the failure is
   logged once a minute with a count, not ten times a second (`AcceptFailureThrottle`).
 """
@@ -19,6 +23,8 @@ from __future__ import annotations
 import logging
 import resource
 import time
+
+import trio
 
 from foreman.config import ConfigError
 
@@ -31,6 +37,9 @@ RESERVED_FILES = 64
 DEFAULT_CEILING = 4096
 # the soft limit foreman asks for when the hard limit is higher (or unlimited)
 WANTED_SOFT_LIMIT = 65536
+# idle connections told to close but not closed yet: each still holds its file, so the
+# connections let in in their place may exceed the cap by at most this (from the reserve)
+RECLAIM_SLACK = 16
 
 
 def raise_open_file_limit() -> int:
@@ -68,22 +77,50 @@ def connection_cap(requested: int | None, soft_limit: int, upstream_connections:
 
 
 class ConnectionCount:
-    """The client connections open now, against the cap; one per server."""
+    """The client connections open now, against the cap; one per server.
+
+    A connection idle between two requests registers the scope of its idle wait
+    (`idle`); at the cap, `take` ends the wait of the one idle longest, which closes it,
+    and lets the new connection in."""
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self.open = 0
         self.refused = 0
+        self.reclaimed = 0
+        # idle connections, longest idle first, with the scope of their idle wait
+        self._idle: dict[object, trio.CancelScope] = {}
+        # connections told to close that have not let go of their place yet
+        self._closing: set[object] = set()
 
     def take(self) -> bool:
-        if self.open >= self.cap:
+        if self.open >= self.cap and not self._reclaim():
             self.refused += 1
             return False
         self.open += 1
         return True
 
-    def release(self) -> None:
+    def release(self, connection: object) -> None:
         self.open -= 1
+        self._idle.pop(connection, None)
+        self._closing.discard(connection)
+
+    def idle(self, connection: object, wait: trio.CancelScope) -> None:
+        """`connection` waits for its next request; ending `wait` closes it."""
+        self._idle[connection] = wait
+
+    def busy(self, connection: object) -> None:
+        """`connection` is no longer idle (a request came, or it is closing anyway)."""
+        self._idle.pop(connection, None)
+
+    def _reclaim(self) -> bool:
+        if not self._idle or len(self._closing) >= RECLAIM_SLACK:
+            return False
+        connection = next(iter(self._idle))
+        self._idle.pop(connection).cancel()
+        self._closing.add(connection)
+        self.reclaimed += 1
+        return True
 
 
 class AcceptFailureThrottle(logging.Filter):

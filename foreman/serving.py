@@ -33,9 +33,10 @@ end (nginx's default `proxy_pass`, ApacheBench, health checkers) hung until its 
 timeout. The close here is shielded: it does not wait on anything, so the shield only
 lets it finish.
 
-4. Connections are capped and a request's head has a deadline (`ServerConfig`). A
-connection beyond `max_connections` is answered 503 with `Retry-After` and closed at
-once, so foreman never runs out of file descriptors (see `foreman.connections`). A new
+4. Connections are capped and a request's head has a deadline (`ServerConfig`). At
+`max_connections`, a new connection takes the place of the one idle longest between
+requests; with none idle it is answered 503 with `Retry-After` and closed at once, so
+foreman never runs out of file descriptors (see `foreman.connections`). A new
 connection must deliver its first request's head within `header_timeout`, far shorter
 than the keep-alive timeout that Hypercorn would otherwise apply: connections opened
 and left silent are closed within seconds and their places go to others. A connection
@@ -121,13 +122,22 @@ class IsolatedTCPServer(TCPServer):
             self._idle_scope = None
 
     async def _idle_timeout(self) -> None:
-        # hypercorn's timer, with the head deadline until the first answer went out
-        header_timeout = getattr(self.config, "header_timeout", None)
-        if self._answered or header_timeout is None:
-            await super()._idle_timeout()
-            return
-        with trio.move_on_after(header_timeout):
-            await self.context.terminated.wait()
+        # hypercorn's timer, with the head deadline until the first answer went out; a
+        # connection idle between requests may be closed early to let a new one in
+        header_timeout: float | None = getattr(self.config, "header_timeout", None)
+        waiting_for_head = not self._answered and header_timeout is not None
+        timeout: float = self.config.keep_alive_timeout
+        if waiting_for_head and header_timeout is not None:
+            timeout = header_timeout
+        count: ConnectionCount | None = getattr(self.config, "connections", None)
+        with trio.move_on_after(timeout) as wait:
+            if count is not None and not waiting_for_head:
+                count.idle(self, wait)
+            try:
+                await self.context.terminated.wait()
+            finally:
+                if count is not None:
+                    count.busy(self)
         with trio.CancelScope(shield=True):
             await self._initiate_server_close()
 
@@ -151,7 +161,7 @@ class IsolatedTCPServer(TCPServer):
                 log.warning("a connection ended on an error in the HTTP server", exc_info=exc)
         finally:
             if count is not None:
-                count.release()
+                count.release(self)
 
     async def _refuse(self) -> None:
         """Tell a connection beyond the cap to come back later, and close it."""

@@ -115,6 +115,41 @@ async def test_a_connection_over_the_cap_gets_503_and_room_comes_back(capped: st
                 await trio.sleep(0.01)
 
 
+async def answered_then_idle(url: str, stack: AsyncExitStack) -> trio.SocketStream:
+    """A connection that made one request and now sits idle (keep-alive)."""
+    host, port = address(url)
+    stream = await trio.open_tcp_stream(host, port)
+    stack.push_async_callback(stream.aclose)
+    await stream.send_all(b"GET /health HTTP/1.1\r\nHost: foreman\r\n\r\n")
+    answer = b""
+    with trio.fail_after(DEADLINE):
+        while not answer.endswith(b"}"):
+            answer += await stream.receive_some(65536)
+    assert answer.startswith(b"HTTP/1.1 200")
+    return stream
+
+
+async def test_at_the_cap_a_new_client_takes_the_place_of_the_longest_idle_one(
+    capped: str,
+) -> None:
+    # regression: one cheap request per connection, then silence, held every place for
+    # the whole keep-alive timeout (75 s), and every new client got 503
+    async with AsyncExitStack() as stack:
+        idle = [await answered_then_idle(capped, stack) for _ in range(8)]
+        async with httpx.AsyncClient(base_url=capped, timeout=DEADLINE) as client:
+            assert (await client.get("/health")).status_code == 200
+        # the one idle longest was closed to make room, without a word
+        assert await read_until_closed(idle[0]) == b""
+        # a connection that has not sent its first request yet is not idle: the next
+        # new client takes the place of the idle one, not of the slow one
+        slow = (await silent_connections(capped, 1, stack))[0]
+        async with httpx.AsyncClient(base_url=capped, timeout=DEADLINE) as client:
+            assert (await client.get("/health")).status_code == 200
+        assert await read_until_closed(idle[1]) == b""
+        await slow.send_all(b"GET /health HTTP/1.1\r\nHost: foreman\r\nConnection: close\r\n\r\n")
+        assert (await read_until_closed(slow)).startswith(b"HTTP/1.1 200")
+
+
 # the size of the one pool relayed calls and the worker used to share
 OLD_SHARED_POOL = 256
 FLOOD = OLD_SHARED_POOL + 64

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 
 import pytest
+import trio
 
 from foreman.config import ConfigError
 from foreman.connections import (
     DEFAULT_CEILING,
+    RECLAIM_SLACK,
     RESERVED_FILES,
     AcceptFailureThrottle,
     ConnectionCount,
@@ -34,9 +36,45 @@ def test_the_count_refuses_past_the_cap_and_frees_places() -> None:
     count = ConnectionCount(2)
     assert count.take() and count.take()
     assert not count.take()
-    count.release()
+    count.release("first")
     assert count.take()
     assert count.refused == 1
+
+
+async def test_at_the_cap_the_connection_idle_longest_makes_room() -> None:
+    count = ConnectionCount(3)
+    waits = {name: trio.CancelScope() for name in ("a", "b", "c")}
+    for _ in waits:
+        assert count.take()
+    count.idle("b", waits["b"])
+    count.idle("a", waits["a"])
+    count.idle("c", waits["c"])
+    count.busy("c")  # a request came on c: it is not idle any more
+    assert count.take()
+    assert waits["b"].cancel_called and not waits["a"].cancel_called
+    assert not waits["c"].cancel_called
+    assert count.take()
+    assert waits["a"].cancel_called
+    # nobody idle: the next one is refused
+    assert not count.take()
+    assert (count.reclaimed, count.refused) == (2, 1)
+    # the reclaimed ones let go of their places as they close
+    count.release("b")
+    count.release("a")
+    assert count.open == 3
+
+
+async def test_reclaiming_stops_while_too_many_closes_are_pending() -> None:
+    count = ConnectionCount(RECLAIM_SLACK)
+    for i in range(RECLAIM_SLACK):
+        assert count.take()
+        count.idle(i, trio.CancelScope())
+    for _ in range(RECLAIM_SLACK):
+        assert count.take()
+    count.idle("one more", trio.CancelScope())
+    assert not count.take()  # the files of the closing ones are not free yet
+    count.release(0)
+    assert count.take()
 
 
 def test_accept_failures_reach_the_log_once_a_window_without_their_traceback() -> None:
