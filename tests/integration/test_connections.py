@@ -46,6 +46,23 @@ async def read_until_closed(stream: trio.SocketStream) -> bytes:
     return data
 
 
+async def health_on(stream: trio.SocketStream) -> None:
+    """One /health request on `stream`, answered 200, the connection kept open."""
+    await stream.send_all(b"GET /health HTTP/1.1\r\nHost: foreman\r\n\r\n")
+    answer = b""
+    with trio.fail_after(DEADLINE):
+        while not answer.endswith(b"}"):
+            answer += await stream.receive_some(65536)
+    assert answer.startswith(b"HTTP/1.1 200")
+
+
+async def answered_then_idle(url: str, stack: AsyncExitStack) -> trio.SocketStream:
+    """A connection that made one request and now sits idle (keep-alive)."""
+    stream = (await silent_connections(url, 1, stack))[0]
+    await health_on(stream)
+    return stream
+
+
 @pytest.fixture
 async def capped(settings: Settings) -> AsyncIterator[str]:
     """foreman holding at most 8 connections, with a head deadline past every wait here."""
@@ -73,24 +90,12 @@ async def test_keep_alive_between_requests_is_not_cut_by_the_header_deadline(
     settings: Settings,
 ) -> None:
     async with running_foreman(settings, header_timeout=0.2) as url, AsyncExitStack() as stack:
-        host, port = address(url)
-        stream = await trio.open_tcp_stream(host, port)
-        stack.push_async_callback(stream.aclose)
-
-        async def health() -> None:
-            await stream.send_all(b"GET /health HTTP/1.1\r\nHost: foreman\r\n\r\n")
-            answer = b""
-            with trio.fail_after(DEADLINE):
-                while not answer.endswith(b"}"):
-                    answer += await stream.receive_some(65536)
-            assert answer.startswith(b"HTTP/1.1 200")
-
-        await health()
+        stream = await answered_then_idle(url, stack)
         # a silent connection opened now is closed at the head deadline; by then the
         # answered one has been idle at least as long, and is still open
         silent = (await silent_connections(url, 1, stack))[0]
         assert await read_until_closed(silent) == b""
-        await health()
+        await health_on(stream)
 
 
 async def test_a_connection_over_the_cap_gets_503_and_room_comes_back(capped: str) -> None:
@@ -113,20 +118,6 @@ async def test_a_connection_over_the_cap_gets_503_and_room_comes_back(capped: st
                 except httpx.TransportError:
                     pass
                 await trio.sleep(0.01)
-
-
-async def answered_then_idle(url: str, stack: AsyncExitStack) -> trio.SocketStream:
-    """A connection that made one request and now sits idle (keep-alive)."""
-    host, port = address(url)
-    stream = await trio.open_tcp_stream(host, port)
-    stack.push_async_callback(stream.aclose)
-    await stream.send_all(b"GET /health HTTP/1.1\r\nHost: foreman\r\n\r\n")
-    answer = b""
-    with trio.fail_after(DEADLINE):
-        while not answer.endswith(b"}"):
-            answer += await stream.receive_some(65536)
-    assert answer.startswith(b"HTTP/1.1 200")
-    return stream
 
 
 async def test_at_the_cap_a_new_client_takes_the_place_of_the_longest_idle_one(

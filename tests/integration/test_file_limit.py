@@ -7,7 +7,6 @@ foreman runs as a real process under `ulimit -n`, since the limit is the process
 from __future__ import annotations
 
 import socket
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import httpx
 import trio
 
 from foreman.stub import StubOllama
-from foreman.testing import Process
+from foreman.testing import Process, foreman_process
 
 from .test_connections import address
 
@@ -31,27 +30,10 @@ def limited_foreman(tmp_path: Path, stub: StubOllama) -> Process:
     deadline."""
     keys = tmp_path / "keys"
     keys.write_text(f"app {KEY} inference,jobs\n")
-    argv = [
-        "sh",
-        "-c",
-        f'ulimit -n {SOFT_LIMIT} && exec "$@"',
-        "sh",
-        sys.executable,
-        "-m",
-        "foreman",
-        "serve",
-        "--port",
-        "0",
-        "--db",
-        str(tmp_path / "foreman.db"),
-        "--ollama",
-        stub.url,
-        "--api-keys-file",
-        str(keys),
-        "--header-timeout",
-        "1",
-    ]
-    return Process(argv, tmp_path / "foreman.log")
+    log = tmp_path / "foreman.log"
+    extra = ("--api-keys-file", str(keys), "--header-timeout", "1")
+    serve = foreman_process(tmp_path / "foreman.db", stub.url, log, *extra).argv
+    return Process(["sh", "-c", f'ulimit -n {SOFT_LIMIT} && exec "$@"', "sh", *serve], log)
 
 
 def open_flood(url: str, count: int) -> list[socket.socket]:
