@@ -10,6 +10,8 @@ surrogate escape such as "\\ud800"), wherever in the body it is.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import re
@@ -17,7 +19,7 @@ from typing import Any, NoReturn
 
 import attrs
 
-from foreman.jobs import Endpoint
+from foreman.jobs import Endpoint, NewJob
 from foreman.residency import residency_key
 
 
@@ -229,3 +231,91 @@ def check_deadline(value: Any, now: float) -> float | None:
             " (a year)"
         )
     return now + float(value)
+
+
+# -- the job API: a submission and the query arguments of its listings --
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+
+
+def encode_cursor(job_id: str) -> str:
+    return base64.urlsafe_b64encode(job_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidRequest("cursor is not one this server gave out") from None
+    if len(raw) != 26 or not raw.isalnum():
+        raise InvalidRequest("cursor is not one this server gave out")
+    return raw
+
+
+def number_arg(name: str, raw: str | None, *, default: float, low: float = 0.0) -> float:
+    """A query argument that counts seconds."""
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a number of seconds") from None
+    if not math.isfinite(value) or value < low:
+        raise InvalidRequest(f"{name} must be a number of seconds, at least {low:g}")
+    return value
+
+
+def limit_arg(raw: str | None) -> int:
+    """The page size of a listing."""
+    if raw is None:
+        return DEFAULT_LIMIT
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_LIMIT:
+        raise InvalidRequest(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    return value
+
+
+def submission(raw: bytes, default_attempts: int, now: float) -> NewJob:
+    """A POST /jobs body, validated exactly as the synchronous routes validate theirs."""
+    envelope = parse_json_object(raw)
+    unknown = set(envelope) - {"endpoint", "body", "priority", "ref", "max_attempts", "deadline"}
+    if unknown:
+        raise InvalidRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
+    names = [e.value for e in Endpoint]
+    endpoint_name = envelope.get("endpoint")
+    if endpoint_name not in names:
+        raise InvalidRequest(f"endpoint must be one of {', '.join(names)}")
+    endpoint = Endpoint(endpoint_name)
+    body = envelope.get("body")
+    if not isinstance(body, dict):
+        raise InvalidRequest("body must be a JSON object (the request for the endpoint)")
+    # collected later, so answered whole: the upstream request never streams
+    upstream_body = json.dumps({**body, "stream": False}, separators=(",", ":")).encode()
+    parsed = inference_request(endpoint, upstream_body)
+    priority = envelope.get("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > MAX_PRIORITY:
+        raise InvalidRequest(
+            f"priority must be a whole number between -{MAX_PRIORITY} and {MAX_PRIORITY}"
+        )
+    ref = check_ref(envelope.get("ref"))
+    max_attempts = envelope.get("max_attempts", default_attempts)
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int):
+        raise InvalidRequest("max_attempts must be a whole number from 1 to 100")
+    if not 1 <= max_attempts <= 100:
+        raise InvalidRequest("max_attempts must be a whole number from 1 to 100")
+    deadline = check_deadline(envelope.get("deadline"), now)
+    return NewJob(
+        endpoint=endpoint,
+        model=parsed.model,
+        model_key=parsed.model_key,
+        body=upstream_body,
+        stream=False,
+        priority=priority,
+        max_attempts=max_attempts,
+        ref=ref,
+        deadline=deadline,
+    )

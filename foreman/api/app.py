@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import attrs
 from quart import request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -14,46 +13,17 @@ from werkzeug.exceptions import HTTPException
 from foreman.api import auth, dashboard, jobs, ollama, openai, ops
 from foreman.api.errors import error_for, http_error
 from foreman.api.request_target import TargetCheck
-from foreman.board import Board
-from foreman.config import Settings
-from foreman.events import StreamSlots
-from foreman.keys import KeyFile
-from foreman.metrics import JobTally, Metrics
+from foreman.api.services import Services
 from foreman.queue import (
     BUSY_MESSAGE,
     UNWRITABLE_RETRY_AFTER,
-    JobQueue,
     QueueFull,
     Refused,
     unwritable_message,
 )
 from foreman.store import StoreUnwritable
-from foreman.upstream import Upstream
 
 log = logging.getLogger("foreman.api")
-
-
-@attrs.frozen
-class Services:
-    """What the routes may call: handed to the app at construction, never global."""
-
-    settings: Settings
-    queue: JobQueue
-    # relayed routes' connections to Ollama
-    upstream: Upstream
-    # the readiness probe's own (None: the relay's), which a flood of relayed calls cannot take
-    probes: Upstream | None = None
-    keys: KeyFile = attrs.field(factory=lambda: KeyFile(None))
-    metrics: Metrics = attrs.field(factory=lambda: Metrics(JobTally()))
-    # the dashboard's view (None: no dashboard, e.g. an app built for a unit test)
-    board: Board | None = None
-    # the open event streams, against the caps in the settings
-    streams: StreamSlots = attrs.field(
-        default=attrs.Factory(
-            lambda self: StreamSlots(self.settings.max_streams, self.settings.max_streams_per_key),
-            takes_self=True,
-        )
-    )
 
 
 def create_app(services: Services) -> QuartTrio:
@@ -65,7 +35,6 @@ def create_app(services: Services) -> QuartTrio:
         BODY_TIMEOUT=120,
         PROVIDE_AUTOMATIC_OPTIONS=False,
     )
-    app.extensions["foreman"] = services
     # before routing and authorisation: the path they see is the path relayed to Ollama
     app.asgi_app = TargetCheck(app.asgi_app)  # type: ignore[method-assign,assignment]
     max_body = services.settings.max_body
@@ -78,8 +47,7 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(ollama.blueprint(services))
     app.register_blueprint(openai.blueprint(services))
     app.register_blueprint(jobs.blueprint(services))
-    if services.board is not None:
-        app.register_blueprint(dashboard.blueprint(services, services.board))
+    app.register_blueprint(dashboard.blueprint(services))
 
     # foreman's own errors take the shape of the route family the path belongs to
     @app.errorhandler(HTTPException)

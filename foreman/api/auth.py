@@ -10,15 +10,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from quart import Response, g, request
 
 from foreman.api.errors import error_for
+from foreman.api.services import Services
 from foreman.keys import ApiKey, Scope, presented_key, required_scopes
-
-if TYPE_CHECKING:
-    from foreman.api.app import Services
 
 # the access log's notes on a request (key name, job id), in the ASGI scope's extensions
 ACCESS_INFO = "foreman.access"

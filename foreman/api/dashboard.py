@@ -11,25 +11,29 @@ without the scope they need.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 from quart import Blueprint, Response, request
 
 from foreman.api.auth import caller, key_check, owner_filter
 from foreman.api.errors import ollama_error
-from foreman.api.jobs import SSE_KEEPALIVE, json_response, key_name, limit_arg, stream_refusal
+from foreman.api.jobs import key_name, stream_refusal
+from foreman.api.responses import (
+    KEEP_ALIVE_COMMENT,
+    SSE_KEEPALIVE,
+    event_stream,
+    json_response,
+    sse_event,
+)
+from foreman.api.services import Services
 from foreman.board import Board, Change, Feed, Poke, Resync, job_view
 from foreman.events import StreamSlot, TooManyStreams
 from foreman.jobs import Job
 from foreman.keys import ALL_SCOPES
-from foreman.validate import InvalidRequest
-
-if TYPE_CHECKING:
-    from foreman.api.app import Services
+from foreman.validate import InvalidRequest, limit_arg
 
 # how long a stream gathers changes before it writes them (a person cannot tell)
 BATCH_SECONDS = 0.1
@@ -55,9 +59,10 @@ def asset(name: str) -> bytes:
     return resources.files("foreman.ui").joinpath(name).read_bytes()
 
 
-def blueprint(services: Services, board: Board) -> Blueprint:
+def blueprint(services: Services) -> Blueprint:
     bp = Blueprint("dashboard", __name__)
     queue = services.queue
+    board = services.board
 
     @bp.errorhandler(InvalidRequest)
     async def invalid(exc: InvalidRequest) -> Response:
@@ -150,11 +155,7 @@ def _take_waiting(feed: Feed, items: list[Change | Poke]) -> bool:
 
 def _job_event(job: Job) -> bytes:
     """A job's `job` event (encoded once per change however many streams send it)."""
-    return _event("job", job_view(job))
-
-
-def _event(kind: str, data: Any) -> bytes:
-    return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+    return sse_event("job", job_view(job))
 
 
 def _stream(
@@ -171,14 +172,14 @@ def _stream(
         # changes numbered at or below the board's version at the read are in it already
         feed = board.open_feed()
         try:
-            yield _event("hello", you)
+            yield sse_event("hello", you)
 
             async def snapshot() -> tuple[int, bytes]:
                 seen = board.version
                 jobs = await services.queue.store.list_jobs(limit=limit, key_name=owner)
                 summary = visible_summary(await board.summary(), owner)
                 data = {"summary": summary, "jobs": [job_view(j) for j in jobs]}
-                return seen, _event("snapshot", data)
+                return seen, sse_event("snapshot", data)
 
             seen, first = await snapshot()
             yield first
@@ -197,11 +198,11 @@ def _stream(
                     return  # the key was revoked or its scopes changed: ask again
                 if not items:
                     if due is None:
-                        yield b": keep-alive\n\n"
+                        yield KEEP_ALIVE_COMMENT
                     else:
                         summary = await board.summary()
                         due = board.refresh_due()
-                        yield _event("summary", visible_summary(summary, owner))
+                        yield sse_event("summary", visible_summary(summary, owner))
                     continue
                 # changes come in bursts (a job moves three times in a few milliseconds):
                 # gather what arrives shortly after the first, and send it in one write,
@@ -232,9 +233,4 @@ def _stream(
             feed.stop()
             slot.release()
 
-    return Response(
-        events(),
-        status=200,
-        content_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return event_stream(events())

@@ -7,8 +7,7 @@ import json
 from quart import Response
 
 from foreman.answers import Family, openai_error_document
-
-JSON = "application/json; charset=utf-8"
+from foreman.api.responses import JSON
 
 
 def ollama_error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:

@@ -8,14 +8,11 @@ answered as unknown.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import json
 import math
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import trio
@@ -24,30 +21,31 @@ from quart import Blueprint, Response, request
 from foreman.api.auth import caller, key_check, note, owner_filter
 from foreman.api.errors import ollama_error
 from foreman.api.openapi import spec
-from foreman.api.proxy import request_body
+from foreman.api.responses import (
+    KEEP_ALIVE_COMMENT,
+    SSE_KEEPALIVE,
+    event_stream,
+    json_response,
+    request_body,
+    sse_event,
+)
+from foreman.api.services import Services
 from foreman.events import StreamSlot, TooManyStreams
-from foreman.jobs import Endpoint, Job, JobState, NewJob
+from foreman.jobs import Job, JobState
 from foreman.queue import JobQueue
 from foreman.residency import normalise_model
 from foreman.store import IdempotencyConflict, NotTerminal
 from foreman.validate import (
-    MAX_PRIORITY,
     InvalidRequest,
-    check_deadline,
     check_idempotency_key,
-    check_ref,
-    inference_request,
-    parse_json_object,
+    decode_cursor,
+    encode_cursor,
+    limit_arg,
+    number_arg,
+    submission,
 )
 
-if TYPE_CHECKING:
-    from foreman.api.app import Services
-
 MAX_WAIT = 60.0
-DEFAULT_LIMIT = 50
-MAX_LIMIT = 500
-# a comment line on idle event streams, well inside a tunnel's 100 s idle limit
-SSE_KEEPALIVE = 15.0
 # how long a queue-wide event stream gathers changes before it writes them: at least
 # this long, and longer with many such streams open, so that together they write about
 # STREAM_WRITES times a second at most, however many there are
@@ -94,97 +92,6 @@ def job_json(job: Job) -> dict[str, Any]:
     if job.state is JobState.DONE:
         out["result"] = job.result
     return out
-
-
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        json.dumps(data, separators=(",", ":")),
-        status=status,
-        content_type="application/json; charset=utf-8",
-        headers=headers,
-    )
-
-
-def encode_cursor(job_id: str) -> str:
-    return base64.urlsafe_b64encode(job_id.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> str:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidRequest("cursor is not one this server gave out") from None
-    if len(raw) != 26 or not raw.isalnum():
-        raise InvalidRequest("cursor is not one this server gave out")
-    return raw
-
-
-def number_arg(name: str, raw: str | None, *, default: float, low: float = 0.0) -> float:
-    """A query argument that counts seconds."""
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be a number of seconds") from None
-    if not math.isfinite(value) or value < low:
-        raise InvalidRequest(f"{name} must be a number of seconds, at least {low:g}")
-    return value
-
-
-def limit_arg(raw: str | None) -> int:
-    """The page size of a listing."""
-    if raw is None:
-        return DEFAULT_LIMIT
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= MAX_LIMIT:
-        raise InvalidRequest(f"limit must be a whole number from 1 to {MAX_LIMIT}")
-    return value
-
-
-def submission(raw: bytes, default_attempts: int, now: float) -> NewJob:
-    """A POST /jobs body, validated exactly as the synchronous routes validate theirs."""
-    envelope = parse_json_object(raw)
-    unknown = set(envelope) - {"endpoint", "body", "priority", "ref", "max_attempts", "deadline"}
-    if unknown:
-        raise InvalidRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
-    names = [e.value for e in Endpoint]
-    endpoint_name = envelope.get("endpoint")
-    if endpoint_name not in names:
-        raise InvalidRequest(f"endpoint must be one of {', '.join(names)}")
-    endpoint = Endpoint(endpoint_name)
-    body = envelope.get("body")
-    if not isinstance(body, dict):
-        raise InvalidRequest("body must be a JSON object (the request for the endpoint)")
-    # collected later, so answered whole: the upstream request never streams
-    upstream_body = json.dumps({**body, "stream": False}, separators=(",", ":")).encode()
-    parsed = inference_request(endpoint, upstream_body)
-    priority = envelope.get("priority", 0)
-    if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > MAX_PRIORITY:
-        raise InvalidRequest(
-            f"priority must be a whole number between -{MAX_PRIORITY} and {MAX_PRIORITY}"
-        )
-    ref = check_ref(envelope.get("ref"))
-    max_attempts = envelope.get("max_attempts", default_attempts)
-    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int):
-        raise InvalidRequest("max_attempts must be a whole number from 1 to 100")
-    if not 1 <= max_attempts <= 100:
-        raise InvalidRequest("max_attempts must be a whole number from 1 to 100")
-    deadline = check_deadline(envelope.get("deadline"), now)
-    return NewJob(
-        endpoint=endpoint,
-        model=parsed.model,
-        model_key=parsed.model_key,
-        body=upstream_body,
-        stream=False,
-        priority=priority,
-        max_attempts=max_attempts,
-        ref=ref,
-        deadline=deadline,
-    )
 
 
 def request_hash(*parts: Any) -> str:
@@ -396,7 +303,7 @@ def _event_stream(
                         # fell too far behind (the client reconnects and catches up), or
                         # foreman is shutting down
                         return
-                    yield b": keep-alive\n\n"
+                    yield KEEP_ALIVE_COMMENT
                     continue
                 if job_id is not None:
                     # a job's stream ends with its first terminal state
@@ -409,12 +316,7 @@ def _event_stream(
             feed.stop()
             slot.release()
 
-    return Response(
-        events(),
-        status=200,
-        content_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return event_stream(events())
 
 
 def batch_seconds(streams: int) -> float:
@@ -423,5 +325,4 @@ def batch_seconds(streams: int) -> float:
 
 
 def _sse(job: Job) -> bytes:
-    data = json.dumps(job_json(job), separators=(",", ":"))
-    return f"event: job\nid: {job.id}\ndata: {data}\n\n".encode()
+    return sse_event("job", job_json(job), job.id)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from quart import Blueprint, Response
 
 from foreman.api import proxy, sync
+from foreman.api.services import Services
 from foreman.jobs import Endpoint
 
 RELAYED = (
@@ -28,10 +27,6 @@ RELAYED = (
 )
 
 
-if TYPE_CHECKING:
-    from foreman.api.app import Services
-
-
 def blueprint(services: Services) -> Blueprint:
     bp = Blueprint("ollama", __name__)
 
@@ -43,11 +38,5 @@ def blueprint(services: Services) -> Blueprint:
     async def generate() -> Response:
         return await sync.submit_and_answer(services, Endpoint.GENERATE)
 
-    async def passthrough(**_: str) -> Response:
-        return await proxy.relay_for(services)
-
-    for rule, methods in RELAYED:
-        endpoint = "relay_" + rule.strip("/").replace("/", "_").replace("<", "").replace(">", "")
-        bp.add_url_rule(rule, endpoint or "relay_root", passthrough, methods=list(methods))
-
+    proxy.register_passthrough(bp, services, RELAYED)
     return bp

@@ -10,15 +10,11 @@ these routes take OpenAI's shape; Ollama's own errors reach the client unchanged
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from quart import Blueprint, Response
 
 from foreman.api import proxy, sync
+from foreman.api.services import Services
 from foreman.jobs import Endpoint
-
-if TYPE_CHECKING:
-    from foreman.api.app import Services
 
 RELAYED = (
     # embeddings bypass the queue, as /api/embed does
@@ -39,11 +35,5 @@ def blueprint(services: Services) -> Blueprint:
     async def completions() -> Response:
         return await sync.submit_and_answer(services, Endpoint.V1_COMPLETIONS)
 
-    async def passthrough(**_: str) -> Response:
-        return await proxy.relay_for(services)
-
-    for rule, methods in RELAYED:
-        name = "relay_" + rule.strip("/").replace("/", "_").replace("<path:", "").replace(">", "")
-        bp.add_url_rule(rule, name, passthrough, methods=list(methods))
-
+    proxy.register_passthrough(bp, services, RELAYED)
     return bp

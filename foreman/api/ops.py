@@ -8,18 +8,15 @@ is still the file foreman opened, Ollama answers, and shutdown has not begun.
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import TYPE_CHECKING
 
 import trio
 from quart import Blueprint, Response
 
+from foreman.api.responses import JSON, compact_json
+from foreman.api.services import Services
 from foreman.metrics import CONTENT_TYPE
 from foreman.upstream import UpstreamError
-
-if TYPE_CHECKING:
-    from foreman.api.app import Services
 
 log = logging.getLogger("foreman.api")
 
@@ -47,7 +44,7 @@ def blueprint(services: Services) -> Blueprint:
         reachable = False
         with trio.move_on_after(READY_PROBE_SECONDS):
             try:
-                await (services.probes or services.upstream).probe()
+                await services.probes.probe()
                 reachable = True
             except UpstreamError:
                 pass
@@ -65,8 +62,8 @@ def blueprint(services: Services) -> Blueprint:
 
 
 def _document(status: str, reasons: list[str]) -> str:
-    return json.dumps({"status": status, "reasons": reasons}, separators=(",", ":"))
+    return compact_json({"status": status, "reasons": reasons})
 
 
 def _json(body: str, status: int) -> Response:
-    return Response(body, status, content_type="application/json; charset=utf-8")
+    return Response(body, status, content_type=JSON)

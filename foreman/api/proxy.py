@@ -3,28 +3,23 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
+import re
+from collections.abc import AsyncIterator, Callable, Iterable
 
 import httpx
 import trio
-from quart import Response, request
+from quart import Blueprint, Response, request
 
 from foreman.api.errors import error_for
+from foreman.api.responses import build_response, request_body
+from foreman.api.services import Services
 from foreman.metrics import Metrics
 from foreman.residency import normalise_model
 from foreman.upstream import Upstream, UpstreamError, request_headers, response_headers
 
-if TYPE_CHECKING:
-    from foreman.api.app import Services
-
 EMBEDDING_ROUTES = frozenset({"/api/embed", "/api/embeddings", "/v1/embeddings"})
-
-
-async def request_body() -> bytes:
-    """The raw request body, exactly as the client sent it."""
-    data = await request.get_data(cache=True, as_text=False, parse_form_data=False)
-    return data
+# a rule's variable parts, `<digest>` or `<path:model>`, in the name of its endpoint
+_RULE_VARIABLE = re.compile(r"<(?:[^:>]*:)?([^>]*)>")
 
 
 async def relay(
@@ -97,12 +92,22 @@ async def relay(
 async def relay_for(services: Services) -> Response:
     """`relay` as the Ollama and /v1 routes that bypass the queue use it: embeddings
     counted in the metrics, and the embedding model used shown on the dashboard."""
-    board = services.board
     return await relay(
-        services.upstream,
-        metrics=services.metrics,
-        on_embedding=board.embedding_used if board is not None else None,
+        services.upstream, metrics=services.metrics, on_embedding=services.board.embedding_used
     )
+
+
+def register_passthrough(
+    bp: Blueprint, services: Services, routes: Iterable[tuple[str, tuple[str, ...]]]
+) -> None:
+    """Add each (rule, methods) of `routes` to `bp` as a route relayed to Ollama as it is."""
+
+    async def passthrough(**_: str) -> Response:
+        return await relay_for(services)
+
+    for rule, methods in routes:
+        name = _RULE_VARIABLE.sub(r"\1", rule.strip("/") or "root").replace("/", "_")
+        bp.add_url_rule(rule, "relay_" + name, passthrough, methods=list(methods))
 
 
 def _model_of(body: bytes) -> str | None:
@@ -123,21 +128,3 @@ def _declared_length(response: httpx.Response) -> int | None:
         return int(response.headers["content-length"])
     except (KeyError, ValueError):
         return None
-
-
-def build_response(
-    body: bytes | AsyncIterator[bytes],
-    status: int,
-    headers: tuple[tuple[str, str], ...],
-    *,
-    length: int | None = None,
-) -> Response:
-    """An answer with exactly `headers`, framed by foreman's server: a whole body goes out
-    with its Content-Length (`length` overrides it, for a HEAD), an iterator chunked."""
-    out = Response(body, status=status)
-    out.headers.clear()
-    for name, value in headers:
-        out.headers.add(name, value)
-    if isinstance(body, bytes) and status >= 200 and status not in (204, 304):
-        out.headers["Content-Length"] = str(len(body) if length is None else length)
-    return out

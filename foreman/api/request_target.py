@@ -14,7 +14,7 @@ from urllib.parse import unquote
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
 from foreman.answers import Family
-from foreman.api.errors import JSON
+from foreman.api.responses import JSON
 from foreman.target import TargetRefused, checked_path
 
 ASGIApp = Any

@@ -15,11 +15,9 @@ Ollama's in-band error line (or OpenAI's error event, or the error document).
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import trio
 from quart import Response, request
@@ -27,7 +25,15 @@ from quart import Response, request
 from foreman.answers import Family, keepalive_part, replay_stream
 from foreman.api.auth import caller, note
 from foreman.api.errors import error_for
-from foreman.api.proxy import build_response, request_body
+from foreman.api.responses import (
+    EVENT_STREAM,
+    JSON,
+    STREAMING_HEADERS,
+    build_response,
+    compact_json,
+    request_body,
+)
+from foreman.api.services import Services
 from foreman.config import Settings
 from foreman.jobs import Endpoint, Job, JobState, NewJob
 from foreman.queue import JobQueue
@@ -41,9 +47,6 @@ from foreman.validate import (
     inference_request,
     parse_priority,
 )
-
-if TYPE_CHECKING:
-    from foreman.api.app import Services
 
 DISCONNECTED = "client disconnected"
 # bound on the shielded clean-up after a client leaves (a store write, normally instant)
@@ -132,7 +135,7 @@ def _stored_answer(job: Job) -> tuple[str, bytes]:
     the endpoint's own framing (an NDJSON line, or one SSE event and [DONE] on /v1)."""
     if job.stream:
         return replay_stream(job.endpoint, job.result)
-    return "application/json; charset=utf-8", json.dumps(job.result, separators=(",", ":")).encode()
+    return JSON, compact_json(job.result).encode()
 
 
 def _ended_badly(job: Job) -> tuple[int, str]:
@@ -260,16 +263,15 @@ def _kept_alive_headers(job: Job) -> dict[str, str]:
     return {
         "X-Foreman-Job-Id": job.id,
         "X-Foreman-Keepalive": "1",
-        "Cache-Control": "no-cache",
-        "X-Accel-Buffering": "no",
+        **STREAMING_HEADERS,
     }
 
 
 def _content_type(job: Job) -> str:
     """What a kept-alive answer is, announced before the answer exists."""
     if not job.stream:
-        return "application/json; charset=utf-8"
-    return "text/event-stream" if job.endpoint.openai else "application/x-ndjson"
+        return JSON
+    return EVENT_STREAM if job.endpoint.openai else "application/x-ndjson"
 
 
 def _tick(job: Job) -> bytes:
@@ -321,6 +323,6 @@ async def _ended_without_answer(queue: JobQueue, job: Job, ticket: Ticket) -> Re
     return Response(
         Family.of(job.endpoint).error_body(status, message),
         status=status,
-        content_type="application/json; charset=utf-8",
+        content_type=JSON,
         headers=headers,
     )

@@ -1,4 +1,4 @@
-"""StubOllama: the stub's public face, tying its state, listener and control API together.
+"""StubOllama: the stub's public face, tying its state, listener and controls together.
 
 `serve` is meant for `nursery.start`: it binds (port 0 picks a free port), reports the port,
 and owns every task the stub runs; cancelling it stops everything. Everything else here is a
@@ -15,7 +15,7 @@ from typing import Any
 import trio
 
 from .config import StubConfig
-from .control import handle_control
+from .control import Controls, handle_control
 from .faults import Fault, FaultKind, make_fault
 from .generation import expected_embedding, expected_text
 from .http import Exchange
@@ -32,6 +32,7 @@ class StubOllama:
     def __init__(self, config: StubConfig | None = None) -> None:
         self.state = StubState(config or StubConfig())
         self._listener = Listener(self._handle, self.state.recorder)
+        self.controls = Controls(self.state, self._listener)
 
     # -- configuration -------------------------------------------------------------------
 
@@ -41,12 +42,11 @@ class StubOllama:
 
     def configure(self, **changes: Any) -> StubConfig:
         """Change run-time settings (load_delay, token_delay, tokens, ...); ValueError if bad."""
-        return self.state.configure(changes)
+        return self.controls.configure(**changes)
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return self.controls.url
 
     # -- the record ----------------------------------------------------------------------
 
@@ -88,18 +88,18 @@ class StubOllama:
 
     def counters(self) -> dict[str, Any]:
         """requests, completed, loads, unloads (totals and by model), in-flight counts..."""
-        return self.state.recorder.counters()
+        return self.controls.counters()
 
     def reset_record(self) -> None:
         """Forget recorded requests, slot events and counters (in-flight ones still count)."""
-        self.state.recorder.reset()
+        self.controls.reset_record()
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Wait until `predicate()` holds, re-checking on every recorded change.
 
         Example: `with trio.fail_after(5): await stub.wait_until(lambda: stub.inflight_inference)`.
         """
-        await self.state.wait_until(predicate)
+        await self.controls.wait_until(predicate)
 
     def hold(self) -> None:
         """Pause generation: requests holding the chat runner stop before their next token.
@@ -108,10 +108,10 @@ class StubOllama:
         send, `wait_until(lambda: stub.inflight_inference == n)`, check, then `release`.
         Embedding requests are not held.
         """
-        self.state.hold()
+        self.controls.hold()
 
     def release(self) -> None:
-        self.state.release()
+        self.controls.release()
 
     @property
     def held(self) -> bool:
@@ -150,30 +150,22 @@ class StubOllama:
 
     def arm(self, fault: Fault) -> Fault:
         """Arm a built fault; `refuse` takes effect at once instead of waiting for a request."""
-        if fault.kind is FaultKind.REFUSE:
-            self.refuse(fault.seconds)
-            return fault
-        self.state.faults.add(fault)
-        self.state.recorder.changed()
-        return fault
+        return self.controls.arm(fault)
 
     def clear_faults(self) -> None:
         """Disarm every switch and end a refusal started by a `refuse` fault."""
-        self.state.faults.clear()
-        if self._listener.refusing:
-            self._listener.reopen_after(0.0)
-        self.state.recorder.changed()
+        self.controls.clear_faults()
 
     @property
     def refusing(self) -> bool:
-        return self._listener.refusing
+        return self.controls.refusing
 
     def refuse(self, seconds: float | None) -> None:
         """Go down now (refuse connections, reset open ones); come back after `seconds`.
 
         With `seconds` None the stub stays down until `start_listening` or `clear_faults`.
         """
-        self._listener.refuse(seconds)
+        self.controls.refuse(seconds)
 
     # -- listening -------------------------------------------------------------------------
 
@@ -206,7 +198,7 @@ class StubOllama:
         path = exchange.request.path
         if path == "/_stub" or path.startswith("/_stub/"):
             exchange.conn.control = True
-            await handle_control(self, exchange)
+            await handle_control(self.controls, exchange)
             return
         exchange.conn.control = False
         await serve_request(self.state, exchange, self._listener.loopback)
@@ -228,21 +220,7 @@ class StubOllama:
 
     def snapshot(self) -> dict[str, Any]:
         """Everything /_stub/state shows: slots, counters, faults, settings."""
-        now = trio.current_time()
-        scheduler = self.state.scheduler
-        scheduler.refresh(now)
-        return {
-            "url": self.url,
-            "listening": self.listening,
-            "refusing": self.refusing,
-            "held": self.held,
-            "now": now,
-            "config": self.config.to_dict(),
-            "slots": {slot.name: scheduler.describe(slot, now) for slot in scheduler.slots()},
-            "counters": self.counters(),
-            "faults": self.state.faults.to_list(),
-            "models": sorted(model.name for model in self.state.catalogue),
-        }
+        return self.controls.snapshot()
 
 
 @asynccontextmanager
