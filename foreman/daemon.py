@@ -65,11 +65,14 @@ def hypercorn_config(settings: Settings) -> ServerConfig:
 
 
 class Control:
-    """How signals reach a running daemon: a stop request (graceful), a key reload."""
+    """How signals reach a running daemon: a stop request (graceful), a key reload; and
+    the running worker, whose counts (its failed probes) a test over sockets waits on
+    rather than sleeping."""
 
     def __init__(self) -> None:
         self.stop_requested = trio.Event()
         self.keys: KeyFile | None = None
+        self.worker: Worker | None = None
 
     def request_stop(self) -> None:
         self.stop_requested.set()
@@ -166,6 +169,7 @@ async def run(
                 metrics=metrics,
                 on_progress=board.poke,
             )
+            control.worker = worker
             queue = JobQueue(
                 store,
                 relay,
