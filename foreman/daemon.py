@@ -24,7 +24,7 @@ from foreman.board import Live as BoardLive
 from foreman.config import Settings
 from foreman.connections import AcceptFailureThrottle, connection_cap, raise_open_file_limit
 from foreman.events import JobEvents, Wakeup
-from foreman.keys import KeyFile, watch_key_file
+from foreman.keys import KEY_FILE_POLL, KeyFile, watch_key_file
 from foreman.metrics import JobTally, Live, Metrics
 from foreman.queue import JobQueue, run_janitor
 from foreman.relay import Relay
@@ -65,11 +65,14 @@ def hypercorn_config(settings: Settings) -> ServerConfig:
 
 
 class Control:
-    """How signals reach a running daemon: a stop request (graceful), a key reload."""
+    """How signals reach a running daemon: a stop request (graceful), a key reload; and
+    the running worker, whose counts (its failed probes) a test over sockets waits on
+    rather than sleeping."""
 
     def __init__(self) -> None:
         self.stop_requested = trio.Event()
         self.keys: KeyFile | None = None
+        self.worker: Worker | None = None
 
     def request_stop(self) -> None:
         self.stop_requested.set()
@@ -112,10 +115,13 @@ async def run(
     settings: Settings,
     *,
     control: Control | None = None,
+    key_file_poll: float = KEY_FILE_POLL,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run foreman until cancelled, or until `control` asks it to stop (then gracefully).
-    Reports the address it listens on to `task_status`."""
+    Reports the address it listens on to `task_status`. `key_file_poll` is how often the
+    keys file is looked at: not a setting (SIGHUP reloads at once), but tests of the
+    reload shorten it rather than wait seconds for it."""
     control = control or Control()
     settings = with_connection_cap(settings)
     keys = load_keys(settings)
@@ -163,6 +169,7 @@ async def run(
                 metrics=metrics,
                 on_progress=board.poke,
             )
+            control.worker = worker
             queue = JobQueue(
                 store,
                 relay,
@@ -201,7 +208,7 @@ async def run(
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(supervise, worker)
                 nursery.start_soon(run_janitor, queue, settings.retention)
-                nursery.start_soon(watch_key_file, keys)
+                nursery.start_soon(watch_key_file, keys, key_file_poll)
                 async with trio.open_nursery() as server:
                     binds = await server.start(
                         partial(

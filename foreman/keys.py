@@ -264,7 +264,11 @@ class KeyFile:
         return self.path is not None and _signature(self.path) != self._seen
 
 
-async def watch_key_file(keys: KeyFile, interval: float = 2.0) -> None:
+# how often the keys file is looked at for changes
+KEY_FILE_POLL = 2.0
+
+
+async def watch_key_file(keys: KeyFile, interval: float = KEY_FILE_POLL) -> None:
     """Reload the keys whenever the file changes (polled: works on every file system
     and for editors that replace the file)."""
     if keys.path is None:
@@ -276,6 +280,7 @@ async def watch_key_file(keys: KeyFile, interval: float = 2.0) -> None:
 
 
 __all__ = [
+    "KEY_FILE_POLL",
     "ApiKey",
     "KeyFile",
     "KeyRing",

@@ -154,6 +154,9 @@ class Worker:
         self.resident_endpoint = Endpoint.GENERATE
         self.running: Running | None = None
         self.online = False
+        # probes of Ollama that failed since start: a test over sockets waits for a few
+        # of them to know an outage has been seen and waited out, rather than sleeping
+        self.failed_probes = 0
         # shared by every write the worker waits out, so the log says it once
         self.store_backoff = StoreBackoff()
 
@@ -532,6 +535,7 @@ class Worker:
                     )
                     warned = True
                 self.online = False
+                self.failed_probes += 1
             await trio.sleep(delay)
             delay = min(delay * 2, self.settings.probe_max)
         if warned:

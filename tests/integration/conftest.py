@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -16,6 +17,10 @@ import trio
 from foreman.config import Settings
 from foreman.daemon import run
 from foreman.stub import StubConfig, StubOllama
+
+# how often the foremen of these tests look at their keys file: a test that edits it waits
+# a moment for the reload, not the seconds a deployment can afford
+KEY_FILE_POLL = 0.05
 
 
 @pytest.fixture
@@ -42,7 +47,7 @@ def settings(tmp_path: Path, stub: StubOllama) -> Settings:
 
 @pytest.fixture
 async def foreman(nursery: trio.Nursery, settings: Settings) -> str:
-    url: str = await nursery.start(run, settings)
+    url: str = await nursery.start(partial(run, settings, key_file_poll=KEY_FILE_POLL))
     return url
 
 

@@ -16,6 +16,8 @@ from foreman.config import Settings
 from foreman.daemon import run
 from foreman.stub import StubOllama
 
+from .conftest import KEY_FILE_POLL
+
 ADMIN = "admin-key-0123456789"
 READER = "reader-key-0123456789"
 SERVICE = "service-key-0123456789"
@@ -278,7 +280,9 @@ def keyed_settings(tmp_path: Path, stub: StubOllama) -> Settings:
 
 @pytest.fixture
 async def keyed(nursery: trio.Nursery, keyed_settings: Settings) -> str:
-    url: str = await nursery.start(run, keyed_settings)
+    url: str = await nursery.start(
+        functools.partial(run, keyed_settings, key_file_poll=KEY_FILE_POLL)
+    )
     return url
 
 

@@ -189,7 +189,7 @@ async def test_editing_the_keys_file_rotates_keys_and_keys_are_never_logged(
     assert settings.api_keys_file is not None
     settings.api_keys_file.write_text(KEYS.replace(APP, new))
 
-    # the file is watched (polled every 2 s): wait for the new key to work
+    # the file is watched (polled every KEY_FILE_POLL s here): wait for the new key
     with trio.fail_after(30):
         while (await client.get("/api/tags", headers=bearer(new))).status_code != 200:  # noqa: ASYNC110
             await trio.sleep(0.05)
@@ -210,7 +210,7 @@ async def test_a_key_beyond_ascii_written_to_the_file_is_refused_and_the_old_key
     def refused() -> list[logging.LogRecord]:
         return [r for r in caplog.records if "printable ASCII" in r.getMessage()]
 
-    # the file is watched (polled every 2 s): wait for the refusal
+    # the file is watched (polled every KEY_FILE_POLL s here): wait for the refusal
     with trio.fail_after(30):
         while not refused():  # noqa: ASYNC110 - waiting on a log record, not a trio task
             await trio.sleep(0.05)

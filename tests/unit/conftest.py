@@ -6,10 +6,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio.testing
 
 from foreman.store import SyncStore, connect
 
 from ._helpers import FakeClock
+from ._worker_harness import rig_clock
 
 
 @pytest.fixture
@@ -27,3 +29,9 @@ def store(db_path: Path, clock: FakeClock) -> Iterator[SyncStore]:
     conn = connect(db_path)
     yield SyncStore(conn, clock=clock)
     conn.close()
+
+
+@pytest.fixture
+def virtual_clock(monkeypatch: pytest.MonkeyPatch) -> trio.testing.MockClock:
+    """The worker tier's clock (see `_worker_harness.rig_clock`)."""
+    return rig_clock(monkeypatch)

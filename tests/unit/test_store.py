@@ -429,14 +429,14 @@ def test_plan_checker_rejects_a_full_scan(store):
     assert not _uses_indexes(plan)
 
 
-@pytest.fixture(scope="module")
-def big_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncStore]:
-    """20k queued jobs over eight models and five priorities, some in backoff, over a
-    history of 20k finished ones, with statistics gathered."""
-    conn = connect(tmp_path_factory.mktemp("big") / "foreman.db")
+def _queue_store(path: Path, jobs: int) -> SyncStore:
+    """`jobs` jobs over eight models and five priorities, half of them queued (some in
+    backoff) over a history of finished ones, with statistics gathered; the clock at
+    40,000, the newest job's time."""
+    conn = connect(path)
     rng = random.Random(7)
     rows = []
-    for i in range(40_000):
+    for i in range(jobs):
         state = "queued" if i % 2 == 0 else rng.choice(["done", "failed", "cancelled"])
         rows.append(
             (
@@ -457,8 +457,23 @@ def big_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncStore]:
             rows,
         )
     conn.execute("ANALYZE")
-    yield SyncStore(conn, clock=FakeClock(40_000.0))
-    conn.close()
+    return SyncStore(conn, clock=FakeClock(40_000.0))
+
+
+@pytest.fixture(scope="module")
+def big_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncStore]:
+    """20k queued jobs over a history of 20k finished ones."""
+    store = _queue_store(tmp_path_factory.mktemp("big") / "foreman.db", 40_000)
+    yield store
+    store.conn.close()
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncStore]:
+    """The big store's first 400 jobs: a hundred times fewer queued."""
+    store = _queue_store(tmp_path_factory.mktemp("small") / "foreman.db", 400)
+    yield store
+    store.conn.close()
 
 
 def test_every_pick_statement_plan_uses_an_index(big_store):
@@ -505,8 +520,12 @@ def test_pick_and_claim_run_only_indexed_statements_on_a_large_queue(big_store, 
         assert _uses_indexes(plan.split(" => ")[1]), plan
 
 
-def _vm_steps(store: SyncStore, action) -> int:
-    """Roughly how many SQLite VM instructions `action` ran, in hundreds."""
+def _vm_steps(store: SyncStore, action, per: int = 100) -> int:
+    """Roughly how many SQLite VM instructions `action` ran, in `per`s.
+
+    Counted in steps (a progress handler called every `per` of them), not in time: a
+    statement that walks the queued rows takes steps in proportion to them, one that
+    seeks an index takes a handful, whatever the machine's speed."""
     ticks = 0
 
     def tick() -> int:
@@ -514,7 +533,7 @@ def _vm_steps(store: SyncStore, action) -> int:
         ticks += 1
         return 0
 
-    store.conn.set_progress_handler(tick, 100)
+    store.conn.set_progress_handler(tick, per)
     try:
         action()
     finally:
@@ -526,10 +545,18 @@ def _vm_steps(store: SyncStore, action) -> int:
     ("resident", "max_wait"),
     [("m3:latest", 1e9), ("zz:latest", 1e9), ("m3:latest", 100.0), (None, 39_999.5)],
 )
-def test_pick_and_claim_cost_does_not_grow_with_the_queue(big_store, resident, max_wait):
+def test_pick_and_claim_cost_does_not_grow_with_the_queue(
+    big_store, small_store, resident, max_wait
+):
     """Plan text cannot tell a seek from a walk over a whole partial index; the number
     of VM instructions can. Counting the 20k queued jobs costs hundreds of steps."""
+    # regression: min(enqueued_at) and max(priority) were answered from jobs_by_state,
+    # walking every queued row on each claim (about 50 ms per claim at 100k queued)
     assert _vm_steps(big_store, big_store.count_queued) > 100
+    few = _vm_steps(small_store, lambda: small_store.pick(resident, 40_000.0, max_wait), 1)
+    many = _vm_steps(big_store, lambda: big_store.pick(resident, 40_000.0, max_wait), 1)
+    assert big_store.pick(resident, 40_000.0, max_wait) is not None
+    assert many <= 2 * few + 50, (few, many)
     assert _vm_steps(big_store, lambda: big_store.pick(resident, 40_000.0, max_wait)) <= 5
     assert _vm_steps(big_store, lambda: big_store.claim(resident, max_wait)) <= 10
 
