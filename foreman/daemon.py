@@ -154,12 +154,7 @@ async def run(
                 upstream,
                 relay,
                 wakeup,
-                WorkerSettings(
-                    keep_alive=settings.keep_alive,
-                    max_wait=settings.max_wait,
-                    retry_backoff=settings.retry_backoff,
-                    job_timeout=settings.job_timeout,
-                ),
+                WorkerSettings.from_settings(settings),
                 metrics=metrics,
                 on_progress=board.poke,
             )
