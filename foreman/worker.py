@@ -45,6 +45,7 @@ from foreman.metrics import Metrics
 from foreman.relay import Chunk, Headers, Message, Relay, Reply, StreamStart, Ticket
 from foreman.residency import normalise_model, split_key
 from foreman.retry import BACKOFF_CAP, FailureKind, backoff_delay
+from foreman.status import WorkerStatistics
 from foreman.store import Store, StoreUnwritable
 from foreman.upstream import (
     Upstream,
@@ -210,6 +211,16 @@ class Worker:
             self._quiet.set()
 
     # -- shutdown -------------------------------------------------------------------------
+
+    def statistics(self) -> WorkerStatistics:
+        """The worker's state now, frozen: what the dashboard and /metrics show."""
+        running = self.running
+        return WorkerStatistics(
+            resident=self.resident,
+            running=running.job_id if running is not None else None,
+            tokens=running.tokens if running is not None else 0,
+            online=self.online,
+        )
 
     def stop_claiming(self) -> None:
         """Take no more jobs; the job in hand (if any) goes on."""
