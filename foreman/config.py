@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from foreman.durations import go_duration_seconds
 from foreman.retry import BACKOFF_CAP
 
 
@@ -82,13 +83,10 @@ def parse_positive_int(raw: str) -> int:
     return value
 
 
-_GO_DURATION = re.compile(r"^-?(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
-
-
 def parse_keep_alive(raw: str) -> str:
     """A keep_alive Ollama accepts: a Go duration ("30m", "1h30m", "-1m") or seconds."""
     value = raw.strip()
-    if _GO_DURATION.match(value) or re.fullmatch(r"-?\d+", value):
+    if go_duration_seconds(value) is not None or re.fullmatch(r"-?\d+", value):
         return value
     raise ValueError('must be a duration such as "30m", "1h" or "-1" (forever)')
 
