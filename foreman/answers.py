@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import enum
 import json
-import re
 from typing import Any
 
 import attrs
 
+from foreman.durations import go_duration_seconds
 from foreman.jobs import Endpoint
 
 
@@ -334,15 +334,6 @@ def is_unload_request(endpoint: Endpoint, request: dict[str, Any]) -> bool:
     return not request.get("prompt")
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-
-
 def _zero_duration(text: str) -> bool:
     """A Go duration string that amounts to zero ("0", "0s", "0h0m")."""
-    value = text.strip().lstrip("+-")
-    if value == "0":
-        return True
-    parts = _DURATION_PART.findall(value)
-    if not parts or "".join(n + u for n, u in parts) != value:
-        return False
-    return all(float(number) == 0 for number, _ in parts)
+    return go_duration_seconds(text.strip().lstrip("+-")) == 0

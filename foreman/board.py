@@ -19,6 +19,7 @@ import trio
 from foreman import events
 from foreman.jobs import Job
 from foreman.residency import split_key
+from foreman.status import Status, idle
 from foreman.store import Activity, Overview, Store
 
 # the headline's window
@@ -60,18 +61,6 @@ class Change(events.Change):
     version: int
 
 
-@attrs.frozen
-class Live:
-    """What the board reads from the running parts (set by the daemon)."""
-
-    # residency key of the chat model Ollama holds
-    resident: Callable[[], str | None] = lambda: None
-    # (job id, tokens relayed so far) of the job the worker holds
-    running: Callable[[], tuple[str, int] | None] = lambda: None
-    ollama_up: Callable[[], bool] = lambda: False
-    accepting: Callable[[], bool] = lambda: True
-
-
 @attrs.define(eq=False)
 class _Viewer:
     send: trio.MemorySendChannel[Change | Poke]
@@ -105,12 +94,14 @@ class Board:
         self,
         store: Store,
         max_wait: float,
-        live: Live | None = None,
+        status: Callable[[], Status] | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.store = store
         self.max_wait = max_wait
-        self.live = live or Live()
+        # the present: the resident model, the running job and its tokens, and whether
+        # Ollama is reached and jobs are taken (set by the daemon once the parts exist)
+        self.status: Callable[[], Status] = status or idle
         self._clock = clock or store.sync.clock
         self._viewers: set[_Viewer] = set()
         self._closed = False
@@ -204,11 +195,11 @@ class Board:
         viewers ask (the headline at most once per `ACTIVITY_REFRESH`: see
         `refresh_due`); the running job's token count is read fresh each time."""
         async with self._lock:
-            running = self.live.running()
+            status = self.status()
             version = self._version
             if self._overview is None or self._overview_version != version:
                 began = trio.current_time()
-                self._overview = await self.store.overview(running[0] if running else None)
+                self._overview = await self.store.overview(status.worker.running)
                 cost = trio.current_time() - began
                 self.spacing = min(MAX_SPACING, max(MIN_SPACING, cost * COST_FACTOR))
                 self._overview_version = version
@@ -222,7 +213,7 @@ class Board:
                 cost = self._activity_at - began
                 self._activity_every = max(ACTIVITY_REFRESH, cost * ACTIVITY_COST_FACTOR)
                 self._activity_version = version
-            return self._render(self._overview, self._activity, running[1] if running else None)
+            return self._render(self._overview, self._activity, status)
 
     def refresh_due(self) -> float | None:
         """When (trio time) a summary would bring a headline newer than the last one, or
@@ -232,8 +223,9 @@ class Board:
             return None
         return self._activity_at + self._activity_every
 
-    def _render(self, overview: Overview, activity: Activity, tokens: int | None) -> dict[str, Any]:
-        resident = self.live.resident()
+    def _render(self, overview: Overview, activity: Activity, status: Status) -> dict[str, Any]:
+        resident = status.worker.resident
+        tokens = status.worker.tokens if status.worker.running is not None else None
         now = self._clock()
         waiting = sorted(
             overview.waiting,
@@ -247,8 +239,8 @@ class Board:
             since_load = overview.swaps[-1].loaded_at
         return {
             "now": now,
-            "ollama_up": self.live.ollama_up(),
-            "accepting": self.live.accepting(),
+            "ollama_up": status.worker.online,
+            "accepting": status.accepting,
             "max_wait": self.max_wait,
             "resident": {
                 "chat": None

@@ -22,6 +22,9 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from foreman.durations import go_duration_seconds
+from foreman.retry import BACKOFF_CAP
+
 
 class ConfigError(Exception):
     """A setting has a value foreman cannot run with."""
@@ -80,13 +83,10 @@ def parse_positive_int(raw: str) -> int:
     return value
 
 
-_GO_DURATION = re.compile(r"^-?(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
-
-
 def parse_keep_alive(raw: str) -> str:
     """A keep_alive Ollama accepts: a Go duration ("30m", "1h30m", "-1m") or seconds."""
     value = raw.strip()
-    if _GO_DURATION.match(value) or re.fullmatch(r"-?\d+", value):
+    if go_duration_seconds(value) is not None or re.fullmatch(r"-?\d+", value):
         return value
     raise ValueError('must be a duration such as "30m", "1h" or "-1" (forever)')
 
@@ -166,6 +166,9 @@ class Setting:
         return self.name
 
 
+# quoted in days by the help text
+_RETENTION_DAYS = 7
+
 SETTINGS: tuple[Setting, ...] = (
     Setting(
         "ollama_url",
@@ -207,7 +210,7 @@ SETTINGS: tuple[Setting, ...] = (
         "FOREMAN_RETRY_BACKOFF",
         parse_positive_float,
         "2",
-        "base seconds of the exponential retry backoff (capped at 60)",
+        f"base seconds of the exponential retry backoff (capped at {BACKOFF_CAP:g})",
     ),
     Setting(
         "max_attempts",
@@ -222,8 +225,9 @@ SETTINGS: tuple[Setting, ...] = (
         "--retention",
         "FOREMAN_RETENTION",
         parse_positive_float,
-        "604800",
-        "seconds a finished job is kept before the janitor purges it (default 7 days)",
+        str(_RETENTION_DAYS * 24 * 3600),
+        "seconds a finished job is kept before the janitor purges it"
+        f" (default {_RETENTION_DAYS} days)",
     ),
     Setting(
         "log_level",
@@ -353,33 +357,46 @@ SETTINGS: tuple[Setting, ...] = (
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 
 
+def default_of(name: str) -> Any:
+    """A setting's default value: its table text, parsed (None when it has none).
+
+    The table is the one place a default is written; `Settings` and the parts that take
+    their own settings object (the worker's) read their defaults from here.
+    """
+    setting = SETTINGS_BY_NAME[name]
+    return None if setting.default is None else setting.parse(setting.default)
+
+
 @attrs.frozen
 class Settings:
-    ollama_url: str = "http://127.0.0.1:11434"
-    host: str = "127.0.0.1"
-    port: int = 11435
+    """The resolved settings. Each field's default is the table's (see `default_of`)."""
+
+    ollama_url: str = default_of("ollama_url")
+    host: str = default_of("host")
+    port: int = default_of("port")
+    # the table has none: it depends on the environment, read when Settings is made
     db: Path = attrs.field(factory=lambda: default_db_path(os.environ))
-    max_wait: float = 600.0
-    keep_alive: str = "30m"
-    retry_backoff: float = 2.0
-    max_attempts: int = 5
-    retention: float = 7 * 24 * 3600.0
-    log_level: str = "info"
-    log_format: str = "text"
-    api_keys_file: Path | None = None
-    metrics_token: str | None = attrs.field(default=None, repr=False)
-    max_queue: int = 10_000
-    max_streams: int = 256
-    max_streams_per_key: int = 32
-    max_body: int = 32 * 1024 * 1024
-    read_timeout: float = 300.0
-    job_timeout: float = 3600.0
-    shutdown_grace: float = 30.0
-    keepalive: float = 30.0
-    keepalive_unstreamed: bool = False
+    max_wait: float = default_of("max_wait")
+    keep_alive: str = default_of("keep_alive")
+    retry_backoff: float = default_of("retry_backoff")
+    max_attempts: int = default_of("max_attempts")
+    retention: float = default_of("retention")
+    log_level: str = default_of("log_level")
+    log_format: str = default_of("log_format")
+    api_keys_file: Path | None = default_of("api_keys_file")  # noqa: RUF009 - None
+    metrics_token: str | None = attrs.field(default=default_of("metrics_token"), repr=False)
+    max_queue: int = default_of("max_queue")
+    max_streams: int = default_of("max_streams")
+    max_streams_per_key: int = default_of("max_streams_per_key")
+    max_body: int = default_of("max_body")
+    read_timeout: float = default_of("read_timeout")
+    job_timeout: float = default_of("job_timeout")
+    shutdown_grace: float = default_of("shutdown_grace")
+    keepalive: float = default_of("keepalive")
+    keepalive_unstreamed: bool = default_of("keepalive_unstreamed")
     # None: derived at start from the open-file limit (foreman.connections)
-    max_connections: int | None = None
-    header_timeout: float = 10.0
+    max_connections: int | None = default_of("max_connections")
+    header_timeout: float = default_of("header_timeout")
 
     @property
     def listen_is_loopback(self) -> bool:

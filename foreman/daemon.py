@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Any
 
@@ -20,15 +20,15 @@ import trio
 from foreman.api import Services, create_app
 from foreman.api.access import AccessLog
 from foreman.board import Board
-from foreman.board import Live as BoardLive
 from foreman.config import Settings
 from foreman.connections import AcceptFailureThrottle, connection_cap, raise_open_file_limit
 from foreman.events import JobEvents, Wakeup
 from foreman.keys import KEY_FILE_POLL, KeyFile, watch_key_file
-from foreman.metrics import JobTally, Live, Metrics
+from foreman.metrics import JobTally, Metrics
 from foreman.queue import JobQueue, run_janitor
 from foreman.relay import Relay
 from foreman.serving import ServerConfig, serve  # hypercorn's, with its connections mended
+from foreman.status import Status
 from foreman.store import Store
 from foreman.upstream import (
     PROBE_CONNECTIONS,
@@ -111,6 +111,16 @@ def with_connection_cap(settings: Settings) -> Settings:
     return attrs.evolve(settings, max_connections=cap)
 
 
+def status_reader(worker: Worker, queue: JobQueue, relay: Relay) -> Callable[[], Status]:
+    """How the board and /metrics read the present: the worker's statistics, with whether
+    the queue takes jobs and how many clients the relay holds (see `Status`)."""
+
+    def read() -> Status:
+        return Status(worker.statistics(), accepting=queue.accepting, waiters=len(relay))
+
+    return read
+
+
 async def run(
     settings: Settings,
     *,
@@ -160,12 +170,7 @@ async def run(
                 upstream,
                 relay,
                 wakeup,
-                WorkerSettings(
-                    keep_alive=settings.keep_alive,
-                    max_wait=settings.max_wait,
-                    retry_backoff=settings.retry_backoff,
-                    job_timeout=settings.job_timeout,
-                ),
+                WorkerSettings.from_settings(settings),
                 metrics=metrics,
                 on_progress=board.poke,
             )
@@ -180,20 +185,7 @@ async def run(
                 max_queue=settings.max_queue,
                 on_removed=board.jobs_removed,
             )
-            metrics.live = Live(
-                resident=lambda: worker.resident,
-                waiters=lambda: len(relay),
-                ollama_up=lambda: worker.online,
-                accepting=lambda: queue.accepting,
-            )
-            board.live = BoardLive(
-                resident=lambda: worker.resident,
-                running=lambda: (
-                    (worker.running.job_id, worker.running.tokens) if worker.running else None
-                ),
-                ollama_up=lambda: worker.online,
-                accepting=lambda: queue.accepting,
-            )
+            metrics.status = board.status = status_reader(worker, queue, relay)
             services = Services(
                 settings=settings,
                 queue=queue,

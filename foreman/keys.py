@@ -65,6 +65,12 @@ def _digest(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()
 
 
+def same_secret(secret: str, presented: str) -> bool:
+    """Whether `presented` is `secret`, compared in constant time as digests: the time
+    taken says nothing about either one's length or where they first differ."""
+    return hmac.compare_digest(_digest(secret), _digest(presented))
+
+
 @attrs.frozen
 class ApiKey:
     name: str
@@ -290,5 +296,6 @@ __all__ = [
     "presentable",
     "presented_key",
     "required_scopes",
+    "same_secret",
     "watch_key_file",
 ]

@@ -11,8 +11,9 @@ import json
 import logging
 import re
 import sys
-from datetime import UTC, datetime
 from typing import Any
+
+from foreman.timefmt import rfc3339
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 # a job id (a ULID) named in a message
@@ -24,9 +25,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
         out: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
+            "time": rfc3339(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": message,

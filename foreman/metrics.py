@@ -21,6 +21,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from foreman.jobs import RUNNING_STATES, Job, JobState
+from foreman.status import Status, idle
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -90,21 +91,11 @@ class JobTally:
         return collections.Counter((e.state, e.model) for e in self._jobs.values())
 
 
-@attrs.define
-class Live:
-    """Where the gauges that describe the present read from (set by the daemon once the
-    parts exist)."""
-
-    resident: Callable[[], str | None] = lambda: None
-    waiters: Callable[[], int] = lambda: 0
-    ollama_up: Callable[[], bool] = lambda: False
-    accepting: Callable[[], bool] = lambda: True
-
-
 class Metrics:
     def __init__(self, tally: JobTally) -> None:
         self.tally = tally
-        self.live = Live()
+        # the present, read once per scrape (set by the daemon once the parts exist)
+        self.status: Callable[[], Status] = idle
         self.registry = CollectorRegistry()
         r = self.registry
         self.finished = Counter(
@@ -224,24 +215,25 @@ class _Present:
         resident = GaugeMetricFamily(
             "foreman_resident_model", "1 for the chat model Ollama holds", labels=["model"]
         )
-        key = m.live.resident()
+        status = m.status()
+        key = status.worker.resident
         if key:
             resident.add_metric([key.split(" ", 1)[0]], 1)
         yield resident
         yield GaugeMetricFamily(
             "foreman_sync_waiters",
             "Clients connected and waiting for a synchronous job's answer",
-            value=m.live.waiters(),
+            value=status.waiters,
         )
         yield GaugeMetricFamily(
             "foreman_ollama_up",
             "1 while the worker can reach Ollama",
-            value=int(m.live.ollama_up()),
+            value=int(status.worker.online),
         )
         yield GaugeMetricFamily(
             "foreman_accepting_jobs",
             "1 while new jobs are taken (0 once shutdown began)",
-            value=int(m.live.accepting()),
+            value=int(status.accepting),
         )
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 import enum
 import random
 
+# the longest a retry waits, however many attempts failed before it
+BACKOFF_CAP = 60.0
+
 
 class FailureKind(enum.Enum):
     # Ollama cannot be reached at all: not the job's fault, no attempt is spent
@@ -27,7 +30,7 @@ def classify_status(status: int) -> FailureKind:
 
 
 def backoff_delay(
-    attempt: int, base: float, cap: float = 60.0, rng: random.Random | None = None
+    attempt: int, base: float, cap: float = BACKOFF_CAP, rng: random.Random | None = None
 ) -> float:
     """Exponential backoff with full jitter, capped: attempt 1 waits up to `base`.
 

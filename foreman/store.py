@@ -133,6 +133,34 @@ _TOP_PRIORITY = "SELECT max(priority) FROM jobs INDEXED BY jobs_queue WHERE stat
 _NEXT_PRIORITY = (
     "SELECT max(priority) FROM jobs INDEXED BY jobs_queue WHERE state = 'queued' AND priority < ?"
 )
+# the lookups of the scheduling rule (`SyncStore.pick`)
+_CANDIDATE = "SELECT id, model_key, priority, enqueued_at, not_before FROM jobs"
+_OLDEST_FIRST = "ORDER BY enqueued_at, id LIMIT 1"
+# the oldest runnable job of one priority that waited past the starvation bound
+_STARVED_AT_PRIORITY = (
+    f"{_CANDIDATE} INDEXED BY jobs_queue WHERE state = 'queued' AND priority = ?"
+    f" AND enqueued_at < ? AND not_before <= ? {_OLDEST_FIRST}"
+)
+# the oldest runnable job of the top priority
+_TOP_RUNNABLE = (
+    f"{_CANDIDATE} INDEXED BY jobs_queue WHERE state = 'queued' AND not_before <= ?"
+    " ORDER BY priority DESC, enqueued_at, id LIMIT 1"
+)
+# the oldest runnable job of one model at one priority
+_MODEL_RUNNABLE = (
+    f"{_CANDIDATE} INDEXED BY jobs_queue_model WHERE state = 'queued' AND model_key = ?"
+    f" AND priority = ? AND not_before <= ? {_OLDEST_FIRST}"
+)
+# every statement `SyncStore.pick` runs, with parameters of the right types, so a test
+# can read each one's query plan (`SyncStore.explain_pick`)
+PICK_STATEMENTS: tuple[tuple[str, tuple[Any, ...]], ...] = (
+    (_OLDEST_QUEUED, ()),
+    (_TOP_PRIORITY, ()),
+    (_STARVED_AT_PRIORITY, (0, 0.0, 0.0)),
+    (_NEXT_PRIORITY, (0,)),
+    (_TOP_RUNNABLE, (0.0,)),
+    (_MODEL_RUNNABLE, ("m", 0, 0.0)),
+)
 
 
 @attrs.frozen
@@ -643,8 +671,6 @@ class SyncStore:
         Never scans the queue: each step is a seek on a partial index; the only rows a
         step may pass over are jobs waiting out a retry backoff (not_before > now).
         """
-        q = "SELECT id, model_key, priority, enqueued_at, not_before FROM jobs"
-        order = "ORDER BY enqueued_at, id LIMIT 1"
         cutoff = now - max_wait
         # 1. starvation bound: only if the oldest queued job is old enough at all
         # INDEXED BY: left to itself SQLite answers these aggregates from jobs_by_state,
@@ -653,30 +679,18 @@ class SyncStore:
         if oldest is not None and oldest < cutoff:
             prio = self.conn.execute(_TOP_PRIORITY).fetchone()[0]
             while prio is not None:
-                row = self.conn.execute(
-                    f"{q} INDEXED BY jobs_queue WHERE state = 'queued' AND priority = ?"
-                    f" AND enqueued_at < ? AND not_before <= ? {order}",
-                    (prio, cutoff, now),
-                ).fetchone()
+                row = self.conn.execute(_STARVED_AT_PRIORITY, (prio, cutoff, now)).fetchone()
                 if row is not None:
                     return Candidate(*row)
                 prio = self.conn.execute(_NEXT_PRIORITY, (prio,)).fetchone()[0]
         # 2. the top priority; its oldest job decides a switch if the resident has none
-        row = self.conn.execute(
-            f"{q} INDEXED BY jobs_queue WHERE state = 'queued' AND not_before <= ?"
-            " ORDER BY priority DESC, enqueued_at, id LIMIT 1",
-            (now,),
-        ).fetchone()
+        row = self.conn.execute(_TOP_RUNNABLE, (now,)).fetchone()
         if row is None:
             return None
         top = Candidate(*row)
         if resident is None or top.model_key == resident:
             return top
-        mine = self.conn.execute(
-            f"{q} INDEXED BY jobs_queue_model WHERE state = 'queued' AND model_key = ?"
-            f" AND priority = ? AND not_before <= ? {order}",
-            (resident, top.priority, now),
-        ).fetchone()
+        mine = self.conn.execute(_MODEL_RUNNABLE, (resident, top.priority, now)).fetchone()
         return Candidate(*mine) if mine is not None else top
 
     def next_not_before(self) -> float | None:
@@ -843,34 +857,10 @@ class SyncStore:
     def explain_pick(self) -> list[str]:
         """The query plans of `pick`'s statements (a test proves none scans the table)."""
         plans = []
-        for sql, params in self._pick_statements():
+        for sql, params in PICK_STATEMENTS:
             rows = self.conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
             plans.append(" | ".join(str(r[-1]) for r in rows))
         return plans
-
-    def _pick_statements(self) -> list[tuple[str, tuple[Any, ...]]]:
-        q = "SELECT id, model_key, priority, enqueued_at, not_before FROM jobs"
-        order = "ORDER BY enqueued_at, id LIMIT 1"
-        return [
-            (_OLDEST_QUEUED, ()),
-            (_TOP_PRIORITY, ()),
-            (
-                f"{q} INDEXED BY jobs_queue WHERE state = 'queued' AND priority = ?"
-                f" AND enqueued_at < ? AND not_before <= ? {order}",
-                (0, 0.0, 0.0),
-            ),
-            (_NEXT_PRIORITY, (0,)),
-            (
-                f"{q} INDEXED BY jobs_queue WHERE state = 'queued' AND not_before <= ?"
-                " ORDER BY priority DESC, enqueued_at, id LIMIT 1",
-                (0.0,),
-            ),
-            (
-                f"{q} INDEXED BY jobs_queue_model WHERE state = 'queued' AND model_key = ?"
-                f" AND priority = ? AND not_before <= ? {order}",
-                ("m", 0, 0.0),
-            ),
-        ]
 
 
 def _identity(path: Path) -> tuple[int, int]:

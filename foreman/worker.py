@@ -38,12 +38,14 @@ from foreman.answers import (
     decode_body,
     is_unload_request,
 )
+from foreman.config import Settings, default_of
 from foreman.events import Wakeup
 from foreman.jobs import RUNNING_STATES, Endpoint, Job, JobState
 from foreman.metrics import Metrics
 from foreman.relay import Chunk, Headers, Message, Relay, Reply, StreamStart, Ticket
 from foreman.residency import normalise_model, split_key
-from foreman.retry import FailureKind, backoff_delay
+from foreman.retry import BACKOFF_CAP, FailureKind, backoff_delay
+from foreman.status import WorkerStatistics
 from foreman.store import Store, StoreUnwritable
 from foreman.upstream import (
     Upstream,
@@ -89,16 +91,27 @@ class StoreBackoff:
 
 @attrs.frozen
 class WorkerSettings:
-    keep_alive: str = "30m"
-    max_wait: float = 600.0
-    retry_backoff: float = 2.0
-    retry_cap: float = 60.0
+    """What the worker needs of the settings, with the settings table's defaults."""
+
+    keep_alive: str = default_of("keep_alive")
+    max_wait: float = default_of("max_wait")
+    retry_backoff: float = default_of("retry_backoff")
+    retry_cap: float = BACKOFF_CAP
     # a safety net: the worker also looks for work this often if nobody woke it
     idle_poll: float = 30.0
     probe_min: float = 0.25
     probe_max: float = 10.0
     # one attempt's limit, load included
-    job_timeout: float = 3600.0
+    job_timeout: float = default_of("job_timeout")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WorkerSettings:
+        return cls(
+            keep_alive=settings.keep_alive,
+            max_wait=settings.max_wait,
+            retry_backoff=settings.retry_backoff,
+            job_timeout=settings.job_timeout,
+        )
 
 
 @attrs.define(eq=False)
@@ -201,6 +214,16 @@ class Worker:
             self._quiet.set()
 
     # -- shutdown -------------------------------------------------------------------------
+
+    def statistics(self) -> WorkerStatistics:
+        """The worker's state now, frozen: what the dashboard and /metrics show."""
+        running = self.running
+        return WorkerStatistics(
+            resident=self.resident,
+            running=running.job_id if running is not None else None,
+            tokens=running.tokens if running is not None else 0,
+            online=self.online,
+        )
 
     def stop_claiming(self) -> None:
         """Take no more jobs; the job in hand (if any) goes on."""

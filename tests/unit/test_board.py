@@ -19,11 +19,11 @@ from foreman.board import (
     POKE,
     Board,
     Change,
-    Live,
     Poke,
     Resync,
 )
 from foreman.jobs import Job, JobState
+from foreman.status import Status, WorkerStatistics
 from foreman.store import Store, SyncStore, connect
 
 from ._helpers import FakeClock, new_job
@@ -251,7 +251,7 @@ async def test_the_summary_is_read_once_per_change_and_tokens_are_read_fresh(
     board = Board(
         async_store,
         max_wait=600,
-        live=Live(resident=lambda: "m:latest", running=lambda: ("x", tokens[0])),
+        status=lambda: Status(WorkerStatistics(resident="m:latest", running="x", tokens=tokens[0])),
     )
     original = async_store.overview
 

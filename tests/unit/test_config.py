@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import attrs
@@ -16,6 +17,9 @@ from foreman.config import (
     default_db_path,
     resolve,
 )
+from foreman.connections import DEFAULT_CEILING
+from foreman.retry import BACKOFF_CAP
+from foreman.worker import WorkerSettings
 
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -181,3 +185,73 @@ def test_stream_caps_default_to_256_in_all_and_32_per_key():
     env = {"FOREMAN_MAX_STREAMS": "10", "FOREMAN_MAX_STREAMS_PER_KEY": "2"}
     settings = resolve(parse_flags(), env)
     assert (settings.max_streams, settings.max_streams_per_key) == (10, 2)
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _readme_defaults() -> dict[str, str]:
+    """The configuration table in README.md: each environment variable's default cell."""
+    cells: dict[str, str] = {}
+    for line in README.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("| `--"):
+            continue
+        row = [cell.strip() for cell in line.strip("|").split("|")]
+        cells[row[1].strip("`")] = row[2]
+    return cells
+
+
+def test_every_documented_default_is_the_settings_default(monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", "/state")
+    settings = Settings()
+    for s in SETTINGS:
+        if s.name == "db":
+            assert s.default is None
+            assert settings.db == default_db_path({"XDG_STATE_HOME": "/state"})
+            continue
+        documented = None if s.default is None else s.parse(s.default)
+        assert getattr(settings, s.name) == documented, s.name
+    assert resolve(parse_flags(), {"XDG_STATE_HOME": "/state"}) == settings
+
+
+def test_the_readme_states_the_same_defaults():
+    cells = _readme_defaults()
+    assert set(cells) == {s.env for s in SETTINGS}
+    for s in SETTINGS:
+        cell = cells[s.env]
+        literal = re.match(r"`([^`]*)`", cell)
+        if s.default is None:
+            # a default that depends on the machine is described, not written as a value
+            assert s.name == "db" or literal is None, (s.env, cell)
+            continue
+        assert literal is not None, (s.env, cell)
+        assert s.parse(literal.group(1)) == s.parse(s.default), (s.env, cell)
+
+
+def test_help_texts_and_the_readme_quote_the_defaults_they_depend_on():
+    help_of = {s.name: s.help for s in SETTINGS}
+    cells = _readme_defaults()
+    readme = README.read_text(encoding="utf-8")
+    cap = f"{BACKOFF_CAP:g}"
+    assert f"capped at {cap})" in help_of["retry_backoff"]
+    assert f"capped at {cap} s" in readme
+    days = Settings().retention / (24 * 3600)
+    assert f"(default {days:g} days)" in help_of["retention"]
+    assert f"({days:g} days)" in cells["FOREMAN_RETENTION"]
+    assert f"at most {DEFAULT_CEILING})" in help_of["max_connections"]
+    assert f"at most {DEFAULT_CEILING}" in cells["FOREMAN_MAX_CONNECTIONS"]
+
+
+def test_the_worker_takes_its_defaults_from_the_settings_table():
+    assert WorkerSettings() == WorkerSettings.from_settings(Settings(db=Path("x")))
+    chosen = Settings(
+        db=Path("x"), keep_alive="1h", max_wait=5.0, retry_backoff=0.5, job_timeout=9.0
+    )
+    worker = WorkerSettings.from_settings(chosen)
+    assert (worker.keep_alive, worker.max_wait, worker.retry_backoff, worker.job_timeout) == (
+        "1h",
+        5.0,
+        0.5,
+        9.0,
+    )
+    assert worker.retry_cap == BACKOFF_CAP

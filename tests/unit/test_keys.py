@@ -14,6 +14,7 @@ from foreman.keys import (
     parse_keys,
     presented_key,
     required_scopes,
+    same_secret,
 )
 
 GOOD = """
@@ -128,3 +129,13 @@ def test_an_empty_or_missing_keys_file_fails_at_start(tmp_path: Path):
         KeyFile(empty).load()
     with pytest.raises(KeysError, match="cannot read keys file"):
         KeyFile(tmp_path / "missing").load()
+
+
+def test_a_secret_matches_only_itself() -> None:
+    assert same_secret("metrics-0123456789", "metrics-0123456789")
+    assert not same_secret("metrics-0123456789", "metrics-012345678")
+    assert not same_secret("metrics-0123456789", "metrics-0123456789 ")
+    assert not same_secret("metrics-0123456789", "")
+    # a header may carry bytes that are not UTF-8; they are compared, not refused
+    assert not same_secret("metrics-0123456789", "metrics-\udcff")
+    assert same_secret("metrics-\udcff", "metrics-\udcff")

@@ -15,6 +15,7 @@ import trio
 from foreman.jobs import Endpoint, IllegalTransition, Job, JobState
 from foreman.store import (
     MIGRATIONS,
+    PICK_STATEMENTS,
     SCHEMA_VERSION,
     Store,
     StoreError,
@@ -481,6 +482,33 @@ def test_every_pick_statement_plan_uses_an_index(big_store):
     assert plans
     for plan in plans:
         assert _uses_indexes(plan), plan
+
+
+class _RecordingConnection:
+    """A connection that notes the text of every statement it is asked to run."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.statements: list[str] = []
+
+    def execute(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
+        self.statements.append(sql)
+        return self.conn.execute(sql, params)
+
+
+def test_the_plan_test_reads_exactly_the_statements_pick_runs(big_store, monkeypatch):
+    recording = _RecordingConnection(big_store.conn)
+    monkeypatch.setattr(big_store, "conn", recording)
+    # the four paths through the rule: no swap, a swap, the starvation bound at the top
+    # priority, and the bound reached only at lower priorities
+    for resident, max_wait in (
+        ("m3:latest", 1e9),
+        ("zz:latest", 1e9),
+        ("m3:latest", 100.0),
+        (None, 39_999.5),
+    ):
+        big_store.pick(resident, 40_000.0, max_wait)
+    assert set(recording.statements) == {sql for sql, _ in PICK_STATEMENTS}
 
 
 def _traced_plans(store: SyncStore, action) -> list[str]:

@@ -1,0 +1,117 @@
+"""The present as one snapshot: the worker's statistics, and what the board and /metrics
+read through one callable."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from foreman.board import Board
+from foreman.daemon import status_reader
+from foreman.events import JobEvents, Wakeup
+from foreman.jobs import JobState
+from foreman.metrics import JobTally, Metrics
+from foreman.queue import JobQueue
+from foreman.relay import Relay
+from foreman.status import Status, WorkerStatistics
+from foreman.store import Store, SyncStore
+from foreman.upstream import Upstream
+from foreman.worker import Running, Worker, WorkerSettings
+
+
+@pytest.fixture
+def worker(store: SyncStore) -> Iterator[Worker]:
+    http = httpx.AsyncClient(base_url="http://ollama", transport=httpx.MockTransport(_unused))
+    yield Worker(Store(store), Upstream(http), Relay(), Wakeup(), WorkerSettings())
+
+
+def _unused(request: httpx.Request) -> httpx.Response:
+    raise AssertionError(f"no call to Ollama expected: {request.url}")
+
+
+def _scrape(metrics: Metrics) -> dict[str, float]:
+    out = {}
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}"] = sample.value
+    return out
+
+
+def test_the_worker_statistics_say_what_it_holds(worker: Worker) -> None:
+    assert worker.statistics() == WorkerStatistics(
+        resident=None, running=None, tokens=0, online=False
+    )
+    worker.resident = "llama3:latest"
+    worker.online = True
+    worker.running = Running("J1", trio.CancelScope(), JobState.WORKING, tokens=7)
+    assert worker.statistics() == WorkerStatistics(
+        resident="llama3:latest", running="J1", tokens=7, online=True
+    )
+    # a snapshot: later progress does not change one already taken
+    taken = worker.statistics()
+    worker.running.tokens = 8
+    assert taken.tokens == 7
+    assert worker.statistics().tokens == 8
+
+
+def test_the_status_joins_the_worker_the_queue_and_the_relay(
+    worker: Worker, store: SyncStore
+) -> None:
+    relay = Relay()
+    queue = JobQueue(Store(store), relay, Wakeup(), JobEvents(), worker.cancel_running)
+    read = status_reader(worker, queue, relay)
+    assert read() == Status(WorkerStatistics(), accepting=True, waiters=0)
+    worker.resident = "llama3:latest"
+    worker.online = True
+    relay.attach("J1")
+    relay.attach("J2")
+    queue.accepting = False
+    assert read() == Status(
+        WorkerStatistics(resident="llama3:latest", online=True), accepting=False, waiters=2
+    )
+
+
+def test_a_scrape_reads_the_status_once_and_shows_it() -> None:
+    metrics = Metrics(JobTally())
+    reads = []
+
+    def status() -> Status:
+        reads.append(1)
+        worker = WorkerStatistics(resident="llama3:latest num_ctx=8192", online=True)
+        return Status(worker, accepting=False, waiters=3)
+
+    metrics.status = status
+    scraped = _scrape(metrics)
+    assert len(reads) == 1
+    assert scraped["foreman_resident_model{model=llama3:latest}"] == 1
+    assert scraped["foreman_sync_waiters{}"] == 3
+    assert scraped["foreman_ollama_up{}"] == 1
+    assert scraped["foreman_accepting_jobs{}"] == 0
+
+
+def test_before_the_parts_are_wired_the_metrics_show_an_idle_foreman() -> None:
+    scraped = _scrape(Metrics(JobTally()))
+    assert not any(name.startswith("foreman_resident_model{") for name in scraped)
+    assert scraped["foreman_sync_waiters{}"] == 0
+    assert scraped["foreman_ollama_up{}"] == 0
+    assert scraped["foreman_accepting_jobs{}"] == 1
+
+
+async def test_a_dashboard_summary_reads_the_status_once_and_shows_it(store: SyncStore) -> None:
+    reads = []
+
+    def status() -> Status:
+        reads.append(1)
+        worker = WorkerStatistics(resident="llama3:latest", running="J1", tokens=5, online=True)
+        return Status(worker, accepting=False, waiters=2)
+
+    board = Board(Store(store), max_wait=600, status=status)
+    summary = await board.summary()
+    assert len(reads) == 1
+    assert summary["resident"]["chat"]["key"] == "llama3:latest"
+    assert (summary["ollama_up"], summary["accepting"]) == (True, False)
