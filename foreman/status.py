@@ -21,6 +21,8 @@ class WorkerStatistics:
     tokens: int = 0
     # whether the worker can reach Ollama
     online: bool = False
+    # probes of Ollama that failed since start
+    failed_probes: int = 0
 
 
 @attrs.frozen

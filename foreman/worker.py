@@ -167,8 +167,7 @@ class Worker:
         self.resident_endpoint = Endpoint.GENERATE
         self.running: Running | None = None
         self.online = False
-        # probes of Ollama that failed since start: a test over sockets waits for a few
-        # of them to know an outage has been seen and waited out, rather than sleeping
+        # probes of Ollama that failed since start (`statistics`)
         self.failed_probes = 0
         # shared by every write the worker waits out, so the log says it once
         self.store_backoff = StoreBackoff()
@@ -223,6 +222,7 @@ class Worker:
             running=running.job_id if running is not None else None,
             tokens=running.tokens if running is not None else 0,
             online=self.online,
+            failed_probes=self.failed_probes,
         )
 
     def stop_claiming(self) -> None:

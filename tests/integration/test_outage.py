@@ -59,7 +59,7 @@ async def test_jobs_wait_out_an_outage_longer_than_the_backoffs(
             # a claim that meets the outage moves a job to loading for a moment and
             # back; a job that ended is what the test must not see
             ended = any(row["state"] in ENDED for row in job_rows(settings.db))
-            return ended or worker.failed_probes >= FAILED_PROBES
+            return ended or worker.statistics().failed_probes >= FAILED_PROBES
 
         await wait_for(outage_seen)
         assert all(row["state"] == "queued" for row in job_rows(settings.db))

@@ -23,14 +23,14 @@ async def test_probes_back_off_from_a_quarter_second_to_ten_seconds_while_ollama
         job = await rig.submit(chat())
         rig.start()
         await rig.ollama.until_seen("/api/version", len(PROBE_GAPS) + 1)
-        assert rig.worker.failed_probes == len(PROBE_GAPS) + 1
+        assert rig.worker.statistics().failed_probes == len(PROBE_GAPS) + 1
         rig.ollama.down = False
         done = await rig.until_state(job.id, JobState.DONE)
 
     probes = rig.ollama.times("/api/version")
     assert probes[0] == 0.0
     assert gaps(probes) == [*PROBE_GAPS, 10.0]  # the last one found Ollama back
-    assert rig.worker.failed_probes == len(PROBE_GAPS) + 1
+    assert rig.worker.statistics().failed_probes == len(PROBE_GAPS) + 1
     # nothing but probes while it was down; the job ran once it answered
     assert rig.times_in(job.id, JobState.LOADING) == [probes[-1]]
     assert done.attempts == 1
@@ -57,6 +57,6 @@ async def test_an_outage_found_by_a_job_gives_its_attempt_back_and_waits_for_oll
     assert requeued.attempts == 0
     assert probes[1] == 100.0
     assert gaps(probes[1:]) == [0.25, 0.5, 1.0, 2.0]
-    assert rig.worker.failed_probes == 4
+    assert rig.worker.statistics().failed_probes == 4
     # a job with one attempt still had it: the outage spent none
     assert done.attempts == 1
