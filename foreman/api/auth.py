@@ -7,15 +7,13 @@ request takes the route family's error shape. /metrics also accepts its own toke
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Callable
 
 from quart import Response, g, request
 
 from foreman.api.errors import error_for
 from foreman.api.services import Services
-from foreman.keys import ApiKey, Scope, presented_key, required_scopes
+from foreman.keys import ApiKey, Scope, presented_key, required_scopes, same_secret
 
 # the access log's notes on a request (key name, job id), in the ASGI scope's extensions
 ACCESS_INFO = "foreman.access"
@@ -61,11 +59,7 @@ def note(**fields: str) -> None:
 
 
 def _matches(secret: str | None, presented: str | None) -> bool:
-    if secret is None or presented is None:
-        return False
-    a = hashlib.sha256(secret.encode()).digest()
-    b = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).digest()
-    return hmac.compare_digest(a, b)
+    return secret is not None and presented is not None and same_secret(secret, presented)
 
 
 async def authorise(services: Services) -> Response | None:

@@ -35,6 +35,7 @@ from foreman.jobs import Job, JobState
 from foreman.queue import JobQueue
 from foreman.residency import normalise_model
 from foreman.store import IdempotencyConflict, NotTerminal
+from foreman.timefmt import rfc3339
 from foreman.validate import (
     InvalidRequest,
     check_idempotency_key,
@@ -68,8 +69,7 @@ def timestamp(value: float | None) -> str | None:
     """
     if value is None or not math.isfinite(value):
         return None
-    moment = datetime.fromtimestamp(min(max(value, 0.0), _LAST_MOMENT), UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return rfc3339(min(max(value, 0.0), _LAST_MOMENT))
 
 
 def job_json(job: Job) -> dict[str, Any]:

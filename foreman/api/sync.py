@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import AsyncGenerator, AsyncIterator
-from datetime import UTC, datetime
 
 import trio
 from quart import Response, request
@@ -39,6 +38,7 @@ from foreman.jobs import Endpoint, Job, JobState, NewJob
 from foreman.queue import JobQueue
 from foreman.relay import Chunk, Message, Reply, StreamStart, Ticket
 from foreman.store import IdempotencyConflict, wall_clock
+from foreman.timefmt import rfc3339
 from foreman.upstream import error_message
 from foreman.validate import (
     InvalidRequest,
@@ -288,8 +288,7 @@ def _failure(job: Job, status: int, message: str) -> bytes:
 
 def _ollama_time() -> str:
     """Now, as Ollama writes `created_at` (RFC 3339, UTC, trailing Z)."""
-    moment = datetime.fromtimestamp(wall_clock(), UTC)
-    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return rfc3339(wall_clock(), "microseconds")
 
 
 def _no_answer(current: Job, ticket: Ticket) -> tuple[int, str]:
