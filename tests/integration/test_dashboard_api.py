@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,10 @@ async def overview(client: httpx.AsyncClient) -> dict[str, Any]:
     return data
 
 
-async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, Any]]:
+async def sse_events(response: httpx.Response) -> AsyncGenerator[tuple[str, Any], None]:
     """(event, data) pairs of a server-sent event stream, comments skipped."""
-    kind, data = "message", []
+    kind = "message"
+    data: list[str] = []
     async for line in response.aiter_lines():
         if line == "":
             if data:
@@ -105,7 +107,8 @@ async def test_swap_history_shows_one_load_per_model_and_the_swaps_avoided(
         assert r.json()["state"] == "done"
 
     async def settled() -> dict[str, Any]:
-        return (await overview(client))["summary"]
+        summary: dict[str, Any] = (await overview(client))["summary"]
+        return summary
 
     summary = await settled()
     swaps = [(s["model"], s["jobs"]) for s in summary["swaps"]]
@@ -128,19 +131,19 @@ async def test_event_stream_sends_a_snapshot_then_each_change_and_fresh_summarie
     seen: list[tuple[str, Any]] = []
     async with client.stream("GET", "/queue/events") as response:
         assert response.headers["content-type"].startswith("text/event-stream")
-        events = sse_events(response)
-        kind, hello = await events.__anext__()
-        assert kind == "hello" and hello["can_act"] is True
-        kind, snapshot = await events.__anext__()
-        assert kind == "snapshot"
-        assert [j["id"] for j in snapshot["jobs"]] == [before]
-        assert snapshot["summary"]["activity"]["finished"] == {"done": 1}
-        job_id = await submit(client, "llama3", "during")
-        with trio.fail_after(30):
-            async for kind, data in events:
-                seen.append((kind, data))
-                if kind == "summary" and data["activity"]["finished"].get("done") == 2:
-                    break
+        async with aclosing(sse_events(response)) as events:
+            kind, hello = await events.__anext__()
+            assert kind == "hello" and hello["can_act"] is True
+            kind, snapshot = await events.__anext__()
+            assert kind == "snapshot"
+            assert [j["id"] for j in snapshot["jobs"]] == [before]
+            assert snapshot["summary"]["activity"]["finished"] == {"done": 1}
+            job_id = await submit(client, "llama3", "during")
+            with trio.fail_after(30):
+                async for kind, data in events:
+                    seen.append((kind, data))
+                    if kind == "summary" and data["activity"]["finished"].get("done") == 2:
+                        break
     states = [d["state"] for k, d in seen if k == "job" and d["id"] == job_id]
     # the resident model runs without a load: queued, working, done; a stream sends each
     # job once per write, in its latest state, so a quick job may skip a state but never
@@ -155,8 +158,10 @@ async def test_a_burst_reaches_the_stream_complete_each_job_in_its_latest_state(
     client: httpx.AsyncClient,
 ) -> None:
     last: dict[str, str] = {}
-    async with client.stream("GET", "/queue/events") as response:
-        events = sse_events(response)
+    async with (
+        client.stream("GET", "/queue/events") as response,
+        aclosing(sse_events(response)) as events,
+    ):
         assert [(await events.__anext__())[0] for _ in range(2)] == ["hello", "snapshot"]
         ids = set()
         async with trio.open_nursery() as nursery:
@@ -179,8 +184,10 @@ async def test_a_burst_reaches_the_stream_complete_each_job_in_its_latest_state(
 async def test_a_purge_sends_open_streams_a_new_snapshot(client: httpx.AsyncClient) -> None:
     done = await submit(client, "llama3", "to purge")
     assert (await client.get(f"/jobs/{done}", params={"wait": 30})).json()["state"] == "done"
-    async with client.stream("GET", "/queue/events") as response:
-        events = sse_events(response)
+    async with (
+        client.stream("GET", "/queue/events") as response,
+        aclosing(sse_events(response)) as events,
+    ):
         assert (await events.__anext__())[0] == "hello"
         kind, snapshot = await events.__anext__()
         assert [j["id"] for j in snapshot["jobs"]] == [done]
@@ -323,8 +330,10 @@ async def test_a_non_admin_key_sees_only_its_own_jobs_and_no_one_elses_details(
         assert [j["id"] for j in full["jobs"]] == [mine, theirs]
         assert full["summary"]["running"]["ref"] == "secret-ref"
         # the stream filters the same way
-        async with svc.stream("GET", "/queue/events") as response:
-            events = sse_events(response)
+        async with (
+            svc.stream("GET", "/queue/events") as response,
+            aclosing(sse_events(response)) as events,
+        ):
             assert (await events.__anext__())[0] == "hello"
             kind, snapshot = await events.__anext__()
             assert [j["id"] for j in snapshot["jobs"]] == [mine]
@@ -366,8 +375,11 @@ async def test_shutdown_ends_dashboard_streams(
     control = Control()
     settings = Settings(ollama_url=stub.url, db=tmp_path / "f.db", port=0, shutdown_grace=1)
     url: str = await nursery.start(functools.partial(run, settings, control=control))
-    async with client_for(url, None) as client, client.stream("GET", "/queue/events") as r:
-        events = sse_events(r)
+    async with (
+        client_for(url, None) as client,
+        client.stream("GET", "/queue/events") as r,
+        aclosing(sse_events(r)) as events,
+    ):
         assert (await events.__anext__())[0] == "hello"
         assert (await events.__anext__())[0] == "snapshot"
         control.request_stop()

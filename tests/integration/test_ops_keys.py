@@ -12,6 +12,7 @@ import ollama
 import openai
 import pytest
 import trio
+from openai.types.chat import ChatCompletionMessageParam
 
 from foreman.config import Settings
 from foreman.stub import StubOllama
@@ -96,15 +97,16 @@ async def test_health_needs_no_key_and_metrics_takes_admin_or_its_token(
 
 
 async def test_official_clients_work_with_a_key(foreman: str, stub: StubOllama) -> None:
-    messages = [{"role": "user", "content": "title this memo"}]
-    client = ollama.AsyncClient(host=foreman, headers=bearer(APP))
-    reply = await client.chat(model="llama3", messages=messages)
-    assert reply.message.content == stub.expected_text(
-        "/api/chat", {"model": "llama3", "messages": messages}
-    )
-    assert (await client.embed(model="nomic-embed-text", input=["a"])).embeddings
-    with pytest.raises(ollama.ResponseError) as refused:
-        await ollama.AsyncClient(host=foreman).chat(model="llama3", messages=messages)
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "title this memo"}]
+    async with ollama.AsyncClient(host=foreman, headers=bearer(APP)) as client:
+        reply = await client.chat(model="llama3", messages=messages)
+        assert reply.message.content == stub.expected_text(
+            "/api/chat", {"model": "llama3", "messages": messages}
+        )
+        assert (await client.embed(model="nomic-embed-text", input=["a"])).embeddings
+    async with ollama.AsyncClient(host=foreman) as keyless:
+        with pytest.raises(ollama.ResponseError) as refused:
+            await keyless.chat(model="llama3", messages=messages)
     assert refused.value.status_code == 401
 
     async with openai.AsyncOpenAI(base_url=f"{foreman}/v1", api_key=APP) as oa:

@@ -56,8 +56,9 @@ async def test_beyond_max_queue_new_jobs_get_ollamas_busy_503_and_foreman_keeps_
     chat = {"model": "llama3", "messages": [{"role": "user", "content": "x"}]}
     v1 = await client.post("/v1/chat/completions", json=chat)
     assert v1.status_code == 503 and v1.json()["error"]["message"] == BUSY
-    with pytest.raises(ollama.ResponseError) as busy:
-        await ollama.AsyncClient(host=foreman).chat(**chat)
+    async with ollama.AsyncClient(host=foreman) as official:
+        with pytest.raises(ollama.ResponseError) as busy:
+            await official.chat(**chat)
     assert busy.value.status_code == 503 and busy.value.error == BUSY
     # the server keeps serving what does not queue
     assert (await client.get("/api/tags")).status_code == 200

@@ -47,8 +47,10 @@ async def test_subprocess_prints_its_port_serves_and_stops_on_sigterm(tmp_path: 
     process, url = await start(log, "--tokens", "3", "--models", "a,b:7b", "--load-delay", "0")
     try:
         messages = [{"role": "user", "content": "hi"}]
-        client = ollama.Client(host=url)
-        answer = await trio.to_thread.run_sync(lambda: client.chat(model="b:7b", messages=messages))
+        with ollama.Client(host=url) as client:
+            answer = await trio.to_thread.run_sync(
+                lambda: client.chat(model="b:7b", messages=messages)
+            )
         assert answer.message.content is not None
         assert len(answer.message.content.split()) == 3
         async with httpx.AsyncClient(base_url=url) as http:
