@@ -548,7 +548,7 @@ class ForemanMachine(RuleBasedStateMachine):
     # -- invariants ----------------------------------------------------------------------
 
     @invariant()
-    def invariants(self) -> None:
+    def everything_holds_so_far(self) -> None:
         if self.proc is not None:
             self.check_everything(final=False)
 

@@ -77,7 +77,9 @@ def test_foreman_keeps_its_promises_under_faults_kills_and_cancels(
     assert TRIED["runs"] > 0
 
 
-def _entry(seq: int, arrival: float, end: float | None, cancelled: bool = False) -> dict:
+def _entry(
+    seq: int, arrival: float, end: float | None, cancelled: bool = False
+) -> dict[str, object]:
     return {
         "seq": seq,
         "kind": "chat",

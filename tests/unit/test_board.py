@@ -24,7 +24,7 @@ from foreman.board import (
     Resync,
 )
 from foreman.jobs import Job, JobState
-from foreman.store import Store, SyncStore, connect
+from foreman.store import Activity, Overview, Store, SyncStore, connect
 
 from ._helpers import FakeClock, new_job
 
@@ -247,7 +247,7 @@ async def test_the_summary_is_read_once_per_change_and_tokens_are_read_fresh(
     async_store: Store,
 ) -> None:
     tokens = [0]
-    reads = []
+    reads: list[str | None] = []
     board = Board(
         async_store,
         max_wait=600,
@@ -255,9 +255,9 @@ async def test_the_summary_is_read_once_per_change_and_tokens_are_read_fresh(
     )
     original = async_store.overview
 
-    async def counted(*args: object) -> object:
-        reads.append(args)
-        return await original(*args)  # type: ignore[arg-type]
+    async def counted(running_id: str | None) -> Overview:
+        reads.append(running_id)
+        return await original(running_id)
 
     async_store.overview = counted  # type: ignore[method-assign]
     first = await board.summary()
@@ -282,7 +282,7 @@ async def test_the_headline_is_read_at_most_once_a_second_and_caught_up_after_a_
     reads: list[float] = []
     original = async_store.activity
 
-    async def counted(since: float) -> object:
+    async def counted(since: float) -> Activity:
         reads.append(trio.current_time())
         return await original(since)
 

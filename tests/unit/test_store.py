@@ -204,7 +204,7 @@ def test_claim_of_a_model_that_is_not_resident_goes_to_loading(store, resident):
 
 
 def test_claim_drains_the_resident_model_before_older_jobs(store, clock):
-    ids = {}
+    ids: dict[str, list[str]] = {}
     for name in ["B", "A", "B", "A", "C", "B", "A"]:
         clock.advance(1)
         ids.setdefault(name, []).append(store.enqueue(new_job(f"{name}:latest")).id)

@@ -6,6 +6,7 @@ import sqlite3
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -268,7 +269,7 @@ def test_what_someone_is_told_is_synced_and_the_workers_own_moves_are_not(
         (JobState.WORKING, JobState.QUEUED, "NORMAL"),  # a transient failure
     ]
     for old, new, level in moves:
-        assert _commit_levels(s, lambda o=old, n=new: s.transition(job.id, o, n)) == [level]
+        assert _commit_levels(s, partial(s.transition, job.id, old, new)) == [level]
     s.claim(None, 600)
     s.transition(job.id, JobState.LOADING, JobState.WORKING)
     assert _commit_levels(

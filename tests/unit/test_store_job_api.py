@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from foreman.jobs import JobState
+from foreman.jobs import Job, JobState
 from foreman.store import (
     MIGRATIONS,
     IdempotencyConflict,
@@ -189,7 +189,7 @@ def test_expire_overdue_fails_only_queued_jobs_past_their_deadline(store, clock)
 
 
 async def test_async_claim_reports_expired_jobs_to_the_listener(db_path, clock):
-    changes = []
+    changes: list[Job] = []
     store = await Store.open(db_path, clock=clock, on_change=changes.append)
     late = await store.enqueue(new_job(deadline=clock.now + 1))
     clock.advance(2)
