@@ -350,9 +350,10 @@ async def iter_events(response: httpx.Response) -> AsyncGenerator[bytes, None]:
     connection that breaks mid-stream raises a transient UpstreamError.
     """
     event = b""
+    # the caller closes this generator (aclosing), which closes the line reader in turn
     async with aclosing(iter_lines(response)) as lines:
         async for line in lines:
             event += line
             if not line.strip(b"\r\n"):
-                yield event
+                yield event  # noqa: ASYNC119
                 event = b""
