@@ -82,7 +82,8 @@ async def test_queue_shows_the_running_job_and_what_waits_for_each_model(
     assert summary["queued"] == 3
     assert summary["max_wait"] == 600.0
     assert [j["state"] for j in data["jobs"]] == ["queued", "queued", "queued", "working"]
-    assert "body" not in data["jobs"][0] and "result" not in data["jobs"][0]
+    assert "body" not in data["jobs"][0]
+    assert "result" not in data["jobs"][0]
     assert data["you"] == {
         "name": None,
         "scopes": ["admin", "inference", "jobs"],
@@ -120,7 +121,8 @@ async def test_swap_history_shows_one_load_per_model_and_the_swaps_avoided(
     assert activity["finished"] == {"done": 5}
     assert activity["done_last_hour"] == 5
     assert (activity["loads"], activity["arrival_loads"], activity["swaps_avoided"]) == (2, 5, 3)
-    assert summary["running"] is None and summary["waiting"] == []
+    assert summary["running"] is None
+    assert summary["waiting"] == []
 
 
 async def test_event_stream_sends_a_snapshot_then_each_change_and_fresh_summaries(
@@ -133,7 +135,8 @@ async def test_event_stream_sends_a_snapshot_then_each_change_and_fresh_summarie
         assert response.headers["content-type"].startswith("text/event-stream")
         async with aclosing(sse_events(response)) as events:
             kind, hello = await events.__anext__()
-            assert kind == "hello" and hello["can_act"] is True
+            assert kind == "hello"
+            assert hello["can_act"] is True
             kind, snapshot = await events.__anext__()
             assert kind == "snapshot"
             assert [j["id"] for j in snapshot["jobs"]] == [before]
@@ -203,7 +206,8 @@ async def test_a_purge_sends_open_streams_a_new_snapshot(client: httpx.AsyncClie
                 summary = data["summary"] if kind == "snapshot" else data
                 if summary["activity"]["finished"] == {}:
                     break  # the headline catches up within its refresh interval
-        assert resent is not None and resent["jobs"] == []
+        assert resent is not None
+        assert resent["jobs"] == []
 
 
 async def test_streamed_job_reports_its_tokens_while_it_runs(
@@ -231,7 +235,8 @@ async def test_streamed_job_reports_its_tokens_while_it_runs(
                 if running is not None and (running["tokens"] or 0) >= 1:
                     break
                 await trio.sleep(0.01)
-        assert running["stream"] is True and running["id"] == job_ids[0]
+        assert running["stream"] is True
+        assert running["id"] == job_ids[0]
         r = await client.post(f"/jobs/{job_ids[0]}/cancel")
         assert r.json()["state"] == "cancelled"
         stub.release()
@@ -257,12 +262,15 @@ async def test_ui_page_and_assets_are_open_and_locked_down(client: httpx.AsyncCl
     assert '<script src="/ui/app.js"' in page.text
     for name, kind in (("app.js", "text/javascript"), ("app.css", "text/css")):
         r = await client.get(f"/ui/{name}")
-        assert r.status_code == 200 and r.headers["content-type"].startswith(kind)
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith(kind)
     missing = await client.get("/ui/secrets.txt")
-    assert missing.status_code == 404 and "error" in missing.json()
+    assert missing.status_code == 404
+    assert "error" in missing.json()
     escape = await client.get("/ui/..%2Fapi%2Fdashboard.py")
     # refused before routing (dot segment, encoded slash), so no file is looked up
-    assert escape.status_code == 400 and "refused" in escape.json()["error"]
+    assert escape.status_code == 400
+    assert "refused" in escape.json()["error"]
 
 
 async def test_the_api_description_lists_the_dashboard_routes(client: httpx.AsyncClient) -> None:
@@ -298,7 +306,8 @@ async def test_dashboard_needs_a_key_but_any_scope_may_watch(keyed: str) -> None
     async with client_for(keyed, None) as anonymous:
         assert (await anonymous.get("/ui")).status_code == 200
         refused = await anonymous.get("/queue")
-        assert refused.status_code == 401 and refused.json() == {"error": "missing API key"}
+        assert refused.status_code == 401
+        assert refused.json() == {"error": "missing API key"}
         assert (await anonymous.get("/queue/events")).status_code == 401
     async with client_for(keyed, READER) as reader:
         data = await overview(reader)
@@ -323,8 +332,11 @@ async def test_a_non_admin_key_sees_only_its_own_jobs_and_no_one_elses_details(
         view = await overview(svc)
         assert [j["id"] for j in view["jobs"]] == [mine]
         running = view["summary"]["running"]
-        assert running["state"] == "working" and running["model"] == "llama3:latest"
-        assert "id" not in running and "ref" not in running and "owner" not in running
+        assert running["state"] == "working"
+        assert running["model"] == "llama3:latest"
+        assert "id" not in running
+        assert "ref" not in running
+        assert "owner" not in running
         assert view["summary"]["queued"] == 1
         full = await overview(admin)
         assert [j["id"] for j in full["jobs"]] == [mine, theirs]
@@ -363,7 +375,8 @@ async def test_an_inference_key_cannot_use_the_dashboards_actions(
             assert "may not call" in r.json()["error"]
         assert (await admin.get(f"/jobs/{queued}")).json()["state"] == "queued"
         r = await admin.post(f"/jobs/{queued}/cancel")
-        assert r.status_code == 200 and r.json()["state"] == "cancelled"
+        assert r.status_code == 200
+        assert r.json()["state"] == "cancelled"
         stub.release()
 
 

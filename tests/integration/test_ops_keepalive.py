@@ -159,10 +159,12 @@ async def test_non_streamed_keepalive_is_opt_in_and_stays_valid_json(
 
     response, parts = results["in"]
     raw = b"".join(p for _, p in parts)
-    assert response.status_code == 200 and raw.startswith(b"   ")
+    assert response.status_code == 200
+    assert raw.startswith(b"   ")
     assert json.loads(raw)["response"] == stub.expected_text("/api/generate", body)
     unopted = results["plain"]
-    assert unopted.status_code == 200 and not unopted.content.startswith(b" ")
+    assert unopted.status_code == 200
+    assert not unopted.content.startswith(b" ")
     assert "x-foreman-keepalive" not in unopted.headers
 
 
@@ -196,7 +198,8 @@ async def test_a_failure_after_keepalive_arrives_in_band_as_ollamas_error_line(
     response, parts = results["raw"]
     assert response.status_code == 200  # the status was spent on the keepalive
     last = json.loads(b"".join(p for _, p in parts).splitlines()[-1])
-    assert set(last) == {"error"} and "not found" in last["error"]
+    assert set(last) == {"error"}
+    assert "not found" in last["error"]
     assert "not found" in results["official"].error
 
 

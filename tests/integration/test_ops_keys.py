@@ -130,7 +130,8 @@ async def test_a_jobs_key_sees_only_its_own_jobs_and_admin_sees_all(
     await client.post("/api/chat", json=CHAT, headers=bearer(BATCH))
 
     mine = (await client.get("/jobs", headers=bearer(BATCH))).json()["jobs"]
-    assert len(mine) == 2 and job_id in {j["id"] for j in mine}
+    assert len(mine) == 2
+    assert job_id in {j["id"] for j in mine}
     assert (await client.get("/jobs", headers=bearer(OTHER))).json()["jobs"] == []
     for method, path in (
         ("GET", f"/jobs/{job_id}"),
@@ -165,10 +166,12 @@ async def test_an_idempotency_key_belongs_to_the_api_key_that_used_it(
     assert (again.status_code, again.json()["id"]) == (202, theirs_id)
     clash = await client.post("/jobs", json=job("other"), headers={**shared, **bearer(OTHER)})
     assert clash.status_code == 409
-    assert theirs_id in clash.json()["error"] and mine_id not in clash.text
+    assert theirs_id in clash.json()["error"]
+    assert mine_id not in clash.text
     # an admin key's idempotency keys are its own too
     root = await client.post("/jobs", json=job("root"), headers={**shared, **bearer(ROOT)})
-    assert root.status_code == 202 and root.json()["id"] not in (mine_id, theirs_id)
+    assert root.status_code == 202
+    assert root.json()["id"] not in (mine_id, theirs_id)
 
     # the synchronous routes: the same key from two API keys makes two jobs
     sync = {"Idempotency-Key": "sync-shared"}
@@ -197,7 +200,8 @@ async def test_editing_the_keys_file_rotates_keys_and_keys_are_never_logged(
             await trio.sleep(0.05)
     assert (await client.get("/api/tags", headers=bearer(APP))).status_code == 401
     logged = "\n".join(r.getMessage() for r in caplog.records)
-    assert "key=app" in logged and "keys reloaded" in logged
+    assert "key=app" in logged
+    assert "keys reloaded" in logged
     for secret in (APP, new, BATCH, ROOT, TOKEN):
         assert secret not in logged
 
@@ -220,7 +224,8 @@ async def test_a_key_beyond_ascii_written_to_the_file_is_refused_and_the_old_key
     assert record.levelno == logging.ERROR
     assert "line 2: the key of 'app'" in record.getMessage()
     assert "keeping the 4 keys already loaded" in record.getMessage()
-    assert "\n" not in record.getMessage() and record.exc_info is None
+    assert "\n" not in record.getMessage()
+    assert record.exc_info is None
     assert (await client.get("/api/tags", headers=bearer(APP))).status_code == 200
     assert not any("keys reloaded" in r.getMessage() for r in caplog.records)
     assert "inference-key" not in "\n".join(r.getMessage() for r in caplog.records)

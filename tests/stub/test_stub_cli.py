@@ -96,7 +96,8 @@ def test_bad_arguments_are_one_line_and_exit_2(
     assert main(argv) == 2
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("foreman stub: error:")
+    assert len(lines) == 1
+    assert lines[0].startswith("foreman stub: error:")
     assert captured.out == ""
 
 
@@ -107,4 +108,5 @@ def test_a_port_in_use_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
         port = taken.getsockname()[1]
         assert main(["--port", str(port), "--log-level", "error"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "cannot listen" in err[0]
+    assert len(err) == 1
+    assert "cannot listen" in err[0]

@@ -15,7 +15,9 @@ async def test_chat_and_stream(stub: StubOllama) -> None:
         expected = stub.expected_text("/api/chat", {"model": "llama3", "messages": MESSAGES})
         answer = await client.chat(model="llama3", messages=MESSAGES)
         assert answer.message.content == expected
-        assert answer.done and answer.done_reason == "stop" and answer.eval_count == 8
+        assert answer.done
+        assert answer.done_reason == "stop"
+        assert answer.eval_count == 8
         parts = [part async for part in await client.chat("llama3", MESSAGES, stream=True)]
         assert "".join(part.message.content or "" for part in parts) == expected
         assert parts[-1].done
