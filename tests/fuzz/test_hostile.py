@@ -27,6 +27,8 @@ from foreman.testing import Process, foreman_process, stub_process
 
 from .hostile import UNSTORABLE, Request, hostile_targets, requests, send, summary, verdict
 
+pytestmark = pytest.mark.slow
+
 LONG = os.environ.get("FUZZ_PROFILE") == "long"
 EXAMPLES = int(os.environ.get("FUZZ_HOSTILE_EXAMPLES", "3000" if LONG else "150"))
 SENTINEL = "sentinel-model"

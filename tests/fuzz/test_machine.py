@@ -19,6 +19,8 @@ from foreman.testing import CannotMount, small_disk, stub_process
 
 from .machine import TOKENS, TRIED, ForemanMachine, concurrent_inference
 
+pytestmark = pytest.mark.slow
+
 LONG = os.environ.get("FUZZ_PROFILE") == "long"
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200" if LONG else "8"))
 MINUTES = float(os.environ.get("FUZZ_MINUTES", "10" if LONG else "1"))

@@ -11,12 +11,15 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
 from foreman.stub import StubOllama
 from foreman.testing import Process, foreman_process
 
 from .conftest import job_rows, wait_for
+
+pytestmark = pytest.mark.slow
 
 
 async def start(proc: Process) -> str:
