@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser test lint format demo run stub fuzz crash bench bench-quick clean
+.PHONY: install browser test check lint format demo run stub fuzz crash bench bench-quick clean
 
 install: $(STAMP)
 
@@ -18,8 +18,15 @@ $(STAMP): pyproject.toml constraints.txt
 browser:
 	scripts/install-browser.sh
 
-test: $(STAMP) browser
+# the whole suite; the browser tests skip without a Chromium (`make browser` installs one)
+test: $(STAMP)
 	$(BIN)/pytest -q
+
+# the inner loop, under a minute on 2 cores: lint, then the unit, property and stub tests;
+# integration and the tiers marked `slow` (fuzz, real processes, the browser) are left to
+# `make test`
+check: lint
+	$(BIN)/pytest -q -m "not slow" tests/unit tests/property tests/stub
 
 # flake8-async's cancellation checks that ruff's ASYNC rules lack (unshielded awaits in
 # finally/except, yields inside context managers in async generators, ...); ruff runs the rest
@@ -47,12 +54,14 @@ stub: $(STAMP)
 
 # FUZZ_EXAMPLES, FUZZ_MINUTES: the state machine's runs; FUZZ_HOSTILE_EXAMPLES: the corpus
 fuzz: $(STAMP)
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -q tests/property
-	HYPOTHESIS_PROFILE=fuzz FUZZ_PROFILE=long $(BIN)/pytest -q -s tests/fuzz -k "not crash"
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -q -o faulthandler_timeout=0 tests/property
+	HYPOTHESIS_PROFILE=fuzz FUZZ_PROFILE=long $(BIN)/pytest -q -s -o faulthandler_timeout=0 \
+	  tests/fuzz -k "not crash"
 
 # CRASH_ROUNDS (100), CRASH_SEED: kill -9 rounds on one database
 crash: $(STAMP)
-	CRASH_ROUNDS=$${CRASH_ROUNDS:-100} $(BIN)/pytest -q -s tests/fuzz/test_crash.py
+	CRASH_ROUNDS=$${CRASH_ROUNDS:-100} $(BIN)/pytest -q -s -o faulthandler_timeout=0 \
+	  tests/fuzz/test_crash.py
 
 # the whole suite (under 15 minutes on 2 cores): writes docs/benchmarks.md and .json
 bench: $(STAMP)

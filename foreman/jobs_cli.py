@@ -217,20 +217,20 @@ def _table(jobs: Sequence[dict[str, Any]]) -> list[str]:
     if not jobs:
         return ["no jobs"]
     rows = [("ID", "STATE", "MODEL", "PRI", "REF", "TRIES", "CREATED", "TOOK", "ERROR")]
-    for j in jobs:
-        rows.append(
-            (
-                j["id"],
-                j["state"],
-                j["model"],
-                str(j["priority"]),
-                j.get("ref") or "-",
-                f"{j['attempts']}/{j['max_attempts']}",
-                _since(j["created_at"]),
-                _duration(j),
-                (j.get("error") or "")[:60],
-            )
+    rows.extend(
+        (
+            j["id"],
+            j["state"],
+            j["model"],
+            str(j["priority"]),
+            j.get("ref") or "-",
+            f"{j['attempts']}/{j['max_attempts']}",
+            _since(j["created_at"]),
+            _duration(j),
+            (j.get("error") or "")[:60],
         )
+        for j in jobs
+    )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 

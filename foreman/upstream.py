@@ -9,8 +9,8 @@ is the public name.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 import attrs
@@ -321,7 +321,7 @@ async def read_body(response: httpx.Response) -> bytes:
         raise _network_error(exc, "reading the answer") from None
 
 
-async def iter_lines(response: httpx.Response) -> AsyncIterator[bytes]:
+async def iter_lines(response: httpx.Response) -> AsyncGenerator[bytes, None]:
     """The NDJSON lines of a streamed answer, exactly as sent, each with its newline.
 
     A connection that breaks mid-stream raises a transient UpstreamError.
@@ -342,7 +342,7 @@ async def iter_lines(response: httpx.Response) -> AsyncIterator[bytes]:
         yield pending
 
 
-async def iter_events(response: httpx.Response) -> AsyncIterator[bytes]:
+async def iter_events(response: httpx.Response) -> AsyncGenerator[bytes, None]:
     """The Server-Sent Events of a streamed answer, exactly as sent: each event's lines
     with the blank line that ends it.
 
@@ -350,8 +350,10 @@ async def iter_events(response: httpx.Response) -> AsyncIterator[bytes]:
     connection that breaks mid-stream raises a transient UpstreamError.
     """
     event = b""
-    async for line in iter_lines(response):
-        event += line
-        if not line.strip(b"\r\n"):
-            yield event
-            event = b""
+    # the caller closes this generator (aclosing), which closes the line reader in turn
+    async with aclosing(iter_lines(response)) as lines:
+        async for line in lines:
+            event += line
+            if not line.strip(b"\r\n"):
+                yield event  # noqa: ASYNC119
+                event = b""

@@ -25,6 +25,7 @@ import json
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from typing import Any
 
 import attrs
@@ -454,12 +455,14 @@ class Worker:
             content_type = response.headers.get("content-type", "")
             head = StreamStart(response.status_code, headers, b"")
             result: Any
+            # closed here, not by the garbage collector, when a stream ends in an error
             if "ndjson" in content_type:
-                lines = iter_lines(response)
-                result = await self._relay(lines, StreamResult(job.endpoint), head, running)
+                async with aclosing(iter_lines(response)) as lines:
+                    result = await self._relay(lines, StreamResult(job.endpoint), head, running)
             elif "text/event-stream" in content_type:
-                events = iter_events(response)
-                result = await self._relay(events, EventStreamResult(job.endpoint), head, running)
+                async with aclosing(iter_events(response)) as events:
+                    answer = EventStreamResult(job.endpoint)
+                    result = await self._relay(events, answer, head, running)
             else:
                 body = await read_body(response)
                 result = decode_body(body)

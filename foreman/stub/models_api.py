@@ -64,15 +64,10 @@ def _progress(model: ModelInfo, verb: str) -> list[dict[str, Any]]:
     layer = model.digest[:12]
     digest = f"sha256:{model.digest}"
     steps: list[dict[str, Any]] = [{"status": f"{verb} manifest"}]
-    for completed in (0, model.size // 2, model.size):
-        steps.append(
-            {
-                "status": f"{verb} {layer}",
-                "digest": digest,
-                "total": model.size,
-                "completed": completed,
-            }
-        )
+    steps.extend(
+        {"status": f"{verb} {layer}", "digest": digest, "total": model.size, "completed": completed}
+        for completed in (0, model.size // 2, model.size)
+    )
     if verb == "pulling":
         steps += [{"status": "verifying sha256 digest"}, {"status": "writing manifest"}]
     steps.append({"status": "success"})

@@ -105,7 +105,8 @@ class Stack:
 
     @property
     def foreman_pid(self) -> int:
-        assert self.foreman is not None and self.foreman.popen is not None
+        assert self.foreman is not None
+        assert self.foreman.popen is not None
         return self.foreman.popen.pid
 
 

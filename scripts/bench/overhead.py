@@ -31,15 +31,13 @@ def check(answer: Answer, what: str) -> Answer:
 
 async def _serial(url: str, requests: int, start: int, stream: bool) -> list[Answer]:
     conn = Connection(url)
-    out = []
     try:
-        for i in range(start, start + requests):
-            out.append(
-                check(await conn.send("POST", "/api/generate", generate(i, stream=stream)), url)
-            )
+        return [
+            check(await conn.send("POST", "/api/generate", generate(i, stream=stream)), url)
+            for i in range(start, start + requests)
+        ]
     finally:
         await conn.aclose()
-    return out
 
 
 async def _latency(url: str, stub_url: str, requests: int, stream: bool) -> dict[str, Any]:

@@ -88,7 +88,7 @@ def shoot(request: pytest.FixtureRequest) -> Callable[[Any, str], Path]:
     folder.mkdir(parents=True)
 
     def take(page: Any, name: str) -> Path:
-        path = folder / f"{name}.png"
+        path: Path = folder / f"{name}.png"
         page.screenshot(path=str(path), full_page=True)
         return path
 

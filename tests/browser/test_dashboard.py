@@ -7,11 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from playwright.sync_api import expect
 
 from foreman.testing import Process
 
 from .conftest import TIMEOUT_MS, Foreman
+
+pytestmark = pytest.mark.slow
 
 ADMIN = "ops-key-0123456789abcdef"
 READER = "reader-key-0123456789abcdef"

@@ -398,7 +398,8 @@ class ForemanMachine(RuleBasedStateMachine):
         the database and the process that holds it; the first one runs on untouched (the
         done-once check would see a job it ran again)."""
         TRIED["second_foreman"] += 1
-        assert self.proc is not None and self.proc.popen is not None
+        assert self.proc is not None
+        assert self.proc.popen is not None
         argv = [sys.executable, "-m", "foreman", "serve", "--port", "0", "--db", str(self.db)]
         done = subprocess.run(
             [*argv, "--ollama", self.stub_url], capture_output=True, text=True, timeout=60
@@ -548,7 +549,7 @@ class ForemanMachine(RuleBasedStateMachine):
     # -- invariants ----------------------------------------------------------------------
 
     @invariant()
-    def invariants(self) -> None:
+    def everything_holds_so_far(self) -> None:
         if self.proc is not None:
             self.check_everything(final=False)
 

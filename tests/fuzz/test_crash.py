@@ -13,6 +13,8 @@ import pytest
 
 from .crash import run_campaign
 
+pytestmark = pytest.mark.slow
+
 ROUNDS = int(os.environ.get("CRASH_ROUNDS", "4"))
 SEED = int(os.environ.get("CRASH_SEED", "6"))
 

@@ -19,6 +19,8 @@ from foreman.testing import CannotMount, small_disk, stub_process
 
 from .machine import TOKENS, TRIED, ForemanMachine, concurrent_inference
 
+pytestmark = pytest.mark.slow
+
 LONG = os.environ.get("FUZZ_PROFILE") == "long"
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200" if LONG else "8"))
 MINUTES = float(os.environ.get("FUZZ_MINUTES", "10" if LONG else "1"))
@@ -77,7 +79,9 @@ def test_foreman_keeps_its_promises_under_faults_kills_and_cancels(
     assert TRIED["runs"] > 0
 
 
-def _entry(seq: int, arrival: float, end: float | None, cancelled: bool = False) -> dict:
+def _entry(
+    seq: int, arrival: float, end: float | None, cancelled: bool = False
+) -> dict[str, object]:
     return {
         "seq": seq,
         "kind": "chat",

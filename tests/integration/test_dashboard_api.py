@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +44,10 @@ async def overview(client: httpx.AsyncClient) -> dict[str, Any]:
     return data
 
 
-async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, Any]]:
+async def sse_events(response: httpx.Response) -> AsyncGenerator[tuple[str, Any], None]:
     """(event, data) pairs of a server-sent event stream, comments skipped."""
-    kind, data = "message", []
+    kind = "message"
+    data: list[str] = []
     async for line in response.aiter_lines():
         if line == "":
             if data:
@@ -82,7 +84,8 @@ async def test_queue_shows_the_running_job_and_what_waits_for_each_model(
     assert summary["queued"] == 3
     assert summary["max_wait"] == 600.0
     assert [j["state"] for j in data["jobs"]] == ["queued", "queued", "queued", "working"]
-    assert "body" not in data["jobs"][0] and "result" not in data["jobs"][0]
+    assert "body" not in data["jobs"][0]
+    assert "result" not in data["jobs"][0]
     assert data["you"] == {
         "name": None,
         "scopes": ["admin", "inference", "jobs"],
@@ -107,7 +110,8 @@ async def test_swap_history_shows_one_load_per_model_and_the_swaps_avoided(
         assert r.json()["state"] == "done"
 
     async def settled() -> dict[str, Any]:
-        return (await overview(client))["summary"]
+        summary: dict[str, Any] = (await overview(client))["summary"]
+        return summary
 
     summary = await settled()
     swaps = [(s["model"], s["jobs"]) for s in summary["swaps"]]
@@ -119,7 +123,8 @@ async def test_swap_history_shows_one_load_per_model_and_the_swaps_avoided(
     assert activity["finished"] == {"done": 5}
     assert activity["done_last_hour"] == 5
     assert (activity["loads"], activity["arrival_loads"], activity["swaps_avoided"]) == (2, 5, 3)
-    assert summary["running"] is None and summary["waiting"] == []
+    assert summary["running"] is None
+    assert summary["waiting"] == []
 
 
 async def test_event_stream_sends_a_snapshot_then_each_change_and_fresh_summaries(
@@ -130,19 +135,20 @@ async def test_event_stream_sends_a_snapshot_then_each_change_and_fresh_summarie
     seen: list[tuple[str, Any]] = []
     async with client.stream("GET", "/queue/events") as response:
         assert response.headers["content-type"].startswith("text/event-stream")
-        events = sse_events(response)
-        kind, hello = await events.__anext__()
-        assert kind == "hello" and hello["can_act"] is True
-        kind, snapshot = await events.__anext__()
-        assert kind == "snapshot"
-        assert [j["id"] for j in snapshot["jobs"]] == [before]
-        assert snapshot["summary"]["activity"]["finished"] == {"done": 1}
-        job_id = await submit(client, "llama3", "during")
-        with trio.fail_after(30):
-            async for kind, data in events:
-                seen.append((kind, data))
-                if kind == "summary" and data["activity"]["finished"].get("done") == 2:
-                    break
+        async with aclosing(sse_events(response)) as events:
+            kind, hello = await events.__anext__()
+            assert kind == "hello"
+            assert hello["can_act"] is True
+            kind, snapshot = await events.__anext__()
+            assert kind == "snapshot"
+            assert [j["id"] for j in snapshot["jobs"]] == [before]
+            assert snapshot["summary"]["activity"]["finished"] == {"done": 1}
+            job_id = await submit(client, "llama3", "during")
+            with trio.fail_after(30):
+                async for kind, data in events:
+                    seen.append((kind, data))
+                    if kind == "summary" and data["activity"]["finished"].get("done") == 2:
+                        break
     states = [d["state"] for k, d in seen if k == "job" and d["id"] == job_id]
     # the resident model runs without a load: queued, working, done; a stream sends each
     # job once per write, in its latest state, so a quick job may skip a state but never
@@ -157,8 +163,10 @@ async def test_a_burst_reaches_the_stream_complete_each_job_in_its_latest_state(
     client: httpx.AsyncClient,
 ) -> None:
     last: dict[str, str] = {}
-    async with client.stream("GET", "/queue/events") as response:
-        events = sse_events(response)
+    async with (
+        client.stream("GET", "/queue/events") as response,
+        aclosing(sse_events(response)) as events,
+    ):
         assert [(await events.__anext__())[0] for _ in range(2)] == ["hello", "snapshot"]
         ids = set()
         async with trio.open_nursery() as nursery:
@@ -181,8 +189,10 @@ async def test_a_burst_reaches_the_stream_complete_each_job_in_its_latest_state(
 async def test_a_purge_sends_open_streams_a_new_snapshot(client: httpx.AsyncClient) -> None:
     done = await submit(client, "llama3", "to purge")
     assert (await client.get(f"/jobs/{done}", params={"wait": 30})).json()["state"] == "done"
-    async with client.stream("GET", "/queue/events") as response:
-        events = sse_events(response)
+    async with (
+        client.stream("GET", "/queue/events") as response,
+        aclosing(sse_events(response)) as events,
+    ):
         assert (await events.__anext__())[0] == "hello"
         kind, snapshot = await events.__anext__()
         assert [j["id"] for j in snapshot["jobs"]] == [done]
@@ -198,7 +208,8 @@ async def test_a_purge_sends_open_streams_a_new_snapshot(client: httpx.AsyncClie
                 summary = data["summary"] if kind == "snapshot" else data
                 if summary["activity"]["finished"] == {}:
                     break  # the headline catches up within its refresh interval
-        assert resent is not None and resent["jobs"] == []
+        assert resent is not None
+        assert resent["jobs"] == []
 
 
 async def test_streamed_job_reports_its_tokens_while_it_runs(
@@ -226,7 +237,8 @@ async def test_streamed_job_reports_its_tokens_while_it_runs(
                 if running is not None and (running["tokens"] or 0) >= 1:
                     break
                 await trio.sleep(0.01)
-        assert running["stream"] is True and running["id"] == job_ids[0]
+        assert running["stream"] is True
+        assert running["id"] == job_ids[0]
         r = await client.post(f"/jobs/{job_ids[0]}/cancel")
         assert r.json()["state"] == "cancelled"
         stub.release()
@@ -252,12 +264,15 @@ async def test_ui_page_and_assets_are_open_and_locked_down(client: httpx.AsyncCl
     assert '<script src="/ui/app.js"' in page.text
     for name, kind in (("app.js", "text/javascript"), ("app.css", "text/css")):
         r = await client.get(f"/ui/{name}")
-        assert r.status_code == 200 and r.headers["content-type"].startswith(kind)
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith(kind)
     missing = await client.get("/ui/secrets.txt")
-    assert missing.status_code == 404 and "error" in missing.json()
+    assert missing.status_code == 404
+    assert "error" in missing.json()
     escape = await client.get("/ui/..%2Fapi%2Fdashboard.py")
     # refused before routing (dot segment, encoded slash), so no file is looked up
-    assert escape.status_code == 400 and "refused" in escape.json()["error"]
+    assert escape.status_code == 400
+    assert "refused" in escape.json()["error"]
 
 
 async def test_the_api_description_lists_the_dashboard_routes(client: httpx.AsyncClient) -> None:
@@ -295,7 +310,8 @@ async def test_dashboard_needs_a_key_but_any_scope_may_watch(keyed: str) -> None
     async with client_for(keyed, None) as anonymous:
         assert (await anonymous.get("/ui")).status_code == 200
         refused = await anonymous.get("/queue")
-        assert refused.status_code == 401 and refused.json() == {"error": "missing API key"}
+        assert refused.status_code == 401
+        assert refused.json() == {"error": "missing API key"}
         assert (await anonymous.get("/queue/events")).status_code == 401
     async with client_for(keyed, READER) as reader:
         data = await overview(reader)
@@ -320,15 +336,20 @@ async def test_a_non_admin_key_sees_only_its_own_jobs_and_no_one_elses_details(
         view = await overview(svc)
         assert [j["id"] for j in view["jobs"]] == [mine]
         running = view["summary"]["running"]
-        assert running["state"] == "working" and running["model"] == "llama3:latest"
-        assert "id" not in running and "ref" not in running and "owner" not in running
+        assert running["state"] == "working"
+        assert running["model"] == "llama3:latest"
+        assert "id" not in running
+        assert "ref" not in running
+        assert "owner" not in running
         assert view["summary"]["queued"] == 1
         full = await overview(admin)
         assert [j["id"] for j in full["jobs"]] == [mine, theirs]
         assert full["summary"]["running"]["ref"] == "secret-ref"
         # the stream filters the same way
-        async with svc.stream("GET", "/queue/events") as response:
-            events = sse_events(response)
+        async with (
+            svc.stream("GET", "/queue/events") as response,
+            aclosing(sse_events(response)) as events,
+        ):
             assert (await events.__anext__())[0] == "hello"
             kind, snapshot = await events.__anext__()
             assert [j["id"] for j in snapshot["jobs"]] == [mine]
@@ -358,7 +379,8 @@ async def test_an_inference_key_cannot_use_the_dashboards_actions(
             assert "may not call" in r.json()["error"]
         assert (await admin.get(f"/jobs/{queued}")).json()["state"] == "queued"
         r = await admin.post(f"/jobs/{queued}/cancel")
-        assert r.status_code == 200 and r.json()["state"] == "cancelled"
+        assert r.status_code == 200
+        assert r.json()["state"] == "cancelled"
         stub.release()
 
 
@@ -370,8 +392,11 @@ async def test_shutdown_ends_dashboard_streams(
     control = Control()
     settings = Settings(ollama_url=stub.url, db=tmp_path / "f.db", port=0, shutdown_grace=1)
     url: str = await nursery.start(functools.partial(run, settings, control=control))
-    async with client_for(url, None) as client, client.stream("GET", "/queue/events") as r:
-        events = sse_events(r)
+    async with (
+        client_for(url, None) as client,
+        client.stream("GET", "/queue/events") as r,
+        aclosing(sse_events(r)) as events,
+    ):
         assert (await events.__anext__())[0] == "hello"
         assert (await events.__anext__())[0] == "snapshot"
         control.request_stop()

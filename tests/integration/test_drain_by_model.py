@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -50,7 +51,7 @@ async def test_queue_drains_resident_model_first_then_by_age(
         arrivals = ["mistral", "llama3", "mistral", "llama3", "phi3", "mistral", "llama3"]
         for i, model in enumerate(arrivals):
             nursery.start_soon(post, chat(model, f"job {i}"))
-            await wait_for(lambda n=i: _queued(settings.db) == n + 1)
+            await wait_for(_queued_count_is(settings.db, i + 1))
         stub.release()
     ran = [e.model for e in stub.requests_of("chat")]
     assert ran == ["llama3:latest"] * 4 + ["mistral:latest"] * 3 + ["phi3:latest"]
@@ -69,3 +70,7 @@ async def test_queue_drains_resident_model_first_then_by_age(
 
 def _queued(db: Path) -> int:
     return sum(1 for row in job_rows(db) if row["state"] == "queued")
+
+
+def _queued_count_is(db: Path, count: int) -> Callable[[], bool]:
+    return lambda: _queued(db) == count

@@ -124,7 +124,8 @@ async def test_without_keys_only_the_total_caps_the_streams(
         async with stream(client, "/jobs/events") as a, stream(client, "/queue/events") as b:
             assert (a.status_code, b.status_code) == (200, 200)
             full = await refusal(client, "/jobs/events")
-            assert full.status_code == 503 and "Retry-After" in full.headers
+            assert full.status_code == 503
+            assert "Retry-After" in full.headers
         with trio.fail_after(30):
             while (await refusal(client, "/jobs/events")).status_code == 503:  # noqa: ASYNC110 - asks the server, which no trio event here announces
                 await trio.sleep(0.02)
@@ -176,7 +177,8 @@ async def test_every_stream_gets_each_change_it_may_see_once_and_in_order(keyed:
     for job_id in owners:
         states = [state for seen, state in everything if seen == job_id]
         # each change once: a job passes each state once, queued first and done last
-        assert states[0] == "queued" and states[-1] == "done"
+        assert states[0] == "queued"
+        assert states[-1] == "done"
         assert len(states) == len(set(states)), states
     for name in ("svc", "batch"):
         # a key sees only its own jobs: the same changes, in the same order, as the

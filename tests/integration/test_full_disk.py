@@ -89,7 +89,8 @@ async def test_a_full_disk_refuses_new_jobs_keeps_serving_and_loses_nothing(
         job_api = await client.post(
             "/jobs", json={"endpoint": "/api/chat", "body": chat("refused")}
         )
-        assert job_api.status_code == 503 and "retry-after" in job_api.headers
+        assert job_api.status_code == 503
+        assert "retry-after" in job_api.headers
 
         assert (await client.get("/health")).status_code == 200
         ready = await client.get("/ready")
@@ -128,7 +129,8 @@ async def test_a_deleted_database_file_shows_on_ready_and_refuses_new_jobs(
     (reason,) = ready.json()["reasons"]
     assert reason.startswith("database is not writable: the database file was deleted")
     r = await client.post("/jobs", json={"endpoint": "/api/chat", "body": chat("lost?")})
-    assert r.status_code == 503 and r.headers["retry-after"] == "30"
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "30"
     assert "deleted" in r.json()["error"]
 
 

@@ -66,7 +66,8 @@ async def test_results_equal_the_models_output(client: httpx.AsyncClient, stub: 
     )
     for key in ("created_at", "started_at", "finished_at"):
         assert done[key].endswith("Z")
-    assert done["attempts"] == 1 and done["error"] is None
+    assert done["attempts"] == 1
+    assert done["error"] is None
 
 
 async def test_high_priority_job_for_another_model_runs_next(
@@ -160,10 +161,12 @@ async def test_retry_of_a_failed_job_runs_it_again(
     stub.add_fault("status", status=400, message="bad thing", count=1, request_kind="chat")
     job = await submit(client, chat_job("llama3", "retry me"))
     failed = (await client.get(f"/jobs/{job['id']}", params={"wait": 30})).json()
-    assert failed["state"] == "failed" and failed["error"] == "bad thing"
+    assert failed["state"] == "failed"
+    assert failed["error"] == "bad thing"
     assert (await client.post(f"/jobs/{job['id']}/retry")).json()["state"] == "queued"
     done = (await client.get(f"/jobs/{job['id']}", params={"wait": 30})).json()
-    assert done["state"] == "done" and done["attempts"] == 1
+    assert done["state"] == "done"
+    assert done["attempts"] == 1
     assert len(stub.requests_of("chat")) == 2
     conflict = await client.post(f"/jobs/{job['id']}/retry")
     assert conflict.status_code == 409
@@ -217,7 +220,8 @@ async def test_listing_is_newest_first_with_filters_and_a_cursor(
     both = (await client.get("/jobs", params={"model": "llama3", "ref": "note:0"})).json()
     assert [j["id"] for j in both["jobs"]] == [made[6]["id"], made[0]["id"]]
     done = (await client.get("/jobs", params={"state": "done", "limit": 2})).json()
-    assert len(done["jobs"]) == 2 and done["next_cursor"]
+    assert len(done["jobs"]) == 2
+    assert done["next_cursor"]
 
 
 async def test_long_poll_and_event_stream_hear_the_end_without_reading_the_database(
@@ -272,7 +276,8 @@ async def test_long_poll_and_event_stream_hear_the_end_without_reading_the_datab
     assert [e["state"] for e in events][-1] == "done"
     assert events[0]["state"] == "working"
     # pushed, not polled: both hear the end promptly (a generous bound for slow machines)
-    assert heard["sse"] - finished_at < 5 and heard["poll"] - finished_at < 5
+    assert heard["sse"] - finished_at < 5
+    assert heard["poll"] - finished_at < 5
 
 
 async def test_a_finished_jobs_event_stream_gives_the_final_state_at_once(
@@ -282,7 +287,8 @@ async def test_a_finished_jobs_event_stream_gives_the_final_state_at_once(
     await client.get(f"/jobs/{job['id']}", params={"wait": 30})
     async with client.stream("GET", f"/jobs/{job['id']}/events") as r:
         lines = [line async for line in r.aiter_lines() if line.startswith("data: ")]
-    assert len(lines) == 1 and json.loads(lines[0][6:])["state"] == "done"
+    assert len(lines) == 1
+    assert json.loads(lines[0][6:])["state"] == "done"
 
 
 async def test_sync_jobs_take_priority_and_ref_headers_and_are_visible_while_running(
@@ -298,7 +304,8 @@ async def test_sync_jobs_take_priority_and_ref_headers_and_are_visible_while_run
         assert (job["state"], job["priority"]) == ("working", 7)
         stub.release()
     bad = await client.post("/api/chat", json=body, headers={"X-Foreman-Priority": "high"})
-    assert bad.status_code == 400 and "X-Foreman-Priority" in bad.json()["error"]
+    assert bad.status_code == 400
+    assert "X-Foreman-Priority" in bad.json()["error"]
 
 
 async def test_bad_input_to_every_job_route_is_a_clear_400(client: httpx.AsyncClient) -> None:
@@ -335,7 +342,8 @@ async def test_bad_input_to_every_job_route_is_a_clear_400(client: httpx.AsyncCl
     assert (await client.delete("/jobs")).status_code == 400
     assert (await client.delete("/jobs", params={"older_than": "x"})).status_code == 400
     missing = await client.get("/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV")
-    assert missing.status_code == 404 and "not found" in missing.json()["error"]
+    assert missing.status_code == 404
+    assert "not found" in missing.json()["error"]
     for verb in ("cancel", "retry"):
         r = await client.post(f"/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV/{verb}")
         assert r.status_code == 404

@@ -33,7 +33,9 @@ async def test_submit_wait_show_list_and_purge_from_the_command_line(
     assert job["result"]["response"] == expected
 
     code, out, _ = await cli(capsys, foreman, "show", job["id"])
-    assert code == 0 and expected in out and "done" in out
+    assert code == 0
+    assert expected in out
+    assert "done" in out
 
     code, out, _ = await cli(capsys, foreman, "ls")
     assert code == 0
@@ -44,7 +46,8 @@ async def test_submit_wait_show_list_and_purge_from_the_command_line(
     assert code == 1  # a done job cannot be retried
 
     code, out, _ = await cli(capsys, foreman, "purge", "--older-than", "0")
-    assert code == 0 and "purged 1" in out
+    assert code == 0
+    assert "purged 1" in out
 
 
 async def test_cli_reports_errors_in_one_line(
@@ -54,7 +57,8 @@ async def test_cli_reports_errors_in_one_line(
     assert code == 1
     assert err.strip() == "foreman: error: 404: job 01ARZ3NDEKTSV4RRFFQ69G5FAV not found"
     code, _, err = await cli(capsys, "http://127.0.0.1:9", "ls")
-    assert code == 1 and err.startswith("foreman: error: cannot talk to foreman")
+    assert code == 1
+    assert err.startswith("foreman: error: cannot talk to foreman")
 
 
 async def test_watch_follows_a_job_to_its_end(
@@ -82,7 +86,8 @@ async def test_the_key_comes_from_foreman_api_key_and_help_says_why(
     keys.write_text(f"batch {JOBS_KEY} jobs\n")
     async with running_foreman(settings, api_keys_file=keys) as url:
         code, _, err = await cli(capsys, url, "ls")
-        assert code == 1 and err.startswith("foreman: error: 401: "), err
+        assert code == 1, err
+        assert err.startswith("foreman: error: 401: "), err
         # the variable carries the key, so it never shows in the process list
         monkeypatch.setenv("FOREMAN_API_KEY", JOBS_KEY)
         code, out, err = await cli(capsys, url, "--json", "ls")
@@ -96,4 +101,5 @@ async def test_the_key_comes_from_foreman_api_key_and_help_says_why(
     with pytest.raises(SystemExit):
         main(["jobs", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "visible to other users" in help_text and "FOREMAN_API_KEY" in help_text
+    assert "visible to other users" in help_text
+    assert "FOREMAN_API_KEY" in help_text

@@ -26,7 +26,8 @@ async def test_deadline_expires_a_job_that_could_not_start_and_janitor_purges(
     await stub.wait_until(lambda: stub.inflight_inference == 1)
     late = await submit(client, chat_job("llama3", "late", deadline=0.2))
     expired = (await client.get(f"/jobs/{late['id']}", params={"wait": 30})).json()
-    assert expired["state"] == "failed" and "expired" in expired["error"]
+    assert expired["state"] == "failed"
+    assert "expired" in expired["error"]
     stub.release()
     await client.get(f"/jobs/{running['id']}", params={"wait": 30})
     assert [e.body["messages"][0]["content"] for e in stub.requests_of("chat")] == ["busy"]

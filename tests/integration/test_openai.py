@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import httpx
 import openai
 import pytest
 import trio
+from openai.types.chat import ChatCompletionMessageParam
 
 from foreman.config import Settings
 from foreman.stub import StubConfig, StubOllama
@@ -60,7 +62,7 @@ def v1_error(response: httpx.Response, status: int, kind: str) -> str:
 
 
 async def test_official_openai_client_works_unchanged(foreman: str, stub: StubOllama) -> None:
-    messages = [{"role": "user", "content": "title this memo"}]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "title this memo"}]
     expected = stub.expected_text(CHAT, {"model": "llama3", "messages": messages})
     async with openai.AsyncOpenAI(base_url=f"{foreman}/v1", api_key="anything") as client:
         reply = await client.chat.completions.create(model="llama3", messages=messages)
@@ -149,7 +151,7 @@ async def test_mixed_v1_and_api_burst_drains_by_model_one_at_a_time(
         await stub.wait_until(lambda: stub.inflight_inference == 1)
         for i, (path, body) in enumerate(arrivals):
             nursery.start_soon(post, path, body)
-            await wait_for(lambda n=i: _queued(settings.db) == n + 1)
+            await wait_for(_queued_count_is(settings.db, i + 1))
         stub.release()
     ran = stub.requests_of("chat", "generate", "v1-chat", "v1-completions")
     assert [(e.model, e.path) for e in ran] == [
@@ -175,6 +177,10 @@ async def test_mixed_v1_and_api_burst_drains_by_model_one_at_a_time(
 
 def _queued(db: Path) -> int:
     return sum(1 for row in job_rows(db) if row["state"] == "queued")
+
+
+def _queued_count_is(db: Path, count: int) -> Callable[[], bool]:
+    return lambda: _queued(db) == count
 
 
 @pytest.mark.parametrize("stub_config", [StubConfig(tokens=200, token_delay=0.01)])

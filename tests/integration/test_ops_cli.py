@@ -35,7 +35,8 @@ def test_foreman_config_prints_the_effective_configuration_with_secrets_redacted
     assert "port = 8080  # --port" in out
     assert "keepalive = 5.0  # FOREMAN_KEEPALIVE" in out
     assert f"max_queue = 42  # {config}:max_queue" in out
-    assert 'metrics_token = "<redacted>"' in out and "file-secret" not in out
+    assert 'metrics_token = "<redacted>"' in out
+    assert "file-secret" not in out
 
 
 def test_bad_keys_or_config_files_stop_foreman_with_one_line(tmp_path: Path) -> None:
@@ -52,7 +53,8 @@ def test_bad_keys_or_config_files_stop_foreman_with_one_line(tmp_path: Path) -> 
         done = run_cli("serve", "--db", str(tmp_path / "x.db"), "--port", "0", *args)
         assert done.returncode == 2, done.stderr
         lines = done.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("foreman: error: "), done.stderr
+        assert len(lines) == 1, done.stderr
+        assert lines[0].startswith("foreman: error: "), done.stderr
         assert expected in lines[0]
         assert "secret-key" not in done.stderr
 
@@ -69,7 +71,8 @@ async def test_foreman_backup_copies_a_live_database(stub: StubOllama, tmp_path:
         done = await trio.to_thread.run_sync(lambda: run_cli("backup", str(copy), "--db", str(db)))
         assert done.returncode == 0, done.stderr
         again = await trio.to_thread.run_sync(lambda: run_cli("backup", str(copy), "--db", str(db)))
-        assert again.returncode == 1 and "refusing to overwrite" in again.stderr
+        assert again.returncode == 1
+        assert "refusing to overwrite" in again.stderr
     finally:
         assert await trio.to_thread.run_sync(proc.terminate) == 0
     conn = sqlite3.connect(copy)
@@ -109,7 +112,8 @@ async def test_sighup_reloads_the_keys_and_keeps_serving(stub: StubOllama, tmp_p
             assert (await client.get("/api/tags", headers=old)).status_code == 401
     finally:
         assert await trio.to_thread.run_sync(proc.terminate) == 0
-    assert b"first-key" not in proc.output() and b"second-key" not in proc.output()
+    assert b"first-key" not in proc.output()
+    assert b"second-key" not in proc.output()
 
 
 # a key as an editor might leave it: a typographic quote where a ' was meant
@@ -124,7 +128,8 @@ def test_a_key_beyond_ascii_stops_foreman_at_start_with_one_line(tmp_path: Path)
     )
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("foreman: error: "), done.stderr
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("foreman: error: "), done.stderr
     assert "line 2: the key of 'app' holds characters other than printable ASCII" in lines[0]
     assert "second-key" not in done.stderr
 

@@ -33,7 +33,8 @@ async def test_health_is_always_200_and_ready_follows_ollama(
 ) -> None:
     assert (await client.get("/health")).json() == {"status": "ok"}
     ready = await client.get("/ready")
-    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "ready"
     stub.stop_listening()
     down = await client.get("/ready")
     assert down.status_code == 503

@@ -19,6 +19,7 @@ import ollama
 import openai
 import pytest
 import trio
+from openai.types.chat import ChatCompletionMessageParam
 
 from foreman.config import Settings
 from foreman.stub import StubOllama
@@ -26,7 +27,7 @@ from foreman.stub import StubOllama
 KEEPALIVE = 0.2
 # generous: a gap this long between bytes would mean keepalives stopped
 MAX_GAP = 10 * KEEPALIVE
-MESSAGES = [{"role": "user", "content": "title this memo"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "title this memo"}]
 
 
 @pytest.fixture
@@ -73,9 +74,9 @@ async def test_a_waiting_stream_gets_keepalive_chunks_then_its_answer(
         results["raw"] = await read_with_times(client, "/api/chat", body, seen, 5)
 
     async def official() -> None:
-        reply = ollama.AsyncClient(host=foreman)
-        parts = await reply.chat(model="llama3", messages=MESSAGES, stream=True)
-        results["official"] = "".join([p.message.content or "" async for p in parts])
+        async with ollama.AsyncClient(host=foreman) as reply:
+            parts = await reply.chat(model="llama3", messages=MESSAGES, stream=True)
+            results["official"] = "".join([p.message.content or "" async for p in parts])
 
     async with trio.open_nursery() as nursery:
         await occupy_worker(client, stub, nursery)
@@ -158,11 +159,13 @@ async def test_non_streamed_keepalive_is_opt_in_and_stays_valid_json(
 
     response, parts = results["in"]
     raw = b"".join(p for _, p in parts)
-    assert response.status_code == 200 and raw.startswith(b"   ")
+    assert response.status_code == 200
+    assert raw.startswith(b"   ")
     assert json.loads(raw)["response"] == stub.expected_text("/api/generate", body)
-    plain = results["plain"]
-    assert plain.status_code == 200 and not plain.content.startswith(b" ")
-    assert "x-foreman-keepalive" not in plain.headers
+    unopted = results["plain"]
+    assert unopted.status_code == 200
+    assert not unopted.content.startswith(b" ")
+    assert "x-foreman-keepalive" not in unopted.headers
 
 
 async def test_a_failure_after_keepalive_arrives_in_band_as_ollamas_error_line(
@@ -177,10 +180,11 @@ async def test_a_failure_after_keepalive_arrives_in_band_as_ollamas_error_line(
 
     async def official() -> None:
         try:
-            async for _ in await ollama.AsyncClient(host=foreman).chat(
-                model="no-such-model", messages=MESSAGES, stream=True
-            ):
-                pass
+            async with ollama.AsyncClient(host=foreman) as official_client:
+                async for _ in await official_client.chat(
+                    model="no-such-model", messages=MESSAGES, stream=True
+                ):
+                    pass
         except ollama.ResponseError as exc:
             results["official"] = exc
 
@@ -194,7 +198,8 @@ async def test_a_failure_after_keepalive_arrives_in_band_as_ollamas_error_line(
     response, parts = results["raw"]
     assert response.status_code == 200  # the status was spent on the keepalive
     last = json.loads(b"".join(p for _, p in parts).splitlines()[-1])
-    assert set(last) == {"error"} and "not found" in last["error"]
+    assert set(last) == {"error"}
+    assert "not found" in last["error"]
     assert "not found" in results["official"].error
 
 

@@ -12,6 +12,7 @@ import ollama
 import openai
 import pytest
 import trio
+from openai.types.chat import ChatCompletionMessageParam
 
 from foreman.config import Settings
 from foreman.stub import StubOllama
@@ -96,15 +97,16 @@ async def test_health_needs_no_key_and_metrics_takes_admin_or_its_token(
 
 
 async def test_official_clients_work_with_a_key(foreman: str, stub: StubOllama) -> None:
-    messages = [{"role": "user", "content": "title this memo"}]
-    client = ollama.AsyncClient(host=foreman, headers=bearer(APP))
-    reply = await client.chat(model="llama3", messages=messages)
-    assert reply.message.content == stub.expected_text(
-        "/api/chat", {"model": "llama3", "messages": messages}
-    )
-    assert (await client.embed(model="nomic-embed-text", input=["a"])).embeddings
-    with pytest.raises(ollama.ResponseError) as refused:
-        await ollama.AsyncClient(host=foreman).chat(model="llama3", messages=messages)
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "title this memo"}]
+    async with ollama.AsyncClient(host=foreman, headers=bearer(APP)) as client:
+        reply = await client.chat(model="llama3", messages=messages)
+        assert reply.message.content == stub.expected_text(
+            "/api/chat", {"model": "llama3", "messages": messages}
+        )
+        assert (await client.embed(model="nomic-embed-text", input=["a"])).embeddings
+    async with ollama.AsyncClient(host=foreman) as keyless:
+        with pytest.raises(ollama.ResponseError) as refused:
+            await keyless.chat(model="llama3", messages=messages)
     assert refused.value.status_code == 401
 
     async with openai.AsyncOpenAI(base_url=f"{foreman}/v1", api_key=APP) as oa:
@@ -128,7 +130,8 @@ async def test_a_jobs_key_sees_only_its_own_jobs_and_admin_sees_all(
     await client.post("/api/chat", json=CHAT, headers=bearer(BATCH))
 
     mine = (await client.get("/jobs", headers=bearer(BATCH))).json()["jobs"]
-    assert len(mine) == 2 and job_id in {j["id"] for j in mine}
+    assert len(mine) == 2
+    assert job_id in {j["id"] for j in mine}
     assert (await client.get("/jobs", headers=bearer(OTHER))).json()["jobs"] == []
     for method, path in (
         ("GET", f"/jobs/{job_id}"),
@@ -163,10 +166,12 @@ async def test_an_idempotency_key_belongs_to_the_api_key_that_used_it(
     assert (again.status_code, again.json()["id"]) == (202, theirs_id)
     clash = await client.post("/jobs", json=job("other"), headers={**shared, **bearer(OTHER)})
     assert clash.status_code == 409
-    assert theirs_id in clash.json()["error"] and mine_id not in clash.text
+    assert theirs_id in clash.json()["error"]
+    assert mine_id not in clash.text
     # an admin key's idempotency keys are its own too
     root = await client.post("/jobs", json=job("root"), headers={**shared, **bearer(ROOT)})
-    assert root.status_code == 202 and root.json()["id"] not in (mine_id, theirs_id)
+    assert root.status_code == 202
+    assert root.json()["id"] not in (mine_id, theirs_id)
 
     # the synchronous routes: the same key from two API keys makes two jobs
     sync = {"Idempotency-Key": "sync-shared"}
@@ -195,7 +200,8 @@ async def test_editing_the_keys_file_rotates_keys_and_keys_are_never_logged(
             await trio.sleep(0.05)
     assert (await client.get("/api/tags", headers=bearer(APP))).status_code == 401
     logged = "\n".join(r.getMessage() for r in caplog.records)
-    assert "key=app" in logged and "keys reloaded" in logged
+    assert "key=app" in logged
+    assert "keys reloaded" in logged
     for secret in (APP, new, BATCH, ROOT, TOKEN):
         assert secret not in logged
 
@@ -218,7 +224,8 @@ async def test_a_key_beyond_ascii_written_to_the_file_is_refused_and_the_old_key
     assert record.levelno == logging.ERROR
     assert "line 2: the key of 'app'" in record.getMessage()
     assert "keeping the 4 keys already loaded" in record.getMessage()
-    assert "\n" not in record.getMessage() and record.exc_info is None
+    assert "\n" not in record.getMessage()
+    assert record.exc_info is None
     assert (await client.get("/api/tags", headers=bearer(APP))).status_code == 200
     assert not any("keys reloaded" in r.getMessage() for r in caplog.records)
     assert "inference-key" not in "\n".join(r.getMessage() for r in caplog.records)

@@ -55,10 +55,13 @@ async def test_beyond_max_queue_new_jobs_get_ollamas_busy_503_and_foreman_keeps_
     # every route family answers a full queue in its own shape
     chat = {"model": "llama3", "messages": [{"role": "user", "content": "x"}]}
     v1 = await client.post("/v1/chat/completions", json=chat)
-    assert v1.status_code == 503 and v1.json()["error"]["message"] == BUSY
-    with pytest.raises(ollama.ResponseError) as busy:
-        await ollama.AsyncClient(host=foreman).chat(**chat)
-    assert busy.value.status_code == 503 and busy.value.error == BUSY
+    assert v1.status_code == 503
+    assert v1.json()["error"]["message"] == BUSY
+    async with ollama.AsyncClient(host=foreman) as official:
+        with pytest.raises(ollama.ResponseError) as busy:
+            await official.chat(**chat)
+    assert busy.value.status_code == 503
+    assert busy.value.error == BUSY
     # the server keeps serving what does not queue
     assert (await client.get("/api/tags")).status_code == 200
     assert (
@@ -85,7 +88,8 @@ async def test_a_body_over_max_body_is_413_in_the_families_shape(client: httpx.A
     assert r.status_code == 413
     assert "larger than 65536 bytes" in r.json()["error"]
     v1 = await client.post("/v1/completions", json=huge)
-    assert v1.status_code == 413 and v1.json()["error"]["type"] == "invalid_request_error"
+    assert v1.status_code == 413
+    assert v1.json()["error"]["type"] == "invalid_request_error"
     assert (await client.get("/health")).status_code == 200
 
 

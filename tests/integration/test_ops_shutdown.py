@@ -61,7 +61,8 @@ async def test_the_running_job_finishes_within_the_grace_and_new_jobs_are_refuse
 
             control.request_stop()
             refused = await client.post("/jobs", json=queued_job(2))
-            assert refused.status_code == 503 and "shutting down" in refused.json()["error"]
+            assert refused.status_code == 503
+            assert "shutting down" in refused.json()["error"]
             assert refused.headers["retry-after"]
             assert (await client.get("/ready")).status_code == 503
             assert (await client.get("/health")).status_code == 200
@@ -158,9 +159,12 @@ def check_json_logs(proc: Process) -> None:
     """--log-format json: every line is a JSON object; lines about a job carry its id;
     the access log has a line per request with its status and duration."""
     records = [json.loads(line) for line in proc.output().decode().splitlines() if line]
-    assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    assert records
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
     about_jobs = [r for r in records if r["message"].startswith("job ")]
-    assert about_jobs and all("job_id" in r for r in about_jobs)
+    assert about_jobs
+    assert all("job_id" in r for r in about_jobs)
     access = [r for r in records if r["logger"] == "foreman.access"]
     posts = [r for r in access if r["message"].startswith("POST /jobs HTTP/1.1 202")]
-    assert len(posts) == 3 and all("ms client=" in r["message"] for r in posts)
+    assert len(posts) == 3
+    assert all("ms client=" in r["message"] for r in posts)

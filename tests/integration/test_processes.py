@@ -11,12 +11,15 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
 from foreman.stub import StubOllama
 from foreman.testing import Process, foreman_process
 
 from .conftest import job_rows, wait_for
+
+pytestmark = pytest.mark.slow
 
 
 async def start(proc: Process) -> str:
@@ -52,7 +55,8 @@ async def test_kill_9_mid_queue_then_restart_completes_every_job(
                 await stub.wait_until(lambda: stub.inflight_inference == 1)
                 await wait_for(lambda: len(job_rows(db)) == len(prompts))
                 await trio.to_thread.run_sync(first.kill)
-        assert first.popen is not None and first.popen.returncode == -signal.SIGKILL
+        assert first.popen is not None
+        assert first.popen.returncode == -signal.SIGKILL
         states = Counter(row["state"] for row in job_rows(db))
         assert states["queued"] == len(prompts) - 1
         assert states["loading"] + states["working"] == 1
@@ -154,9 +158,12 @@ async def test_sigterm_stops_foreman_cleanly_and_keeps_its_jobs(
 
 def test_python_dash_m_and_stub_subcommand_answer_help() -> None:
     top = run_cli("--help")
-    assert top.returncode == 0 and "serve" in top.stdout and "stub" in top.stdout
+    assert top.returncode == 0
+    assert "serve" in top.stdout
+    assert "stub" in top.stdout
     stub_help = run_cli("stub", "--help")
-    assert stub_help.returncode == 0 and "--load-delay" in stub_help.stdout
+    assert stub_help.returncode == 0
+    assert "--load-delay" in stub_help.stdout
 
 
 async def test_jobs_submitted_to_the_job_api_survive_kill_9(

@@ -55,7 +55,8 @@ async def raw_request(
 ) -> RawAnswer:
     """One request on its own connection, exactly as written; the answer as it came."""
     parts = urlsplit(url)
-    assert parts.hostname is not None and parts.port is not None
+    assert parts.hostname is not None
+    assert parts.port is not None
     lines = [f"{method} {target} HTTP/1.1", f"Host: {host or parts.netloc}", MARK]
     lines += [f"{k}: {v}" for k, v in headers]
     if body:

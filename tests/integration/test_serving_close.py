@@ -109,9 +109,15 @@ async def test_a_chat_answer_that_waited_in_the_queue(
 ) -> None:
     """The answer to a job queued behind a running one, told apart from the first."""
     stub.hold()
-    first = {"model": "llama3", "messages": [{"role": "user", "content": "first"}]}
-    second = {"model": "llama3", "messages": [{"role": "user", "content": "second"}]}
-    second["stream"] = False  # type: ignore[assignment]
+    first: dict[str, object] = {
+        "model": "llama3",
+        "messages": [{"role": "user", "content": "first"}],
+    }
+    second: dict[str, object] = {
+        "model": "llama3",
+        "messages": [{"role": "user", "content": "second"}],
+    }
+    second["stream"] = False
     answers: dict[str, tuple[str, dict[str, str], bytes]] = {}
 
     async def send(name: str, payload: dict[str, object]) -> None:

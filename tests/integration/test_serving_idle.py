@@ -72,7 +72,8 @@ async def test_an_idle_connection_is_closed_when_the_server_stops(
     streams = [await idle_connection(port) for _ in range(3)]
     stop.set()
     for stream in streams:
-        assert await closed_by_server(stream)
+        async with stream:
+            assert await closed_by_server(stream)
 
 
 async def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(
@@ -81,7 +82,8 @@ async def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(
     port, _, config = server
     config.keep_alive_timeout = 0.2
     stream = await idle_connection(port)
-    assert await closed_by_server(stream)
+    async with stream:
+        assert await closed_by_server(stream)
     # a connection in use is not idle: a second request on a fresh one still works
     again = await idle_connection(port)
     await again.aclose()
@@ -92,13 +94,13 @@ async def test_foreman_stops_without_waiting_for_idle_browser_connections(
 ) -> None:
     url, stopped = client_free_foreman
     host, port = url.removeprefix("http://").rsplit(":", 1)
-    stream = await trio.open_tcp_stream(host, int(port))
-    await stream.send_all(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
-    answer = b""
-    while b'"ok"' not in answer:
-        answer += await stream.receive_some(4096)
-    stopped.set()
-    assert await closed_by_server(stream)
+    async with await trio.open_tcp_stream(host, int(port)) as stream:
+        await stream.send_all(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+        answer = b""
+        while b'"ok"' not in answer:
+            answer += await stream.receive_some(4096)
+        stopped.set()
+        assert await closed_by_server(stream)
 
 
 @pytest.fixture

@@ -158,7 +158,8 @@ class StoreMachine(RuleBasedStateMachine):
             return
         if job.state is JobState.LOADING:
             job = self.store.transition(job.id, JobState.LOADING, JobState.WORKING)
-            assert job is not None and job.state is JobState.WORKING
+            assert job is not None
+            assert job.state is JobState.WORKING
             self.resident = job.model_key
         if outcome == "finish":
             moved = self.store.transition(job.id, JobState.WORKING, JobState.DONE, result={"ok": 1})
@@ -192,7 +193,8 @@ class StoreMachine(RuleBasedStateMachine):
             event("claim: nothing runnable")
             return
         event("claim: " + ("resident model" if expected.model_key == self.resident else "swap"))
-        assert job is not None and before is not None
+        assert job is not None
+        assert before is not None
         assert job.id == expected.id
         want = JobState.WORKING if job.model_key == self.resident else JobState.LOADING
         assert job.state is want
@@ -204,7 +206,8 @@ class StoreMachine(RuleBasedStateMachine):
     def transient_failure(self, seed: int) -> None:
         """What the worker does with a retryable error: back off, or fail when out of tries."""
         job = self.store.get(self.running) if self.running is not None else None
-        assert job is not None and job.state in RUNNING_STATES
+        assert job is not None
+        assert job.state in RUNNING_STATES
         if job.state is JobState.LOADING:
             self.resident = None
         if job.attempts < job.max_attempts:
@@ -217,7 +220,8 @@ class StoreMachine(RuleBasedStateMachine):
             assert moved.finished_at is None
         else:
             moved = self.store.transition(job.id, job.state, JobState.FAILED, error="boom")
-            assert moved is not None and moved.finished_at == self.now
+            assert moved is not None
+            assert moved.finished_at == self.now
         self.running = None
 
     @rule(data=st.data())
@@ -228,7 +232,8 @@ class StoreMachine(RuleBasedStateMachine):
         job_id = data.draw(st.sampled_from(ids))
         old = self.states()[job_id]
         moved = self.store.transition(job_id, old, JobState.CANCELLED)
-        assert moved is not None and moved.state is JobState.CANCELLED
+        assert moved is not None
+        assert moved.state is JobState.CANCELLED
         if job_id == self.running:
             self.running = None
 
@@ -241,9 +246,12 @@ class StoreMachine(RuleBasedStateMachine):
         old = self.states()[job_id]
         assert old in (JobState.FAILED, JobState.CANCELLED)
         moved = self.store.retry(job_id)
-        assert moved is not None and moved.state is JobState.QUEUED
-        assert moved.attempts == 0 and moved.enqueued_at == self.now
-        assert moved.finished_at is None and moved.deadline is None
+        assert moved is not None
+        assert moved.state is JobState.QUEUED
+        assert moved.attempts == 0
+        assert moved.enqueued_at == self.now
+        assert moved.finished_at is None
+        assert moved.deadline is None
 
     @rule(data=st.data(), stale=st.booleans())
     def bad_write_changes_nothing(self, data: st.DataObject, stale: bool) -> None:
@@ -281,7 +289,8 @@ class StoreMachine(RuleBasedStateMachine):
             was = running[job_id]
             assert was is not None
             if was.attempts >= was.max_attempts:
-                assert job.state is JobState.FAILED and job.error
+                assert job.state is JobState.FAILED
+                assert job.error
             else:
                 assert job.state is JobState.QUEUED
         self.running = None
@@ -301,7 +310,8 @@ class StoreMachine(RuleBasedStateMachine):
     def terminal_jobs_have_finished_at(self) -> None:
         for job_id in self.ids_in(TERMINAL_STATES):
             job = self.store.get(job_id)
-            assert job is not None and job.finished_at is not None
+            assert job is not None
+            assert job.finished_at is not None
 
     @invariant()
     def store_pick_agrees_with_rule(self) -> None:

@@ -47,8 +47,10 @@ async def test_subprocess_prints_its_port_serves_and_stops_on_sigterm(tmp_path: 
     process, url = await start(log, "--tokens", "3", "--models", "a,b:7b", "--load-delay", "0")
     try:
         messages = [{"role": "user", "content": "hi"}]
-        client = ollama.Client(host=url)
-        answer = await trio.to_thread.run_sync(lambda: client.chat(model="b:7b", messages=messages))
+        with ollama.Client(host=url) as client:
+            answer = await trio.to_thread.run_sync(
+                lambda: client.chat(model="b:7b", messages=messages)
+            )
         assert answer.message.content is not None
         assert len(answer.message.content.split()) == 3
         async with httpx.AsyncClient(base_url=url) as http:
@@ -94,7 +96,8 @@ def test_bad_arguments_are_one_line_and_exit_2(
     assert main(argv) == 2
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("foreman stub: error:")
+    assert len(lines) == 1
+    assert lines[0].startswith("foreman stub: error:")
     assert captured.out == ""
 
 
@@ -105,4 +108,5 @@ def test_a_port_in_use_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
         port = taken.getsockname()[1]
         assert main(["--port", str(port), "--log-level", "error"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "cannot listen" in err[0]
+    assert len(err) == 1
+    assert "cannot listen" in err[0]

@@ -42,10 +42,12 @@ async def test_concurrent_chats_are_served_one_at_a_time_and_counted(
         running = [entry for entry in stub.requests if entry.start is not None]
         assert len(running) == 1  # the other two wait for the runner
         stub.release()
-    assert len(answers) == 3 and all(a["done"] for a in answers)
+    assert len(answers) == 3
+    assert all(a["done"] for a in answers)
     entries = sorted(stub.requests, key=lambda entry: entry.start or 0)
     for earlier, later in itertools.pairwise(entries):
-        assert earlier.end is not None and later.start is not None
+        assert earlier.end is not None
+        assert later.start is not None
         assert later.start >= earlier.end
     assert [e.seq for e in entries] == sorted(e.seq for e in entries)  # FIFO
     assert stub.inflight_inference == 0
@@ -71,7 +73,8 @@ async def test_embeddings_run_while_a_chat_is_in_flight(
             )
         assert response.status_code == 200
         chat, embed = stub.requests
-        assert chat.end is None and embed.end is not None
+        assert chat.end is None
+        assert embed.end is not None
         stub.release()
     assert stub.chat_model == "llama3:latest"
     assert stub.embed_model == "nomic-embed-text:latest"
@@ -88,8 +91,10 @@ async def test_client_closing_mid_stream_is_recorded_as_cancelled(
     with trio.fail_after(5):
         await stub.wait_until(lambda: stub.requests[0].end is not None)
     entry = stub.requests[0]
-    assert entry.cancelled and 0 < entry.tokens < 1000
-    assert stub.inflight_inference == 0 and stub.inflight_requests == 0
+    assert entry.cancelled
+    assert 0 < entry.tokens < 1000
+    assert stub.inflight_inference == 0
+    assert stub.inflight_requests == 0
 
 
 async def test_waiting_request_cancelled_by_its_client_leaves_the_queue(
@@ -107,7 +112,8 @@ async def test_waiting_request_cancelled_by_its_client_leaves_the_queue(
             impatient.cancel_scope.cancel()  # the client gives up and closes its connection
         with trio.fail_after(5):
             await stub.wait_until(lambda: len(stub.requests) == 2 and stub.requests[1].finished)
-        assert stub.requests[1].cancelled and stub.requests[1].start is None
+        assert stub.requests[1].cancelled
+        assert stub.requests[1].start is None
         stub.release()
     assert not stub.requests[0].cancelled
 

@@ -16,7 +16,8 @@ async def test_root_and_head(client: httpx.AsyncClient) -> None:
     assert root.text == "Ollama is running"
     assert root.headers["content-type"] == "text/plain; charset=utf-8"
     head = await client.head("/")
-    assert head.status_code == 200 and head.content == b""
+    assert head.status_code == 200
+    assert head.content == b""
     assert head.headers["content-length"] == "17"
     version = await client.get("/api/version")
     assert version.json() == {"version": "0.33.0-stub"}
@@ -51,7 +52,8 @@ async def test_tags_lists_the_catalogue(client: httpx.AsyncClient) -> None:
     assert {"llama3:latest", "qwen2.5:7b", "nomic-embed-text:latest"} <= names
     llama = next(model for model in models if model["name"] == "llama3:latest")
     assert set(llama) == {"name", "model", "modified_at", "size", "digest", "details"}
-    assert len(llama["digest"]) == 64 and llama["details"]["format"] == "gguf"
+    assert len(llama["digest"]) == 64
+    assert llama["details"]["format"] == "gguf"
 
 
 async def test_ps_shows_both_slots(client: httpx.AsyncClient) -> None:
@@ -80,7 +82,8 @@ async def test_show_pull_copy_delete(stub: StubOllama, client: httpx.AsyncClient
     async with client.stream("POST", "/api/pull", json={"model": "tinyllama"}) as response:
         assert response.headers["content-type"] == "application/x-ndjson"
         steps = [json.loads(line) async for line in response.aiter_lines()]
-    assert steps[0] == {"status": "pulling manifest"} and steps[-1] == {"status": "success"}
+    assert steps[0] == {"status": "pulling manifest"}
+    assert steps[-1] == {"status": "success"}
     assert any("completed" in step for step in steps)
     quiet = await client.post("/api/pull", json={"model": "bge-m3", "stream": False})
     assert quiet.json() == {"status": "success"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from functools import partial
+from typing import Any
 
 import httpx
 import pytest
@@ -12,6 +13,16 @@ import trio
 from foreman.stub import BUSY_MESSAGE, StubOllama
 
 CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def read_lines(
+    client: httpx.AsyncClient, path: str, body: dict[str, Any], *, into: list[str]
+) -> None:
+    """Stream an answer's lines into `into`, which keeps what arrived if the stream breaks."""
+    async with client.stream("POST", path, json=body) as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            into.append(line)  # noqa: PERF401 - kept line by line for when the stream breaks
 
 
 async def wait_finished(stub: StubOllama, count: int) -> None:
@@ -31,7 +42,8 @@ async def test_reset_drops_the_connection_before_answering(
     assert ok.status_code == 200
     reset, served = stub.requests
     assert (reset.fault, reset.status, reset.start) == ("reset", None, None)
-    assert served.fault is None and served.status == 200
+    assert served.fault is None
+    assert served.status == 200
 
 
 async def test_status_fault_answers_an_ollama_error(
@@ -62,7 +74,9 @@ async def test_hang_never_answers_until_the_client_gives_up(
         await client.post("/api/chat", json=CHAT, timeout=httpx.Timeout(10, read=0.2))
     await wait_finished(stub, 1)
     entry = stub.requests[0]
-    assert entry.fault == "hang" and entry.cancelled and entry.status is None
+    assert entry.fault == "hang"
+    assert entry.cancelled
+    assert entry.status is None
 
 
 async def test_cut_stops_a_stream_without_its_terminating_chunk(
@@ -71,22 +85,18 @@ async def test_cut_stops_a_stream_without_its_terminating_chunk(
     stub.add_fault("cut", after=3)
     lines: list[str] = []
     with pytest.raises(httpx.RemoteProtocolError):
-        async with client.stream("POST", "/api/chat", json=CHAT) as response:
-            assert response.status_code == 200
-            async for line in response.aiter_lines():
-                lines.append(line)
+        await read_lines(client, "/api/chat", CHAT, into=lines)
     assert len(lines) == 3
     assert all(json.loads(line)["done"] is False for line in lines)
     await wait_finished(stub, 1)
-    assert stub.requests[0].fault == "cut" and not stub.requests[0].cancelled
+    assert stub.requests[0].fault == "cut"
+    assert not stub.requests[0].cancelled
 
 
 async def test_cut_with_rst_resets_mid_stream(stub: StubOllama, client: httpx.AsyncClient) -> None:
     stub.add_fault("cut", after=1, rst=True)
     with pytest.raises((httpx.ReadError, httpx.RemoteProtocolError)):
-        async with client.stream("POST", "/api/generate", json={**CHAT, "prompt": "x"}) as resp:
-            async for _ in resp.aiter_lines():
-                pass
+        await read_lines(client, "/api/generate", {**CHAT, "prompt": "x"}, into=[])
 
 
 async def test_cut_truncates_a_plain_body(client: httpx.AsyncClient, stub: StubOllama) -> None:
@@ -106,7 +116,8 @@ async def test_mid_error_ends_the_stream_with_an_error_line(
     assert not any(line.get("done") for line in lines)
     stub.add_fault("mid_error")
     plain = await client.post("/api/chat", json={**CHAT, "stream": False})
-    assert plain.status_code == 500 and "error" in plain.json()
+    assert plain.status_code == 500
+    assert "error" in plain.json()
 
 
 async def test_faults_on_openai_streams(stub: StubOllama, client: httpx.AsyncClient) -> None:
@@ -114,7 +125,8 @@ async def test_faults_on_openai_streams(stub: StubOllama, client: httpx.AsyncCli
     stub.add_fault("mid_error", after=2, path="/v1/chat/completions")
     response = await client.post("/v1/chat/completions", json=body)
     events = [e for e in response.text.split("\n\n") if e]
-    assert len(events) == 3 and "[DONE]" not in response.text
+    assert len(events) == 3
+    assert "[DONE]" not in response.text
     assert json.loads(events[-1][len("data: ") :])["choices"][0]["delta"]["content"] == ""
     stub.add_fault("cut", after=4, path="/v1/chat/completions")
     with pytest.raises(httpx.RemoteProtocolError):
@@ -150,7 +162,9 @@ async def test_refuse_then_listen_again_on_the_same_port(
                 break
             except httpx.ConnectError:
                 await trio.sleep(0.02)
-    assert response.status_code == 200 and stub.port == port and not stub.refusing
+    assert response.status_code == 200
+    assert stub.port == port
+    assert not stub.refusing
 
 
 async def test_stop_listening_drops_requests_in_flight(
@@ -172,7 +186,8 @@ async def test_stop_listening_drops_requests_in_flight(
         stub.stop_listening()
     stub.release()
     assert len(failures) == 1
-    assert stub.requests[0].fault == "down" and not stub.requests[0].cancelled
+    assert stub.requests[0].fault == "down"
+    assert not stub.requests[0].cancelled
     with pytest.raises(httpx.ConnectError):
         await client.get("/")
     await stub.start_listening()
@@ -184,7 +199,8 @@ async def test_faults_through_the_control_api(stub: StubOllama, client: httpx.As
     armed = await client.post(
         "/_stub/faults", json={"faults": [{"kind": "status", "status": 502, "count": None}]}
     )
-    assert armed.status_code == 200 and armed.json()["faults"][0]["status"] == 502
+    assert armed.status_code == 200
+    assert armed.json()["faults"][0]["status"] == 502
     assert (await client.get("/api/tags")).status_code == 502
     assert (await client.get("/_stub/state")).status_code == 200  # control is never faulted
     bad = await client.post("/_stub/faults", json={"kind": "explode"})
@@ -202,7 +218,8 @@ async def test_refuse_through_the_control_api_keeps_the_control_connection(
         with pytest.raises(httpx.ConnectError):
             await other.get("/")
     state = (await client.get("/_stub/state")).json()
-    assert state["refusing"] and not state["listening"]
+    assert state["refusing"]
+    assert not state["listening"]
     await client.delete("/_stub/faults")
     with trio.fail_after(5):
         await stub.wait_until(lambda: stub.listening)
@@ -217,7 +234,8 @@ async def test_load_delay_can_change_at_run_time(
     assert changed.json()["load_delay"] == 0.05
     assert stub.config.tokens == 2
     bad = await client.post("/_stub/config", json={"tokens": "many"})
-    assert bad.status_code == 400 and stub.config.tokens == 2
+    assert bad.status_code == 400
+    assert stub.config.tokens == 2
     answer = (await client.post("/api/chat", json={**CHAT, "stream": False})).json()
     assert answer["eval_count"] == 2
     assert stub.requests[0].load_seconds >= 0.05
@@ -229,16 +247,21 @@ async def test_control_api_reports_and_resets_the_record(
     await client.post("/api/chat", json={**CHAT, "stream": False, "keep_alive": "10m"})
     record = (await client.get("/_stub/requests")).json()
     (entry,) = record["requests"]
-    assert entry["kind"] == "chat" and entry["model"] == "llama3:latest"
-    assert entry["keep_alive"] == "10m" and entry["body"]["messages"] == CHAT["messages"]
-    assert entry["status"] == 200 and entry["cancelled"] is False and entry["loaded"] is True
+    assert entry["kind"] == "chat"
+    assert entry["model"] == "llama3:latest"
+    assert entry["keep_alive"] == "10m"
+    assert entry["body"]["messages"] == CHAT["messages"]
+    assert entry["status"] == 200
+    assert entry["cancelled"] is False
+    assert entry["loaded"] is True
     assert record["counters"]["loads_by_model"] == {"llama3:latest": 1}
     assert record["counters"]["loads"] == 1
     assert record["slot_events"][0]["event"] == "load"
     state = (await client.get("/_stub/state")).json()
     assert state["slots"]["chat"]["model"] == "llama3:latest"
     assert (await client.delete("/_stub/requests")).status_code == 200
-    assert stub.requests == [] and stub.loads == {}
+    assert stub.requests == []
+    assert stub.loads == {}
 
 
 async def test_wait_endpoint_blocks_until_counters_reach_values(

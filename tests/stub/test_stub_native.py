@@ -44,13 +44,16 @@ async def test_chat_streams_ndjson_by_default(client: httpx.AsyncClient) -> None
     assert len(parts) == 8
     for chunk in parts:
         assert set(chunk) == {"model", "created_at", "message", "done"}
-        assert chunk["done"] is False and chunk["model"] == "llama3"
+        assert chunk["done"] is False
+        assert chunk["model"] == "llama3"
         assert chunk["message"]["role"] == "assistant"
         assert RFC3339_UTC.match(chunk["created_at"])
-    assert final["done"] is True and final["done_reason"] == "stop"
+    assert final["done"] is True
+    assert final["done_reason"] == "stop"
     assert final["message"] == {"role": "assistant", "content": ""}
     for field in METRICS:
-        assert isinstance(final[field], int) and final[field] > 0
+        assert isinstance(final[field], int)
+        assert final[field] > 0
     assert final["eval_count"] == 8
     text = "".join(chunk["message"]["content"] for chunk in parts)
     assert text == expected_text("/api/chat", CHAT)
@@ -71,12 +74,14 @@ async def test_non_streamed_answer_is_the_joined_stream(client: httpx.AsyncClien
         answer = response.json()
         text = answer["message"]["content"] if field == "message" else answer["response"]
         assert text == joined == expected_text(path, body)
-        assert answer["done"] is True and answer["done_reason"] == "stop"
+        assert answer["done"] is True
+        assert answer["done_reason"] == "stop"
 
 
 async def test_generate_final_chunk_carries_context(client: httpx.AsyncClient) -> None:
     final = (await client.post("/api/generate", json={**GENERATE, "stream": False})).json()
-    assert isinstance(final["context"], list) and all(isinstance(i, int) for i in final["context"])
+    assert isinstance(final["context"], list)
+    assert all(isinstance(i, int) for i in final["context"])
     assert list(final)[:5] == ["model", "created_at", "response", "done", "done_reason"]
     raw = await client.post("/api/generate", json={**GENERATE, "stream": False, "raw": True})
     assert "context" not in raw.json()
@@ -90,7 +95,8 @@ async def test_same_request_same_text_and_num_predict_caps(
     assert first["response"] == again["response"]
     capped_body = {**GENERATE, "stream": False, "options": {"num_predict": 2}}
     capped = (await client.post("/api/generate", json=capped_body)).json()
-    assert capped["done_reason"] == "length" and capped["eval_count"] == 2
+    assert capped["done_reason"] == "length"
+    assert capped["eval_count"] == 2
     assert capped["response"] == stub.expected_text("/api/generate", capped_body)
     stub.configure(tokens=3)
     short = (await client.post("/api/chat", json={**CHAT, "stream": False})).json()
@@ -104,7 +110,9 @@ async def test_load_and_unload_replies_move_the_slot(
     load = await client.post("/api/generate", json={"model": "mistral"})
     assert load.headers["content-type"] == "application/json; charset=utf-8"
     body = load.json()
-    assert body["done_reason"] == "load" and body["response"] == "" and body["done"] is True
+    assert body["done_reason"] == "load"
+    assert body["response"] == ""
+    assert body["done"] is True
     assert "total_duration" not in body
     assert stub.chat_model == "mistral:latest"
     assert stub.loads == {"mistral:latest": 1}
@@ -140,9 +148,12 @@ async def test_load_delay_is_paid_by_the_loading_request(
     await client.post("/api/generate", json={**GENERATE, "stream": False})
     await client.post("/api/generate", json={**GENERATE, "stream": False})
     first, second = stub.requests
-    assert first.loaded and first.load_seconds >= 0.2
-    assert not second.loaded and second.load_seconds == 0
-    assert first.end is not None and first.start is not None
+    assert first.loaded
+    assert first.load_seconds >= 0.2
+    assert not second.loaded
+    assert second.load_seconds == 0
+    assert first.end is not None
+    assert first.start is not None
     assert first.end - first.start >= 0.2
 
 
@@ -264,7 +275,8 @@ async def test_bad_and_missing_bodies_are_400(client: httpx.AsyncClient) -> None
     empty = await client.post("/api/chat", content=b"")
     assert (empty.status_code, empty.json()) == (400, {"error": "missing request body"})
     broken = await client.post("/api/chat", content=b"{not json")
-    assert broken.status_code == 400 and "invalid character" in broken.json()["error"]
+    assert broken.status_code == 400
+    assert "invalid character" in broken.json()["error"]
     truncated = await client.post("/api/generate", content=b'{"model": "llama3"')
     assert truncated.json() == {"error": "unexpected EOF"}
     array = await client.post("/api/generate", content=b"[1]")
@@ -281,7 +293,8 @@ async def test_embed_vectors_are_deterministic_and_normalised(
         expected_embedding("nomic-embed-text", "alpha"),
         expected_embedding("nomic-embed-text", "beta"),
     ]
-    assert answer["prompt_eval_count"] == 2 and answer["total_duration"] > 0
+    assert answer["prompt_eval_count"] == 2
+    assert answer["total_duration"] > 0
     single = (await client.post("/api/embed", json={**body, "input": "alpha"})).json()
     assert single["embeddings"] == answer["embeddings"][:1]
     legacy = (
@@ -290,7 +303,8 @@ async def test_embed_vectors_are_deterministic_and_normalised(
     assert legacy == {"embedding": answer["embeddings"][0]}
     cut = (await client.post("/api/embed", json={**body, "dimensions": 3})).json()
     assert len(cut["embeddings"][0]) == 3
-    assert stub.embed_model == "nomic-embed-text:latest" and stub.chat_model is None
+    assert stub.embed_model == "nomic-embed-text:latest"
+    assert stub.chat_model is None
 
 
 async def test_empty_embed_input_only_loads(stub: StubOllama, client: httpx.AsyncClient) -> None:
@@ -308,4 +322,5 @@ async def test_embedding_with_a_chat_model_is_allowed_and_uses_the_embedding_slo
     answer = await client.post("/api/embed", json={"model": "llama3", "input": "x"})
     assert answer.status_code == 200
     assert answer.json()["embeddings"] == [expected_embedding("llama3", "x")]
-    assert stub.embed_model == "llama3:latest" and stub.chat_model is None
+    assert stub.embed_model == "llama3:latest"
+    assert stub.chat_model is None

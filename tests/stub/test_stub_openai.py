@@ -29,7 +29,8 @@ async def test_chat_completion_matches_the_native_chat(
     answer = await client.post("/v1/chat/completions", json=CHAT)
     assert answer.headers["content-type"] == "application/json; charset=utf-8"
     body = answer.json()
-    assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
+    assert body["object"] == "chat.completion"
+    assert body["id"].startswith("chatcmpl-")
     assert body["system_fingerprint"] == "fp_ollama"
     (choice,) = body["choices"]
     assert choice["finish_reason"] == "stop"
@@ -54,11 +55,13 @@ async def test_chat_completion_stream(client: httpx.AsyncClient) -> None:
     assert content[0]["choices"][0]["delta"]["role"] == "assistant"
     assert all("role" not in c["choices"][0]["delta"] for c in content[1:])
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
-    assert len({c["created"] for c in chunks}) == 1 and len({c["id"] for c in chunks}) == 1
+    assert len({c["created"] for c in chunks}) == 1
+    assert len({c["id"] for c in chunks}) == 1
     text = "".join(c["choices"][0]["delta"]["content"] for c in content)
     assert text == expected_text("/v1/chat/completions", CHAT)
     assert finish["choices"] == [{"index": 0, "delta": {}, "finish_reason": "stop"}]
-    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 8
+    assert usage["choices"] == []
+    assert usage["usage"]["completion_tokens"] == 8
 
 
 async def test_max_tokens_gives_length(client: httpx.AsyncClient) -> None:
@@ -84,7 +87,8 @@ async def test_completions(client: httpx.AsyncClient) -> None:
     events = sse_events(streamed.text)
     assert events[-1] == "[DONE]"
     chunks = [json.loads(event) for event in events[:-1]]
-    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 8
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"]["completion_tokens"] == 8
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
     text = "".join(chunk["choices"][0]["text"] for chunk in chunks[:-1])
     assert text == answer["choices"][0]["text"]
@@ -93,7 +97,8 @@ async def test_completions(client: httpx.AsyncClient) -> None:
 async def test_embeddings(client: httpx.AsyncClient) -> None:
     body = {"model": "nomic-embed-text", "input": ["a", "b"]}
     answer = (await client.post("/v1/embeddings", json=body)).json()
-    assert answer["object"] == "list" and answer["model"] == "nomic-embed-text"
+    assert answer["object"] == "list"
+    assert answer["model"] == "nomic-embed-text"
     assert [item["index"] for item in answer["data"]] == [0, 1]
     assert answer["data"][0]["embedding"] == expected_embedding("nomic-embed-text", "a")
     packed = await client.post("/v1/embeddings", json={**body, "encoding_format": "base64"})
@@ -111,7 +116,9 @@ async def test_models(client: httpx.AsyncClient) -> None:
     ids = {item["id"] for item in listing["data"] if item["object"] == "model"}
     assert {"llama3:latest", "nomic-embed-text:latest"} <= ids
     one = (await client.get("/v1/models/llama3")).json()
-    assert one["id"] == "llama3" and one["object"] == "model" and one["owned_by"] == "library"
+    assert one["id"] == "llama3"
+    assert one["object"] == "model"
+    assert one["owned_by"] == "library"
     missing = await client.get("/v1/models/nope")
     assert missing.status_code == 404
     assert missing.json() == {
@@ -138,5 +145,7 @@ async def test_errors_use_the_openai_shape(
     response = await client.post("/v1/chat/completions", json=body)
     assert response.status_code == status
     error = response.json()["error"]
-    assert error["type"] == kind and message in error["message"]
-    assert error["param"] is None and error["code"] is None
+    assert error["type"] == kind
+    assert message in error["message"]
+    assert error["param"] is None
+    assert error["code"] is None

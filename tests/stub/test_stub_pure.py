@@ -115,7 +115,7 @@ def test_expected_text_honours_num_predict_and_max_tokens() -> None:
 
 
 def test_expected_text_rejects_non_text_endpoints() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a text endpoint"):
         expected_text("/api/embed", {"model": "x"})
 
 
@@ -145,12 +145,14 @@ def test_fault_book_consumes_counts_in_order_and_filters() -> None:
     book.add(make_fault("reset", count=None, model="mistral"))
     assert book.take("/api/generate", "llama3:latest", "generate") is None
     first = book.take("/api/chat", "llama3:latest", "chat")
-    assert first is not None and first.kind is FaultKind.STATUS
+    assert first is not None
+    assert first.kind is FaultKind.STATUS
     assert book.take("/api/chat", None, "chat") is first
     assert book.take("/api/chat", None, "chat") is None
     for _ in range(3):
         fault = book.take("/api/generate", "mistral:latest", "generate")
-        assert fault is not None and fault.kind is FaultKind.RESET
+        assert fault is not None
+        assert fault.kind is FaultKind.RESET
     assert [f["kind"] for f in book.to_list()] == ["reset"]
 
 

@@ -44,7 +44,8 @@ async def test_a_cold_model_pays_the_load_delay_once(clock: trio.testing.MockClo
     began = trio.current_time()
     async with scheduler.inference(first, LLAMA, DEFAULT, None):
         assert trio.current_time() - began == pytest.approx(5.0)
-    assert first.loaded and first.load_seconds == pytest.approx(5.0)
+    assert first.loaded
+    assert first.load_seconds == pytest.approx(5.0)
     second = entry(recorder)
     began = trio.current_time()
     async with scheduler.inference(second, LLAMA, DEFAULT, None):
@@ -110,7 +111,8 @@ async def test_embeddings_do_not_wait_for_a_chat(clock: trio.testing.MockClock) 
         await trio.sleep(6)  # the chat model is loaded and generating
         nursery.start_soon(embed)
     assert finished == ["embed", "chat"]
-    assert scheduler.chat.model == LLAMA and scheduler.embed.model == NOMIC
+    assert scheduler.chat.model == LLAMA
+    assert scheduler.embed.model == NOMIC
 
 
 async def test_keep_alive_counts_from_idle_and_expires_lazily(

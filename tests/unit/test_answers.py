@@ -323,7 +323,8 @@ def test_each_family_writes_its_own_error_shape():
     }
     assert Family.OLLAMA.stream_error("cut") == b'{"error": "cut"}\n'
     openai = Family.OPENAI.stream_error("cut")
-    assert openai.startswith(b"data: ") and openai.endswith(b"\n\n")
+    assert openai.startswith(b"data: ")
+    assert openai.endswith(b"\n\n")
     assert json.loads(openai[6:])["error"]["message"] == "cut"
 
 

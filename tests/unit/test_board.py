@@ -24,7 +24,7 @@ from foreman.board import (
 )
 from foreman.jobs import Job, JobState
 from foreman.status import Status, WorkerStatistics
-from foreman.store import Store, SyncStore, connect
+from foreman.store import Activity, Overview, Store, SyncStore, connect
 
 from ._helpers import FakeClock, new_job
 
@@ -51,7 +51,8 @@ def test_a_load_is_recorded_with_the_move_that_ends_it_and_counts_the_jobs_it_se
         store.enqueue(new_job(model))
         clock.advance(1)
     first = store.claim(None, max_wait=600)
-    assert first is not None and first.state is JobState.LOADING
+    assert first is not None
+    assert first.state is JobState.LOADING
     assert store.overview(None).swaps == []  # a load in progress is not a swap yet
     clock.advance(2.5)
     store.transition(first.id, JobState.LOADING, JobState.WORKING, loaded=True)
@@ -147,7 +148,8 @@ def test_a_load_that_failed_counts_alike_in_both_orders(store: SyncStore) -> Non
     """Nothing is 'avoided' by a job whose load failed: both sides count its load."""
     store.enqueue(new_job("a:latest"))
     job = store.claim(None, max_wait=600)
-    assert job is not None and job.state is JobState.LOADING
+    assert job is not None
+    assert job.state is JobState.LOADING
     store.transition(job.id, JobState.LOADING, JobState.FAILED, error="model not found")
     activity = store.activity(since=0)
     assert (activity.loads, activity.arrival_loads) == (1, 1)
@@ -190,9 +192,11 @@ async def test_viewers_get_every_change_in_order_and_one_poke_at_a_time(
         board.poke()
     board.on_job_change(job)
     items = [feed.receive.receive_nowait() for _ in range(3)]
-    assert isinstance(items[0], Change) and items[0].version == 1
+    assert isinstance(items[0], Change)
+    assert items[0].version == 1
     assert isinstance(items[1], Poke)
-    assert isinstance(items[2], Change) and items[2].version == 2
+    assert isinstance(items[2], Change)
+    assert items[2].version == 2
     with pytest.raises(trio.WouldBlock):
         feed.receive.receive_nowait()
     feed.took_poke(POKE)
@@ -210,7 +214,8 @@ async def test_a_purge_asks_each_viewer_once_for_a_new_snapshot(async_store: Sto
     board.jobs_removed()
     board.poke()
     taken = [feed.receive.receive_nowait() for _ in range(2)]
-    assert isinstance(taken[0], Resync) and type(taken[1]) is Poke
+    assert isinstance(taken[0], Resync)
+    assert type(taken[1]) is Poke
     with pytest.raises(trio.WouldBlock):
         feed.receive.receive_nowait()
     assert board.version > before  # what the store says changed (fewer finished jobs)
@@ -247,7 +252,7 @@ async def test_the_summary_is_read_once_per_change_and_tokens_are_read_fresh(
     async_store: Store,
 ) -> None:
     tokens = [0]
-    reads = []
+    reads: list[str | None] = []
     board = Board(
         async_store,
         max_wait=600,
@@ -255,9 +260,9 @@ async def test_the_summary_is_read_once_per_change_and_tokens_are_read_fresh(
     )
     original = async_store.overview
 
-    async def counted(*args: object) -> object:
-        reads.append(args)
-        return await original(*args)  # type: ignore[arg-type]
+    async def counted(running_id: str | None) -> Overview:
+        reads.append(running_id)
+        return await original(running_id)
 
     async_store.overview = counted  # type: ignore[method-assign]
     first = await board.summary()
@@ -282,22 +287,25 @@ async def test_the_headline_is_read_at_most_once_a_second_and_caught_up_after_a_
     reads: list[float] = []
     original = async_store.activity
 
-    async def counted(since: float) -> object:
+    async def counted(since: float) -> Activity:
         reads.append(trio.current_time())
         return await original(since)
 
     async_store.activity = counted  # type: ignore[method-assign]
     await board.summary()
-    assert len(reads) == 1 and board.refresh_due() is None
+    assert len(reads) == 1
+    assert board.refresh_due() is None
     for _ in range(5):  # a burst of changes within the second
         board.on_job_change(await async_store.enqueue(new_job()))
         await board.summary()
     assert len(reads) == 1
     due = board.refresh_due()
-    assert due is not None and due == pytest.approx(reads[0] + ACTIVITY_REFRESH, abs=0.1)
+    assert due is not None
+    assert due == pytest.approx(reads[0] + ACTIVITY_REFRESH, abs=0.1)
     await trio.sleep_until(due)
     await board.summary()
-    assert len(reads) == 2 and board.refresh_due() is None
+    assert len(reads) == 2
+    assert board.refresh_due() is None
 
 
 async def test_embedding_use_is_shown_and_pokes_only_when_the_model_changes(

@@ -28,7 +28,8 @@ def test_the_file_sets_values_below_environment_and_flags(tmp_path: Path):
 def test_sizes_and_booleans_take_their_natural_spellings(tmp_path: Path):
     path = write(tmp_path, 'max_body = "1MiB"\nkeepalive_unstreamed = true\n')
     settings = resolve({"config": str(path)}, {})
-    assert settings.max_body == 1024 * 1024 and settings.keepalive_unstreamed is True
+    assert settings.max_body == 1024 * 1024
+    assert settings.keepalive_unstreamed is True
     assert resolve({}, {"FOREMAN_MAX_BODY": "512k"}).max_body == 512 * 1024
 
 
@@ -68,5 +69,6 @@ def test_the_effective_configuration_round_trips_and_hides_secrets(tmp_path: Pat
     # what `foreman config` prints is a valid foreman.toml (less the redacted secret)
     kept = [line for line in text.splitlines() if not line.startswith("metrics_token")]
     again = resolve({"config": str(write(tmp_path, "\n".join(kept) + "\n"))}, {})
-    assert again.port == 1234 and again.db == Path("/s/foreman/foreman.db")
+    assert again.port == 1234
+    assert again.db == Path("/s/foreman/foreman.db")
     assert all(f"{s.name} = " in text or f"# {s.name} is" in text for s in SETTINGS)

@@ -34,7 +34,8 @@ def test_a_cap_the_file_limit_cannot_hold_fails_with_one_line() -> None:
 
 def test_the_count_refuses_past_the_cap_and_frees_places() -> None:
     count = ConnectionCount(2)
-    assert count.take() and count.take()
+    assert count.take()
+    assert count.take()
     assert not count.take()
     count.release("first")
     assert count.take()
@@ -51,7 +52,8 @@ async def test_at_the_cap_the_connection_idle_longest_makes_room() -> None:
     count.idle("c", waits["c"])
     count.busy("c")  # a request came on c: it is not idle any more
     assert count.take()
-    assert waits["b"].cancel_called and not waits["a"].cancel_called
+    assert waits["b"].cancel_called
+    assert not waits["a"].cancel_called
     assert not waits["c"].cancel_called
     assert count.take()
     assert waits["a"].cancel_called

@@ -45,5 +45,5 @@ def test_hypercorn_serves_each_connection_with_the_isolating_server() -> None:
 
     from foreman.serving import IsolatedTCPServer
 
-    assert hypercorn.trio.run.TCPServer is IsolatedTCPServer
+    assert vars(hypercorn.trio.run)["TCPServer"] is IsolatedTCPServer
     assert "TCPServer" in hypercorn.trio.run.worker_serve.__code__.co_names

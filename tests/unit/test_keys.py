@@ -30,13 +30,15 @@ def test_a_keys_file_gives_each_name_its_scopes_and_admin_implies_all():
     by_name = {k.name: k for k in ring.keys}
     assert by_name["app"].scopes == {Scope.INFERENCE}
     assert by_name["batch"].scopes == {Scope.JOBS, Scope.INFERENCE}
-    assert by_name["root"].scopes == ALL_SCOPES and by_name["root"].admin
+    assert by_name["root"].scopes == ALL_SCOPES
+    assert by_name["root"].admin
 
 
 def test_authenticate_finds_the_key_and_nothing_else():
     ring = parse_keys(GOOD)
     found = ring.authenticate("jobs-0123456789abcdefghij")
-    assert found is not None and found.name == "batch"
+    assert found is not None
+    assert found.name == "batch"
     assert ring.authenticate("jobs-0123456789abcdefghiJ") is None
     assert ring.authenticate("") is None
     assert ring.authenticate(None) is None

@@ -3,8 +3,6 @@ read through one callable."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
 import trio
@@ -24,9 +22,9 @@ from foreman.worker import Running, Worker, WorkerSettings
 
 
 @pytest.fixture
-def worker(store: SyncStore) -> Iterator[Worker]:
+def worker(store: SyncStore) -> Worker:
     http = httpx.AsyncClient(base_url="http://ollama", transport=httpx.MockTransport(_unused))
-    yield Worker(Store(store), Upstream(http), Relay(), Wakeup(), WorkerSettings())
+    return Worker(Store(store), Upstream(http), Relay(), Wakeup(), WorkerSettings())
 
 
 def _unused(request: httpx.Request) -> httpx.Response:

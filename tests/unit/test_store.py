@@ -63,8 +63,11 @@ def test_enqueue_then_get_round_trips_every_field_and_the_exact_body_bytes(store
     assert again.attempts == 0
     assert again.not_before == 0
     assert again.enqueued_at == again.created_at == clock.now
-    assert again.started_at is None and again.finished_at is None
-    assert again.result is None and again.error is None and again.queue_ms is None
+    assert again.started_at is None
+    assert again.finished_at is None
+    assert again.result is None
+    assert again.error is None
+    assert again.queue_ms is None
 
 
 def test_enqueue_gives_each_job_its_own_id(store):
@@ -123,13 +126,15 @@ def test_transition_writes_fields_and_stamps_finished_at_on_a_terminal_state(sto
 def test_transition_to_a_live_state_does_not_stamp_finished_at(store):
     job = store.enqueue(new_job())
     moved = store.transition(job.id, JobState.QUEUED, JobState.LOADING)
-    assert moved is not None and moved.finished_at is None
+    assert moved is not None
+    assert moved.finished_at is None
 
 
 def test_guarded_transition_returns_none_and_changes_nothing_when_the_state_moved(store):
     job = store.enqueue(new_job("m:latest"))
     claimed = store.claim("other:latest", 600)  # now loading
-    assert claimed is not None and claimed.state is JobState.LOADING
+    assert claimed is not None
+    assert claimed.state is JobState.LOADING
 
     # a cancel that still believes the job is queued loses the race
     assert store.transition(job.id, JobState.QUEUED, JobState.CANCELLED) is None
@@ -157,18 +162,21 @@ def test_retry_of_a_failed_job_puts_it_back_in_the_queue(store):
 
     again = store.transition(job.id, JobState.FAILED, JobState.QUEUED)
 
-    assert again is not None and again.state is JobState.QUEUED
+    assert again is not None
+    assert again.state is JobState.QUEUED
     assert store.claim(None, 600) is not None
 
 
 def test_attempts_delta_gives_an_attempt_back(store):
     job = store.enqueue(new_job())
     claimed = store.claim(None, 600)
-    assert claimed is not None and claimed.attempts == 1
+    assert claimed is not None
+    assert claimed.attempts == 1
 
     back = store.transition(job.id, JobState.LOADING, JobState.QUEUED, attempts_delta=-1)
 
-    assert back is not None and back.attempts == 0
+    assert back is not None
+    assert back.attempts == 0
 
 
 # -- claim ------------------------------------------------------------------------------------
@@ -184,7 +192,8 @@ def test_claim_counts_the_attempt_and_records_start_and_queue_time(store, clock)
 
     claimed = store.claim(None, 600)
 
-    assert claimed is not None and claimed.id == job.id
+    assert claimed is not None
+    assert claimed.id == job.id
     assert claimed.attempts == 1
     assert claimed.started_at == clock.now
     assert claimed.queue_ms == 2500
@@ -194,18 +203,20 @@ def test_claim_counts_the_attempt_and_records_start_and_queue_time(store, clock)
 def test_claim_of_the_resident_model_goes_straight_to_working(store):
     store.enqueue(new_job("m:latest"))
     claimed = store.claim("m:latest", 600)
-    assert claimed is not None and claimed.state is JobState.WORKING
+    assert claimed is not None
+    assert claimed.state is JobState.WORKING
 
 
 @pytest.mark.parametrize("resident", [None, "other:latest", 'm:latest {"num_ctx":8192}'])
 def test_claim_of_a_model_that_is_not_resident_goes_to_loading(store, resident):
     store.enqueue(new_job("m:latest"))
     claimed = store.claim(resident, 600)
-    assert claimed is not None and claimed.state is JobState.LOADING
+    assert claimed is not None
+    assert claimed.state is JobState.LOADING
 
 
 def test_claim_drains_the_resident_model_before_older_jobs(store, clock):
-    ids = {}
+    ids: dict[str, list[str]] = {}
     for name in ["B", "A", "B", "A", "C", "B", "A"]:
         clock.advance(1)
         ids.setdefault(name, []).append(store.enqueue(new_job(f"{name}:latest")).id)
@@ -238,7 +249,9 @@ def test_claim_skips_a_job_waiting_out_its_backoff_until_it_is_due(store, clock)
     assert store.claim(None, 600) is None
     clock.advance(0.1)
     again = store.claim(None, 600)
-    assert again is not None and again.id == job.id and again.attempts == 2
+    assert again is not None
+    assert again.id == job.id
+    assert again.attempts == 2
 
 
 def test_claim_lets_a_starved_job_overtake_the_resident_model(store, clock):
@@ -248,14 +261,16 @@ def test_claim_lets_a_starved_job_overtake_the_resident_model(store, clock):
 
     claimed = store.claim("A:latest", max_wait=600)
 
-    assert claimed is not None and claimed.id == old.id
+    assert claimed is not None
+    assert claimed.id == old.id
 
 
 def test_claim_takes_the_highest_priority_first(store):
     store.enqueue(new_job("A:latest", priority=0))
     urgent = store.enqueue(new_job("B:latest", priority=5))
     claimed = store.claim("A:latest", 600)
-    assert claimed is not None and claimed.id == urgent.id
+    assert claimed is not None
+    assert claimed.id == urgent.id
 
 
 # -- recovery after a crash -------------------------------------------------------------------
@@ -283,11 +298,13 @@ def test_recover_interrupted_requeues_running_jobs_and_fails_exhausted_ones(stor
         assert store.get(job_id) == moved[job_id]
     failed = moved[last_try.id]
     assert failed.state is JobState.FAILED
-    assert failed.error and "restart" in failed.error
+    assert failed.error
+    assert "restart" in failed.error
     assert failed.finished_at == clock.now
     assert store.get(waiting.id) == waiting
     got_done = store.get(done.id)
-    assert got_done is not None and got_done.state is JobState.DONE
+    assert got_done is not None
+    assert got_done.state is JobState.DONE
     assert store.running() == []
     assert store.recover_interrupted() == []
 
@@ -612,9 +629,11 @@ async def test_writes_under_a_cancelled_scope_still_commit(async_store, changes)
         claimed = await async_store.claim(None, 600)
         moved = await async_store.transition(job.id, JobState.LOADING, JobState.CANCELLED)
 
-    assert claimed is not None and moved is not None
+    assert claimed is not None
+    assert moved is not None
     got = async_store.sync.get(job.id)
-    assert got is not None and got.state is JobState.CANCELLED
+    assert got is not None
+    assert got.state is JobState.CANCELLED
     assert [j.state for j in changes] == [
         JobState.QUEUED,
         JobState.LOADING,

@@ -6,6 +6,7 @@ import sqlite3
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +187,8 @@ def test_a_failing_submission_undoes_only_its_own_work(sync_store: SyncStore) ->
     assert [a[0].ref for a in answers if isinstance(a, tuple)] == ["a", "b"]
     assert sorted(j.ref or "" for j in sync_store.list_jobs()) == ["", "a", "b"]
     words = [s.split()[0].upper() for s in statements]
-    assert words.count("BEGIN") == 1 and words.count("COMMIT") == 1
+    assert words.count("BEGIN") == 1
+    assert words.count("COMMIT") == 1
 
 
 async def test_a_caller_cancelled_while_its_batch_waits_still_gets_its_job_committed(
@@ -262,13 +264,14 @@ def test_what_someone_is_told_is_synced_and_the_workers_own_moves_are_not(
     assert job is not None
     claimed: list[Job | None] = []
     assert _commit_levels(s, lambda: claimed.append(s.claim(None, 600))) == ["NORMAL"]
-    assert claimed[0] is not None and claimed[0].state is JobState.LOADING
+    assert claimed[0] is not None
+    assert claimed[0].state is JobState.LOADING
     moves = [
         (JobState.LOADING, JobState.WORKING, "NORMAL"),
         (JobState.WORKING, JobState.QUEUED, "NORMAL"),  # a transient failure
     ]
     for old, new, level in moves:
-        assert _commit_levels(s, lambda o=old, n=new: s.transition(job.id, o, n)) == [level]
+        assert _commit_levels(s, partial(s.transition, job.id, old, new)) == [level]
     s.claim(None, 600)
     s.transition(job.id, JobState.LOADING, JobState.WORKING)
     assert _commit_levels(
@@ -306,13 +309,15 @@ def test_in_any_batch_exactly_the_good_submissions_are_stored(kinds: list[str]) 
 
     for kind, answer in zip(kinds, answers, strict=True):
         if kind == "good":
-            assert isinstance(answer, tuple) and answer[1], answer
+            assert isinstance(answer, tuple), answer
+            assert answer[1], answer
         elif kind in ("lone surrogate", "too large", "no model"):
             assert isinstance(answer, Exception), answer
     keyed = [i for i, kind in enumerate(kinds) if kind in ("same key", "key clash")]
     if keyed:
         first = answers[keyed[0]]
-        assert isinstance(first, tuple) and first[1]
+        assert isinstance(first, tuple)
+        assert first[1]
         for i in keyed[1:]:
             if kinds[i] == kinds[keyed[0]]:
                 assert answers[i] == (first[0], False)  # the first job, again

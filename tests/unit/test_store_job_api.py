@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from foreman.jobs import JobState
+from foreman.jobs import Job, JobState
 from foreman.store import (
     MIGRATIONS,
     IdempotencyConflict,
@@ -35,7 +35,8 @@ def test_submitting_a_key_again_with_the_same_request_returns_the_first_job(stor
     clock.advance(1)
     again, created_again = store.submit(new_job(idempotency_key="k1", request_hash="h"))
 
-    assert created and not created_again
+    assert created
+    assert not created_again
     assert again == first
     assert store.count_queued() == 1
 
@@ -54,13 +55,16 @@ def test_submitting_a_key_again_with_another_request_is_a_conflict(store):
 def test_jobs_without_a_key_are_never_merged(store):
     a, created_a = store.submit(new_job())
     b, created_b = store.submit(new_job())
-    assert created_a and created_b and a.id != b.id
+    assert created_a
+    assert created_b
+    assert a.id != b.id
 
 
 def test_the_key_is_stored_with_the_job(store):
     job = store.enqueue(new_job(idempotency_key="k9", request_hash="h"))
     got = store.get(job.id)
-    assert got is not None and got.idempotency_key == "k9"
+    assert got is not None
+    assert got.idempotency_key == "k9"
 
 
 def test_the_same_key_from_two_api_keys_makes_two_jobs(store):
@@ -71,7 +75,9 @@ def test_the_same_key_from_two_api_keys_makes_two_jobs(store):
         new_job(idempotency_key="k", request_hash="h2", key_name="b")
     )
 
-    assert created and created_too and mine.id != theirs.id
+    assert created
+    assert created_too
+    assert mine.id != theirs.id
     assert store.submit(new_job(idempotency_key="k", request_hash="h2", key_name="b")) == (
         theirs,
         False,
@@ -89,8 +95,10 @@ def test_jobs_made_without_api_keys_share_one_owner(store):
         new_job(idempotency_key="k", request_hash="h", key_name="a")
     )
 
-    assert again == first and not created
-    assert keyed_created and keyed.id != first.id
+    assert again == first
+    assert not created
+    assert keyed_created
+    assert keyed.id != first.id
     with pytest.raises(sqlite3.IntegrityError):
         store.conn.execute(
             "INSERT INTO jobs (id, endpoint, model, model_key, body, stream, state,"
@@ -108,7 +116,8 @@ def test_the_idempotency_lookup_is_one_seek_on_its_unique_index(store):
         store.conn.set_trace_callback(None)
     (lookup,) = [s for s in statements if s.startswith("SELECT") and "idempotency_key" in s]
     plan = store.conn.execute("EXPLAIN QUERY PLAN " + lookup).fetchall()
-    assert len(plan) == 1 and "USING INDEX jobs_idempotency" in plan[0][-1], plan
+    assert len(plan) == 1, plan
+    assert "USING INDEX jobs_idempotency" in plan[0][-1], plan
 
 
 # -- retry ------------------------------------------------------------------------------------
@@ -130,10 +139,15 @@ def test_retry_sends_a_finished_job_to_the_back_of_the_queue_with_a_clean_slate(
     assert again.state is JobState.QUEUED
     assert again.attempts == 0
     assert again.enqueued_at == clock.now
-    assert again.error is None and again.result is None and again.finished_at is None
-    assert again.started_at is None and again.queue_ms is None and again.deadline is None
+    assert again.error is None
+    assert again.result is None
+    assert again.finished_at is None
+    assert again.started_at is None
+    assert again.queue_ms is None
+    assert again.deadline is None
     claimed = store.claim(None, 600)
-    assert claimed is not None and claimed.id == other.id
+    assert claimed is not None
+    assert claimed.id == other.id
 
 
 def test_retry_of_a_job_that_is_not_failed_or_cancelled_does_nothing(store):
@@ -159,11 +173,14 @@ def test_claim_fails_an_overdue_job_instead_of_starting_it(store, clock):
 
     claimed, expired = store.claim_next(None, 600)
 
-    assert claimed is not None and claimed.id == on_time.id
+    assert claimed is not None
+    assert claimed.id == on_time.id
     assert [j.id for j in expired] == [late.id]
     gone = store.get(late.id)
-    assert gone is not None and gone.state is JobState.FAILED
-    assert gone.error is not None and "deadline" in gone.error
+    assert gone is not None
+    assert gone.state is JobState.FAILED
+    assert gone.error is not None
+    assert "deadline" in gone.error
     assert gone.finished_at == clock.now
 
 
@@ -172,14 +189,16 @@ def test_a_job_is_not_overdue_at_its_deadline(store, clock):
     clock.advance(10)
     assert store.expire_overdue() == []
     claimed = store.claim(None, 600)
-    assert claimed is not None and claimed.id == job.id
+    assert claimed is not None
+    assert claimed.id == job.id
 
 
 def test_expire_overdue_fails_only_queued_jobs_past_their_deadline(store, clock):
     started = store.enqueue(new_job(deadline=clock.now + 1))
     waiting = store.enqueue(new_job(deadline=clock.now + 1))
     claimed = store.claim(None, 600)
-    assert claimed is not None and claimed.id == started.id
+    assert claimed is not None
+    assert claimed.id == started.id
     clock.advance(5)
 
     expired = store.expire_overdue()
@@ -189,7 +208,7 @@ def test_expire_overdue_fails_only_queued_jobs_past_their_deadline(store, clock)
 
 
 async def test_async_claim_reports_expired_jobs_to_the_listener(db_path, clock):
-    changes = []
+    changes: list[Job] = []
     store = await Store.open(db_path, clock=clock, on_change=changes.append)
     late = await store.enqueue(new_job(deadline=clock.now + 1))
     clock.advance(2)
@@ -291,7 +310,8 @@ def test_migrating_fills_the_model_name_of_existing_jobs(db_path):
         conn.close()
 
     assert names == {"j1": "m:latest", "j2": "host:5000/ns/m:v1"}
-    assert job is not None and job.model_key == 'm:latest {"num_ctx":8192}'
+    assert job is not None
+    assert job.model_key == 'm:latest {"num_ctx":8192}'
 
 
 def test_migrating_scopes_existing_idempotency_keys_by_their_api_key(db_path):
@@ -320,5 +340,6 @@ def test_migrating_scopes_existing_idempotency_keys_by_their_api_key(db_path):
         conn.close()
 
     assert (kept.id, created) == ("j1", False)
-    assert other_created and other.id != "j1"
+    assert other_created
+    assert other.id != "j1"
     assert (unkeyed.id, unkeyed_created) == ("j2", False)

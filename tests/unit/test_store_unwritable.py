@@ -91,10 +91,12 @@ def test_a_deleted_or_replaced_database_file_is_noticed(tmp_path: Path) -> None:
     assert store.file_problem() is None
     db.unlink()
     problem = store.file_problem()
-    assert problem is not None and "deleted" in problem
+    assert problem is not None
+    assert "deleted" in problem
     connect(db).close()  # a new file at the same path
     problem = store.file_problem()
-    assert problem is not None and "replaced" in problem
+    assert problem is not None
+    assert "replaced" in problem
     conn.close()
 
 
@@ -237,7 +239,8 @@ async def test_an_answer_whose_end_cannot_be_written_is_kept_not_run_again(
         await until(lambda: state_of(sync, job.id) is JobState.DONE)
         nursery.cancel_scope.cancel()
     done = sync.get(job.id)
-    assert done is not None and done.result == {"model": "llama3", "response": "ok"}
+    assert done is not None
+    assert done.result == {"model": "llama3", "response": "ok"}
     assert done.attempts == 1
     assert ollama.generated == ["kept"]  # Ollama ran it once
     sync.conn.close()

@@ -28,7 +28,8 @@ async def test_a_transient_failure_waits_its_backoff_window_before_the_next_atte
     retries = [m.job for m in rig.history(job.id) if m.job.state is JobState.QUEUED][1:]
     # attempt 1 failed at once: back in the queue for the 2 s window, tried no earlier
     assert first == 0.0
-    assert retries[0].attempts == 1 and retries[0].error == "boom"
+    assert retries[0].attempts == 1
+    assert retries[0].error == "boom"
     assert retries[0].not_before == pytest.approx(wall(first + 2.0))
     assert wall(second) >= retries[0].not_before
     assert second - (first + 2.0) < MARGIN
@@ -37,7 +38,8 @@ async def test_a_transient_failure_waits_its_backoff_window_before_the_next_atte
     assert retries[1].not_before == pytest.approx(wall(second + 4.0))
     assert wall(third) >= retries[1].not_before
     assert third - (second + 4.0) < MARGIN
-    assert done.attempts == 3 and done.error is None
+    assert done.attempts == 3
+    assert done.error is None
 
 
 async def test_the_backoff_window_stops_growing_at_the_cap(
@@ -62,7 +64,8 @@ async def test_the_last_attempt_fails_the_job_without_another_wait(
         rig.start()
         failed = await rig.until_state(job.id, JobState.FAILED)
     assert rig.times_in(job.id, JobState.FAILED) == [rig.ollama.times("job")[1]]
-    assert failed.attempts == 2 and failed.error == "boom"
+    assert failed.attempts == 2
+    assert failed.error == "boom"
 
 
 async def test_an_attempt_that_outlasts_the_job_timeout_is_a_transient_failure_then(

@@ -29,7 +29,8 @@ async def test_a_crash_requeues_the_held_job_and_restarts_after_the_delay(
     assert rig.times_in(job.id, JobState.QUEUED) == [0.0, 0.0, 1.0]
     assert done.result["message"]["content"] == "Hello there"
     assert caplog.text.count("the worker crashed; restarting in") == 2
-    assert "restarting in 1.0s" in caplog.text and "restarting in 2.0s" in caplog.text
+    assert "restarting in 1.0s" in caplog.text
+    assert "restarting in 2.0s" in caplog.text
     assert caplog.text.count("put back in the queue after the worker crashed") == 2
 
 
