@@ -86,6 +86,11 @@ class Store:
             raise StoreError(f"cannot open database {path}: {exc}") from None
         return cls(SyncStore(conn, clock), on_change, lock)
 
+    def now(self) -> float:
+        """The wall clock the store stamps rows with: a caller that compares a time with
+        a stored one (a retry's `not_before`, a purge's cutoff) must read this one."""
+        return self.sync.clock()
+
     def set_listener(self, on_change: Callable[[Job], None]) -> None:
         self._on_change = on_change
 
