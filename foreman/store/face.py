@@ -215,9 +215,6 @@ class Store:
 
         return await self._read(run)
 
-    async def counts_by_state(self) -> dict[JobState, int]:
-        return await self._read(self.sync.counts_by_state)
-
     async def transition(
         self, job_id: str, old: JobState, new: JobState, *, loaded: bool = False, **fields: Any
     ) -> Job | None:
