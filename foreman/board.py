@@ -102,7 +102,7 @@ class Board:
         # the present: the resident model, the running job and its tokens, and whether
         # Ollama is reached and jobs are taken (set by the daemon once the parts exist)
         self.status: Callable[[], Status] = status or idle
-        self._clock = clock or store.sync.clock
+        self._clock = clock or store.now
         self._viewers: set[_Viewer] = set()
         self._closed = False
         self._version = 0

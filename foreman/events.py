@@ -237,9 +237,6 @@ class JobEvents:
             for feed in of_job:
                 feed.end()
 
-    def listener_count(self) -> int:
-        return len(self._all) + sum(len(v) for v in self._by_job.values())
-
     def feed_count(self) -> int:
         return len(self._feeds) + sum(len(v) for v in self._feeds_by_job.values())
 

@@ -25,7 +25,7 @@ LAYERS = (
     ("HTTP server (hypercorn, h11)", ("hypercorn/", "h11/")),
     ("web framework (quart, werkzeug)", ("quart/", "quart_trio/", "werkzeug/", "flask/")),
     ("HTTP client to Ollama (httpx, httpcore)", ("httpx/", "httpcore/")),
-    ("store: SQLite calls and commits", ("foreman/store.py",)),
+    ("store: SQLite calls and commits", ("foreman/store/",)),
     ("foreman's own code", ("foreman/",)),
     ("trio: scheduling, sockets, threads", ("trio/", "outcome/", "sniffio/")),
     ("logging", ("logging/",)),

@@ -166,3 +166,49 @@ def test_modules_importing_names_the_modules_under_a_package_that_import_a_modul
     ]
     # the real graph: the daemon wires the store in, so the check reads real arrows
     assert "foreman.store" in import_graph()["foreman.daemon"]
+
+
+STORE_BANDS = (
+    "foreman.store.errors",
+    "foreman.store.schema",
+    "foreman.store.sql",
+    "foreman.store.face",
+)
+
+
+def test_the_store_bands_import_only_the_bands_above_them() -> None:
+    graph = import_graph()
+    for floor, band in enumerate(STORE_BANDS):
+        assert graph[band] & set(STORE_BANDS) <= set(STORE_BANDS[:floor]), band
+        # a band never goes through the package's front, which imports every band
+        assert "foreman.store" not in graph[band], band
+
+
+def test_the_store_is_imported_through_its_front_only() -> None:
+    graph = import_graph()
+    reaching_in = sorted(
+        name
+        for name, targets in graph.items()
+        if not name.startswith("foreman.store")
+        and any(t.startswith("foreman.store.") for t in targets)
+    )
+    assert reaching_in == []
+    assert set(STORE_BANDS) <= graph["foreman.store"]
+
+
+def test_only_the_store_speaks_sqlite() -> None:
+    speaking = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            if any(name.split(".")[0] == "sqlite3" for name in names):
+                speaking.append(module_name(PACKAGE, path))
+    assert speaking
+    assert all(name.startswith("foreman.store.") for name in speaking), speaking

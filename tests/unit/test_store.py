@@ -698,6 +698,14 @@ async def test_listener_hears_each_changed_job_and_nothing_else(async_store, cha
     assert changes[5:] == recovered
 
 
+async def test_now_is_the_clock_the_store_stamps_rows_with(async_store, clock):
+    assert async_store.now() == clock.now
+    clock.advance(90.5)
+    assert async_store.now() == 1_090.5
+    job = await async_store.enqueue(new_job())
+    assert job.enqueued_at == async_store.now()
+
+
 async def test_set_listener_replaces_the_listener(async_store, changes):
     later: list[Job] = []
     async_store.set_listener(later.append)

@@ -1,0 +1,53 @@
+"""The job store: SQLite schema, migrations and every query foreman runs.
+
+The only package with SQL. One connection, used from Trio worker threads one call at a
+time (a CapacityLimiter of 1), in WAL mode. Its bands, each importing only those above it:
+
+- `errors`: what can go wrong (`StoreError`, `StoreUnwritable`, ...);
+- `schema`: the forward migrations, `connect` and `backup`;
+- `sql`: `SyncStore`, every query as a blocking call, and the records it reads;
+- `face`: `Store`, the Trio face that runs them on a worker thread, shielded, with
+  group commit.
+
+Import from here (`from foreman.store import Store`); the bands are its inside.
+"""
+
+from foreman.store.errors import (
+    IdempotencyConflict,
+    NotTerminal,
+    StoreError,
+    StoreUnwritable,
+    unwritable_reason,
+)
+from foreman.store.face import Store
+from foreman.store.schema import MIGRATIONS, SCHEMA_VERSION, backup, connect, migrate
+from foreman.store.sql import (
+    PICK_STATEMENTS,
+    Activity,
+    Overview,
+    Swap,
+    SyncStore,
+    Waiting,
+    wall_clock,
+)
+
+__all__ = [
+    "MIGRATIONS",
+    "PICK_STATEMENTS",
+    "SCHEMA_VERSION",
+    "Activity",
+    "IdempotencyConflict",
+    "NotTerminal",
+    "Overview",
+    "Store",
+    "StoreError",
+    "StoreUnwritable",
+    "Swap",
+    "SyncStore",
+    "Waiting",
+    "backup",
+    "connect",
+    "migrate",
+    "unwritable_reason",
+    "wall_clock",
+]

@@ -1,0 +1,281 @@
+"""The store's Trio face (`Store`): `SyncStore`'s calls on a worker thread, one at a time.
+
+Every write runs inside a shielded cancel scope: cancellation can delay it, never tear it.
+A write the database cannot take now comes out as `StoreUnwritable`. Concurrent
+submissions are committed together (group commit).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import trio
+
+from foreman.jobs import Job, JobState, NewJob
+from foreman.lockfile import DatabaseLock, LockHeld
+from foreman.store.errors import StoreError, StoreUnwritable, unwritable_reason
+from foreman.store.schema import connect
+from foreman.store.sql import Activity, Overview, SyncStore, wall_clock
+
+T = TypeVar("T")
+
+
+@attrs.define(eq=False)
+class _Submission:
+    """One caller's submission waiting for a group commit."""
+
+    new: NewJob
+    job_id: str | None
+    turn: trio.Event = attrs.field(factory=trio.Event)
+    answer: tuple[Job, bool] | BaseException | None = None
+
+
+class Store:
+    """The async face of `SyncStore`: each call runs on a worker thread, one at a time.
+
+    `on_change` is called (in Trio, after the commit) with every job a write changed; the
+    event broadcaster hangs off it.
+
+    Concurrent submissions are committed together (group commit): while one batch is on
+    the store's thread, new submissions queue up, and the first of them leads the next
+    batch as soon as the thread is free. No task and no timer: under load each fsync
+    carries many jobs, alone a submission commits at once, and each caller still hears
+    back only after its job is durable.
+    """
+
+    def __init__(
+        self,
+        sync: SyncStore,
+        on_change: Callable[[Job], None] | None = None,
+        lock: DatabaseLock | None = None,
+    ) -> None:
+        self.sync = sync
+        self._limiter = trio.CapacityLimiter(1)
+        self._on_change = on_change or (lambda job: None)
+        self._submissions: list[_Submission] = []
+        self._leading = False
+        # held until `close`: one foreman per database
+        self._lock = lock
+
+    @classmethod
+    async def open(
+        cls,
+        path: Path,
+        *,
+        clock: Callable[[], float] = wall_clock,
+        on_change: Callable[[Job], None] | None = None,
+    ) -> Store:
+        """Lock, open (creating or migrating) and test-write the database.
+
+        Raises StoreError with one line when another process holds the database, when it
+        cannot be opened, and (StoreUnwritable) when it cannot be written: foreman would
+        only start to refuse every job.
+        """
+        lock = DatabaseLock(path)
+        try:
+            conn = await trio.to_thread.run_sync(_open_locked, path, lock)
+        except LockHeld as exc:
+            raise StoreError(str(exc)) from None
+        except StoreError:
+            raise
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open database {path}: {exc}") from None
+        return cls(SyncStore(conn, clock), on_change, lock)
+
+    def now(self) -> float:
+        """The wall clock the store stamps rows with: a caller that compares a time with
+        a stored one (a retry's `not_before`, a purge's cutoff) must read this one."""
+        return self.sync.clock()
+
+    def set_listener(self, on_change: Callable[[Job], None]) -> None:
+        self._on_change = on_change
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a write, shielded; a failure that says the database cannot take writes now
+        (a full disk, ...) comes out as StoreUnwritable, which callers wait out."""
+        with trio.CancelScope(shield=True):
+            try:
+                result = await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+            except sqlite3.Error as exc:
+                reason = unwritable_reason(exc)
+                if reason is None:
+                    raise
+                raise StoreUnwritable(self.sync.path, reason) from exc
+        return result
+
+    def unwritable(self, exc: BaseException) -> StoreUnwritable | None:
+        """`exc` (from any store call, a submission included) as StoreUnwritable when it
+        says the database cannot take writes now; None for any other failure."""
+        if isinstance(exc, StoreUnwritable):
+            return exc
+        reason = unwritable_reason(exc)
+        return StoreUnwritable(self.sync.path, reason) if reason is not None else None
+
+    def file_problem(self) -> str | None:
+        """`SyncStore.file_problem`: a stat of the database's path, no database access."""
+        return self.sync.file_problem()
+
+    async def write_problem(self) -> str | None:
+        """Why the database cannot take writes now, or None: its file is gone or replaced,
+        the write lock cannot be had, or a probe write fails (a full disk)."""
+        problem = self.file_problem()
+        if problem is not None:
+            return problem
+        try:
+            await self._write(self.sync.probe_write)
+        except StoreUnwritable as exc:
+            return exc.reason
+        return None
+
+    def _notify(self, job: Job | None) -> Job | None:
+        if job is not None:
+            self._on_change(job)
+        return job
+
+    async def close(self) -> None:
+        with trio.CancelScope(shield=True):
+            try:
+                await self._read(self.sync.conn.close)
+            finally:
+                if self._lock is not None:
+                    self._lock.release()
+
+    async def enqueue(self, new: NewJob, job_id: str | None = None) -> Job:
+        job, _ = await self.submit(new, job_id)
+        return job
+
+    async def submit(self, new: NewJob, job_id: str | None = None) -> tuple[Job, bool]:
+        """`SyncStore.submit`, committed together with whatever submissions wait with it.
+
+        Shielded like every write: once begun, a submission is committed (or fails)
+        whether or not its caller is still there.
+        """
+        mine = _Submission(new, job_id)
+        self._submissions.append(mine)
+        with trio.CancelScope(shield=True):
+            if self._leading:
+                await mine.turn.wait()  # our answer, or the lead of the next batch
+            if mine.answer is None:
+                await self._commit_submissions()
+        assert mine.answer is not None
+        if isinstance(mine.answer, BaseException):
+            raise mine.answer
+        return mine.answer
+
+    async def _commit_submissions(self) -> None:
+        """Lead one batch: commit every waiting submission, answer each, and hand the lead
+        to the first submission that arrived meanwhile (callers shield this)."""
+        self._leading = True
+        async with self._limiter:
+            # taken once the connection is ours: whatever arrived while it was busy joins
+            batch, self._submissions = self._submissions, []
+            try:
+                answers: list[tuple[Job, bool] | BaseException] = list(
+                    await trio.to_thread.run_sync(
+                        self.sync.submit_many, [(s.new, s.job_id) for s in batch]
+                    )
+                )
+            except Exception as exc:  # the thread itself failed: every submission hears it
+                answers = [exc] * len(batch)
+        for submission, answer in zip(batch, answers, strict=True):
+            submission.answer = answer
+            if isinstance(answer, tuple) and answer[1]:
+                self._on_change(answer[0])
+            submission.turn.set()
+        if self._submissions:
+            self._submissions[0].turn.set()  # still leading: the lead passes on
+        else:
+            self._leading = False
+
+    async def retry(self, job_id: str) -> Job | None:
+        return self._notify(await self._write(self.sync.retry, job_id))
+
+    async def expire_overdue(self) -> list[Job]:
+        jobs = await self._write(self.sync.expire_overdue)
+        for job in jobs:
+            self._on_change(job)
+        return jobs
+
+    async def delete(self, job_id: str) -> bool:
+        return await self._write(self.sync.delete, job_id)
+
+    async def purge(self, finished_before: float) -> int:
+        return await self._write(self.sync.purge, finished_before)
+
+    async def list_jobs(self, **filters: Any) -> list[Job]:
+        def run() -> list[Job]:
+            return self.sync.list_jobs(**filters)
+
+        return await self._read(run)
+
+    async def transition(
+        self, job_id: str, old: JobState, new: JobState, *, loaded: bool = False, **fields: Any
+    ) -> Job | None:
+        def run() -> Job | None:
+            return self.sync.transition(job_id, old, new, loaded=loaded, **fields)
+
+        return self._notify(await self._write(run))
+
+    async def claim(self, resident: str | None, max_wait: float) -> Job | None:
+        job, expired = await self._write(self.sync.claim_next, resident, max_wait)
+        for gone in expired:
+            self._on_change(gone)
+        return self._notify(job)
+
+    async def recover_interrupted(self) -> list[Job]:
+        jobs = await self._write(self.sync.recover_interrupted)
+        for job in jobs:
+            self._on_change(job)
+        return jobs
+
+    async def get(self, job_id: str) -> Job | None:
+        return await self._read(self.sync.get, job_id)
+
+    async def running(self) -> list[Job]:
+        return await self._read(self.sync.running)
+
+    async def next_not_before(self) -> float | None:
+        return await self._read(self.sync.next_not_before)
+
+    async def count_queued(self, model_key: str | None = None) -> int:
+        return await self._read(self.sync.count_queued, model_key)
+
+    async def unfinished(self) -> list[tuple[str, JobState, str]]:
+        return await self._read(self.sync.unfinished)
+
+    async def overview(self, running_id: str | None) -> Overview:
+        return await self._read(self.sync.overview, running_id)
+
+    async def activity(self, since: float) -> Activity:
+        return await self._read(self.sync.activity, since)
+
+    async def prune_swaps(self, started_before: float) -> int:
+        return await self._write(self.sync.prune_swaps, started_before)
+
+
+def _open_locked(path: Path, lock: DatabaseLock) -> sqlite3.Connection:
+    """`Store.open`'s blocking part: the lock first (before recovery can touch another
+    foreman's running job), then the connection and a probe write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock.acquire()
+    try:
+        conn = connect(path)
+        try:
+            SyncStore(conn).probe_write()
+        except sqlite3.Error as exc:
+            conn.close()
+            reason = unwritable_reason(exc)
+            if reason is None:
+                raise
+            raise StoreUnwritable(path, reason) from None
+    except BaseException:
+        lock.release()
+        raise
+    return conn
