@@ -626,15 +626,14 @@ class SyncStore:
     def activity(self, since: float) -> Activity:
         """The headline numbers over the jobs that ended since `since` (walks only those,
         on the index of finished jobs)."""
-        finished = {
-            state: n
-            for state, n in self.conn.execute(
+        finished = dict(
+            self.conn.execute(
                 f"SELECT state, count(*) FROM jobs INDEXED BY jobs_finished"
                 f" WHERE state IN {TERMINAL_SQL} AND finished_at >= ? AND started_at IS NOT NULL"
                 f" GROUP BY state",
                 (since,),
             )
-        }
+        )
         arrival_loads = self._model_changes(since, "created_at")
         loads = self._model_changes(since, "started_at")
         (done_last_hour,) = self.conn.execute(
