@@ -933,6 +933,9 @@ class Store:
     def set_listener(self, on_change: Callable[[Job], None]) -> None:
         self._on_change = on_change
 
+    def now(self) -> float:
+        return self.sync.clock()
+
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 

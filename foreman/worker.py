@@ -248,7 +248,7 @@ class Worker:
         delay = self.settings.idle_poll
         next_retry = await self.store.next_not_before()
         if next_retry is not None:
-            delay = min(delay, max(0.0, next_retry - self.store.sync.clock()) + 0.005)
+            delay = min(delay, max(0.0, next_retry - self.store.now()) + 0.005)
         with trio.move_on_after(delay):
             await armed.wait()
 
@@ -274,7 +274,7 @@ class Worker:
         running = Running(job.id, trio.CancelScope(), job.state, ticket)
         self.running = running
         if ticket is not None:
-            ticket.in_worker = True
+            ticket.take()
         try:
             with running.scope:
                 limit = trio.CancelScope(deadline=trio.current_time() + self.settings.job_timeout)
@@ -319,9 +319,7 @@ class Worker:
                     await self._put_back(job, running)
             self.running = None
             if ticket is not None:
-                ticket.in_worker = False
-                if running.state.terminal or running.scope.cancel_called:
-                    ticket.close()
+                ticket.let_go(running.state.terminal or running.scope.cancel_called)
 
     async def _put_back(self, job: Job, running: Running) -> None:
         """A job interrupted by shutdown: back in the queue with its attempt refunded, and
@@ -531,7 +529,7 @@ class Worker:
             await self._move(
                 running,
                 JobState.QUEUED,
-                not_before=self.store.sync.clock() + delay,
+                not_before=self.store.now() + delay,
                 error=str(err),
             )
             return

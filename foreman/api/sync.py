@@ -35,9 +35,15 @@ from foreman.api.responses import (
 from foreman.api.services import Services
 from foreman.config import Settings
 from foreman.jobs import Endpoint, Job, JobState, NewJob
-from foreman.queue import JobQueue
-from foreman.relay import Chunk, Message, Reply, StreamStart, Ticket
-from foreman.store import IdempotencyConflict, wall_clock
+from foreman.queue import (
+    Chunk,
+    IdempotencyConflict,
+    JobQueue,
+    Message,
+    Reply,
+    StreamStart,
+    Ticket,
+)
 from foreman.timefmt import rfc3339
 from foreman.upstream import error_message
 from foreman.validate import (
@@ -149,14 +155,14 @@ def _replay_kept_alive(queue: JobQueue, job: Job, interval: float) -> Response:
 
     async def parts() -> AsyncIterator[bytes]:
         current: Job | None = job
-        yield _tick(job)
+        yield _tick(queue, job)
         while current is not None and not current.state.terminal:
             if not queue.accepting:
                 yield _failure(job, 503, "foreman is shutting down; ask again after the restart")
                 return
             current = await queue.wait(job.id, interval)
             if current is not None and not current.state.terminal:
-                yield _tick(job)
+                yield _tick(queue, job)
         if current is None:
             yield _failure(job, 404, f"job {job.id} is gone")
         elif current.state is JobState.DONE:
@@ -176,7 +182,7 @@ async def answer(
             with trio.move_on_after(math.inf if keepalive is None else keepalive):
                 first = await ticket.receive_channel.receive()
         except trio.EndOfChannel:
-            queue.relay.detach(ticket)
+            ticket.release()
             return await _ended_without_answer(queue, job, ticket)
     except trio.Cancelled:
         with trio.move_on_after(CLEANUP_SECONDS, shield=True):
@@ -186,7 +192,7 @@ async def answer(
         assert keepalive is not None
         return _kept_alive(queue, job, ticket, keepalive)
     if isinstance(first, Reply):
-        queue.relay.detach(ticket)
+        ticket.release()
         return build_response(first.body, first.status, first.headers)
     assert isinstance(first, StreamStart)
 
@@ -218,7 +224,7 @@ async def _relayed(
             await parts.aclose()
             if not complete:
                 await _client_left(queue, job, ticket)
-        queue.relay.detach(ticket)
+        ticket.release()
 
 
 def _kept_alive(queue: JobQueue, job: Job, ticket: Ticket, interval: float) -> Response:
@@ -227,7 +233,7 @@ def _kept_alive(queue: JobQueue, job: Job, ticket: Ticket, interval: float) -> R
     in-band, since the status is spent)."""
 
     async def parts() -> AsyncGenerator[bytes, None]:
-        yield _tick(job)
+        yield _tick(queue, job)
         message: Message | None = None
         ended = False
         while message is None and not ended:
@@ -237,7 +243,7 @@ def _kept_alive(queue: JobQueue, job: Job, ticket: Ticket, interval: float) -> R
                 except trio.EndOfChannel:
                     ended = True
             if message is None and not ended:
-                yield _tick(job)
+                yield _tick(queue, job)
         if message is None:
             current = await queue.get(job.id) or job
             yield _failure(job, *_no_answer(current, ticket))
@@ -274,8 +280,8 @@ def _content_type(job: Job) -> str:
     return EVENT_STREAM if job.endpoint.openai else "application/x-ndjson"
 
 
-def _tick(job: Job) -> bytes:
-    return keepalive_part(job.endpoint, job.model, _ollama_time(), job.stream)
+def _tick(queue: JobQueue, job: Job) -> bytes:
+    return keepalive_part(job.endpoint, job.model, _ollama_time(queue), job.stream)
 
 
 def _failure(job: Job, status: int, message: str) -> bytes:
@@ -286,9 +292,9 @@ def _failure(job: Job, status: int, message: str) -> bytes:
     return family.error_body(status, message)
 
 
-def _ollama_time() -> str:
+def _ollama_time(queue: JobQueue) -> str:
     """Now, as Ollama writes `created_at` (RFC 3339, UTC, trailing Z)."""
-    return rfc3339(wall_clock(), "microseconds")
+    return rfc3339(queue.now(), "microseconds")
 
 
 def _no_answer(current: Job, ticket: Ticket) -> tuple[int, str]:
@@ -304,7 +310,7 @@ def _no_answer(current: Job, ticket: Ticket) -> tuple[int, str]:
 async def _client_left(queue: JobQueue, job: Job, ticket: Ticket) -> None:
     """Cancel the job of a client that hung up (callers shield this). During shutdown
     the job stays queued: it runs after the restart, and its result can be collected."""
-    queue.relay.detach(ticket)
+    ticket.release()
     if queue.accepting:
         await queue.cancel(job.id, DISCONNECTED)
 

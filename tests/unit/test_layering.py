@@ -166,3 +166,11 @@ def test_modules_importing_names_the_modules_under_a_package_that_import_a_modul
     ]
     # the real graph: the daemon wires the store in, so the check reads real arrows
     assert "foreman.store" in import_graph()["foreman.daemon"]
+
+
+def test_no_route_reaches_past_the_queue_to_the_store_or_the_tickets() -> None:
+    # the routes' one door is `JobQueue`: a route that imports the store or the tickets
+    # itself can change a job, or let go of a ticket, past the queue's rules
+    graph = import_graph()
+    assert modules_importing(graph, "foreman.store", under="foreman.api") == []
+    assert modules_importing(graph, "foreman.relay", under="foreman.api") == []
