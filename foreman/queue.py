@@ -21,7 +21,7 @@ from ulid import ULID
 from foreman.events import JobEvents, Wakeup
 from foreman.jobs import Job, JobState, NewJob
 from foreman.metrics import JobTally
-from foreman.relay import Chunk, Message, Relay, Reply, StreamStart, Ticket
+from foreman.relay import Chunk, Ending, Failed, Message, Relay, Reply, StreamStart, Ticket
 from foreman.store import IdempotencyConflict, NotTerminal, Store, StoreUnwritable
 
 log = logging.getLogger("foreman.queue")
@@ -269,6 +269,8 @@ __all__ = [
     "UNWRITABLE_RETRY_AFTER",
     "Chunk",
     "DatabaseUnwritable",
+    "Ending",
+    "Failed",
     "IdempotencyConflict",
     "JobQueue",
     "Message",

@@ -1,10 +1,13 @@
 """Hands a running job's answer from the worker to the client waiting for it.
 
 A synchronous request attaches a `Ticket` to its job before the job can start. The worker
-sends the upstream answer through it: a whole `Reply`, or a `StreamStart` followed by
-`Chunk`s. When the job reaches a terminal state the ticket is closed, which ends the
-client's stream. A job with no ticket (its client is gone, or it was submitted to be
-collected later) runs all the same; only its stored result remains.
+sends through it what happened, as facts and never as an HTTP reply of foreman's own:
+Ollama's whole answer (`Reply`), a stream's head and first part (`StreamStart`) followed
+by `Chunk`s, or a classified `Failed`. The route that waits decides what its client sees,
+in its route family's shape (`foreman.api.sync`). When the job reaches a terminal state
+the ticket is closed, which ends the client's stream. A job with no ticket (its client is
+gone, or it was submitted to be collected later) runs all the same; only its stored
+result remains.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ Headers = tuple[tuple[str, str], ...]
 
 @attrs.frozen
 class Reply:
-    """A complete answer: a non-streamed body, or an error before any stream began."""
+    """Ollama's whole answer as it came (its headers without the framing), and how long
+    the job waited in the queue before it ran."""
 
     status: int
     headers: Headers
     body: bytes
+    queue_ms: int = 0
 
 
 @attrs.frozen
@@ -36,6 +41,7 @@ class StreamStart:
     status: int
     headers: Headers
     first: bytes
+    queue_ms: int = 0
 
 
 @attrs.frozen
@@ -43,7 +49,33 @@ class Chunk:
     data: bytes
 
 
-Message = Reply | StreamStart | Chunk
+class Ending(enum.Enum):
+    """How a job's run ended without an answer for its client."""
+
+    # the job failed for good (no retry left, or a permanent failure)
+    FAILED = "failed"
+    # shutdown interrupted it: the job is back in the queue and runs after the restart
+    PUT_BACK = "put_back"
+
+
+@attrs.frozen
+class Failed:
+    """A run that ended without an answer: the worker's last word to the client."""
+
+    ending: Ending
+    # what went wrong (for FAILED, the job's stored error)
+    message: str
+    queue_ms: int = 0
+    # Ollama's own error answer, untouched, when it gave one
+    upstream: Reply | None = None
+    # the Ollama route that gave `upstream`: the job's own, or a native call made for it
+    # (the model's load, or the check that Ollama has the model)
+    answered_by: str | None = None
+    # Ollama's own in-band error line (or event), when its stream had begun
+    line: bytes | None = None
+
+
+Message = Reply | StreamStart | Chunk | Failed
 
 # Lines buffered between the worker and a slow client before the worker waits for it.
 BUFFER = 64
@@ -134,7 +166,7 @@ class Ticket:
         return True
 
     def _sent(self, message: Message) -> None:
-        if not isinstance(message, Reply) and self.state is TicketState.ANSWERING:
+        if isinstance(message, StreamStart | Chunk) and self.state is TicketState.ANSWERING:
             self.state = TicketState.STREAMING
 
 
@@ -178,4 +210,15 @@ class Relay:
         return len(self._tickets)
 
 
-__all__ = ["BUFFER", "Chunk", "Message", "Relay", "Reply", "StreamStart", "Ticket", "TicketState"]
+__all__ = [
+    "BUFFER",
+    "Chunk",
+    "Ending",
+    "Failed",
+    "Message",
+    "Relay",
+    "Reply",
+    "StreamStart",
+    "Ticket",
+    "TicketState",
+]
