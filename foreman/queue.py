@@ -1,8 +1,10 @@
 """Every job operation a route can ask for: submit, look up, wait, cancel, retry, purge.
 
-Routes never touch the store or the worker directly; they call a `JobQueue`, which keeps
-the rules in one place (a cancel of a running job also aborts its upstream request, a
-retry wakes the worker, waiting listens to the broadcaster instead of the database).
+Routes never touch the store, the tickets or the worker directly; they call a `JobQueue`,
+which keeps the rules in one place (a cancel of a running job also aborts its upstream
+request, a retry wakes the worker, waiting listens to the broadcaster instead of the
+database). The store's exceptions a route answers are named here too, so a route needs
+nothing but this module.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import attrs
 import trio
@@ -18,8 +21,8 @@ from ulid import ULID
 from foreman.events import JobEvents, Wakeup
 from foreman.jobs import Job, JobState, NewJob
 from foreman.metrics import JobTally
-from foreman.relay import Relay, Ticket
-from foreman.store import Store, StoreUnwritable
+from foreman.relay import Chunk, Ending, Failed, Message, Relay, Reply, StreamStart, Ticket
+from foreman.store import IdempotencyConflict, NotTerminal, Store, StoreUnwritable
 
 log = logging.getLogger("foreman.queue")
 
@@ -122,7 +125,7 @@ class JobQueue:
             job, created = await self.store.submit(new, job_id)
         except Exception as exc:
             if ticket is not None:
-                self.relay.detach(ticket)
+                ticket.release()
             down = self.store.unwritable(exc)
             if down is None:
                 raise
@@ -132,13 +135,13 @@ class JobQueue:
             ) from exc
         except BaseException:
             if ticket is not None:
-                self.relay.detach(ticket)
+                ticket.release()
             raise
         finally:
             self._admitted -= 1
         if not created:
             if ticket is not None:
-                self.relay.detach(ticket)
+                ticket.release()
             log.info("job %s returned again for its idempotency key", job.id)
             return Submitted(job, None, False)
         log.info("job %s model=%s state=queued priority=%d", job.id, job.model, job.priority)
@@ -147,6 +150,40 @@ class JobQueue:
 
     async def get(self, job_id: str) -> Job | None:
         return await self.store.get(job_id)
+
+    async def list_jobs(
+        self,
+        *,
+        state: JobState | None = None,
+        model_name: str | None = None,
+        ref: str | None = None,
+        before: str | None = None,
+        limit: int = 50,
+        key_name: str | None = None,
+    ) -> list[Job]:
+        """Jobs newest first, filtered (see `Store.list_jobs`)."""
+        return await self.store.list_jobs(
+            state=state,
+            model_name=model_name,
+            ref=ref,
+            before=before,
+            limit=limit,
+            key_name=key_name,
+        )
+
+    async def write_problem(self) -> str | None:
+        """Why the database cannot take a write now, or None (a probe that changes
+        nothing, so a full disk shows)."""
+        return await self.store.write_problem()
+
+    @property
+    def database(self) -> Path | None:
+        """The database file, for an operator's log line."""
+        return self.store.sync.path
+
+    def now(self) -> float:
+        """The store's clock: the time a job's timestamps are written in."""
+        return self.store.now()
 
     async def wait(
         self, job_id: str, seconds: float, visible: Callable[[Job], bool] | None = None
@@ -203,7 +240,7 @@ class JobQueue:
 
     async def purge(self, older_than: float) -> int:
         """Delete finished jobs that ended more than `older_than` seconds ago."""
-        purged = await self.store.purge(self.store.sync.clock() - older_than)
+        purged = await self.store.purge(self.store.now() - older_than)
         if purged:
             log.info("purged %d finished jobs older than %.0fs", purged, older_than)
             self._on_removed()
@@ -218,10 +255,34 @@ async def run_janitor(queue: JobQueue, retention: float, interval: float = 60.0)
                 log.info("job %s model=%s state=failed (expired)", job.id, job.model)
             await queue.purge(retention)
             if math.isfinite(retention):
-                await queue.store.prune_swaps(queue.store.sync.clock() - retention)
+                await queue.store.prune_swaps(queue.store.now() - retention)
         except StoreUnwritable as exc:
             # a full disk is no reason to stop foreman: try again next round
             log.warning("janitor: %s; trying again later", exc)
         await trio.sleep(
             min(interval, max(1.0, retention / 10)) if math.isfinite(retention) else interval
         )
+
+
+__all__ = [
+    "BUSY_MESSAGE",
+    "UNWRITABLE_RETRY_AFTER",
+    "Chunk",
+    "DatabaseUnwritable",
+    "Ending",
+    "Failed",
+    "IdempotencyConflict",
+    "JobQueue",
+    "Message",
+    "NotTerminal",
+    "QueueFull",
+    "Refused",
+    "Reply",
+    "ShuttingDown",
+    "StoreUnwritable",
+    "StreamStart",
+    "Submitted",
+    "Ticket",
+    "run_janitor",
+    "unwritable_message",
+]

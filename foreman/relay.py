@@ -1,13 +1,18 @@
 """Hands a running job's answer from the worker to the client waiting for it.
 
 A synchronous request attaches a `Ticket` to its job before the job can start. The worker
-sends the upstream answer through it: a whole `Reply`, or a `StreamStart` followed by
-`Chunk`s. When the job reaches a terminal state the ticket is closed, which ends the
-client's stream. A job with no ticket (its client is gone, or it was submitted to be
-collected later) runs all the same; only its stored result remains.
+sends through it what happened, as facts and never as an HTTP reply of foreman's own:
+Ollama's whole answer (`Reply`), a stream's head and first part (`StreamStart`) followed
+by `Chunk`s, or a classified `Failed`. The route that waits decides what its client sees,
+in its route family's shape (`foreman.api.sync`). When the job reaches a terminal state
+the ticket is closed, which ends the client's stream. A job with no ticket (its client is
+gone, or it was submitted to be collected later) runs all the same; only its stored
+result remains.
 """
 
 from __future__ import annotations
+
+import enum
 
 import attrs
 import trio
@@ -19,11 +24,13 @@ Headers = tuple[tuple[str, str], ...]
 
 @attrs.frozen
 class Reply:
-    """A complete answer: a non-streamed body, or an error before any stream began."""
+    """Ollama's whole answer as it came (its headers without the framing), and how long
+    the job waited in the queue before it ran."""
 
     status: int
     headers: Headers
     body: bytes
+    queue_ms: int = 0
 
 
 @attrs.frozen
@@ -34,6 +41,7 @@ class StreamStart:
     status: int
     headers: Headers
     first: bytes
+    queue_ms: int = 0
 
 
 @attrs.frozen
@@ -41,10 +49,57 @@ class Chunk:
     data: bytes
 
 
-Message = Reply | StreamStart | Chunk
+class Ending(enum.Enum):
+    """How a job's run ended without an answer for its client."""
+
+    # the job failed for good (no retry left, or a permanent failure)
+    FAILED = "failed"
+    # shutdown interrupted it: the job is back in the queue and runs after the restart
+    PUT_BACK = "put_back"
+
+
+@attrs.frozen
+class Failed:
+    """A run that ended without an answer: the worker's last word to the client."""
+
+    ending: Ending
+    # what went wrong (for FAILED, the job's stored error)
+    message: str
+    queue_ms: int = 0
+    # Ollama's own error answer, untouched, when it gave one
+    upstream: Reply | None = None
+    # the Ollama route that gave `upstream`: the job's own, or a native call made for it
+    # (the model's load, or the check that Ollama has the model)
+    answered_by: str | None = None
+    # Ollama's own in-band error line (or event), when its stream had begun
+    line: bytes | None = None
+
+
+Message = Reply | StreamStart | Chunk | Failed
 
 # Lines buffered between the worker and a slow client before the worker waits for it.
 BUFFER = 64
+
+
+class TicketState(enum.Enum):
+    """Where a ticket stands. Only the ticket's own methods move it."""
+
+    # attached; the worker does not hold its job
+    WAITING = "waiting"
+    # the worker holds the job and the client has seen nothing of the body yet
+    ANSWERING = "answering"
+    # the worker holds the job and the client may have seen body bytes: a failure is final
+    STREAMING = "streaming"
+    # the client may have seen body bytes, but the worker let go of the job without ending
+    # it (Ollama went away, the worker crashed): the job's next run goes on with the stream
+    STREAMED = "streamed"
+    # no more messages will come
+    CLOSED = "closed"
+
+
+# what the worker taking a ticket, and letting go of it, makes of each state
+_TAKEN = {TicketState.WAITING: TicketState.ANSWERING, TicketState.STREAMED: TicketState.STREAMING}
+_LET_GO = {TicketState.ANSWERING: TicketState.WAITING, TicketState.STREAMING: TicketState.STREAMED}
 
 
 @attrs.define(eq=False)
@@ -52,18 +107,45 @@ class Ticket:
     job_id: str
     send_channel: trio.MemorySendChannel[Message]
     receive_channel: trio.MemoryReceiveChannel[Message]
-    # set once the client may have seen body bytes: from then on a failure is final
-    streamed: bool = False
-    # while the worker runs the job it closes the ticket itself, after its last message
-    in_worker: bool = False
+    _relay: Relay
+    state: TicketState = TicketState.WAITING
     # why the ticket was closed without an answer while its job stays queued (shutdown)
     closed_because: str | None = None
-    # no more messages will come
-    closed: bool = False
 
-    def close(self) -> None:
-        self.closed = True
+    @property
+    def streamed(self) -> bool:
+        """The client may have seen body bytes: from then on a failure is final."""
+        return self.state in (TicketState.STREAMING, TicketState.STREAMED)
+
+    @property
+    def in_worker(self) -> bool:
+        """The worker holds the job; it closes the ticket itself, after its last message."""
+        return self.state in (TicketState.ANSWERING, TicketState.STREAMING)
+
+    def take(self) -> None:
+        """The worker starts the job: from now on it alone closes the ticket."""
+        self.state = _TAKEN.get(self.state, self.state)
+
+    def let_go(self, ended: bool) -> None:
+        """The worker is done with the job: closed if the job `ended` (or was aborted),
+        else waiting for the job's next run."""
+        if ended:
+            self.close()
+        else:
+            self.state = _LET_GO.get(self.state, self.state)
+
+    def close(self, because: str | None = None) -> None:
+        """No more messages: the client's wait or stream ends. `because`: the job stays
+        queued, and this is what its client is told (shutdown)."""
+        if because is not None:
+            self.closed_because = because
+        self.state = TicketState.CLOSED
         self.send_channel.close()
+
+    def release(self) -> None:
+        """The client is done with the ticket (it has its answer, or it left)."""
+        self._relay.forget(self)
+        self.receive_channel.close()
 
     async def send(self, message: Message) -> bool:
         """Deliver to the client; False when it has gone (the job runs on regardless)."""
@@ -71,8 +153,7 @@ class Ticket:
             await self.send_channel.send(message)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False
-        if not isinstance(message, Reply):
-            self.streamed = True
+        self._sent(message)
         return True
 
     def offer(self, message: Message) -> bool:
@@ -81,9 +162,12 @@ class Ticket:
             self.send_channel.send_nowait(message)
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             return False
-        if not isinstance(message, Reply):
-            self.streamed = True
+        self._sent(message)
         return True
+
+    def _sent(self, message: Message) -> None:
+        if isinstance(message, StreamStart | Chunk) and self.state is TicketState.ANSWERING:
+            self.state = TicketState.STREAMING
 
 
 class Relay:
@@ -92,17 +176,17 @@ class Relay:
 
     def attach(self, job_id: str) -> Ticket:
         send, receive = trio.open_memory_channel[Message](BUFFER)
-        ticket = Ticket(job_id, send, receive)
+        ticket = Ticket(job_id, send, receive, self)
         self._tickets[job_id] = ticket
         return ticket
 
     def get(self, job_id: str) -> Ticket | None:
         return self._tickets.get(job_id)
 
-    def detach(self, ticket: Ticket) -> None:
+    def forget(self, ticket: Ticket) -> None:
+        """Drop a released ticket (not a newer one for the same job)."""
         if self._tickets.get(ticket.job_id) is ticket:
             del self._tickets[ticket.job_id]
-        ticket.receive_channel.close()
 
     def on_job_change(self, job: Job) -> None:
         """Close the ticket of a job that ended away from the worker (cancelled, or failed
@@ -117,9 +201,8 @@ class Relay:
         stay queued; each handler answers with `reason`. Returns how many."""
         closed = 0
         for ticket in list(self._tickets.values()):
-            if not ticket.in_worker and not ticket.closed:
-                ticket.closed_because = reason
-                ticket.close()
+            if not ticket.in_worker and ticket.state is not TicketState.CLOSED:
+                ticket.close(reason)
                 closed += 1
         return closed
 
@@ -127,4 +210,15 @@ class Relay:
         return len(self._tickets)
 
 
-__all__ = ["BUFFER", "Chunk", "Message", "Relay", "Reply", "StreamStart", "Ticket"]
+__all__ = [
+    "BUFFER",
+    "Chunk",
+    "Ending",
+    "Failed",
+    "Message",
+    "Relay",
+    "Reply",
+    "StreamStart",
+    "Ticket",
+    "TicketState",
+]

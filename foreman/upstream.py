@@ -16,7 +16,6 @@ from typing import Any
 import attrs
 import httpx
 
-from foreman.answers import Family
 from foreman.jobs import Endpoint
 from foreman.retry import FailureKind, classify_status
 from foreman.target import TargetRefused, checked_path
@@ -54,6 +53,8 @@ class UpstreamError(Exception):
     status: int | None = None
     body: bytes | None = None
     headers: Headers = ()
+    # the route that answered `status` (a job's own, or a call the worker made for it)
+    route: str | None = None
     # Ollama went silent for longer than foreman waits (or the job ran out of time)
     timed_out: bool = False
 
@@ -183,6 +184,7 @@ class Upstream:
                     status=status,
                     body=raw,
                     headers=response_headers(response.headers),
+                    route=path,
                 )
             yield response
         finally:
@@ -260,19 +262,16 @@ class Upstream:
         Uses the native route the job's endpoint runs through (an empty chat or prompt),
         so a model that cannot do the other kind of request still loads, and an unknown
         model fails exactly as the job itself would: named as the client named it, so
-        Ollama's error text is the one the client would have had, in the shape of the
-        job's route family (Ollama's /v1 middleware wraps the native handler's error the
-        same way).
+        Ollama's error text is the one the client would have had. Ollama's answer comes
+        back as it is, from the native route: a /v1 client gets it in its own shape from
+        the route that answers it.
         """
         payload: dict[str, Any] = {"model": model, "keep_alive": _keep_alive_value(keep_alive)}
         if endpoint.native is Endpoint.CHAT:
             payload["messages"] = []
         if options:
             payload["options"] = options
-        try:
-            await self.call("POST", endpoint.native.value, payload, patient=True)
-        except UpstreamError as err:
-            raise in_family(err, endpoint) from None
+        await self.call("POST", endpoint.native.value, payload, patient=True)
 
     async def unload(self, model: str, endpoint: Endpoint) -> None:
         """Ask Ollama to drop a model now (keep_alive 0 with nothing to generate), on the
@@ -294,16 +293,6 @@ class Upstream:
     async def probe(self) -> None:
         """Raises UpstreamError unless Ollama answers."""
         await self.call("GET", "/api/version")
-
-
-def in_family(err: UpstreamError, endpoint: Endpoint) -> UpstreamError:
-    """Ollama's answer to a native call made for a job, as the job's own route would have
-    had it: Ollama's /v1 middleware wraps the native handler's error text, status kept,
-    in OpenAI's shape. Both families answer errors as application/json: only the body
-    changes."""
-    if err.status is None or err.body is None or not endpoint.openai:
-        return err
-    return attrs.evolve(err, body=Family.of(endpoint).error_body(err.status, err.message))
 
 
 def _keep_alive_value(raw: str) -> str | int:

@@ -33,7 +33,6 @@ import trio
 
 from foreman.answers import (
     EventStreamResult,
-    Family,
     StreamError,
     StreamResult,
     decode_body,
@@ -43,7 +42,7 @@ from foreman.config import Settings, default_of
 from foreman.events import Wakeup
 from foreman.jobs import RUNNING_STATES, Endpoint, Job, JobState
 from foreman.metrics import Metrics
-from foreman.relay import Chunk, Headers, Message, Relay, Reply, StreamStart, Ticket
+from foreman.relay import Chunk, Ending, Failed, Message, Relay, Reply, StreamStart, Ticket
 from foreman.residency import normalise_model, split_key
 from foreman.retry import BACKOFF_CAP, FailureKind, backoff_delay
 from foreman.status import WorkerStatistics
@@ -51,7 +50,6 @@ from foreman.store import Store, StoreUnwritable
 from foreman.upstream import (
     Upstream,
     UpstreamError,
-    in_family,
     iter_events,
     iter_lines,
     read_body,
@@ -60,7 +58,6 @@ from foreman.upstream import (
 
 log = logging.getLogger("foreman.worker")
 
-JSON_HEADERS = (("Content-Type", "application/json; charset=utf-8"),)
 # bound on the shielded put-back of a job interrupted by shutdown
 PUT_BACK_SECONDS = 10
 SHUTDOWN_MESSAGE = "foreman is shutting down; job {id} is back in the queue and runs after restart"
@@ -130,10 +127,9 @@ class Running:
     interrupted: bool = False
     # parts of Ollama's answer relayed so far (one a token, for a streamed answer)
     tokens: int = 0
-
-
-def error_reply(family: Family, status: int, message: str, extra: Headers = ()) -> Reply:
-    return Reply(status, JSON_HEADERS + extra, family.error_body(status, message))
+    # the job is an unload command (read once from its body): nothing to load for it,
+    # and no model resident after it
+    unload: bool = False
 
 
 class Worker:
@@ -249,7 +245,7 @@ class Worker:
         delay = self.settings.idle_poll
         next_retry = await self.store.next_not_before()
         if next_retry is not None:
-            delay = min(delay, max(0.0, next_retry - self.store.sync.clock()) + 0.005)
+            delay = min(delay, max(0.0, next_retry - self.store.now()) + 0.005)
         with trio.move_on_after(delay):
             await armed.wait()
 
@@ -272,10 +268,11 @@ class Worker:
             job.attempts,
             job.max_attempts,
         )
-        running = Running(job.id, trio.CancelScope(), job.state, ticket)
+        unload = is_unload_request(job.endpoint, _request_object(job.body))
+        running = Running(job.id, trio.CancelScope(), job.state, ticket, unload=unload)
         self.running = running
         if ticket is not None:
-            ticket.in_worker = True
+            ticket.take()
         try:
             with running.scope:
                 limit = trio.CancelScope(deadline=trio.current_time() + self.settings.job_timeout)
@@ -320,9 +317,7 @@ class Worker:
                     await self._put_back(job, running)
             self.running = None
             if ticket is not None:
-                ticket.in_worker = False
-                if running.state.terminal or running.scope.cancel_called:
-                    ticket.close()
+                ticket.let_go(running.state.terminal or running.scope.cancel_called)
 
     async def _put_back(self, job: Job, running: Running) -> None:
         """A job interrupted by shutdown: back in the queue with its attempt refunded, and
@@ -334,11 +329,7 @@ class Worker:
         if moved is None or running.ticket is None:
             return
         message = SHUTDOWN_MESSAGE.format(id=job.id)
-        family = Family.of(job.endpoint)
-        if running.ticket.streamed:
-            running.ticket.offer(Chunk(family.stream_error(message)))
-        else:
-            running.ticket.offer(error_reply(family, 503, message, _job_headers(job)))
+        running.ticket.offer(Failed(Ending.PUT_BACK, message, job.queue_ms or 0))
 
     async def _move(self, running: Running, new: JobState, **fields: Any) -> Job | None:
         moved = await self._write_transition(running, new, fields)
@@ -391,8 +382,7 @@ class Worker:
             await running.ticket.send(last)
 
     async def _swap(self, job: Job, running: Running) -> Job | None:
-        request = _request_object(job.body)
-        if is_unload_request(job.endpoint, request):
+        if running.unload:
             # nothing to load for an unload command; it changes residency itself
             return await self._move(running, JobState.WORKING)
         previous = self.resident
@@ -433,14 +423,12 @@ class Worker:
             await self.upstream.show(job.model)
         except UpstreamError as err:
             if err.status == 404:
-                raise in_family(err, job.endpoint) from None
+                raise
             if err.kind is FailureKind.OUTAGE:
                 raise
             log.warning("checking %s before the swap failed (%s); swapping anyway", job.model, err)
 
     async def _call(self, job: Job, running: Running) -> None:
-        request = _request_object(job.body)
-        unload = is_unload_request(job.endpoint, request)
         last: Message | None = None
         async with self.upstream.open(
             "POST",
@@ -451,9 +439,10 @@ class Worker:
             # is whole, however long that takes (the job timeout bounds it)
             read_timeout=self.upstream.read_timeout if job.stream else None,
         ) as response:
-            headers = response_headers(response.headers) + _job_headers(job)
+            headers = response_headers(response.headers)
+            queue_ms = job.queue_ms or 0
             content_type = response.headers.get("content-type", "")
-            head = StreamStart(response.status_code, headers, b"")
+            head = StreamStart(response.status_code, headers, b"", queue_ms)
             result: Any
             # closed here, not by the garbage collector, when a stream ends in an error
             if "ndjson" in content_type:
@@ -466,8 +455,8 @@ class Worker:
             else:
                 body = await read_body(response)
                 result = decode_body(body)
-                last = Reply(response.status_code, headers, body)
-        if unload and normalise_model(job.model) == split_key(self.resident or "")[0]:
+                last = Reply(response.status_code, headers, body, queue_ms)
+        if running.unload and normalise_model(job.model) == split_key(self.resident or "")[0]:
             self.resident = None
         await self._finish(running, JobState.DONE, last, result=result, error=None)
 
@@ -507,7 +496,6 @@ class Worker:
 
     async def _failed(self, job: Job, running: Running, err: UpstreamError) -> None:
         ticket = running.ticket
-        family = Family.of(job.endpoint)
         if self.metrics is not None:
             self.metrics.upstream_error(err.metric_kind)
         if err.kind is FailureKind.OUTAGE:
@@ -519,8 +507,8 @@ class Worker:
             return
         if ticket is not None and ticket.streamed:
             # the client has part of the answer: it cannot be taken back, so no retry
-            line = running.error_line or family.stream_error(str(err))
-            await self._finish(running, JobState.FAILED, Chunk(line), error=str(err))
+            last = Failed(Ending.FAILED, str(err), line=running.error_line)
+            await self._finish(running, JobState.FAILED, last, error=str(err))
             return
         if err.kind is FailureKind.TRANSIENT and job.attempts < job.max_attempts:
             delay = backoff_delay(
@@ -534,15 +522,17 @@ class Worker:
             await self._move(
                 running,
                 JobState.QUEUED,
-                not_before=self.store.sync.clock() + delay,
+                not_before=self.store.now() + delay,
                 error=str(err),
             )
             return
+        upstream = None
         if err.status is not None and err.body is not None:
-            reply = Reply(err.status, err.headers + _job_headers(job), err.body)
-        else:
-            reply = error_reply(family, 502, str(err), _job_headers(job))
-        await self._finish(running, JobState.FAILED, reply, error=str(err))
+            upstream = Reply(err.status, err.headers, err.body)
+        failed = Failed(
+            Ending.FAILED, str(err), job.queue_ms or 0, upstream=upstream, answered_by=err.route
+        )
+        await self._finish(running, JobState.FAILED, failed, error=str(err))
 
     # -- Ollama's availability ------------------------------------------------------------
 
@@ -605,10 +595,6 @@ def _request_object(body: bytes) -> dict[str, Any]:
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _job_headers(job: Job) -> tuple[tuple[str, str], ...]:
-    return (("X-Foreman-Job-Id", job.id), ("X-Foreman-Queue-Ms", str(job.queue_ms or 0)))
 
 
 async def supervise(worker: Worker, *, restart_delay: float = 1.0) -> None:

@@ -19,9 +19,9 @@ from foreman.queue import (
     UNWRITABLE_RETRY_AFTER,
     QueueFull,
     Refused,
+    StoreUnwritable,
     unwritable_message,
 )
-from foreman.store import StoreUnwritable
 
 log = logging.getLogger("foreman.api")
 

@@ -82,9 +82,7 @@ def blueprint(services: Services) -> Blueprint:
     @bp.route("/queue", methods=["GET"])
     async def overview() -> Response:
         owner = owner_filter()
-        jobs = await queue.store.list_jobs(
-            limit=limit_arg(request.args.get("limit")), key_name=owner
-        )
+        jobs = await queue.list_jobs(limit=limit_arg(request.args.get("limit")), key_name=owner)
         return json_response(
             {
                 "you": _you(services),
@@ -176,7 +174,7 @@ def _stream(
 
             async def snapshot() -> tuple[int, bytes]:
                 seen = board.version
-                jobs = await services.queue.store.list_jobs(limit=limit, key_name=owner)
+                jobs = await services.queue.list_jobs(limit=limit, key_name=owner)
                 summary = visible_summary(await board.summary(), owner)
                 data = {"summary": summary, "jobs": [job_view(j) for j in jobs]}
                 return seen, sse_event("snapshot", data)

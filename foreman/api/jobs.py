@@ -32,9 +32,8 @@ from foreman.api.responses import (
 from foreman.api.services import Services
 from foreman.events import StreamSlot, TooManyStreams
 from foreman.jobs import Job, JobState
-from foreman.queue import JobQueue
+from foreman.queue import IdempotencyConflict, JobQueue, NotTerminal
 from foreman.residency import normalise_model
-from foreman.store import IdempotencyConflict, NotTerminal
 from foreman.timefmt import rfc3339
 from foreman.validate import (
     InvalidRequest,
@@ -129,7 +128,7 @@ def blueprint(services: Services) -> Blueprint:
     @bp.route("/jobs", methods=["POST"])
     async def submit() -> Response:
         raw = await request_body()
-        new = submission(raw, settings.max_attempts, queue.store.sync.clock())
+        new = submission(raw, settings.max_attempts, queue.now())
         key = check_idempotency_key(request.headers.get("Idempotency-Key"))
         if key is not None:
             digest = request_hash("jobs", raw)
@@ -154,7 +153,7 @@ def blueprint(services: Services) -> Blueprint:
         limit = limit_arg(args.get("limit"))
         cursor = args.get("cursor")
         model = args.get("model")
-        jobs = await queue.store.list_jobs(
+        jobs = await queue.list_jobs(
             state=JobState(state) if state else None,
             model_name=normalise_model(model) if model else None,
             ref=args.get("ref"),

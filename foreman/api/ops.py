@@ -36,10 +36,10 @@ def blueprint(services: Services) -> Blueprint:
         reasons = []
         if not services.queue.accepting:
             reasons.append("shutting down")
-        store = services.queue.store
-        problem = await store.write_problem()
+        queue = services.queue
+        problem = await queue.write_problem()
         if problem is not None:
-            log.warning("readiness: database %s is not writable: %s", store.sync.path, problem)
+            log.warning("readiness: database %s is not writable: %s", queue.database, problem)
             reasons.append(f"database is not writable: {problem}")
         reachable = False
         with trio.move_on_after(READY_PROBE_SECONDS):

@@ -18,12 +18,13 @@ import hashlib
 import math
 from collections.abc import AsyncGenerator, AsyncIterator
 
+import attrs
 import trio
 from quart import Response, request
 
 from foreman.answers import Family, keepalive_part, replay_stream
 from foreman.api.auth import caller, note
-from foreman.api.errors import error_for
+from foreman.api.errors import error_for, failure_line, failure_reply
 from foreman.api.responses import (
     EVENT_STREAM,
     JSON,
@@ -35,9 +36,16 @@ from foreman.api.responses import (
 from foreman.api.services import Services
 from foreman.config import Settings
 from foreman.jobs import Endpoint, Job, JobState, NewJob
-from foreman.queue import JobQueue
-from foreman.relay import Chunk, Message, Reply, StreamStart, Ticket
-from foreman.store import IdempotencyConflict, wall_clock
+from foreman.queue import (
+    Chunk,
+    Failed,
+    IdempotencyConflict,
+    JobQueue,
+    Message,
+    Reply,
+    StreamStart,
+    Ticket,
+)
 from foreman.timefmt import rfc3339
 from foreman.upstream import error_message
 from foreman.validate import (
@@ -123,9 +131,9 @@ async def replay(queue: JobQueue, job: Job, keepalive: float | None = None) -> R
         job = current
         if keepalive is not None and not job.state.terminal:
             return _replay_kept_alive(queue, job, keepalive)
-    headers = {"X-Foreman-Job-Id": job.id, "X-Foreman-Queue-Ms": str(job.queue_ms or 0)}
+    headers = dict(foreman_headers(job.id, job.queue_ms or 0))
     if job.state is not JobState.DONE:
-        return error_for(job.endpoint.value, *_ended_badly(job), headers)
+        return error_for(job.endpoint.value, *_no_answer(job, repeated=True), headers)
     content_type, data = _stored_answer(job)
     return Response(data, 200, headers, content_type=content_type)
 
@@ -138,31 +146,26 @@ def _stored_answer(job: Job) -> tuple[str, bytes]:
     return JSON, compact_json(job.result).encode()
 
 
-def _ended_badly(job: Job) -> tuple[int, str]:
-    status = 499 if job.state is JobState.CANCELLED else 500
-    return status, job.error or f"job {job.id} ended as {job.state.value}"
-
-
 def _replay_kept_alive(queue: JobQueue, job: Job, interval: float) -> Response:
     """A repeated request whose job is still under way: status 200 and the head now,
     keepalive parts until the job ends, then its stored answer (a failure in-band)."""
 
     async def parts() -> AsyncIterator[bytes]:
         current: Job | None = job
-        yield _tick(job)
+        yield _tick(queue, job)
         while current is not None and not current.state.terminal:
             if not queue.accepting:
                 yield _failure(job, 503, "foreman is shutting down; ask again after the restart")
                 return
             current = await queue.wait(job.id, interval)
             if current is not None and not current.state.terminal:
-                yield _tick(job)
+                yield _tick(queue, job)
         if current is None:
             yield _failure(job, 404, f"job {job.id} is gone")
         elif current.state is JobState.DONE:
             yield _stored_answer(current)[1]
         else:
-            yield _failure(job, *_ended_badly(current))
+            yield _failure(job, *_no_answer(current, repeated=True))
 
     return Response(parts(), 200, _kept_alive_headers(job), content_type=_content_type(job))
 
@@ -176,7 +179,7 @@ async def answer(
             with trio.move_on_after(math.inf if keepalive is None else keepalive):
                 first = await ticket.receive_channel.receive()
         except trio.EndOfChannel:
-            queue.relay.detach(ticket)
+            ticket.release()
             return await _ended_without_answer(queue, job, ticket)
     except trio.Cancelled:
         with trio.move_on_after(CLEANUP_SECONDS, shield=True):
@@ -185,20 +188,37 @@ async def answer(
     if first is None:
         assert keepalive is not None
         return _kept_alive(queue, job, ticket, keepalive)
-    if isinstance(first, Reply):
-        queue.relay.detach(ticket)
-        return build_response(first.body, first.status, first.headers)
+    if isinstance(first, Reply | Failed):
+        ticket.release()
+        reply = _whole(job, first)
+        return build_response(reply.body, reply.status, reply.headers)
     assert isinstance(first, StreamStart)
-
+    headers = first.headers + foreman_headers(job.id, first.queue_ms)
     return build_response(
-        _relayed(queue, job, ticket, _stream_rest(first, ticket)), first.status, first.headers
+        _relayed(queue, job, ticket, _stream_rest(job, first, ticket)), first.status, headers
     )
 
 
-async def _stream_rest(start: StreamStart, ticket: Ticket) -> AsyncGenerator[bytes, None]:
-    """A stream's first part, then each chunk the worker relays, until the last."""
+def foreman_headers(job_id: str, queue_ms: int) -> tuple[tuple[str, str], ...]:
+    """Which job answered the client, and how long it waited in the queue."""
+    return (("X-Foreman-Job-Id", job_id), ("X-Foreman-Queue-Ms", str(queue_ms)))
+
+
+def _whole(job: Job, message: Reply | Failed) -> Reply:
+    """The whole answer the client gets: Ollama's, or the failure in the shape of the
+    job's route family, with foreman's headers after Ollama's."""
+    reply = message if isinstance(message, Reply) else failure_reply(job.endpoint, message)
+    return attrs.evolve(reply, headers=reply.headers + foreman_headers(job.id, reply.queue_ms))
+
+
+async def _stream_rest(job: Job, start: StreamStart, ticket: Ticket) -> AsyncGenerator[bytes, None]:
+    """A stream's first part, then each chunk the worker relays, until the last (a
+    failure's in-band line, if the stream failed)."""
     yield start.first
     async for message in ticket.receive_channel:
+        if isinstance(message, Failed):
+            yield failure_line(job.endpoint, message)
+            continue
         assert isinstance(message, Chunk)
         yield message.data
 
@@ -218,7 +238,7 @@ async def _relayed(
             await parts.aclose()
             if not complete:
                 await _client_left(queue, job, ticket)
-        queue.relay.detach(ticket)
+        ticket.release()
 
 
 def _kept_alive(queue: JobQueue, job: Job, ticket: Ticket, interval: float) -> Response:
@@ -227,7 +247,7 @@ def _kept_alive(queue: JobQueue, job: Job, ticket: Ticket, interval: float) -> R
     in-band, since the status is spent)."""
 
     async def parts() -> AsyncGenerator[bytes, None]:
-        yield _tick(job)
+        yield _tick(queue, job)
         message: Message | None = None
         ended = False
         while message is None and not ended:
@@ -237,18 +257,19 @@ def _kept_alive(queue: JobQueue, job: Job, ticket: Ticket, interval: float) -> R
                 except trio.EndOfChannel:
                     ended = True
             if message is None and not ended:
-                yield _tick(job)
+                yield _tick(queue, job)
         if message is None:
             current = await queue.get(job.id) or job
-            yield _failure(job, *_no_answer(current, ticket))
-        elif isinstance(message, Reply):
-            if 200 <= message.status < 300 or not job.stream:
-                yield message.body
+            yield _failure(job, *_no_answer(current, ticket.closed_because))
+        elif isinstance(message, Reply | Failed):
+            reply = _whole(job, message)
+            if 200 <= reply.status < 300 or not job.stream:
+                yield reply.body
             else:
-                yield _failure(job, message.status, error_message(message.body, message.status))
+                yield _failure(job, reply.status, error_message(reply.body, reply.status))
         else:
             assert isinstance(message, StreamStart)
-            async for part in _stream_rest(message, ticket):
+            async for part in _stream_rest(job, message, ticket):
                 yield part
 
     return Response(
@@ -274,8 +295,8 @@ def _content_type(job: Job) -> str:
     return EVENT_STREAM if job.endpoint.openai else "application/x-ndjson"
 
 
-def _tick(job: Job) -> bytes:
-    return keepalive_part(job.endpoint, job.model, _ollama_time(), job.stream)
+def _tick(queue: JobQueue, job: Job) -> bytes:
+    return keepalive_part(job.endpoint, job.model, _ollama_time(queue), job.stream)
 
 
 def _failure(job: Job, status: int, message: str) -> bytes:
@@ -286,25 +307,31 @@ def _failure(job: Job, status: int, message: str) -> bytes:
     return family.error_body(status, message)
 
 
-def _ollama_time() -> str:
+def _ollama_time(queue: JobQueue) -> str:
     """Now, as Ollama writes `created_at` (RFC 3339, UTC, trailing Z)."""
-    return rfc3339(wall_clock(), "microseconds")
+    return rfc3339(queue.now(), "microseconds")
 
 
-def _no_answer(current: Job, ticket: Ticket) -> tuple[int, str]:
-    """The status and message for a job that ended (or was let go) without an answer."""
-    if ticket.closed_because is not None:
-        return 503, ticket.closed_because
-    if current.state is JobState.CANCELLED:
+def _no_answer(
+    current: Job, closed_because: str | None = None, *, repeated: bool = False
+) -> tuple[int, str]:
+    """The status and message for a job that ended (or was let go) without an answer.
+
+    A first request's client hears that its job was cancelled (and why, if it was
+    said); a repeated request (same Idempotency-Key) hears the job's stored error."""
+    if closed_because is not None:
+        return 503, closed_because
+    if current.state is JobState.CANCELLED and not repeated:
         message = f"job {current.id} was cancelled"
         return 499, message + (f": {current.error}" if current.error else "")
-    return 500, current.error or f"job {current.id} ended as {current.state.value}"
+    status = 499 if current.state is JobState.CANCELLED else 500
+    return status, current.error or f"job {current.id} ended as {current.state.value}"
 
 
 async def _client_left(queue: JobQueue, job: Job, ticket: Ticket) -> None:
     """Cancel the job of a client that hung up (callers shield this). During shutdown
     the job stays queued: it runs after the restart, and its result can be collected."""
-    queue.relay.detach(ticket)
+    ticket.release()
     if queue.accepting:
         await queue.cancel(job.id, DISCONNECTED)
 
@@ -318,7 +345,7 @@ async def _ended_without_answer(queue: JobQueue, job: Job, ticket: Ticket) -> Re
         headers["Retry-After"] = "30"
         return error_for(job.endpoint.value, 503, ticket.closed_because, headers)
     current = await queue.get(job.id) or job
-    status, message = _no_answer(current, ticket)
+    status, message = _no_answer(current, ticket.closed_because)
     return Response(
         Family.of(job.endpoint).error_body(status, message),
         status=status,

@@ -212,3 +212,11 @@ def test_only_the_store_speaks_sqlite() -> None:
                 speaking.append(module_name(PACKAGE, path))
     assert speaking
     assert all(name.startswith("foreman.store.") for name in speaking), speaking
+
+
+def test_no_route_reaches_past_the_queue_to_the_store_or_the_tickets() -> None:
+    # the routes' one door is `JobQueue`: a route that imports the store or the tickets
+    # itself can change a job, or let go of a ticket, past the queue's rules
+    graph = import_graph()
+    assert modules_importing(graph, "foreman.store", under="foreman.api") == []
+    assert modules_importing(graph, "foreman.relay", under="foreman.api") == []

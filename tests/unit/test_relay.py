@@ -1,0 +1,104 @@
+"""A ticket's life: who may move it, and what each state means to the worker and the
+relay."""
+
+from __future__ import annotations
+
+from foreman.jobs import Endpoint, Job, JobState
+from foreman.relay import Chunk, Ending, Failed, Relay, Reply, StreamStart, Ticket, TicketState
+
+
+def _job(job_id: str, state: JobState) -> Job:
+    return Job(
+        id=job_id,
+        endpoint=Endpoint.CHAT,
+        model="llama3",
+        model_key="llama3:latest",
+        body=b"{}",
+        stream=True,
+        state=state,
+        priority=0,
+        attempts=1,
+        max_attempts=3,
+        not_before=0.0,
+        enqueued_at=0.0,
+        created_at=0.0,
+    )
+
+
+def state_of(ticket: Ticket) -> TicketState:
+    """The ticket's state, read afresh (mypy would keep the state an earlier assert saw,
+    although sending and taking change it)."""
+    return ticket.state
+
+
+async def test_a_ticket_streams_only_once_a_part_of_the_body_went_out() -> None:
+    relay = Relay()
+    ticket = relay.attach("J1")
+    ticket.take()
+    assert state_of(ticket) is TicketState.ANSWERING
+    assert ticket.in_worker
+    assert not ticket.streamed
+    # a failure before any byte of the body leaves a retry possible
+    assert await ticket.send(Failed(Ending.FAILED, "boom"))
+    assert state_of(ticket) is TicketState.ANSWERING
+    assert await ticket.send(StreamStart(200, (), b"{}\n"))
+    assert state_of(ticket) is TicketState.STREAMING
+    assert ticket.streamed
+
+
+async def test_a_whole_reply_is_not_a_stream() -> None:
+    ticket = Relay().attach("J1")
+    ticket.take()
+    assert await ticket.send(Reply(200, (), b"{}"))
+    assert not ticket.streamed
+
+
+async def test_the_worker_letting_go_keeps_what_the_client_has_seen() -> None:
+    relay = Relay()
+    ticket = relay.attach("J1")
+    ticket.take()
+    ticket.let_go(ended=False)
+    assert state_of(ticket) is TicketState.WAITING
+    ticket.take()
+    assert ticket.offer(Chunk(b"x\n"))
+    ticket.let_go(ended=False)
+    # the job's next run goes on with the stream the client is reading
+    assert state_of(ticket) is TicketState.STREAMED
+    assert ticket.streamed
+    assert not ticket.in_worker
+    ticket.take()
+    assert state_of(ticket) is TicketState.STREAMING
+    ticket.let_go(ended=True)
+    assert state_of(ticket) is TicketState.CLOSED
+
+
+async def test_only_tickets_the_worker_does_not_hold_are_closed_from_outside() -> None:
+    relay = Relay()
+    held = relay.attach("J1")
+    waiting = relay.attach("J2")
+    held.take()
+    relay.on_job_change(_job("J1", JobState.CANCELLED))
+    relay.on_job_change(_job("J2", JobState.CANCELLED))
+    assert held.state is TicketState.ANSWERING
+    assert waiting.state is TicketState.CLOSED
+    assert waiting.closed_because is None
+
+    third = relay.attach("J3")
+    assert relay.close_waiting("shutting down") == 1
+    assert third.closed_because == "shutting down"
+    assert held.state is TicketState.ANSWERING
+
+
+async def test_a_released_ticket_is_forgotten_and_its_worker_told_the_client_left() -> None:
+    relay = Relay()
+    ticket = relay.attach("J1")
+    newer = relay.attach("J2")
+    ticket.take()
+    ticket.release()
+    assert relay.get("J1") is None
+    assert len(relay) == 1
+    assert not await ticket.send(Chunk(b"x\n"))
+    # releasing an old ticket leaves a newer one for the same job alone
+    replaced = relay.attach("J2")
+    newer.release()
+    assert relay.get("J2") is replaced
