@@ -35,6 +35,9 @@ ACTIVITY_REFRESH = 1.0
 ACTIVITY_COST_FACTOR = 20.0
 # the longest error text a dashboard row carries
 ERROR_CHARS = 500
+# how long a stream gathers changes after the first before it writes them (a person
+# cannot tell)
+BATCH_SECONDS = 0.1
 
 
 class Poke:
@@ -69,6 +72,19 @@ class _Viewer:
     resync: bool = False
 
 
+@attrs.frozen
+class Batch:
+    """What a dashboard stream sends after a burst: each job `changes` names once, in its
+    latest state (in the order of those latest changes); a new snapshot instead when
+    `resync` (it holds every change before it); and, when `ended`, nothing more after
+    these (the viewer fell behind, foreman is shutting down, or the key no longer
+    stands): the stream closes and the page reconnects."""
+
+    changes: list[Change]
+    resync: bool = False
+    ended: bool = False
+
+
 @attrs.define(eq=False)
 class Feed:
     """One dashboard stream's changes. Its channel ends when the viewer falls too far
@@ -77,6 +93,8 @@ class Feed:
     receive: trio.MemoryReceiveChannel[Change | Poke]
     _viewer: _Viewer
     _board: Board
+    # only the changes of this key's jobs (None: all)
+    owner: str | None = None
 
     def took_poke(self, poke: Poke) -> None:
         """Call after taking a `Poke` (or `Resync`), so the next one is delivered."""
@@ -84,6 +102,50 @@ class Feed:
             self._viewer.resync = False
         else:
             self._viewer.poked = False
+
+    async def next_batch(
+        self, wait: float, seen: int, still_valid: Callable[[], bool]
+    ) -> Batch | None:
+        """The next burst, or None if nothing arrived within `wait` seconds.
+
+        Changes come in bursts (a job moves three times in a few milliseconds): what
+        arrives within `BATCH_SECONDS` of the first goes out in one write. A stream that
+        read the jobs at board version `seen` skips the changes numbered at or below it.
+        `still_valid` is asked once the wait is over, before anything is gathered: False
+        ends the stream with nothing more sent.
+        """
+        items: list[Change | Poke] = []
+        with trio.move_on_after(wait):
+            try:
+                items.append(await self.receive.receive())
+            except trio.EndOfChannel:
+                return Batch([], ended=True)
+        if not still_valid():
+            return Batch([], ended=True)
+        if not items:
+            return None
+        await trio.sleep(BATCH_SECONDS)
+        ended = self._take_waiting(items)
+        latest: dict[str, Change] = {}
+        resync = False
+        for item in items:
+            if isinstance(item, Poke):
+                self.took_poke(item)
+                resync = resync or isinstance(item, Resync)
+            elif item.version > seen and (self.owner is None or item.job.key_name == self.owner):
+                latest.pop(item.job.id, None)
+                latest[item.job.id] = item
+        return Batch(list(latest.values()), resync, ended)
+
+    def _take_waiting(self, items: list[Change | Poke]) -> bool:
+        """Move every change already in the channel into `items`; True if it ended."""
+        while True:
+            try:
+                items.append(self.receive.receive_nowait())
+            except trio.WouldBlock:
+                return False
+            except trio.EndOfChannel:
+                return True
 
     def stop(self) -> None:
         self._board._drop(self._viewer)
@@ -164,15 +226,16 @@ class Board:
 
     # -- viewers --------------------------------------------------------------------------
 
-    def open_feed(self, buffer: int = 1024) -> Feed:
-        """Every change from now on, until `Feed.stop`."""
+    def open_feed(self, buffer: int = 1024, owner: str | None = None) -> Feed:
+        """Every change from now on (to `Feed.next_batch`, only `owner`'s jobs if given),
+        until `Feed.stop`."""
         send, receive = trio.open_memory_channel[Change | Poke](buffer)
         viewer = _Viewer(send)
         if self._closed:
             send.close()
         else:
             self._viewers.add(viewer)
-        return Feed(receive, viewer, self)
+        return Feed(receive, viewer, self, owner)
 
     def close_all(self) -> None:
         """End every dashboard stream, now and from now on (shutdown)."""

@@ -12,9 +12,9 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Callable
 from functools import partial
-from typing import Any
 
 import attrs
+import httpx
 import trio
 
 from foreman.api import Services, create_app
@@ -121,12 +121,101 @@ def status_reader(worker: Worker, queue: JobQueue, relay: Relay) -> Callable[[],
     return read
 
 
+@attrs.frozen
+class Parts:
+    """What `run` starts and serves, wired together around the open store."""
+
+    worker: Worker
+    queue: JobQueue
+    relay: Relay
+    board: Board
+    app: AccessLog
+
+
+async def _assemble(
+    settings: Settings,
+    store: Store,
+    events: JobEvents,
+    keys: KeyFile,
+    *,
+    relay_client: httpx.AsyncClient,
+    worker_client: httpx.AsyncClient,
+    probe_client: httpx.AsyncClient,
+) -> Parts:
+    """foreman's parts, each handed what it reads and whom it tells. The relay and
+    /metrics listen before the jobs a crash left running are put back, so they hear those
+    moves; the board starts from the store as it stands after."""
+    relay = Relay()
+    wakeup = Wakeup()
+    tally = JobTally()
+    metrics = Metrics(tally)
+    events.subscribe(None, relay.on_job_change)
+    events.subscribe(None, metrics.on_job_change)
+    await _put_back_interrupted(store)
+    tally.load(await store.unfinished())
+    board = Board(store, settings.max_wait)
+    events.subscribe(None, board.on_job_change)
+    worker = Worker(
+        store,
+        Upstream(worker_client, settings.read_timeout),
+        relay,
+        wakeup,
+        WorkerSettings.from_settings(settings),
+        metrics=metrics,
+        on_progress=board.poke,
+    )
+    queue = JobQueue(
+        store,
+        relay,
+        wakeup,
+        events,
+        worker.cancel_running,
+        tally=tally,
+        max_queue=settings.max_queue,
+        on_removed=board.jobs_removed,
+    )
+    metrics.status = board.status = status_reader(worker, queue, relay)
+    services = Services(
+        settings=settings,
+        queue=queue,
+        upstream=Upstream(relay_client, settings.read_timeout),
+        probes=Upstream(probe_client, settings.read_timeout),
+        keys=keys,
+        metrics=metrics,
+        board=board,
+    )
+    return Parts(worker, queue, relay, board, AccessLog(create_app(services)))
+
+
+async def _put_back_interrupted(store: Store) -> None:
+    for job in await store.recover_interrupted():
+        log.warning(
+            "job %s model=%s was interrupted by a restart; now %s",
+            job.id,
+            job.model,
+            job.state.value,
+        )
+
+
+def _listening(settings: Settings, binds: list[str]) -> str:
+    """The address foreman listens on, said once it does."""
+    address = binds[0] if binds else f"http://{settings.host}:{settings.port}"
+    log.info(
+        "foreman listening on %s, ollama at %s, database %s, at most %d client connections",
+        address,
+        settings.ollama_url,
+        settings.db,
+        settings.max_connections,
+    )
+    return address
+
+
 async def run(
     settings: Settings,
     *,
     control: Control | None = None,
     key_file_poll: float = KEY_FILE_POLL,
-    task_status: Any = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run foreman until cancelled, or until `control` asks it to stop (then gracefully).
     Reports the address it listens on to `task_status`. `key_file_poll` is how often the
@@ -134,95 +223,45 @@ async def run(
     reload shorten it rather than wait seconds for it."""
     control = control or Control()
     settings = with_connection_cap(settings)
-    keys = load_keys(settings)
+    keys = control.keys = load_keys(settings)
     # accept fails only if the system runs out of files; say so once a minute, not 10/s
     accept_failures = logging.getLogger("trio.serve_listeners")
     throttle = AcceptFailureThrottle()
-    control.keys = keys
     events = JobEvents()
-    relay = Relay()
-    wakeup = Wakeup()
-    tally = JobTally()
-    metrics = Metrics(tally)
     store = await Store.open(settings.db, on_change=events.publish)
     accept_failures.addFilter(throttle)
     try:
-        events.subscribe(None, relay.on_job_change)
-        events.subscribe(None, metrics.on_job_change)
-        for job in await store.recover_interrupted():
-            log.warning(
-                "job %s model=%s was interrupted by a restart; now %s",
-                job.id,
-                job.model,
-                job.state.value,
-            )
-        tally.load(await store.unfinished())
-        board = Board(store, settings.max_wait)
-        events.subscribe(None, board.on_job_change)
         async with (
             default_client(settings.ollama_url, RELAY_CONNECTIONS) as relay_client,
             default_client(settings.ollama_url, WORKER_CONNECTIONS) as worker_client,
             default_client(settings.ollama_url, PROBE_CONNECTIONS) as probe_client,
         ):
-            upstream = Upstream(worker_client, settings.read_timeout)
-            worker = Worker(
+            parts = await _assemble(
+                settings,
                 store,
-                upstream,
-                relay,
-                wakeup,
-                WorkerSettings.from_settings(settings),
-                metrics=metrics,
-                on_progress=board.poke,
-            )
-            control.worker = worker
-            queue = JobQueue(
-                store,
-                relay,
-                wakeup,
                 events,
-                worker.cancel_running,
-                tally=tally,
-                max_queue=settings.max_queue,
-                on_removed=board.jobs_removed,
+                keys,
+                relay_client=relay_client,
+                worker_client=worker_client,
+                probe_client=probe_client,
             )
-            metrics.status = board.status = status_reader(worker, queue, relay)
-            services = Services(
-                settings=settings,
-                queue=queue,
-                upstream=Upstream(relay_client, settings.read_timeout),
-                probes=Upstream(probe_client, settings.read_timeout),
-                keys=keys,
-                metrics=metrics,
-                board=board,
-            )
-            app = AccessLog(create_app(services))
+            control.worker = parts.worker
             server_stop = trio.Event()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(supervise, worker)
-                nursery.start_soon(run_janitor, queue, settings.retention)
+                nursery.start_soon(supervise, parts.worker)
+                nursery.start_soon(run_janitor, parts.queue, settings.retention)
                 nursery.start_soon(watch_key_file, keys, key_file_poll)
                 async with trio.open_nursery() as server:
+                    config = hypercorn_config(settings)
                     binds = await server.start(
-                        partial(
-                            serve,
-                            app,
-                            hypercorn_config(settings),
-                            shutdown_trigger=server_stop.wait,
-                        )
+                        partial(serve, parts.app, config, shutdown_trigger=server_stop.wait)
                     )
-                    address = binds[0] if binds else f"http://{settings.host}:{settings.port}"
-                    log.info(
-                        "foreman listening on %s, ollama at %s, database %s, "
-                        "at most %d client connections",
-                        address,
-                        settings.ollama_url,
-                        settings.db,
-                        settings.max_connections,
-                    )
-                    task_status.started(address)
+                    task_status.started(_listening(settings, binds))
                     await control.stop_requested.wait()
-                    await drain(worker, queue, relay, events, settings.shutdown_grace)
-                    board.close_all()
+                    await drain(
+                        parts.worker, parts.queue, parts.relay, events, settings.shutdown_grace
+                    )
+                    parts.board.close_all()
                     server_stop.set()
                 log.info("foreman stopped; closing the database")
                 nursery.cancel_scope.cancel()

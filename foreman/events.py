@@ -54,6 +54,15 @@ class Change:
         return out
 
 
+@attrs.frozen
+class Batch:
+    """What an event stream writes next: `changes` in the order they were committed (none:
+    a keep-alive) and, when `ended`, nothing after them: the stream closes."""
+
+    changes: list[Change]
+    ended: bool = False
+
+
 class Feed:
     """One event stream's changes, in the order they were committed.
 
@@ -102,6 +111,33 @@ class Feed:
         if self._arrived is None:
             self._arrived = trio.Event()
         await self._arrived.wait()
+
+    async def next_batch(
+        self,
+        wait: float,
+        gather: Callable[[], float] | None,
+        still_valid: Callable[[], bool],
+    ) -> Batch:
+        """What the stream writes next, once a change is pending or `wait` seconds have
+        passed: every change, none skipped or merged.
+
+        `still_valid` is asked then: False ends the stream with nothing more sent. With
+        `gather` (how long, asked then), the stream gathers what arrives for that long
+        first, so one write carries a burst. A job's stream ends with the job's first
+        terminal state. An ended feed hands over what it holds, then ends the stream.
+        """
+        with trio.move_on_after(wait):
+            await self.wait()
+        if not still_valid():
+            return Batch([], ended=True)
+        if gather is not None and not self.ended:
+            await trio.sleep(gather())
+        changes = self.take()
+        if self.job_id is not None:
+            ends = next((i for i, c in enumerate(changes) if c.job.state.terminal), None)
+            if ends is not None:
+                return Batch(changes[: ends + 1], ended=True)
+        return Batch(changes, ended=self.ended)
 
     def take(self) -> list[Change]:
         """Every pending change, oldest first (empty when none is, e.g. after `end`)."""

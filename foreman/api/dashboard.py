@@ -29,14 +29,12 @@ from foreman.api.responses import (
     sse_event,
 )
 from foreman.api.services import Services
-from foreman.board import Board, Change, Feed, Poke, Resync, job_view
+from foreman.board import Board, job_view
 from foreman.events import StreamSlot, TooManyStreams
 from foreman.jobs import Job
 from foreman.keys import ALL_SCOPES
 from foreman.validate import InvalidRequest, limit_arg
 
-# how long a stream gathers changes before it writes them (a person cannot tell)
-BATCH_SECONDS = 0.1
 # the page's files: served from the package, never from a path the client names
 ASSETS = {
     "index.html": "text/html; charset=utf-8",
@@ -140,17 +138,6 @@ def visible_summary(summary: dict[str, Any], owner: str | None) -> dict[str, Any
 _ANONYMOUS = ("state", "model", "started_at", "enqueued_at", "attempts", "tokens", "stream")
 
 
-def _take_waiting(feed: Feed, items: list[Change | Poke]) -> bool:
-    """Move every change already in the feed into `items`; True if the feed ended."""
-    while True:
-        try:
-            items.append(feed.receive.receive_nowait())
-        except trio.WouldBlock:
-            return False
-        except trio.EndOfChannel:
-            return True
-
-
 def _job_event(job: Job) -> bytes:
     """A job's `job` event (encoded once per change however many streams send it)."""
     return sse_event("job", job_view(job))
@@ -168,7 +155,7 @@ def _stream(
     async def events() -> AsyncIterator[bytes]:
         # subscribed before the jobs are read, so no change falls between the two; the
         # changes numbered at or below the board's version at the read are in it already
-        feed = board.open_feed()
+        feed = board.open_feed(owner=owner)
         try:
             yield sse_event("hello", you)
 
@@ -186,15 +173,8 @@ def _stream(
             due = board.refresh_due()
             while True:
                 wait = SSE_KEEPALIVE if due is None else max(0.0, due - trio.current_time())
-                items: list[Change | Poke] = []
-                with trio.move_on_after(wait):
-                    try:
-                        items.append(await feed.receive.receive())
-                    except trio.EndOfChannel:
-                        return  # fell behind or shutting down: the page reconnects
-                if not still_valid():
-                    return  # the key was revoked or its scopes changed: ask again
-                if not items:
+                batch = await feed.next_batch(wait, seen, still_valid)
+                if batch is None:
                     if due is None:
                         yield KEEP_ALIVE_COMMENT
                     else:
@@ -202,31 +182,16 @@ def _stream(
                         due = board.refresh_due()
                         yield sse_event("summary", visible_summary(summary, owner))
                     continue
-                # changes come in bursts (a job moves three times in a few milliseconds):
-                # gather what arrives shortly after the first, and send it in one write,
-                # each job once, in its latest state
-                await trio.sleep(BATCH_SECONDS)
-                ended = _take_waiting(feed, items)
-                latest: dict[str, Change] = {}
-                resync = False
-                for item in items:
-                    if isinstance(item, Poke):
-                        feed.took_poke(item)
-                        resync = resync or isinstance(item, Resync)
-                    elif item.version > seen and (owner is None or item.job.key_name == owner):
-                        latest.pop(item.job.id, None)
-                        latest[item.job.id] = item
-                if resync:
+                if batch.resync:
                     # jobs were deleted: a new snapshot holds every change before it
                     seen, fresh = await snapshot()
                     yield fresh
-                elif latest:
-                    yield b"".join(change.encoded(_job_event) for change in latest.values())
-                if ended:
-                    return
+                elif batch.changes:
+                    yield b"".join(change.encoded(_job_event) for change in batch.changes)
+                if batch.ended:
+                    return  # fell behind, shutting down or the key changed: the page reconnects
                 soon = trio.current_time() + board.spacing
-                if due is None or due > soon:
-                    due = soon
+                due = soon if due is None else min(due, soon)
         finally:
             feed.stop()
             slot.release()

@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import attrs
-import trio
 from quart import Blueprint, Response, request
 
 from foreman.api.auth import caller, key_check, note, owner_filter
@@ -274,6 +273,12 @@ def _event_stream(
     the loop it shares with them. Each change is still sent, once and in order,
     and encoded once for every stream that sends it."""
 
+    def gather() -> float:
+        return batch_seconds(queue.events.watching_all())
+
+    # a job's own stream writes at once: it carries a few changes in all
+    wait_to_gather = gather if job_id is None else None
+
     async def events() -> AsyncIterator[bytes]:
         # subscribed before reading the job, so no change falls between the two; the
         # finally (not a with block) is what runs when the client leaves mid-yield
@@ -290,27 +295,15 @@ def _event_stream(
                 if current.state.terminal:
                     return
             while True:
-                with trio.move_on_after(SSE_KEEPALIVE):
-                    await feed.wait()
-                if not still_valid():
-                    return
-                if job_id is None and not feed.ended:
-                    await trio.sleep(batch_seconds(queue.events.watching_all()))
-                changes = feed.take()
-                if not changes:
-                    if feed.ended:
-                        # fell too far behind (the client reconnects and catches up), or
-                        # foreman is shutting down
-                        return
+                batch = await feed.next_batch(SSE_KEEPALIVE, wait_to_gather, still_valid)
+                if batch.changes:
+                    yield b"".join(c.encoded(_sse) for c in batch.changes)
+                elif not batch.ended:
                     yield KEEP_ALIVE_COMMENT
-                    continue
-                if job_id is not None:
-                    # a job's stream ends with its first terminal state
-                    ends = next((i for i, c in enumerate(changes) if c.job.state.terminal), None)
-                    if ends is not None:
-                        yield b"".join(c.encoded(_sse) for c in changes[: ends + 1])
-                        return
-                yield b"".join(c.encoded(_sse) for c in changes)
+                if batch.ended:
+                    # the job ended, the client fell too far behind (it reconnects and
+                    # catches up), the key no longer stands, or foreman is shutting down
+                    return
         finally:
             feed.stop()
             slot.release()

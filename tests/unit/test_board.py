@@ -4,8 +4,10 @@ hands changes to viewers."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -14,9 +16,11 @@ from hypothesis import strategies as st
 
 from foreman.board import (
     ACTIVITY_REFRESH,
+    BATCH_SECONDS,
     MAX_SPACING,
     MIN_SPACING,
     POKE,
+    Batch,
     Board,
     Change,
     Poke,
@@ -321,3 +325,137 @@ async def test_embedding_use_is_shown_and_pokes_only_when_the_model_changes(
         feed.receive.receive_nowait()
     summary = await board.summary()
     assert summary["resident"]["embedding"]["model"] == "nomic-embed-text:latest"
+
+
+# -- a stream's next batch ----------------------------------------------------------------
+
+
+def valid() -> bool:
+    return True
+
+
+def later(nursery: trio.Nursery, at: float, act: Callable[[], object]) -> None:
+    """Run `act` at trio time `at`, beside the batch being waited for."""
+
+    async def run() -> None:
+        await trio.sleep_until(at)
+        act()
+
+    nursery.start_soon(run)
+
+
+async def timed(step: Awaitable[Batch | None]) -> tuple[Batch | None, float]:
+    began = trio.current_time()
+    out = await step
+    return out, trio.current_time() - began
+
+
+async def test_a_burst_is_one_batch_of_each_jobs_latest_state_sent_after_the_gather(
+    async_store: Store, autojump_clock: trio.testing.MockClock
+) -> None:
+    board = Board(async_store, max_wait=600)
+    a = await async_store.enqueue(new_job())
+    b = await async_store.enqueue(new_job())
+    feed = board.open_feed()
+    now = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        later(nursery, now + 3.0, lambda: board.on_job_change(a))
+        later(nursery, now + 3.01, lambda: board.on_job_change(b))
+        running = attrs.evolve(a, state=JobState.WORKING)
+        later(nursery, now + 3.02, lambda: board.on_job_change(running))
+        # after the gather: the next batch's
+        later(nursery, now + 3.5, lambda: board.on_job_change(b))
+        batch, took = await timed(feed.next_batch(15.0, 0, valid))
+        assert took == pytest.approx(3.0 + BATCH_SECONDS)
+        assert batch is not None
+        # a once, in its latest state, after b, whose last change came before a's
+        assert [(c.job.id, c.job.state, c.version) for c in batch.changes] == [
+            (b.id, JobState.QUEUED, 2),
+            (a.id, JobState.WORKING, 3),
+        ]
+        assert (batch.resync, batch.ended) == (False, False)
+        batch = await feed.next_batch(15.0, 0, valid)
+        assert batch is not None
+        assert [c.version for c in batch.changes] == [4]
+        assert trio.current_time() - now == pytest.approx(3.5 + BATCH_SECONDS)
+
+
+async def test_a_quiet_wait_returns_nothing_when_it_is_over(
+    async_store: Store, autojump_clock: trio.testing.MockClock
+) -> None:
+    feed = Board(async_store, max_wait=600).open_feed()
+    batch, took = await timed(feed.next_batch(2.5, 0, valid))
+    assert batch is None
+    assert took == pytest.approx(2.5)
+    batch, took = await timed(feed.next_batch(0.0, 0, valid))
+    assert (batch, took) == (None, 0.0)
+
+
+async def test_a_batch_leaves_out_what_the_snapshot_held_and_other_keys_jobs(
+    async_store: Store, autojump_clock: trio.testing.MockClock
+) -> None:
+    board = Board(async_store, max_wait=600)
+    early = attrs.evolve(await async_store.enqueue(new_job()), key_name="svc")
+    mine = attrs.evolve(await async_store.enqueue(new_job()), key_name="svc")
+    theirs = attrs.evolve(await async_store.enqueue(new_job()), key_name="other")
+    feed = board.open_feed(owner="svc")
+    board.on_job_change(early)  # version 1: in the snapshot read at version 1
+    seen = board.version
+    board.on_job_change(theirs)
+    board.on_job_change(mine)
+    batch = await feed.next_batch(15.0, seen, valid)
+    assert batch is not None
+    assert [c.job.id for c in batch.changes] == [mine.id]
+    everything = board.open_feed()
+    board.on_job_change(theirs)
+    batch = await everything.next_batch(15.0, seen, valid)
+    assert batch is not None
+    assert [c.job.id for c in batch.changes] == [theirs.id]
+
+
+async def test_pokes_and_purges_are_taken_so_the_next_ones_arrive(
+    async_store: Store, autojump_clock: trio.testing.MockClock
+) -> None:
+    board = Board(async_store, max_wait=600)
+    feed = board.open_feed()
+    board.poke()
+    assert await feed.next_batch(15.0, 0, valid) == Batch([])
+    board.poke()
+    board.jobs_removed()
+    assert await feed.next_batch(15.0, 0, valid) == Batch([], resync=True)
+    board.jobs_removed()
+    board.poke()
+    assert await feed.next_batch(15.0, 0, valid) == Batch([], resync=True)
+
+
+async def test_a_key_that_no_longer_stands_ends_the_batch_before_any_gather(
+    async_store: Store, autojump_clock: trio.testing.MockClock
+) -> None:
+    board = Board(async_store, max_wait=600)
+    feed = board.open_feed()
+    board.on_job_change(await async_store.enqueue(new_job()))
+    batch, took = await timed(feed.next_batch(15.0, 0, lambda: False))
+    assert (batch, took) == (Batch([], ended=True), 0.0)
+    # a quiet wait asks too, so a revoked key ends an idle stream at its keep-alive
+    batch, took = await timed(board.open_feed().next_batch(4.0, 0, lambda: False))
+    assert batch == Batch([], ended=True)
+    assert took == pytest.approx(4.0)
+
+
+async def test_a_feed_that_ends_sends_what_it_gathered_and_says_it_ended(
+    async_store: Store, autojump_clock: trio.testing.MockClock
+) -> None:
+    board = Board(async_store, max_wait=600)
+    job = await async_store.enqueue(new_job())
+    feed = board.open_feed()
+    now = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        later(nursery, now + 1.0, lambda: board.on_job_change(job))
+        later(nursery, now + 1.0 + BATCH_SECONDS / 2, board.close_all)
+        batch = await feed.next_batch(15.0, 0, valid)
+    assert batch is not None
+    assert [c.version for c in batch.changes] == [1]
+    assert batch.ended
+    # once ended, at once and with nothing
+    batch, took = await timed(feed.next_batch(15.0, 0, valid))
+    assert (batch, took) == (Batch([], ended=True), 0.0)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import gc
+from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
 import trio.testing
 
 from foreman.api.jobs import STREAM_BATCH, _sse, batch_seconds
-from foreman.events import JobEvents, StreamSlots, TooManyStreams
+from foreman.events import Batch, JobEvents, StreamSlots, TooManyStreams
 from foreman.jobs import Endpoint, Job, JobState
 
 
@@ -168,3 +169,120 @@ def test_many_queue_wide_streams_gather_changes_for_longer() -> None:
     assert batch_seconds(0) == batch_seconds(1) == STREAM_BATCH
     assert batch_seconds(200) > STREAM_BATCH
     assert batch_seconds(400) == pytest.approx(2 * batch_seconds(200))
+
+
+# -- a stream's next batch ----------------------------------------------------------------
+
+
+def valid() -> bool:
+    return True
+
+
+def later(nursery: trio.Nursery, at: float, act: Callable[[], object]) -> None:
+    """Run `act` at trio time `at`, beside the batch being waited for."""
+
+    async def run() -> None:
+        await trio.sleep_until(at)
+        act()
+
+    nursery.start_soon(run)
+
+
+async def timed(step: Awaitable[Batch]) -> tuple[Batch, float]:
+    began = trio.current_time()
+    out = await step
+    return out, trio.current_time() - began
+
+
+def ids(batch: Batch) -> list[tuple[str, JobState]]:
+    return [(c.job.id, c.job.state) for c in batch.changes]
+
+
+async def test_a_queue_wide_batch_is_every_change_in_order_gathered_for_as_long_as_asked(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    events = JobEvents()
+    feed = events.open_feed(None)
+    asked: list[float] = []
+
+    def gather() -> float:
+        asked.append(trio.current_time())
+        return 0.5
+
+    now = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        later(nursery, now + 2.0, lambda: events.publish(job("a")))
+        later(nursery, now + 2.1, lambda: events.publish(job("b")))
+        later(nursery, now + 2.2, lambda: events.publish(job("a", JobState.WORKING)))
+        later(nursery, now + 2.7, lambda: events.publish(job("b", JobState.DONE)))
+        batch, took = await timed(feed.next_batch(15.0, gather, valid))
+        # nothing merged: a job's every change goes out, in the order committed
+        assert ids(batch) == [
+            ("a", JobState.QUEUED),
+            ("b", JobState.QUEUED),
+            ("a", JobState.WORKING),
+        ]
+        assert not batch.ended
+        assert took == pytest.approx(2.5)
+        # how long to gather is asked once something arrived, not before the wait
+        assert asked == [pytest.approx(now + 2.0)]
+        batch = await feed.next_batch(15.0, gather, valid)
+        assert ids(batch) == [("b", JobState.DONE)]  # a queue-wide stream goes on
+
+
+async def test_a_quiet_wait_is_a_keep_alive_and_a_queue_wide_one_still_gathers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    events = JobEvents()
+    batch, took = await timed(events.open_feed("a").next_batch(15.0, None, valid))
+    assert batch == Batch([])
+    assert took == pytest.approx(15.0)
+    everything = events.open_feed(None)
+    now = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        later(nursery, now + 15.2, lambda: events.publish(job("a")))
+        batch, took = await timed(everything.next_batch(15.0, lambda: 0.5, valid))
+    assert ids(batch) == [("a", JobState.QUEUED)]
+    assert took == pytest.approx(15.5)
+
+
+async def test_a_jobs_batch_goes_out_at_once_and_ends_with_its_first_terminal_state(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    events = JobEvents()
+    feed = events.open_feed("a")
+    events.publish(job("a", JobState.WORKING))
+    batch, took = await timed(feed.next_batch(15.0, None, valid))
+    assert (ids(batch), batch.ended, took) == ([("a", JobState.WORKING)], False, 0.0)
+    events.publish(job("a", JobState.FAILED))
+    events.publish(job("a", JobState.QUEUED))  # retried at once: after the stream's end
+    batch = await feed.next_batch(15.0, None, valid)
+    assert ids(batch) == [("a", JobState.FAILED)]
+    assert batch.ended
+
+
+async def test_a_key_that_no_longer_stands_ends_the_stream_with_nothing_more_sent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    events = JobEvents()
+    feed = events.open_feed(None)
+    events.publish(job("a"))
+    batch, took = await timed(feed.next_batch(15.0, lambda: 0.5, lambda: False))
+    assert (batch, took) == (Batch([], ended=True), 0.0)
+    assert [c.job.id for c in feed.take()] == ["a"]  # left unsent
+    batch, took = await timed(feed.next_batch(4.0, None, lambda: False))
+    assert batch == Batch([], ended=True)
+    assert took == pytest.approx(4.0)
+
+
+async def test_an_ended_feed_hands_over_what_it_holds_then_ends_the_stream_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    events = JobEvents()
+    feed = events.open_feed(None)
+    events.publish(job("a"))
+    events.close_all()
+    batch, took = await timed(feed.next_batch(15.0, lambda: 0.5, valid))
+    assert (ids(batch), batch.ended, took) == ([("a", JobState.QUEUED)], True, 0.0)
+    batch, took = await timed(feed.next_batch(15.0, lambda: 0.5, valid))
+    assert (batch, took) == (Batch([], ended=True), 0.0)
