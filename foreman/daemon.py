@@ -26,10 +26,10 @@ from foreman.events import JobEvents, Wakeup
 from foreman.keys import KEY_FILE_POLL, KeyFile, watch_key_file
 from foreman.metrics import JobTally, Metrics
 from foreman.queue import JobQueue, run_janitor
-from foreman.relay import Relay
 from foreman.serving import ServerConfig, serve  # hypercorn's, with its connections mended
 from foreman.status import Status
 from foreman.store import Store
+from foreman.tickets import Tickets
 from foreman.upstream import (
     PROBE_CONNECTIONS,
     RELAY_CONNECTIONS,
@@ -111,12 +111,12 @@ def with_connection_cap(settings: Settings) -> Settings:
     return attrs.evolve(settings, max_connections=cap)
 
 
-def status_reader(worker: Worker, queue: JobQueue, relay: Relay) -> Callable[[], Status]:
+def status_reader(worker: Worker, queue: JobQueue, tickets: Tickets) -> Callable[[], Status]:
     """How the board and /metrics read the present: the worker's statistics, with whether
-    the queue takes jobs and how many clients the relay holds (see `Status`)."""
+    the queue takes jobs and how many clients hold a ticket (see `Status`)."""
 
     def read() -> Status:
-        return Status(worker.statistics(), accepting=queue.accepting, waiters=len(relay))
+        return Status(worker.statistics(), accepting=queue.accepting, waiters=len(tickets))
 
     return read
 
@@ -140,14 +140,14 @@ async def run(
     throttle = AcceptFailureThrottle()
     control.keys = keys
     events = JobEvents()
-    relay = Relay()
+    tickets = Tickets()
     wakeup = Wakeup()
     tally = JobTally()
     metrics = Metrics(tally)
     store = await Store.open(settings.db, on_change=events.publish)
     accept_failures.addFilter(throttle)
     try:
-        events.subscribe(None, relay.on_job_change)
+        events.subscribe(None, tickets.on_job_change)
         events.subscribe(None, metrics.on_job_change)
         for job in await store.recover_interrupted():
             log.warning(
@@ -168,7 +168,7 @@ async def run(
             worker = Worker(
                 store,
                 upstream,
-                relay,
+                tickets,
                 wakeup,
                 WorkerSettings.from_settings(settings),
                 metrics=metrics,
@@ -177,7 +177,7 @@ async def run(
             control.worker = worker
             queue = JobQueue(
                 store,
-                relay,
+                tickets,
                 wakeup,
                 events,
                 worker.cancel_running,
@@ -185,7 +185,7 @@ async def run(
                 max_queue=settings.max_queue,
                 on_removed=board.jobs_removed,
             )
-            metrics.status = board.status = status_reader(worker, queue, relay)
+            metrics.status = board.status = status_reader(worker, queue, tickets)
             services = Services(
                 settings=settings,
                 queue=queue,
@@ -221,7 +221,7 @@ async def run(
                     )
                     task_status.started(address)
                     await control.stop_requested.wait()
-                    await drain(worker, queue, relay, events, settings.shutdown_grace)
+                    await drain(worker, queue, tickets, events, settings.shutdown_grace)
                     board.close_all()
                     server_stop.set()
                 log.info("foreman stopped; closing the database")
@@ -233,7 +233,7 @@ async def run(
 
 
 async def drain(
-    worker: Worker, queue: JobQueue, relay: Relay, events: JobEvents, grace: float
+    worker: Worker, queue: JobQueue, tickets: Tickets, events: JobEvents, grace: float
 ) -> None:
     """The graceful part of a shutdown: take no new jobs, let the running one finish
     within `grace` seconds or put it back in the queue, and let every waiting client go
@@ -252,7 +252,7 @@ async def drain(
             "job %s did not finish within %gs; putting it back in the queue", running, grace
         )
         await worker.wait_quiet()
-    waiting = relay.close_waiting(
+    waiting = tickets.close_waiting(
         "foreman is shutting down; the job stays queued and runs after the restart"
     )
     if waiting:

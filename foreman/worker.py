@@ -42,11 +42,11 @@ from foreman.config import Settings, default_of
 from foreman.events import Wakeup
 from foreman.jobs import RUNNING_STATES, Endpoint, Job, JobState
 from foreman.metrics import Metrics
-from foreman.relay import Chunk, Ending, Failed, Message, Relay, Reply, StreamStart, Ticket
 from foreman.residency import normalise_model, split_key
 from foreman.retry import BACKOFF_CAP, FailureKind, backoff_delay
 from foreman.status import WorkerStatistics
 from foreman.store import Store, StoreUnwritable
+from foreman.tickets import Chunk, Ending, Failed, Message, Reply, StreamStart, Ticket, Tickets
 from foreman.upstream import (
     Upstream,
     UpstreamError,
@@ -137,7 +137,7 @@ class Worker:
         self,
         store: Store,
         upstream: Upstream,
-        relay: Relay,
+        tickets: Tickets,
         wakeup: Wakeup,
         settings: WorkerSettings,
         rng: random.Random | None = None,
@@ -146,7 +146,7 @@ class Worker:
     ) -> None:
         self.store = store
         self.upstream = upstream
-        self.relay = relay
+        self.tickets = tickets
         self.wakeup = wakeup
         self.settings = settings
         self.rng = rng or random.Random()
@@ -259,7 +259,7 @@ class Worker:
     # -- one job --------------------------------------------------------------------------
 
     async def _execute(self, job: Job) -> None:
-        ticket = self.relay.get(job.id)
+        ticket = self.tickets.get(job.id)
         log.info(
             "job %s model=%s state=%s attempt=%d/%d",
             job.id,
@@ -467,7 +467,7 @@ class Worker:
         head: StreamStart,
         running: Running,
     ) -> dict[str, Any]:
-        """Relay a stream part by part (NDJSON lines or SSE events) as it arrives and
+        """Forward a stream part by part (NDJSON lines or SSE events) as it arrives and
         return the answer put together. The head goes with the first part, so a retry
         stays possible until a byte of the body has been handed to the client; a stream
         that ends before its last part is a transient failure."""
