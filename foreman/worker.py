@@ -447,11 +447,13 @@ class Worker:
             # closed here, not by the garbage collector, when a stream ends in an error
             if "ndjson" in content_type:
                 async with aclosing(iter_lines(response)) as lines:
-                    result = await self._relay(lines, StreamResult(job.endpoint), head, running)
+                    result = await self._forward_stream(
+                        lines, StreamResult(job.endpoint), head, running
+                    )
             elif "text/event-stream" in content_type:
                 async with aclosing(iter_events(response)) as events:
                     answer = EventStreamResult(job.endpoint)
-                    result = await self._relay(events, answer, head, running)
+                    result = await self._forward_stream(events, answer, head, running)
             else:
                 body = await read_body(response)
                 result = decode_body(body)
@@ -460,7 +462,7 @@ class Worker:
             self.resident = None
         await self._finish(running, JobState.DONE, last, result=result, error=None)
 
-    async def _relay(
+    async def _forward_stream(
         self,
         parts: AsyncIterator[bytes],
         answer: StreamResult | EventStreamResult,

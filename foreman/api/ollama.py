@@ -8,7 +8,7 @@ from foreman.api import proxy, sync
 from foreman.api.services import Services
 from foreman.jobs import Endpoint
 
-RELAYED = (
+PASSTHROUGH_ROUTES = (
     ("/", ("GET", "HEAD")),
     ("/api/version", ("GET", "HEAD")),
     ("/api/tags", ("GET", "HEAD")),
@@ -38,5 +38,5 @@ def blueprint(services: Services) -> Blueprint:
     async def generate() -> Response:
         return await sync.submit_and_answer(services, Endpoint.GENERATE)
 
-    proxy.register_passthrough(bp, services, RELAYED)
+    proxy.register_passthrough(bp, services, PASSTHROUGH_ROUTES)
     return bp

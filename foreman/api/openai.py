@@ -16,7 +16,7 @@ from foreman.api import proxy, sync
 from foreman.api.services import Services
 from foreman.jobs import Endpoint
 
-RELAYED = (
+PASSTHROUGH_ROUTES = (
     # embeddings bypass the queue, as /api/embed does
     ("/v1/embeddings", ("POST",)),
     ("/v1/models", ("GET",)),
@@ -35,5 +35,5 @@ def blueprint(services: Services) -> Blueprint:
     async def completions() -> Response:
         return await sync.submit_and_answer(services, Endpoint.V1_COMPLETIONS)
 
-    proxy.register_passthrough(bp, services, RELAYED)
+    proxy.register_passthrough(bp, services, PASSTHROUGH_ROUTES)
     return bp

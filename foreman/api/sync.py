@@ -195,7 +195,7 @@ async def answer(
     assert isinstance(first, StreamStart)
     headers = first.headers + foreman_headers(job.id, first.queue_ms)
     return build_response(
-        _relayed(queue, job, ticket, _stream_rest(job, first, ticket)), first.status, headers
+        _delivered(queue, job, ticket, _stream_rest(job, first, ticket)), first.status, headers
     )
 
 
@@ -223,7 +223,7 @@ async def _stream_rest(job: Job, start: StreamStart, ticket: Ticket) -> AsyncGen
         yield message.data
 
 
-async def _relayed(
+async def _delivered(
     queue: JobQueue, job: Job, ticket: Ticket, parts: AsyncGenerator[bytes, None]
 ) -> AsyncIterator[bytes]:
     """Send `parts` to the client; if it leaves before they end, its job goes as a
@@ -273,7 +273,7 @@ def _kept_alive(queue: JobQueue, job: Job, ticket: Ticket, interval: float) -> R
                 yield part
 
     return Response(
-        _relayed(queue, job, ticket, parts()),
+        _delivered(queue, job, ticket, parts()),
         200,
         _kept_alive_headers(job),
         content_type=_content_type(job),
