@@ -4,7 +4,7 @@ A synchronous request attaches a `Ticket` to its job before the job can start. T
 sends through it what happened, as facts and never as an HTTP reply of foreman's own:
 Ollama's whole answer (`Reply`), a stream's head and first part (`StreamStart`) followed
 by `Chunk`s, or a classified `Failed`. The route that waits decides what its client sees,
-in its route family's shape (`foreman.api.sync`). When the job reaches a terminal state
+in its route family's shape (`foreman.api.inference`). When the job reaches a terminal state
 the ticket is closed, which ends the client's stream. A job with no ticket (its client is
 gone, or it was submitted to be collected later) runs all the same; only its stored
 result remains.

@@ -1,4 +1,5 @@
-"""Answers a synchronous request from its job: waits for the worker, relays what it sends.
+"""Answers a chat or generate request (native or /v1) from its job: waits for the worker,
+passes on what it sends.
 
 If the client hangs up while its job waits, the job is cancelled and never reaches
 Ollama; if it hangs up while the job runs, the upstream request is closed at once
