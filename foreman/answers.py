@@ -291,7 +291,7 @@ def replay_stream(endpoint: Endpoint, result: Any) -> tuple[str, bytes]:
     return "text/event-stream", event + b"data: [DONE]\n\n"
 
 
-def keepalive_part(endpoint: Endpoint, model: str, created_at: str, stream: bool) -> bytes:
+def heartbeat_part(endpoint: Endpoint, model: str, created_at: str, stream: bool) -> bytes:
     """What keeps a waiting answer's connection alive, in the answer's own framing.
 
     A native stream gets a chunk as Ollama sends one (empty content, not done), which

@@ -5,6 +5,7 @@ database while foreman runs, `foreman jobs` talks to the job API."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -18,8 +19,7 @@ from foreman.config import (
     Settings,
     add_arguments,
     render,
-    resolve,
-    resolve_with_sources,
+    resolve_all,
 )
 from foreman.keys import KeyFile, KeysError
 from foreman.store import StoreError, backup
@@ -68,11 +68,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return jobs_cli.run(args, os.environ)
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "path")}
     try:
+        resolved = resolve_all(flags, os.environ)
         if args.command == "config":
-            values, sources = resolve_with_sources(flags, os.environ)
-            print(render(values, sources), end="")
+            for line in resolved.deprecations:
+                print(f"foreman: warning: {line}", file=sys.stderr)
+            print(render(resolved.values, resolved.sources), end="")
             return 0
-        settings = resolve(flags, os.environ)
+        settings = resolved.settings
         if args.command == "backup":
             backup(settings.db, Path(args.path).expanduser())
             print(f"foreman: backed up {settings.db} to {args.path}")
@@ -85,13 +87,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as exc:
         print(f"foreman: error: {exc}", file=sys.stderr)
         return 1
-    return serve(settings)
+    return serve(settings, resolved.deprecations)
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, deprecations: Sequence[str] = ()) -> int:
+    """Run the daemon; `deprecations` (old spellings of renamed settings) are logged once
+    as it starts."""
     from foreman.daemon import serve_until_signalled
 
     setup_logging(settings.log_level, settings.log_format)
+    for line in deprecations:
+        logging.getLogger("foreman.config").warning(line)
     try:
         trio.run(serve_until_signalled, settings)
     except KeyboardInterrupt:

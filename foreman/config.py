@@ -5,6 +5,11 @@ environment variable, then the configuration file (foreman.toml, named by --conf
 FOREMAN_CONFIG; its keys are the settings' names), then the default. A bad value or an
 unknown key raises `ConfigError` with one line that names the setting, which the command
 line prints instead of a traceback.
+
+A renamed setting keeps its old spellings (flag, variable, key) for one release as an
+`Alias`: each one used is reported in `Resolved.deprecations`, which `foreman serve` logs
+once at start. Within one source the new spelling wins over the old; between sources the
+usual precedence holds, whichever the spelling.
 """
 
 from __future__ import annotations
@@ -151,6 +156,16 @@ def parse_secret(raw: str) -> str:
 
 
 @attrs.frozen
+class Alias:
+    """A setting's old spellings, still read for one release after a rename."""
+
+    # the foreman.toml key, which is also the flag's argparse destination
+    name: str
+    flag: str
+    env: str
+
+
+@attrs.frozen
 class Setting:
     name: str
     flag: str
@@ -160,6 +175,8 @@ class Setting:
     help: str
     # printed as <redacted> by `foreman config`; never logged
     secret: bool = False
+    # old spellings that still work, with a deprecation warning at start
+    aliases: tuple[Alias, ...] = ()
 
     @property
     def dest(self) -> str:
@@ -319,21 +336,26 @@ SETTINGS: tuple[Setting, ...] = (
         "30",
         "seconds the running job may finish after SIGTERM before it goes back to the queue",
     ),
+    # the tunnel heartbeat; once named keepalive, one underscore from Ollama's keep_alive
     Setting(
-        "keepalive",
-        "--keepalive",
-        "FOREMAN_KEEPALIVE",
+        "heartbeat",
+        "--heartbeat",
+        "FOREMAN_HEARTBEAT",
         parse_non_negative_float,
         "30",
-        "seconds of waiting after which a streamed request gets keepalive bytes (0: never)",
+        "seconds of waiting after which a streamed request gets heartbeat bytes (0: never)",
+        aliases=(Alias("keepalive", "--keepalive", "FOREMAN_KEEPALIVE"),),
     ),
     Setting(
-        "keepalive_unstreamed",
-        "--keepalive-unstreamed",
-        "FOREMAN_KEEPALIVE_UNSTREAMED",
+        "heartbeat_unstreamed",
+        "--heartbeat-unstreamed",
+        "FOREMAN_HEARTBEAT_UNSTREAMED",
         parse_bool,
         "false",
-        "also keep non-streamed requests alive (early headers, whitespace before the JSON)",
+        "also send heartbeats to non-streamed requests (early headers, whitespace before the JSON)",
+        aliases=(
+            Alias("keepalive_unstreamed", "--keepalive-unstreamed", "FOREMAN_KEEPALIVE_UNSTREAMED"),
+        ),
     ),
     Setting(
         "max_connections",
@@ -355,6 +377,8 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+# the settings each old foreman.toml key still names
+ALIASES: dict[str, tuple[Setting, Alias]] = {a.name: (s, a) for s in SETTINGS for a in s.aliases}
 
 
 def default_of(name: str) -> Any:
@@ -392,8 +416,8 @@ class Settings:
     read_timeout: float = default_of("read_timeout")
     job_timeout: float = default_of("job_timeout")
     shutdown_grace: float = default_of("shutdown_grace")
-    keepalive: float = default_of("keepalive")
-    keepalive_unstreamed: bool = default_of("keepalive_unstreamed")
+    heartbeat: float = default_of("heartbeat")
+    heartbeat_unstreamed: bool = default_of("heartbeat_unstreamed")
     # None: derived at start from the open-file limit (foreman.connections)
     max_connections: int | None = default_of("max_connections")
     header_timeout: float = default_of("header_timeout")
@@ -421,35 +445,72 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             s.flag, dest=s.dest, default=None, help=f"{s.help} [{s.env}, default {default}]"
         )
+        for alias in s.aliases:
+            parser.add_argument(
+                alias.flag,
+                dest=alias.name,
+                default=None,
+                help=f"deprecated: the old name of {s.flag} [{alias.env}]",
+            )
+
+
+@attrs.frozen
+class Resolved:
+    """The settings' values, where each came from, and the old spellings that were used."""
+
+    values: dict[str, Any]
+    # a flag, a variable, `file:key`, or "default"
+    sources: dict[str, str]
+    # one line per old spelling given (see `Alias`), for the log at start
+    deprecations: tuple[str, ...] = ()
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(**self.values)
 
 
 def resolve(flags: Mapping[str, str | None], env: Mapping[str, str]) -> Settings:
     """Settings from flags over environment over file over defaults; raises ConfigError."""
-    values, _ = resolve_with_sources(flags, env)
-    return Settings(**values)
+    return resolve_all(flags, env).settings
 
 
 def resolve_with_sources(
     flags: Mapping[str, str | None], env: Mapping[str, str]
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Each setting's value and where it came from (a flag, a variable, the file, default)."""
+    resolved = resolve_all(flags, env)
+    return resolved.values, resolved.sources
+
+
+def resolve_all(flags: Mapping[str, str | None], env: Mapping[str, str]) -> Resolved:
+    """Each setting's value, its source, and the deprecated spellings given."""
     file_path = flags.get("config") or env.get("FOREMAN_CONFIG")
     from_file = read_config_file(parse_path(file_path)) if file_path else {}
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    deprecations: list[str] = []
     for s in SETTINGS:
-        raw = flags.get(s.dest)
-        source = s.flag
-        if raw is None:
-            raw = env.get(s.env)
-            source = s.env
-        if raw is None and s.name in from_file:
-            raw = from_file[s.name]
-            source = f"{file_path}:{s.name}"
+        # each source in precedence order: (what it holds, the setting's spellings in it)
+        layers = (
+            (flags, [(s.dest, s.flag)] + [(a.name, a.flag) for a in s.aliases]),
+            (env, [(s.env, s.env)] + [(a.env, a.env) for a in s.aliases]),
+            (
+                from_file,
+                [(s.name, f"{file_path}:{s.name}")]
+                + [(a.name, f"{file_path}:{a.name}") for a in s.aliases],
+            ),
+        )
+        raw: str | None = None
+        source = "default"
+        for given, spellings in layers:
+            found, notes = _lookup(given, spellings)
+            deprecations += notes
+            if raw is None and found is not None:
+                raw, source = found
         if raw is None:
             if s.default is None:
                 continue
-            raw, source = s.default, "default"
+            raw = s.default
         try:
             values[s.name] = s.parse(raw)
         except ValueError as exc:
@@ -461,7 +522,27 @@ def resolve_with_sources(
     if "db" not in values:
         values["db"] = default_db_path(env)
         sources["db"] = "default"
-    return values, sources
+    return Resolved(values, sources, tuple(deprecations))
+
+
+def _lookup(
+    given: Mapping[str, str | None], spellings: list[tuple[str, str]]
+) -> tuple[tuple[str, str] | None, list[str]]:
+    """A setting in one source: (its text, where it came from) by the first of `spellings`
+    (key, where) given, the new one first; and a deprecation line per old one given."""
+    found: tuple[str, str] | None = None
+    notes: list[str] = []
+    new = spellings[0][1]
+    for i, (key, where) in enumerate(spellings):
+        raw = given.get(key)
+        if raw is None:
+            continue
+        if i > 0:
+            fate = f"ignored: {found[1]} is set" if found else "still accepted in this release"
+            notes.append(f"{where} is deprecated, use {new} ({fate})")
+        if found is None:
+            found = (raw, where)
+    return found, notes
 
 
 def read_config_file(path: Path) -> dict[str, str]:
@@ -478,7 +559,7 @@ def read_config_file(path: Path) -> dict[str, str]:
         raise ConfigError(f"{path}: not valid TOML: {reason}") from None
     out: dict[str, str] = {}
     for key, value in data.items():
-        if key not in SETTINGS_BY_NAME:
+        if key not in SETTINGS_BY_NAME and key not in ALIASES:
             known = ", ".join(sorted(SETTINGS_BY_NAME))
             raise ConfigError(f"{path}: unknown setting {key!r} (known: {known})")
         if isinstance(value, bool):

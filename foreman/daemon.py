@@ -26,10 +26,10 @@ from foreman.events import JobEvents, Wakeup
 from foreman.keys import KEY_FILE_POLL, KeyFile, watch_key_file
 from foreman.metrics import JobTally, Metrics
 from foreman.queue import JobQueue, run_janitor
-from foreman.relay import Relay
 from foreman.serving import ServerConfig, serve  # hypercorn's, with its connections mended
 from foreman.status import Status
 from foreman.store import Store
+from foreman.tickets import Tickets
 from foreman.upstream import (
     PROBE_CONNECTIONS,
     RELAY_CONNECTIONS,
@@ -111,12 +111,12 @@ def with_connection_cap(settings: Settings) -> Settings:
     return attrs.evolve(settings, max_connections=cap)
 
 
-def status_reader(worker: Worker, queue: JobQueue, relay: Relay) -> Callable[[], Status]:
+def status_reader(worker: Worker, queue: JobQueue, tickets: Tickets) -> Callable[[], Status]:
     """How the board and /metrics read the present: the worker's statistics, with whether
-    the queue takes jobs and how many clients the relay holds (see `Status`)."""
+    the queue takes jobs and how many clients hold a ticket (see `Status`)."""
 
     def read() -> Status:
-        return Status(worker.statistics(), accepting=queue.accepting, waiters=len(relay))
+        return Status(worker.statistics(), accepting=queue.accepting, waiters=len(tickets))
 
     return read
 
@@ -127,7 +127,7 @@ class Parts:
 
     worker: Worker
     queue: JobQueue
-    relay: Relay
+    tickets: Tickets
     board: Board
     app: AccessLog
 
@@ -142,14 +142,14 @@ async def _assemble(
     worker_client: httpx.AsyncClient,
     probe_client: httpx.AsyncClient,
 ) -> Parts:
-    """foreman's parts, each handed what it reads and whom it tells. The relay and
+    """foreman's parts, each handed what it reads and whom it tells. The tickets and
     /metrics listen before the jobs a crash left running are put back, so they hear those
     moves; the board starts from the store as it stands after."""
-    relay = Relay()
+    tickets = Tickets()
     wakeup = Wakeup()
     tally = JobTally()
     metrics = Metrics(tally)
-    events.subscribe(None, relay.on_job_change)
+    events.subscribe(None, tickets.on_job_change)
     events.subscribe(None, metrics.on_job_change)
     await _put_back_interrupted(store)
     tally.load(await store.unfinished())
@@ -158,7 +158,7 @@ async def _assemble(
     worker = Worker(
         store,
         Upstream(worker_client, settings.read_timeout),
-        relay,
+        tickets,
         wakeup,
         WorkerSettings.from_settings(settings),
         metrics=metrics,
@@ -166,7 +166,7 @@ async def _assemble(
     )
     queue = JobQueue(
         store,
-        relay,
+        tickets,
         wakeup,
         events,
         worker.cancel_running,
@@ -174,7 +174,7 @@ async def _assemble(
         max_queue=settings.max_queue,
         on_removed=board.jobs_removed,
     )
-    metrics.status = board.status = status_reader(worker, queue, relay)
+    metrics.status = board.status = status_reader(worker, queue, tickets)
     services = Services(
         settings=settings,
         queue=queue,
@@ -184,7 +184,7 @@ async def _assemble(
         metrics=metrics,
         board=board,
     )
-    return Parts(worker, queue, relay, board, AccessLog(create_app(services)))
+    return Parts(worker, queue, tickets, board, AccessLog(create_app(services)))
 
 
 async def _put_back_interrupted(store: Store) -> None:
@@ -259,7 +259,7 @@ async def run(
                     task_status.started(_listening(settings, binds))
                     await control.stop_requested.wait()
                     await drain(
-                        parts.worker, parts.queue, parts.relay, events, settings.shutdown_grace
+                        parts.worker, parts.queue, parts.tickets, events, settings.shutdown_grace
                     )
                     parts.board.close_all()
                     server_stop.set()
@@ -272,7 +272,7 @@ async def run(
 
 
 async def drain(
-    worker: Worker, queue: JobQueue, relay: Relay, events: JobEvents, grace: float
+    worker: Worker, queue: JobQueue, tickets: Tickets, events: JobEvents, grace: float
 ) -> None:
     """The graceful part of a shutdown: take no new jobs, let the running one finish
     within `grace` seconds or put it back in the queue, and let every waiting client go
@@ -291,7 +291,7 @@ async def drain(
             "job %s did not finish within %gs; putting it back in the queue", running, grace
         )
         await worker.wait_quiet()
-    waiting = relay.close_waiting(
+    waiting = tickets.close_waiting(
         "foreman is shutting down; the job stays queued and runs after the restart"
     )
     if waiting:

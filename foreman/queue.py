@@ -21,8 +21,8 @@ from ulid import ULID
 from foreman.events import JobEvents, Wakeup
 from foreman.jobs import Job, JobState, NewJob
 from foreman.metrics import JobTally
-from foreman.relay import Chunk, Ending, Failed, Message, Relay, Reply, StreamStart, Ticket
 from foreman.store import IdempotencyConflict, NotTerminal, Store, StoreUnwritable
+from foreman.tickets import Chunk, Ending, Failed, Message, Reply, StreamStart, Ticket, Tickets
 
 log = logging.getLogger("foreman.queue")
 
@@ -79,7 +79,7 @@ class JobQueue:
     def __init__(
         self,
         store: Store,
-        relay: Relay,
+        tickets: Tickets,
         wakeup: Wakeup,
         events: JobEvents,
         cancel_running: Callable[[str], bool],
@@ -88,7 +88,7 @@ class JobQueue:
         on_removed: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
-        self.relay = relay
+        self.tickets = tickets
         self.wakeup = wakeup
         self.events = events
         self._cancel_running = cancel_running
@@ -119,7 +119,7 @@ class JobQueue:
             log.warning("refusing a new job: %s", moved)
             raise DatabaseUnwritable(unwritable_message(moved), UNWRITABLE_RETRY_AFTER)
         job_id = str(ULID())
-        ticket = self.relay.attach(job_id) if attach else None
+        ticket = self.tickets.attach(job_id) if attach else None
         self._admitted += 1
         try:
             job, created = await self.store.submit(new, job_id)

@@ -31,8 +31,8 @@ class Status:
 
     Whether new jobs are taken (`accepting`) is the queue's: it is the door that closes
     when a shutdown begins, whatever the worker is doing. How many clients wait for an
-    answer (`waiters`) is the relay's, which holds their tickets. With one worker per
-    Ollama server there will still be one queue and one relay, so the worker does not
+    answer (`waiters`) is the tickets' (`Tickets` holds one per waiting client). With one
+    worker per Ollama server there will still be one queue and one `Tickets`, so the worker does not
     report them: the daemon, which holds all three, assembles a `Status` and hands the
     board and the metrics one callable that reads it (`daemon.status_reader`). Each
     reader takes one snapshot per summary or scrape, so the numbers it shows belong to

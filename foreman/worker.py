@@ -42,11 +42,11 @@ from foreman.config import Settings, default_of
 from foreman.events import Wakeup
 from foreman.jobs import RUNNING_STATES, Endpoint, Job, JobState
 from foreman.metrics import Metrics
-from foreman.relay import Chunk, Ending, Failed, Message, Relay, Reply, StreamStart, Ticket
 from foreman.residency import normalise_model, split_key
 from foreman.retry import BACKOFF_CAP, FailureKind, backoff_delay
 from foreman.status import WorkerStatistics
 from foreman.store import Store, StoreUnwritable
+from foreman.tickets import Chunk, Ending, Failed, Message, Reply, StreamStart, Ticket, Tickets
 from foreman.upstream import (
     Upstream,
     UpstreamError,
@@ -137,7 +137,7 @@ class Worker:
         self,
         store: Store,
         upstream: Upstream,
-        relay: Relay,
+        tickets: Tickets,
         wakeup: Wakeup,
         settings: WorkerSettings,
         rng: random.Random | None = None,
@@ -146,7 +146,7 @@ class Worker:
     ) -> None:
         self.store = store
         self.upstream = upstream
-        self.relay = relay
+        self.tickets = tickets
         self.wakeup = wakeup
         self.settings = settings
         self.rng = rng or random.Random()
@@ -259,7 +259,23 @@ class Worker:
     # -- one job --------------------------------------------------------------------------
 
     async def _execute(self, job: Job) -> None:
-        ticket = self.relay.get(job.id)
+        running = self._hold(job)
+        try:
+            with running.scope:
+                await self._attempt(job, running)
+            if running.scope.cancelled_caught:
+                await self._cancelled(job, running)
+        finally:
+            if running.state in RUNNING_STATES and self.stopping:
+                # foreman is exiting at once (a second signal): the job goes back to
+                # the queue, its attempt refunded, before the database closes
+                with trio.move_on_after(PUT_BACK_SECONDS, shield=True):
+                    await self._put_back(job, running)
+            self._let_go(running)
+
+    def _hold(self, job: Job) -> Running:
+        """Take the job (and its client's ticket, if it has one) as the running one."""
+        ticket = self.tickets.get(job.id)
         log.info(
             "job %s model=%s state=%s attempt=%d/%d",
             job.id,
@@ -273,51 +289,44 @@ class Worker:
         self.running = running
         if ticket is not None:
             ticket.take()
-        try:
-            with running.scope:
-                limit = trio.CancelScope(deadline=trio.current_time() + self.settings.job_timeout)
-                with limit:
-                    try:
-                        if job.state is JobState.LOADING:
-                            moved = await self._swap(job, running)
-                            if moved is None:
-                                return
-                            job = moved
-                        await self._call(job, running)
-                    except UpstreamError as err:
-                        await self._failed(job, running, err)
-                    except StreamError as err:
-                        await self._failed(
-                            job, running, UpstreamError(FailureKind.TRANSIENT, str(err))
-                        )
-                if limit.cancelled_caught and not running.state.terminal:
-                    timeout = self.settings.job_timeout
-                    await self._failed(
-                        job,
-                        running,
-                        UpstreamError(
-                            FailureKind.TRANSIENT,
-                            f"the attempt ran longer than the job timeout ({timeout:g}s)",
-                            timed_out=True,
-                        ),
-                    )
-            if running.scope.cancelled_caught:
-                if running.state is JobState.LOADING:
-                    # an aborted load leaves Ollama's slot in an unknown state
-                    self.resident = None
-                if running.interrupted:
-                    await self._put_back(job, running)
-                else:
-                    log.info("job %s cancelled while %s", job.id, running.state.value)
-        finally:
-            if running.state in RUNNING_STATES and self.stopping:
-                # foreman is exiting at once (a second signal): the job goes back to
-                # the queue, its attempt refunded, before the database closes
-                with trio.move_on_after(PUT_BACK_SECONDS, shield=True):
-                    await self._put_back(job, running)
-            self.running = None
-            if ticket is not None:
-                ticket.let_go(running.state.terminal or running.scope.cancel_called)
+        return running
+
+    async def _attempt(self, job: Job, running: Running) -> None:
+        """One attempt within the job timeout: the swap if the job needs one, then the
+        call. A failure, or running out of time, is judged by `_failed`."""
+        with trio.move_on_after(self.settings.job_timeout) as limit:
+            try:
+                if job.state is JobState.LOADING:
+                    moved = await self._swap(job, running)
+                    if moved is None:
+                        return
+                    job = moved
+                await self._call(job, running)
+            except UpstreamError as err:
+                await self._failed(job, running, err)
+        if limit.cancelled_caught and not running.state.terminal:
+            timeout = self.settings.job_timeout
+            message = f"the attempt ran longer than the job timeout ({timeout:g}s)"
+            await self._failed(
+                job, running, UpstreamError(FailureKind.TRANSIENT, message, timed_out=True)
+            )
+
+    async def _cancelled(self, job: Job, running: Running) -> None:
+        """The job's scope was cancelled: by a shutdown (the job goes back to the queue)
+        or by the job's own cancellation."""
+        if running.state is JobState.LOADING:
+            # an aborted load leaves Ollama's slot in an unknown state
+            self.resident = None
+        if running.interrupted:
+            await self._put_back(job, running)
+        else:
+            log.info("job %s cancelled while %s", job.id, running.state.value)
+
+    def _let_go(self, running: Running) -> None:
+        """The worker is done with the job; its client's ticket closes if the job ended."""
+        self.running = None
+        if running.ticket is not None:
+            running.ticket.let_go(running.state.terminal or running.scope.cancel_called)
 
     async def _put_back(self, job: Job, running: Running) -> None:
         """A job interrupted by shutdown: back in the queue with its attempt refunded, and
@@ -447,11 +456,13 @@ class Worker:
             # closed here, not by the garbage collector, when a stream ends in an error
             if "ndjson" in content_type:
                 async with aclosing(iter_lines(response)) as lines:
-                    result = await self._relay(lines, StreamResult(job.endpoint), head, running)
+                    result = await self._forward_stream(
+                        lines, StreamResult(job.endpoint), head, running
+                    )
             elif "text/event-stream" in content_type:
                 async with aclosing(iter_events(response)) as events:
                     answer = EventStreamResult(job.endpoint)
-                    result = await self._relay(events, answer, head, running)
+                    result = await self._forward_stream(events, answer, head, running)
             else:
                 body = await read_body(response)
                 result = decode_body(body)
@@ -460,27 +471,27 @@ class Worker:
             self.resident = None
         await self._finish(running, JobState.DONE, last, result=result, error=None)
 
-    async def _relay(
+    async def _forward_stream(
         self,
         parts: AsyncIterator[bytes],
         answer: StreamResult | EventStreamResult,
         head: StreamStart,
         running: Running,
     ) -> dict[str, Any]:
-        """Relay a stream part by part (NDJSON lines or SSE events) as it arrives and
+        """Forward a stream part by part (NDJSON lines or SSE events) as it arrives and
         return the answer put together. The head goes with the first part, so a retry
         stays possible until a byte of the body has been handed to the client; a stream
-        that ends before its last part is a transient failure."""
+        that ends before its last part, or says it failed, is a transient failure."""
         ticket = running.ticket
         async for part in parts:
             try:
                 answer.add(part)
-            except StreamError:
-                # Ollama's own error line: relay it as it is if the client is already
+            except StreamError as err:
+                # Ollama's own error line: passed on as it is if the client is already
                 # reading the stream
                 if ticket is not None and ticket.streamed:
                     running.error_line = part
-                raise
+                raise UpstreamError(FailureKind.TRANSIENT, str(err)) from err
             running.tokens += 1
             self.on_progress()
             if ticket is not None:

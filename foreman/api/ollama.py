@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from quart import Blueprint, Response
 
-from foreman.api import proxy, sync
+from foreman.api import inference, proxy
 from foreman.api.services import Services
 from foreman.jobs import Endpoint
 
-RELAYED = (
+PASSTHROUGH_ROUTES = (
     ("/", ("GET", "HEAD")),
     ("/api/version", ("GET", "HEAD")),
     ("/api/tags", ("GET", "HEAD")),
@@ -32,11 +32,11 @@ def blueprint(services: Services) -> Blueprint:
 
     @bp.route("/api/chat", methods=["POST"])
     async def chat() -> Response:
-        return await sync.submit_and_answer(services, Endpoint.CHAT)
+        return await inference.submit_and_answer(services, Endpoint.CHAT)
 
     @bp.route("/api/generate", methods=["POST"])
     async def generate() -> Response:
-        return await sync.submit_and_answer(services, Endpoint.GENERATE)
+        return await inference.submit_and_answer(services, Endpoint.GENERATE)
 
-    proxy.register_passthrough(bp, services, RELAYED)
+    proxy.register_passthrough(bp, services, PASSTHROUGH_ROUTES)
     return bp

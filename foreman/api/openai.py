@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from quart import Blueprint, Response
 
-from foreman.api import proxy, sync
+from foreman.api import inference, proxy
 from foreman.api.services import Services
 from foreman.jobs import Endpoint
 
-RELAYED = (
+PASSTHROUGH_ROUTES = (
     # embeddings bypass the queue, as /api/embed does
     ("/v1/embeddings", ("POST",)),
     ("/v1/models", ("GET",)),
@@ -29,11 +29,11 @@ def blueprint(services: Services) -> Blueprint:
 
     @bp.route(Endpoint.V1_CHAT.value, methods=["POST"])
     async def chat_completions() -> Response:
-        return await sync.submit_and_answer(services, Endpoint.V1_CHAT)
+        return await inference.submit_and_answer(services, Endpoint.V1_CHAT)
 
     @bp.route(Endpoint.V1_COMPLETIONS.value, methods=["POST"])
     async def completions() -> Response:
-        return await sync.submit_and_answer(services, Endpoint.V1_COMPLETIONS)
+        return await inference.submit_and_answer(services, Endpoint.V1_COMPLETIONS)
 
-    proxy.register_passthrough(bp, services, RELAYED)
+    proxy.register_passthrough(bp, services, PASSTHROUGH_ROUTES)
     return bp

@@ -1,4 +1,4 @@
-"""Relays a request straight to Ollama and its answer straight back (no queue)."""
+"""Passes a request straight through to Ollama and its answer straight back (no queue)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ EMBEDDING_ROUTES = frozenset({"/api/embed", "/api/embeddings", "/v1/embeddings"}
 _RULE_VARIABLE = re.compile(r"<(?:[^:>]*:)?([^>]*)>")
 
 
-async def relay(
+async def passthrough(
     upstream: Upstream,
     path: str | None = None,
     metrics: Metrics | None = None,
@@ -89,10 +89,10 @@ async def relay(
     return build_response(chunks(), response.status_code, headers)
 
 
-async def relay_for(services: Services) -> Response:
-    """`relay` as the Ollama and /v1 routes that bypass the queue use it: embeddings
+async def passthrough_for(services: Services) -> Response:
+    """`passthrough` as the Ollama and /v1 routes that bypass the queue use it: embeddings
     counted in the metrics, and the embedding model used shown on the dashboard."""
-    return await relay(
+    return await passthrough(
         services.upstream, metrics=services.metrics, on_embedding=services.board.embedding_used
     )
 
@@ -100,14 +100,14 @@ async def relay_for(services: Services) -> Response:
 def register_passthrough(
     bp: Blueprint, services: Services, routes: Iterable[tuple[str, tuple[str, ...]]]
 ) -> None:
-    """Add each (rule, methods) of `routes` to `bp` as a route relayed to Ollama as it is."""
+    """Add each (rule, methods) of `routes` to `bp` as a route passed through to Ollama as it is."""
 
-    async def passthrough(**_: str) -> Response:
-        return await relay_for(services)
+    async def route(**_: str) -> Response:
+        return await passthrough_for(services)
 
     for rule, methods in routes:
         name = _RULE_VARIABLE.sub(r"\1", rule.strip("/") or "root").replace("/", "_")
-        bp.add_url_rule(rule, "relay_" + name, passthrough, methods=list(methods))
+        bp.add_url_rule(rule, "passthrough_" + name, route, methods=list(methods))
 
 
 def _model_of(body: bytes) -> str | None:

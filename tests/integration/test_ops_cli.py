@@ -33,7 +33,10 @@ def test_foreman_config_prints_the_effective_configuration_with_secrets_redacted
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "port = 8080  # --port" in out
-    assert "keepalive = 5.0  # FOREMAN_KEEPALIVE" in out
+    # the heartbeat's old variable still works; the new name is printed, the old one warned of
+    assert "heartbeat = 5.0  # FOREMAN_KEEPALIVE" in out
+    assert "\nkeepalive" not in out
+    assert done.stderr.count("FOREMAN_KEEPALIVE is deprecated, use FOREMAN_HEARTBEAT") == 1
     assert f"max_queue = 42  # {config}:max_queue" in out
     assert 'metrics_token = "<redacted>"' in out
     assert "file-secret" not in out

@@ -27,8 +27,8 @@ import trio.testing
 
 from foreman.events import Wakeup
 from foreman.jobs import Endpoint, Job, JobState, NewJob
-from foreman.relay import Relay
 from foreman.store import Store, SyncStore, connect
+from foreman.tickets import Tickets
 from foreman.upstream import Upstream
 from foreman.worker import Worker, WorkerSettings, supervise
 
@@ -291,7 +291,7 @@ async def open_rig(
             worker = Worker(
                 store,
                 Upstream(http, read_timeout=30.0),
-                Relay(),
+                Tickets(),
                 Wakeup(),
                 WorkerSettings(**{"job_timeout": math.inf, **settings}),
                 rng=TopOfWindow(),

@@ -26,10 +26,10 @@ def test_the_file_sets_values_below_environment_and_flags(tmp_path: Path):
 
 
 def test_sizes_and_booleans_take_their_natural_spellings(tmp_path: Path):
-    path = write(tmp_path, 'max_body = "1MiB"\nkeepalive_unstreamed = true\n')
+    path = write(tmp_path, 'max_body = "1MiB"\nheartbeat_unstreamed = true\n')
     settings = resolve({"config": str(path)}, {})
     assert settings.max_body == 1024 * 1024
-    assert settings.keepalive_unstreamed is True
+    assert settings.heartbeat_unstreamed is True
     assert resolve({}, {"FOREMAN_MAX_BODY": "512k"}).max_body == 512 * 1024
 
 

@@ -6,7 +6,7 @@ import json
 
 from foreman.api.errors import failure_line, failure_reply
 from foreman.jobs import Endpoint
-from foreman.relay import Ending, Failed, Reply
+from foreman.tickets import Ending, Failed, Reply
 
 NATIVE_404 = Reply(
     404, (("Content-Type", "application/json; charset=utf-8"),), b'{"error":"no model"}', 7

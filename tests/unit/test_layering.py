@@ -219,4 +219,4 @@ def test_no_route_reaches_past_the_queue_to_the_store_or_the_tickets() -> None:
     # itself can change a job, or let go of a ticket, past the queue's rules
     graph = import_graph()
     assert modules_importing(graph, "foreman.store", under="foreman.api") == []
-    assert modules_importing(graph, "foreman.relay", under="foreman.api") == []
+    assert modules_importing(graph, "foreman.tickets", under="foreman.api") == []

@@ -14,9 +14,9 @@ from foreman.events import JobEvents, Wakeup
 from foreman.jobs import JobState
 from foreman.metrics import JobTally, Metrics
 from foreman.queue import JobQueue
-from foreman.relay import Relay
 from foreman.status import Status, WorkerStatistics
 from foreman.store import Store, SyncStore
+from foreman.tickets import Tickets
 from foreman.upstream import Upstream
 from foreman.worker import Running, Worker, WorkerSettings
 
@@ -24,7 +24,7 @@ from foreman.worker import Running, Worker, WorkerSettings
 @pytest.fixture
 def worker(store: SyncStore) -> Worker:
     http = httpx.AsyncClient(base_url="http://ollama", transport=httpx.MockTransport(_unused))
-    return Worker(Store(store), Upstream(http), Relay(), Wakeup(), WorkerSettings())
+    return Worker(Store(store), Upstream(http), Tickets(), Wakeup(), WorkerSettings())
 
 
 def _unused(request: httpx.Request) -> httpx.Response:
@@ -60,14 +60,14 @@ def test_the_worker_statistics_say_what_it_holds(worker: Worker) -> None:
 def test_the_status_joins_the_worker_the_queue_and_the_relay(
     worker: Worker, store: SyncStore
 ) -> None:
-    relay = Relay()
-    queue = JobQueue(Store(store), relay, Wakeup(), JobEvents(), worker.cancel_running)
-    read = status_reader(worker, queue, relay)
+    tickets = Tickets()
+    queue = JobQueue(Store(store), tickets, Wakeup(), JobEvents(), worker.cancel_running)
+    read = status_reader(worker, queue, tickets)
     assert read() == Status(WorkerStatistics(), accepting=True, waiters=0)
     worker.resident = "llama3:latest"
     worker.online = True
-    relay.attach("J1")
-    relay.attach("J2")
+    tickets.attach("J1")
+    tickets.attach("J2")
     queue.accepting = False
     assert read() == Status(
         WorkerStatistics(resident="llama3:latest", online=True), accepting=False, waiters=2

@@ -23,8 +23,8 @@ import trio.testing
 from foreman.events import Wakeup
 from foreman.jobs import Endpoint, JobState
 from foreman.lockfile import DatabaseLock, LockHeld, lock_path
-from foreman.relay import Relay
 from foreman.store import Store, StoreError, StoreUnwritable, SyncStore, connect, unwritable_reason
+from foreman.tickets import Tickets
 from foreman.upstream import Upstream
 from foreman.worker import Worker, WorkerSettings, supervise
 
@@ -168,7 +168,7 @@ async def full_disk_worker(
     sync = FullDiskStore(connect(db_path), FakeClock())
     store = Store(sync)
     http = httpx.AsyncClient(base_url="http://ollama", transport=httpx.MockTransport(ollama.handle))
-    worker = Worker(store, Upstream(http), Relay(), Wakeup(), WorkerSettings())
+    worker = Worker(store, Upstream(http), Tickets(), Wakeup(), WorkerSettings())
     return sync, worker, http
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import trio.testing
 
 from foreman.jobs import Endpoint, JobState
-from foreman.relay import Ending, Failed, Reply
+from foreman.tickets import Ending, Failed, Reply
 
 from ._worker_harness import chat, open_rig, status
 
@@ -24,7 +24,7 @@ async def test_a_failed_load_hands_over_ollamas_native_answer_untouched(
         body = {"model": "nosuch", "messages": [{"role": "user", "content": "hi"}]}
         new = chat("nosuch", endpoint=Endpoint.V1_CHAT, body=json.dumps(body).encode())
         job = await rig.submit(new)
-        ticket = rig.worker.relay.attach(job.id)
+        ticket = rig.worker.tickets.attach(job.id)
         rig.start()
         failed = await rig.until_state(job.id, JobState.FAILED)
         last = ticket.receive_channel.receive_nowait()
@@ -47,7 +47,7 @@ async def test_a_whole_answer_is_ollamas_with_the_time_the_job_waited(
 ) -> None:
     async with open_rig(db_path, virtual_clock) as rig:
         job = await rig.submit(chat())
-        ticket = rig.worker.relay.attach(job.id)
+        ticket = rig.worker.tickets.attach(job.id)
         rig.start()
         done = await rig.until_state(job.id, JobState.DONE)
         last = ticket.receive_channel.receive_nowait()

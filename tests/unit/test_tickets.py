@@ -1,10 +1,10 @@
-"""A ticket's life: who may move it, and what each state means to the worker and the
-relay."""
+"""A ticket's life: who may move it, and what each state means to the worker and to the
+client waiting on it."""
 
 from __future__ import annotations
 
 from foreman.jobs import Endpoint, Job, JobState
-from foreman.relay import Chunk, Ending, Failed, Relay, Reply, StreamStart, Ticket, TicketState
+from foreman.tickets import Chunk, Ending, Failed, Reply, StreamStart, Ticket, Tickets, TicketState
 
 
 def _job(job_id: str, state: JobState) -> Job:
@@ -32,8 +32,8 @@ def state_of(ticket: Ticket) -> TicketState:
 
 
 async def test_a_ticket_streams_only_once_a_part_of_the_body_went_out() -> None:
-    relay = Relay()
-    ticket = relay.attach("J1")
+    tickets = Tickets()
+    ticket = tickets.attach("J1")
     ticket.take()
     assert state_of(ticket) is TicketState.ANSWERING
     assert ticket.in_worker
@@ -47,15 +47,15 @@ async def test_a_ticket_streams_only_once_a_part_of_the_body_went_out() -> None:
 
 
 async def test_a_whole_reply_is_not_a_stream() -> None:
-    ticket = Relay().attach("J1")
+    ticket = Tickets().attach("J1")
     ticket.take()
     assert await ticket.send(Reply(200, (), b"{}"))
     assert not ticket.streamed
 
 
 async def test_the_worker_letting_go_keeps_what_the_client_has_seen() -> None:
-    relay = Relay()
-    ticket = relay.attach("J1")
+    tickets = Tickets()
+    ticket = tickets.attach("J1")
     ticket.take()
     ticket.let_go(ended=False)
     assert state_of(ticket) is TicketState.WAITING
@@ -73,32 +73,32 @@ async def test_the_worker_letting_go_keeps_what_the_client_has_seen() -> None:
 
 
 async def test_only_tickets_the_worker_does_not_hold_are_closed_from_outside() -> None:
-    relay = Relay()
-    held = relay.attach("J1")
-    waiting = relay.attach("J2")
+    tickets = Tickets()
+    held = tickets.attach("J1")
+    waiting = tickets.attach("J2")
     held.take()
-    relay.on_job_change(_job("J1", JobState.CANCELLED))
-    relay.on_job_change(_job("J2", JobState.CANCELLED))
+    tickets.on_job_change(_job("J1", JobState.CANCELLED))
+    tickets.on_job_change(_job("J2", JobState.CANCELLED))
     assert held.state is TicketState.ANSWERING
     assert waiting.state is TicketState.CLOSED
     assert waiting.closed_because is None
 
-    third = relay.attach("J3")
-    assert relay.close_waiting("shutting down") == 1
+    third = tickets.attach("J3")
+    assert tickets.close_waiting("shutting down") == 1
     assert third.closed_because == "shutting down"
     assert held.state is TicketState.ANSWERING
 
 
 async def test_a_released_ticket_is_forgotten_and_its_worker_told_the_client_left() -> None:
-    relay = Relay()
-    ticket = relay.attach("J1")
-    newer = relay.attach("J2")
+    tickets = Tickets()
+    ticket = tickets.attach("J1")
+    newer = tickets.attach("J2")
     ticket.take()
     ticket.release()
-    assert relay.get("J1") is None
-    assert len(relay) == 1
+    assert tickets.get("J1") is None
+    assert len(tickets) == 1
     assert not await ticket.send(Chunk(b"x\n"))
     # releasing an old ticket leaves a newer one for the same job alone
-    replaced = relay.attach("J2")
+    replaced = tickets.attach("J2")
     newer.release()
-    assert relay.get("J2") is replaced
+    assert tickets.get("J2") is replaced

@@ -1,9 +1,9 @@
-"""Acceptance: tunnel-safe waits. A request waiting behind other jobs gets keepalive bytes
+"""Acceptance: tunnel-safe waits. A request waiting behind other jobs gets heartbeat bytes
 and then its real answer, which the official clients read without trouble.
 
-The issue's scenario is a 100 s wait with FOREMAN_KEEPALIVE=2 behind a tunnel that drops
-responses silent for 100 s; scaled down here to keep the suite fast: a 0.2 s keepalive,
-and a wait that lasts until several keepalives arrived (about a second), not a fixed time.
+The issue's scenario is a 100 s wait with FOREMAN_HEARTBEAT=2 behind a tunnel that drops
+responses silent for 100 s; scaled down here to keep the suite fast: a 0.2 s heartbeat,
+and a wait that lasts until several heartbeats arrived (about a second), not a fixed time.
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ from openai.types.chat import ChatCompletionMessageParam
 from foreman.config import Settings
 from foreman.stub import StubOllama
 
-KEEPALIVE = 0.2
-# generous: a gap this long between bytes would mean keepalives stopped
-MAX_GAP = 10 * KEEPALIVE
+HEARTBEAT = 0.2
+# generous: a gap this long between bytes would mean heartbeats stopped
+MAX_GAP = 10 * HEARTBEAT
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "title this memo"}]
 
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return attrs.evolve(settings, keepalive=KEEPALIVE)
+    return attrs.evolve(settings, heartbeat=HEARTBEAT)
 
 
 async def occupy_worker(client: httpx.AsyncClient, stub: StubOllama, nursery: trio.Nursery) -> None:
@@ -62,7 +62,7 @@ async def read_with_times(
     return r, parts
 
 
-async def test_a_waiting_stream_gets_keepalive_chunks_then_its_answer(
+async def test_a_waiting_stream_gets_heartbeat_chunks_then_its_answer(
     client: httpx.AsyncClient, stub: StubOllama, foreman: str
 ) -> None:
     body = {"model": "llama3", "messages": MESSAGES}
@@ -83,17 +83,19 @@ async def test_a_waiting_stream_gets_keepalive_chunks_then_its_answer(
         started = trio.current_time()
         nursery.start_soon(raw)
         nursery.start_soon(official)
-        await seen.wait()  # five keepalives while the worker is busy elsewhere
+        await seen.wait()  # five heartbeats while the worker is busy elsewhere
         stub.release()
 
     response, parts = results["raw"]
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/x-ndjson")
+    assert response.headers["x-foreman-heartbeat"] == "1"
+    # the header's old name, sent as well for one release
     assert response.headers["x-foreman-keepalive"] == "1"
     lines = [json.loads(line) for line in b"".join(p for _, p in parts).splitlines()]
-    keepalives = [x for x in lines if x["message"]["content"] == "" and not x["done"]]
-    assert len(keepalives) >= 5
-    assert all(x["model"] == "llama3" and x["created_at"].endswith("Z") for x in keepalives)
+    heartbeats = [x for x in lines if x["message"]["content"] == "" and not x["done"]]
+    assert len(heartbeats) >= 5
+    assert all(x["model"] == "llama3" and x["created_at"].endswith("Z") for x in heartbeats)
     assert "".join(x["message"]["content"] for x in lines) == expected
     assert lines[-1]["done"] is True
     times = [started] + [t for t, _ in parts]
@@ -136,39 +138,49 @@ async def test_a_waiting_v1_stream_gets_sse_comments_and_the_openai_client_reads
     assert results["official"] == expected
 
 
-async def test_non_streamed_keepalive_is_opt_in_and_stays_valid_json(
-    client: httpx.AsyncClient, stub: StubOllama
+# the header's name, and its old name that still works for one release
+@pytest.mark.parametrize("header", ["X-Foreman-Heartbeat", "X-Foreman-Keepalive"])
+async def test_non_streamed_heartbeat_is_opt_in_and_stays_valid_json(
+    client: httpx.AsyncClient, stub: StubOllama, header: str
 ) -> None:
     body = {"model": "llama3", "prompt": "tag this", "stream": False}
     results: dict[str, Any] = {}
     seen = trio.Event()
 
     async def opted_in() -> None:
-        headers = {"X-Foreman-Keepalive": "1"}
+        headers = {header: "1"}
         results["in"] = await read_with_times(client, "/api/generate", body, seen, 3, headers)
 
     async def plain() -> None:
         results["plain"] = await client.post("/api/generate", json=body)
 
+    async def overruled() -> None:
+        # given both names, the new one wins
+        headers = {"X-Foreman-Heartbeat": "0", "X-Foreman-Keepalive": "1"}
+        results["overruled"] = await client.post("/api/generate", json=body, headers=headers)
+
     async with trio.open_nursery() as nursery:
         await occupy_worker(client, stub, nursery)
         nursery.start_soon(opted_in)
         nursery.start_soon(plain)
+        nursery.start_soon(overruled)
         await seen.wait()  # the head and three spaces
         stub.release()
 
     response, parts = results["in"]
     raw = b"".join(p for _, p in parts)
     assert response.status_code == 200
+    assert response.headers["x-foreman-heartbeat"] == "1"
     assert raw.startswith(b"   ")
     assert json.loads(raw)["response"] == stub.expected_text("/api/generate", body)
-    unopted = results["plain"]
-    assert unopted.status_code == 200
-    assert not unopted.content.startswith(b" ")
-    assert "x-foreman-keepalive" not in unopted.headers
+    for unopted in (results["plain"], results["overruled"]):
+        assert unopted.status_code == 200
+        assert not unopted.content.startswith(b" ")
+        assert "x-foreman-heartbeat" not in unopted.headers
+        assert "x-foreman-keepalive" not in unopted.headers
 
 
-async def test_a_failure_after_keepalive_arrives_in_band_as_ollamas_error_line(
+async def test_a_failure_after_heartbeats_arrives_in_band_as_ollamas_error_line(
     client: httpx.AsyncClient, stub: StubOllama, foreman: str
 ) -> None:
     seen = trio.Event()
@@ -196,18 +208,18 @@ async def test_a_failure_after_keepalive_arrives_in_band_as_ollamas_error_line(
         stub.release()
 
     response, parts = results["raw"]
-    assert response.status_code == 200  # the status was spent on the keepalive
+    assert response.status_code == 200  # the status was spent on the heartbeat
     last = json.loads(b"".join(p for _, p in parts).splitlines()[-1])
     assert set(last) == {"error"}
     assert "not found" in last["error"]
     assert "not found" in results["official"].error
 
 
-async def test_a_repeated_request_waiting_on_its_job_gets_keepalives_then_the_answer(
+async def test_a_repeated_request_waiting_on_its_job_gets_heartbeats_then_the_answer(
     client: httpx.AsyncClient, stub: StubOllama, foreman: str
 ) -> None:
     """A client that timed out and retries with the same Idempotency-Key waits on the
-    job its first attempt made; that wait is kept alive too."""
+    job its first attempt made; that wait gets heartbeats too."""
     body = {"model": "llama3", "messages": MESSAGES}
     key = {"Idempotency-Key": "memo-42-title"}
     seen = trio.Event()
@@ -227,12 +239,12 @@ async def test_a_repeated_request_waiting_on_its_job_gets_keepalives_then_the_an
                 await trio.sleep(0.01)
         nursery.start_soon(repeated)
         with trio.fail_after(30):
-            await seen.wait()  # the head and keepalive chunks, while the job still waits
+            await seen.wait()  # the head and heartbeat chunks, while the job still waits
         stub.release()
 
     response, parts = results["again"]
     assert response.status_code == 200
-    assert response.headers["x-foreman-keepalive"] == "1"
+    assert response.headers["x-foreman-heartbeat"] == "1"
     lines = b"".join(p for _, p in parts).splitlines()
     chunks = [json.loads(line) for line in lines]
     assert all(c["done"] is False and c["message"]["content"] == "" for c in chunks[:-1])

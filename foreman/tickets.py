@@ -4,7 +4,7 @@ A synchronous request attaches a `Ticket` to its job before the job can start. T
 sends through it what happened, as facts and never as an HTTP reply of foreman's own:
 Ollama's whole answer (`Reply`), a stream's head and first part (`StreamStart`) followed
 by `Chunk`s, or a classified `Failed`. The route that waits decides what its client sees,
-in its route family's shape (`foreman.api.sync`). When the job reaches a terminal state
+in its route family's shape (`foreman.api.inference`). When the job reaches a terminal state
 the ticket is closed, which ends the client's stream. A job with no ticket (its client is
 gone, or it was submitted to be collected later) runs all the same; only its stored
 result remains.
@@ -107,7 +107,7 @@ class Ticket:
     job_id: str
     send_channel: trio.MemorySendChannel[Message]
     receive_channel: trio.MemoryReceiveChannel[Message]
-    _relay: Relay
+    _tickets: Tickets
     state: TicketState = TicketState.WAITING
     # why the ticket was closed without an answer while its job stays queued (shutdown)
     closed_because: str | None = None
@@ -144,7 +144,7 @@ class Ticket:
 
     def release(self) -> None:
         """The client is done with the ticket (it has its answer, or it left)."""
-        self._relay.forget(self)
+        self._tickets.forget(self)
         self.receive_channel.close()
 
     async def send(self, message: Message) -> bool:
@@ -170,7 +170,9 @@ class Ticket:
             self.state = TicketState.STREAMING
 
 
-class Relay:
+class Tickets:
+    """The tickets of the clients waiting now, one per job at most."""
+
     def __init__(self) -> None:
         self._tickets: dict[str, Ticket] = {}
 
@@ -216,9 +218,9 @@ __all__ = [
     "Ending",
     "Failed",
     "Message",
-    "Relay",
     "Reply",
     "StreamStart",
     "Ticket",
     "TicketState",
+    "Tickets",
 ]

@@ -1,12 +1,13 @@
-"""Answers a synchronous request from its job: waits for the worker, relays what it sends.
+"""Answers a chat or generate request (native or /v1) from its job: waits for the worker,
+passes on what it sends.
 
 If the client hangs up while its job waits, the job is cancelled and never reaches
 Ollama; if it hangs up while the job runs, the upstream request is closed at once
 (except during shutdown, when jobs stay queued for the next start).
 
-Keepalive: a request still without an answer after FOREMAN_KEEPALIVE seconds (streamed
-ones always, non-streamed ones when asked with `X-Foreman-Keepalive: 1` or the setting)
-gets its response head (status 200) at once, then a keepalive part every interval until
+Heartbeat: a request still without an answer after FOREMAN_HEARTBEAT seconds (streamed
+ones always, non-streamed ones when asked with `X-Foreman-Heartbeat: 1` or the setting)
+gets its response head (status 200) at once, then a heartbeat part every interval until
 the real answer flows, so a tunnel that drops silent responses keeps it open. The
 trade-off: from then on the status code is spent, and a failure arrives in the body, as
 Ollama's in-band error line (or OpenAI's error event, or the error document).
@@ -22,7 +23,7 @@ import attrs
 import trio
 from quart import Response, request
 
-from foreman.answers import Family, keepalive_part, replay_stream
+from foreman.answers import Family, heartbeat_part, replay_stream
 from foreman.api.auth import caller, note
 from foreman.api.errors import error_for, failure_line, failure_reply
 from foreman.api.responses import (
@@ -59,6 +60,10 @@ from foreman.validate import (
 DISCONNECTED = "client disconnected"
 # bound on the shielded clean-up after a client leaves (a store write, normally instant)
 CLEANUP_SECONDS = 30
+# asks for heartbeats (`1`) or none (`0`) on one request; answers with heartbeats carry it
+HEARTBEAT_HEADER = "X-Foreman-Heartbeat"
+# the header's old name, still read and sent for one release
+OLD_HEARTBEAT_HEADER = "X-Foreman-Keepalive"
 
 
 async def submit_and_answer(services: Services, endpoint: Endpoint) -> Response:
@@ -97,40 +102,42 @@ async def submit_and_answer(services: Services, endpoint: Endpoint) -> Response:
     except IdempotencyConflict as exc:
         return error_for(endpoint.value, 409, str(exc))
     note(job=submitted.job.id)
-    interval = keepalive_interval(services.settings, parsed.stream)
+    interval = heartbeat_interval(services.settings, parsed.stream)
     if submitted.ticket is None:
         return await replay(services.queue, submitted.job, interval)
     return await answer(services.queue, submitted.job, submitted.ticket, interval)
 
 
-def keepalive_interval(settings: Settings, stream: bool) -> float | None:
-    """Seconds between keepalive parts for this request, or None for none: on for
-    streams, for others only if asked (`X-Foreman-Keepalive: 1` or the setting); the
-    header also turns it off (`0`)."""
-    wanted = stream or settings.keepalive_unstreamed
-    header = request.headers.get("X-Foreman-Keepalive")
+def heartbeat_interval(settings: Settings, stream: bool) -> float | None:
+    """Seconds between heartbeat parts for this request, or None for none: on for
+    streams, for others only if asked (`X-Foreman-Heartbeat: 1` or the setting); the
+    header also turns it off (`0`). The header's old name still counts for one release;
+    given both, the new one wins."""
+    wanted = stream or settings.heartbeat_unstreamed
+    header = request.headers.get(HEARTBEAT_HEADER, request.headers.get(OLD_HEARTBEAT_HEADER))
     if header is not None:
         wanted = header.strip().lower() not in ("0", "false", "no", "off")
-    if not wanted or settings.keepalive <= 0:
+    if not wanted or settings.heartbeat <= 0:
         return None
-    return settings.keepalive
+    return settings.heartbeat
 
 
-async def replay(queue: JobQueue, job: Job, keepalive: float | None = None) -> Response:
+async def replay(queue: JobQueue, job: Job, heartbeat: float | None = None) -> Response:
     """Answer a repeated request (same Idempotency-Key) from the job it already made:
-    wait for it to end, then answer with its stored result. With keepalive on, a wait
-    longer than one interval turns into a kept-alive answer, as a first request's does."""
+    wait for it to end, then answer with its stored result. With heartbeats on, a wait
+    longer than one interval turns into an answer with heartbeats, as a first request's
+    does."""
     while not job.state.terminal:
         if not queue.accepting:
             return error_for(
                 job.endpoint.value, 503, "foreman is shutting down", {"Retry-After": "30"}
             )
-        current = await queue.wait(job.id, 60.0 if keepalive is None else keepalive)
+        current = await queue.wait(job.id, 60.0 if heartbeat is None else heartbeat)
         if current is None:
             return error_for(job.endpoint.value, 404, f"job {job.id} is gone")
         job = current
-        if keepalive is not None and not job.state.terminal:
-            return _replay_kept_alive(queue, job, keepalive)
+        if heartbeat is not None and not job.state.terminal:
+            return _replay_with_heartbeats(queue, job, heartbeat)
     headers = dict(foreman_headers(job.id, job.queue_ms or 0))
     if job.state is not JobState.DONE:
         return error_for(job.endpoint.value, *_no_answer(job, repeated=True), headers)
@@ -146,9 +153,9 @@ def _stored_answer(job: Job) -> tuple[str, bytes]:
     return JSON, compact_json(job.result).encode()
 
 
-def _replay_kept_alive(queue: JobQueue, job: Job, interval: float) -> Response:
+def _replay_with_heartbeats(queue: JobQueue, job: Job, interval: float) -> Response:
     """A repeated request whose job is still under way: status 200 and the head now,
-    keepalive parts until the job ends, then its stored answer (a failure in-band)."""
+    heartbeat parts until the job ends, then its stored answer (a failure in-band)."""
 
     async def parts() -> AsyncIterator[bytes]:
         current: Job | None = job
@@ -167,16 +174,16 @@ def _replay_kept_alive(queue: JobQueue, job: Job, interval: float) -> Response:
         else:
             yield _failure(job, *_no_answer(current, repeated=True))
 
-    return Response(parts(), 200, _kept_alive_headers(job), content_type=_content_type(job))
+    return Response(parts(), 200, _heartbeat_headers(job), content_type=_content_type(job))
 
 
 async def answer(
-    queue: JobQueue, job: Job, ticket: Ticket, keepalive: float | None = None
+    queue: JobQueue, job: Job, ticket: Ticket, heartbeat: float | None = None
 ) -> Response:
     first: Message | None = None
     try:
         try:
-            with trio.move_on_after(math.inf if keepalive is None else keepalive):
+            with trio.move_on_after(math.inf if heartbeat is None else heartbeat):
                 first = await ticket.receive_channel.receive()
         except trio.EndOfChannel:
             ticket.release()
@@ -186,8 +193,8 @@ async def answer(
             await _client_left(queue, job, ticket)
         raise
     if first is None:
-        assert keepalive is not None
-        return _kept_alive(queue, job, ticket, keepalive)
+        assert heartbeat is not None
+        return _with_heartbeats(queue, job, ticket, heartbeat)
     if isinstance(first, Reply | Failed):
         ticket.release()
         reply = _whole(job, first)
@@ -195,7 +202,7 @@ async def answer(
     assert isinstance(first, StreamStart)
     headers = first.headers + foreman_headers(job.id, first.queue_ms)
     return build_response(
-        _relayed(queue, job, ticket, _stream_rest(job, first, ticket)), first.status, headers
+        _delivered(queue, job, ticket, _stream_rest(job, first, ticket)), first.status, headers
     )
 
 
@@ -223,7 +230,7 @@ async def _stream_rest(job: Job, start: StreamStart, ticket: Ticket) -> AsyncGen
         yield message.data
 
 
-async def _relayed(
+async def _delivered(
     queue: JobQueue, job: Job, ticket: Ticket, parts: AsyncGenerator[bytes, None]
 ) -> AsyncIterator[bytes]:
     """Send `parts` to the client; if it leaves before they end, its job goes as a
@@ -241,9 +248,9 @@ async def _relayed(
         ticket.release()
 
 
-def _kept_alive(queue: JobQueue, job: Job, ticket: Ticket, interval: float) -> Response:
+def _with_heartbeats(queue: JobQueue, job: Job, ticket: Ticket, interval: float) -> Response:
     """The answer of a request that waited `interval` without one: status 200 and the
-    head now, keepalive parts until the real answer, then the answer itself (a failure
+    head now, heartbeat parts until the real answer, then the answer itself (a failure
     in-band, since the status is spent)."""
 
     async def parts() -> AsyncGenerator[bytes, None]:
@@ -273,30 +280,31 @@ def _kept_alive(queue: JobQueue, job: Job, ticket: Ticket, interval: float) -> R
                 yield part
 
     return Response(
-        _relayed(queue, job, ticket, parts()),
+        _delivered(queue, job, ticket, parts()),
         200,
-        _kept_alive_headers(job),
+        _heartbeat_headers(job),
         content_type=_content_type(job),
     )
 
 
-def _kept_alive_headers(job: Job) -> dict[str, str]:
+def _heartbeat_headers(job: Job) -> dict[str, str]:
     return {
         "X-Foreman-Job-Id": job.id,
-        "X-Foreman-Keepalive": "1",
+        HEARTBEAT_HEADER: "1",
+        OLD_HEARTBEAT_HEADER: "1",
         **STREAMING_HEADERS,
     }
 
 
 def _content_type(job: Job) -> str:
-    """What a kept-alive answer is, announced before the answer exists."""
+    """What an answer with heartbeats is, announced before the answer exists."""
     if not job.stream:
         return JSON
     return EVENT_STREAM if job.endpoint.openai else "application/x-ndjson"
 
 
 def _tick(queue: JobQueue, job: Job) -> bytes:
-    return keepalive_part(job.endpoint, job.model, _ollama_time(queue), job.stream)
+    return heartbeat_part(job.endpoint, job.model, _ollama_time(queue), job.stream)
 
 
 def _failure(job: Job, status: int, message: str) -> bytes:
