@@ -175,6 +175,9 @@ async def _assemble(
         on_removed=board.jobs_removed,
     )
     metrics.status = board.status = status_reader(worker, queue, tickets)
+    # a reload may have revoked a key: its open streams end now, not at their next event
+    keys.on_reload(events.wake_all)
+    keys.on_reload(board.poke)
     services = Services(
         settings=settings,
         queue=queue,

@@ -99,6 +99,11 @@ class Feed:
         self.ended = True
         self._wake()
 
+    def wake(self) -> None:
+        """End the stream's wait now with nothing new, so it asks again whether its key
+        still stands (the keys were reloaded)."""
+        self._wake()
+
     def _wake(self) -> None:
         if self._arrived is not None:
             self._arrived.set()
@@ -194,6 +199,15 @@ class JobEvents:
         else:
             self._feeds_by_job[job_id].add(feed)
         return feed
+
+    def wake_all(self) -> None:
+        """Every open stream looks at once whether its key still stands: a revoked key's
+        streams end at the reload, not at their next change or keep-alive."""
+        for feed in list(self._feeds):
+            feed.wake()
+        for of_job in list(self._feeds_by_job.values()):
+            for feed in list(of_job):
+                feed.wake()
 
     def _drop_feed(self, feed: Feed) -> None:
         if feed.job_id is None:

@@ -27,6 +27,7 @@ import hashlib
 import hmac
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -235,6 +236,12 @@ class KeyFile:
         self.path = path
         self.ring = KeyRing()
         self._seen: tuple[int, int, int, int] | None = None
+        self._on_reload: list[Callable[[], None]] = []
+
+    def on_reload(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after each reload that put new keys in force (e.g. to have
+        open event streams look at once whether their key still stands)."""
+        self._on_reload.append(listener)
 
     def load(self) -> KeyRing:
         """Read the file; raises KeysError (used at start, where a bad file is fatal)."""
@@ -264,6 +271,8 @@ class KeyFile:
             log.error("%s; keeping the %d keys already loaded", exc, len(self.ring.keys))
             return False
         log.info("keys reloaded from %s: %s", self.path, ", ".join(ring.names()))
+        for listener in self._on_reload:
+            listener()
         return True
 
     def changed(self) -> bool:

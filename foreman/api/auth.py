@@ -37,7 +37,8 @@ def owner_filter() -> str | None:
 def key_check(services: Services) -> Callable[[], bool]:
     """For a long-lived answer (an event stream): a function that says whether the key
     the request came with still stands, so a revoked key or a changed scope ends the
-    stream at its next event or keep-alive (the client reconnects and is asked again)."""
+    stream when the keys are reloaded (each reload wakes every open stream), or at its
+    next event or keep-alive (the client reconnects and is asked again)."""
     key = caller()
     keys = services.keys
 

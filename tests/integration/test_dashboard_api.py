@@ -430,3 +430,27 @@ async def test_revoking_a_key_ends_its_open_event_streams(
             with trio.fail_after(30):
                 while (await svc.get("/queue")).status_code != 200:  # noqa: ASYNC110
                     await trio.sleep(0.05)
+
+
+async def test_a_revoked_keys_streams_end_at_the_reload_without_waiting_for_an_event(
+    keyed: str, keyed_settings: Settings
+) -> None:
+    """Nothing happens in the queue after the key is taken out: its streams still end,
+    within the time the keys file takes to be noticed, not at the next 15 s keep-alive."""
+    assert keyed_settings.api_keys_file is not None
+    async with client_for(keyed, SERVICE) as svc:
+        for path in ("/queue/events", "/jobs/events"):
+            async with svc.stream("GET", path) as response:
+                assert response.status_code == 200
+                lines = response.aiter_lines()
+                await anext(lines)  # the stream has started
+                keyed_settings.api_keys_file.write_text(f"ops {ADMIN} admin\n")
+                with trio.fail_after(10):
+                    async for _ in lines:
+                        pass  # the stream ends instead of going on
+            keyed_settings.api_keys_file.write_text(
+                f"ops {ADMIN} admin\nsvc {SERVICE} jobs\nreader {READER} inference\n"
+            )
+            with trio.fail_after(30):
+                while (await svc.get("/queue")).status_code != 200:  # noqa: ASYNC110 - the keys file is re-read on a timer
+                    await trio.sleep(0.05)

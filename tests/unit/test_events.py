@@ -118,6 +118,27 @@ async def test_a_waiting_stream_wakes_for_a_change_and_at_shutdown() -> None:
     assert events.open_feed(None).ended
 
 
+async def test_a_reload_wakes_every_waiting_stream_with_nothing_new() -> None:
+    events = JobEvents()
+    feeds = [events.open_feed(None), events.open_feed("a"), events.open_feed("b", "svc")]
+    woke: list[int] = []
+
+    async def wait(i: int) -> None:
+        await feeds[i].wait()
+        woke.append(i)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(len(feeds)):
+            nursery.start_soon(wait, i)
+        await trio.testing.wait_all_tasks_blocked()
+        assert woke == []
+        events.wake_all()
+    assert sorted(woke) == [0, 1, 2]
+    # nothing was handed over, and no feed ended: each stream goes on if its key stands
+    assert all(feed.take() == [] for feed in feeds)
+    assert not any(feed.ended for feed in feeds)
+
+
 def test_a_key_may_hold_its_share_of_streams_then_gets_429() -> None:
     slots = StreamSlots(total=10, per_key=2)
     held = [slots.take("svc"), slots.take("svc")]

@@ -124,6 +124,21 @@ def test_a_reload_that_fails_keeps_the_keys_in_force(tmp_path: Path):
     assert keys.ring.authenticate("0123456789abcdefgX") is not None
 
 
+def test_only_a_reload_that_puts_new_keys_in_force_is_announced(tmp_path: Path):
+    path = tmp_path / "keys"
+    path.write_text("a 0123456789abcdefgh inference\n")
+    keys = KeyFile(path)
+    keys.load()
+    heard: list[str] = []
+    keys.on_reload(lambda: heard.append("reloaded"))
+    path.write_text("a broken line with too many fields\n")
+    assert keys.reload() is False
+    assert heard == []
+    path.write_text("b 0123456789abcdefgX jobs\n")
+    assert keys.reload() is True
+    assert heard == ["reloaded"]
+
+
 def test_an_empty_or_missing_keys_file_fails_at_start(tmp_path: Path):
     empty = tmp_path / "empty"
     empty.write_text("# nothing\n")
