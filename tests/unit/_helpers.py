@@ -6,7 +6,7 @@ from typing import Any
 
 import attrs
 
-from foreman.jobs import Endpoint, NewJob
+from foreman.jobs import Endpoint, Job, JobState, NewJob
 
 
 @attrs.define
@@ -34,3 +34,23 @@ def new_job(model_key: str = "m:latest", priority: int = 0, **fields: Any) -> Ne
     }
     values.update(fields)
     return NewJob(**values)
+
+
+def stored_job(job_id: str, state: JobState = JobState.QUEUED, owner: str | None = None) -> Job:
+    """A job as the store hands it to listeners, for tests of who hears a change."""
+    return Job(
+        id=job_id,
+        endpoint=Endpoint.CHAT,
+        model="m",
+        model_key="m:latest",
+        body=b"{}",
+        stream=False,
+        state=state,
+        priority=0,
+        attempts=0,
+        max_attempts=5,
+        not_before=0.0,
+        enqueued_at=1.0,
+        created_at=1.0,
+        key_name=owner,
+    )

@@ -11,26 +11,9 @@ import trio.testing
 
 from foreman.api.jobs import STREAM_BATCH, _sse, batch_seconds
 from foreman.events import Batch, JobEvents, StreamSlots, TooManyStreams
-from foreman.jobs import Endpoint, Job, JobState
+from foreman.jobs import Job, JobState
 
-
-def job(job_id: str, state: JobState = JobState.QUEUED, owner: str | None = None) -> Job:
-    return Job(
-        id=job_id,
-        endpoint=Endpoint.CHAT,
-        model="m",
-        model_key="m:latest",
-        body=b"{}",
-        stream=False,
-        state=state,
-        priority=0,
-        attempts=0,
-        max_attempts=5,
-        not_before=0.0,
-        enqueued_at=1.0,
-        created_at=1.0,
-        key_name=owner,
-    )
+from ._helpers import stored_job
 
 
 def test_a_change_is_encoded_once_however_many_streams_send_it() -> None:
@@ -43,15 +26,15 @@ def test_a_change_is_encoded_once_however_many_streams_send_it() -> None:
 
     feeds = [events.open_feed(None) for _ in range(100)]
     feeds += [events.open_feed("a") for _ in range(20)]
-    events.publish(job("a"))
-    events.publish(job("a", JobState.WORKING))
-    events.publish(job("b"))
+    events.publish(stored_job("a"))
+    events.publish(stored_job("a", JobState.WORKING))
+    events.publish(stored_job("b"))
     sent = [[change.encoded(encoder) for change in feed.take()] for feed in feeds]
     assert calls == ["a", "a", "b"]
     # every stream sends the very same bytes
     for i in range(2):
         assert all(s[i] is sent[0][i] for s in sent)
-    assert sent[0][0] == _sse(job("a"))
+    assert sent[0][0] == _sse(stored_job("a"))
 
 
 def test_each_feed_gets_the_changes_it_may_see_once_and_in_order() -> None:
@@ -60,11 +43,11 @@ def test_each_feed_gets_the_changes_it_may_see_once_and_in_order() -> None:
     mine = events.open_feed(None, owner="svc")
     one = events.open_feed("b")
     published = [
-        job("a", owner="svc"),
-        job("b", owner="other"),
-        job("a", JobState.WORKING, owner="svc"),
-        job("b", JobState.WORKING, owner="other"),
-        job("a", JobState.DONE, owner="svc"),
+        stored_job("a", owner="svc"),
+        stored_job("b", owner="other"),
+        stored_job("a", JobState.WORKING, owner="svc"),
+        stored_job("b", JobState.WORKING, owner="other"),
+        stored_job("a", JobState.DONE, owner="svc"),
     ]
     for j in published:
         events.publish(j)
@@ -81,7 +64,7 @@ def test_a_stopped_feed_hears_nothing_more() -> None:
     for feed in feeds:
         feed.stop()
     assert events.feed_count() == 0
-    events.publish(job("a"))
+    events.publish(stored_job("a"))
     assert all(feed.take() == [] for feed in feeds)
 
 
@@ -89,7 +72,7 @@ def test_a_feed_that_falls_behind_ends_after_what_it_holds() -> None:
     events = JobEvents()
     slow = events.open_feed(None, limit=3)
     for i in range(5):
-        events.publish(job(f"j{i}"))
+        events.publish(stored_job(f"j{i}"))
     assert slow.ended
     assert [c.job.id for c in slow.take()] == ["j0", "j1", "j2"]
 
@@ -107,7 +90,7 @@ async def test_a_waiting_stream_wakes_for_a_change_and_at_shutdown() -> None:
         nursery.start_soon(wait)
         await trio.testing.wait_all_tasks_blocked()
         assert not woke.is_set()
-        events.publish(job("a"))
+        events.publish(stored_job("a"))
     assert [c.job.id for c in feed.take()] == ["a"]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(feed.wait)
@@ -232,10 +215,10 @@ async def test_a_queue_wide_batch_is_every_change_in_order_gathered_for_as_long_
 
     now = trio.current_time()
     async with trio.open_nursery() as nursery:
-        later(nursery, now + 2.0, lambda: events.publish(job("a")))
-        later(nursery, now + 2.1, lambda: events.publish(job("b")))
-        later(nursery, now + 2.2, lambda: events.publish(job("a", JobState.WORKING)))
-        later(nursery, now + 2.7, lambda: events.publish(job("b", JobState.DONE)))
+        later(nursery, now + 2.0, lambda: events.publish(stored_job("a")))
+        later(nursery, now + 2.1, lambda: events.publish(stored_job("b")))
+        later(nursery, now + 2.2, lambda: events.publish(stored_job("a", JobState.WORKING)))
+        later(nursery, now + 2.7, lambda: events.publish(stored_job("b", JobState.DONE)))
         batch, took = await timed(feed.next_batch(15.0, gather, valid))
         # nothing merged: a job's every change goes out, in the order committed
         assert ids(batch) == [
@@ -261,7 +244,7 @@ async def test_a_quiet_wait_is_a_keep_alive_and_a_queue_wide_one_still_gathers(
     everything = events.open_feed(None)
     now = trio.current_time()
     async with trio.open_nursery() as nursery:
-        later(nursery, now + 15.2, lambda: events.publish(job("a")))
+        later(nursery, now + 15.2, lambda: events.publish(stored_job("a")))
         batch, took = await timed(everything.next_batch(15.0, lambda: 0.5, valid))
     assert ids(batch) == [("a", JobState.QUEUED)]
     assert took == pytest.approx(15.5)
@@ -272,11 +255,11 @@ async def test_a_jobs_batch_goes_out_at_once_and_ends_with_its_first_terminal_st
 ) -> None:
     events = JobEvents()
     feed = events.open_feed("a")
-    events.publish(job("a", JobState.WORKING))
+    events.publish(stored_job("a", JobState.WORKING))
     batch, took = await timed(feed.next_batch(15.0, None, valid))
     assert (ids(batch), batch.ended, took) == ([("a", JobState.WORKING)], False, 0.0)
-    events.publish(job("a", JobState.FAILED))
-    events.publish(job("a", JobState.QUEUED))  # retried at once: after the stream's end
+    events.publish(stored_job("a", JobState.FAILED))
+    events.publish(stored_job("a", JobState.QUEUED))  # retried at once: after the stream's end
     batch = await feed.next_batch(15.0, None, valid)
     assert ids(batch) == [("a", JobState.FAILED)]
     assert batch.ended
@@ -287,7 +270,7 @@ async def test_a_key_that_no_longer_stands_ends_the_stream_with_nothing_more_sen
 ) -> None:
     events = JobEvents()
     feed = events.open_feed(None)
-    events.publish(job("a"))
+    events.publish(stored_job("a"))
     batch, took = await timed(feed.next_batch(15.0, lambda: 0.5, lambda: False))
     assert (batch, took) == (Batch([], ended=True), 0.0)
     assert [c.job.id for c in feed.take()] == ["a"]  # left unsent
@@ -301,7 +284,7 @@ async def test_an_ended_feed_hands_over_what_it_holds_then_ends_the_stream_at_on
 ) -> None:
     events = JobEvents()
     feed = events.open_feed(None)
-    events.publish(job("a"))
+    events.publish(stored_job("a"))
     events.close_all()
     batch, took = await timed(feed.next_batch(15.0, lambda: 0.5, valid))
     assert (ids(batch), batch.ended, took) == ([("a", JobState.QUEUED)], True, 0.0)

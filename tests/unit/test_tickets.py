@@ -3,26 +3,10 @@ client waiting on it."""
 
 from __future__ import annotations
 
-from foreman.jobs import Endpoint, Job, JobState
+from foreman.jobs import JobState
 from foreman.tickets import Chunk, Ending, Failed, Reply, StreamStart, Ticket, Tickets, TicketState
 
-
-def _job(job_id: str, state: JobState) -> Job:
-    return Job(
-        id=job_id,
-        endpoint=Endpoint.CHAT,
-        model="llama3",
-        model_key="llama3:latest",
-        body=b"{}",
-        stream=True,
-        state=state,
-        priority=0,
-        attempts=1,
-        max_attempts=3,
-        not_before=0.0,
-        enqueued_at=0.0,
-        created_at=0.0,
-    )
+from ._helpers import stored_job
 
 
 def state_of(ticket: Ticket) -> TicketState:
@@ -77,8 +61,8 @@ async def test_only_tickets_the_worker_does_not_hold_are_closed_from_outside() -
     held = tickets.attach("J1")
     waiting = tickets.attach("J2")
     held.take()
-    tickets.on_job_change(_job("J1", JobState.CANCELLED))
-    tickets.on_job_change(_job("J2", JobState.CANCELLED))
+    tickets.on_job_change(stored_job("J1", JobState.CANCELLED))
+    tickets.on_job_change(stored_job("J2", JobState.CANCELLED))
     assert held.state is TicketState.ANSWERING
     assert waiting.state is TicketState.CLOSED
     assert waiting.closed_because is None
