@@ -90,16 +90,17 @@ class TicketState(enum.Enum):
     ANSWERING = "answering"
     # the worker holds the job and the client may have seen body bytes: a failure is final
     STREAMING = "streaming"
-    # the client may have seen body bytes, but the worker let go of the job without ending
-    # it (Ollama went away, the worker crashed): the job's next run goes on with the stream
-    STREAMED = "streamed"
     # no more messages will come
     CLOSED = "closed"
 
 
-# what the worker taking a ticket, and letting go of it, makes of each state
-_TAKEN = {TicketState.WAITING: TicketState.ANSWERING, TicketState.STREAMED: TicketState.STREAMING}
-_LET_GO = {TicketState.ANSWERING: TicketState.WAITING, TicketState.STREAMING: TicketState.STREAMED}
+# what a client reading a stream is told when the worker lets go of its job without
+# ending it (the worker crashed mid-answer): a second run's answer cannot follow the
+# part of the first that the client already has
+INTERRUPTED_MESSAGE = (
+    "the answer was cut off: foreman's worker stopped mid-answer; job {id} runs again, "
+    "collect its answer with GET /jobs/{id}"
+)
 
 
 @attrs.define(eq=False)
@@ -115,7 +116,7 @@ class Ticket:
     @property
     def streamed(self) -> bool:
         """The client may have seen body bytes: from then on a failure is final."""
-        return self.state in (TicketState.STREAMING, TicketState.STREAMED)
+        return self.state is TicketState.STREAMING
 
     @property
     def in_worker(self) -> bool:
@@ -124,15 +125,21 @@ class Ticket:
 
     def take(self) -> None:
         """The worker starts the job: from now on it alone closes the ticket."""
-        self.state = _TAKEN.get(self.state, self.state)
+        if self.state is TicketState.WAITING:
+            self.state = TicketState.ANSWERING
 
     def let_go(self, ended: bool) -> None:
-        """The worker is done with the job: closed if the job `ended` (or was aborted),
-        else waiting for the job's next run."""
+        """The worker is done with the job: closed if the job `ended` (or was aborted).
+        Otherwise the job runs again: a client that has seen none of the body waits for
+        that run; one reading the stream is told, and its ticket closes (the job's answer
+        is collected through the job API)."""
         if ended:
             self.close()
-        else:
-            self.state = _LET_GO.get(self.state, self.state)
+        elif self.state is TicketState.STREAMING:
+            self.offer(Failed(Ending.PUT_BACK, INTERRUPTED_MESSAGE.format(id=self.job_id)))
+            self.close()
+        elif self.state is TicketState.ANSWERING:
+            self.state = TicketState.WAITING
 
     def close(self, because: str | None = None) -> None:
         """No more messages: the client's wait or stream ends. `because`: the job stays
@@ -214,6 +221,7 @@ class Tickets:
 
 __all__ = [
     "BUFFER",
+    "INTERRUPTED_MESSAGE",
     "Chunk",
     "Ending",
     "Failed",

@@ -4,7 +4,17 @@ client waiting on it."""
 from __future__ import annotations
 
 from foreman.jobs import JobState
-from foreman.tickets import Chunk, Ending, Failed, Reply, StreamStart, Ticket, Tickets, TicketState
+from foreman.tickets import (
+    INTERRUPTED_MESSAGE,
+    Chunk,
+    Ending,
+    Failed,
+    Reply,
+    StreamStart,
+    Ticket,
+    Tickets,
+    TicketState,
+)
 
 from ._helpers import stored_job
 
@@ -37,23 +47,33 @@ async def test_a_whole_reply_is_not_a_stream() -> None:
     assert not ticket.streamed
 
 
-async def test_the_worker_letting_go_keeps_what_the_client_has_seen() -> None:
+async def test_the_worker_letting_go_before_the_body_keeps_the_client_waiting() -> None:
     tickets = Tickets()
     ticket = tickets.attach("J1")
     ticket.take()
     ticket.let_go(ended=False)
+    # nothing of the body went out: the job's next run answers this client
     assert state_of(ticket) is TicketState.WAITING
+    ticket.take()
+    assert state_of(ticket) is TicketState.ANSWERING
+    ticket.let_go(ended=True)
+    assert state_of(ticket) is TicketState.CLOSED
+
+
+async def test_the_worker_letting_go_mid_stream_tells_the_client_and_closes() -> None:
+    # the client has part of the answer: a second run cannot follow it in the same
+    # stream, so the client is told its job runs again and where to collect it
+    tickets = Tickets()
+    ticket = tickets.attach("J1")
     ticket.take()
     assert ticket.offer(Chunk(b"x\n"))
     ticket.let_go(ended=False)
-    # the job's next run goes on with the stream the client is reading
-    assert state_of(ticket) is TicketState.STREAMED
-    assert ticket.streamed
-    assert not ticket.in_worker
-    ticket.take()
-    assert state_of(ticket) is TicketState.STREAMING
-    ticket.let_go(ended=True)
     assert state_of(ticket) is TicketState.CLOSED
+    assert not ticket.in_worker
+    received = [message async for message in ticket.receive_channel]
+    assert received[0] == Chunk(b"x\n")
+    assert received[1] == Failed(Ending.PUT_BACK, INTERRUPTED_MESSAGE.format(id="J1"))
+    assert len(received) == 2
 
 
 async def test_only_tickets_the_worker_does_not_hold_are_closed_from_outside() -> None:
