@@ -424,12 +424,7 @@ async def test_revoking_a_key_ends_its_open_event_streams(
                     async for _ in lines:
                         pass  # the stream ends instead of going on
             # the key comes back for the next route's stream
-            keyed_settings.api_keys_file.write_text(
-                f"ops {ADMIN} admin\nsvc {SERVICE} jobs\nreader {READER} inference\n"
-            )
-            with trio.fail_after(30):
-                while (await svc.get("/queue")).status_code != 200:  # noqa: ASYNC110
-                    await trio.sleep(0.05)
+            await restore_keys(keyed_settings, svc)
 
 
 async def test_a_revoked_keys_streams_end_at_the_reload_without_waiting_for_an_event(
@@ -448,9 +443,15 @@ async def test_a_revoked_keys_streams_end_at_the_reload_without_waiting_for_an_e
                 with trio.fail_after(10):
                     async for _ in lines:
                         pass  # the stream ends instead of going on
-            keyed_settings.api_keys_file.write_text(
-                f"ops {ADMIN} admin\nsvc {SERVICE} jobs\nreader {READER} inference\n"
-            )
-            with trio.fail_after(30):
-                while (await svc.get("/queue")).status_code != 200:  # noqa: ASYNC110 - the keys file is re-read on a timer
-                    await trio.sleep(0.05)
+            await restore_keys(keyed_settings, svc)
+
+
+async def restore_keys(settings: Settings, svc: httpx.AsyncClient) -> None:
+    """Put every key back in the file and wait until foreman has read it."""
+    assert settings.api_keys_file is not None
+    settings.api_keys_file.write_text(
+        f"ops {ADMIN} admin\nsvc {SERVICE} jobs\nreader {READER} inference\n"
+    )
+    with trio.fail_after(30):
+        while (await svc.get("/queue")).status_code != 200:  # noqa: ASYNC110 - the keys file is re-read on a timer
+            await trio.sleep(0.05)

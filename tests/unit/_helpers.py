@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
+import trio
 
 from foreman.jobs import Endpoint, Job, JobState, NewJob
 
@@ -54,3 +56,18 @@ def stored_job(job_id: str, state: JobState = JobState.QUEUED, owner: str | None
         created_at=1.0,
         key_name=owner,
     )
+
+
+def valid() -> bool:
+    """A key check that always passes, for a stream's next batch."""
+    return True
+
+
+def later(nursery: trio.Nursery, at: float, act: Callable[[], object]) -> None:
+    """Run `act` at trio time `at`, beside the batch being waited for."""
+
+    async def run() -> None:
+        await trio.sleep_until(at)
+        act()
+
+    nursery.start_soon(run)

@@ -4,7 +4,7 @@ hands changes to viewers."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 
 import attrs
@@ -30,7 +30,7 @@ from foreman.jobs import Job, JobState
 from foreman.status import Status, WorkerStatistics
 from foreman.store import Activity, Overview, Store, SyncStore, connect
 
-from ._helpers import FakeClock, new_job
+from ._helpers import FakeClock, later, new_job, valid
 
 
 def run_job(store: SyncStore, resident: str | None) -> Job:
@@ -328,20 +328,6 @@ async def test_embedding_use_is_shown_and_pokes_only_when_the_model_changes(
 
 
 # -- a stream's next batch ----------------------------------------------------------------
-
-
-def valid() -> bool:
-    return True
-
-
-def later(nursery: trio.Nursery, at: float, act: Callable[[], object]) -> None:
-    """Run `act` at trio time `at`, beside the batch being waited for."""
-
-    async def run() -> None:
-        await trio.sleep_until(at)
-        act()
-
-    nursery.start_soon(run)
 
 
 async def timed(step: Awaitable[Batch | None]) -> tuple[Batch | None, float]:

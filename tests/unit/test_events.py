@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 
 import pytest
 import trio
@@ -13,7 +13,7 @@ from foreman.api.jobs import STREAM_BATCH, _sse, batch_seconds
 from foreman.events import Batch, JobEvents, StreamSlots, TooManyStreams
 from foreman.jobs import Job, JobState
 
-from ._helpers import stored_job
+from ._helpers import later, stored_job, valid
 
 
 def test_a_change_is_encoded_once_however_many_streams_send_it() -> None:
@@ -176,20 +176,6 @@ def test_many_queue_wide_streams_gather_changes_for_longer() -> None:
 
 
 # -- a stream's next batch ----------------------------------------------------------------
-
-
-def valid() -> bool:
-    return True
-
-
-def later(nursery: trio.Nursery, at: float, act: Callable[[], object]) -> None:
-    """Run `act` at trio time `at`, beside the batch being waited for."""
-
-    async def run() -> None:
-        await trio.sleep_until(at)
-        act()
-
-    nursery.start_soon(run)
 
 
 async def timed(step: Awaitable[Batch]) -> tuple[Batch, float]:
