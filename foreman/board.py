@@ -262,7 +262,7 @@ class Board:
             version = self._version
             if self._overview is None or self._overview_version != version:
                 began = trio.current_time()
-                self._overview = await self.store.overview(status.worker.running)
+                self._overview = await self.store.overview(next(iter(status.worker.running), None))
                 cost = trio.current_time() - began
                 self.spacing = min(MAX_SPACING, max(MIN_SPACING, cost * COST_FACTOR))
                 self._overview_version = version
@@ -288,7 +288,7 @@ class Board:
 
     def _render(self, overview: Overview, activity: Activity, status: Status) -> dict[str, Any]:
         resident = status.worker.resident
-        tokens = status.worker.tokens if status.worker.running is not None else None
+        tokens = status.worker.tokens if status.worker.running else None
         now = self._clock()
         waiting = sorted(
             overview.waiting,

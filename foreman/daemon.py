@@ -116,7 +116,7 @@ def status_reader(worker: Worker, queue: JobQueue, tickets: Tickets) -> Callable
     the queue takes jobs and how many clients hold a ticket (see `Status`)."""
 
     def read() -> Status:
-        return Status(worker.statistics(), accepting=queue.accepting, waiters=len(tickets))
+        return Status((worker.statistics(),), accepting=queue.accepting, waiters=len(tickets))
 
     return read
 

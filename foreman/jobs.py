@@ -121,6 +121,8 @@ class Job:
     deadline: float | None = None
     # the name of the API key that made the job (None without keys)
     key_name: str | None = None
+    # the name of the upstream that ran (or runs) its latest attempt; None before one
+    upstream: str | None = None
 
 
 @attrs.frozen

@@ -216,7 +216,7 @@ class Worker:
         running = self.running
         return WorkerStatistics(
             resident=self.resident,
-            running=running.job_id if running is not None else None,
+            running=(running.job_id,) if running is not None else (),
             tokens=running.tokens if running is not None else 0,
             online=self.online,
             failed_probes=self.failed_probes,

@@ -85,6 +85,14 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX jobs_idempotency ON jobs (ifnull(key_name, ''), idempotency_key)
         WHERE idempotency_key IS NOT NULL;
     """,
+    # 6: the fleet: which upstream ran a job's latest attempt, and which upstream each
+    # load was made on; the placement rule walks the queued keys one seek each
+    """
+    ALTER TABLE jobs ADD COLUMN upstream TEXT;
+    ALTER TABLE swaps ADD COLUMN upstream TEXT;
+    CREATE INDEX jobs_running_upstream ON jobs (upstream, state)
+        WHERE state IN ('loading', 'working');
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

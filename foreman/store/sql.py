@@ -28,7 +28,7 @@ from foreman.store.errors import IdempotencyConflict, NotTerminal
 _COLUMNS = (
     "id, endpoint, model, model_key, body, stream, state, priority, attempts, max_attempts,"
     " not_before, enqueued_at, created_at, started_at, finished_at, error, result, queue_ms, ref,"
-    " idempotency_key, deadline, key_name"
+    " idempotency_key, deadline, key_name, upstream"
 )
 
 TERMINAL_SQL = "('done', 'failed', 'cancelled')"
@@ -148,6 +148,7 @@ def _row_to_job(row: Sequence[Any]) -> Job:
         idempotency_key=row[19],
         deadline=_float(row[20]),
         key_name=row[21],
+        upstream=row[22],
     )
 
 

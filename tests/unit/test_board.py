@@ -260,7 +260,9 @@ async def test_the_summary_is_read_once_per_change_and_tokens_are_read_fresh(
     board = Board(
         async_store,
         max_wait=600,
-        status=lambda: Status(WorkerStatistics(resident="m:latest", running="x", tokens=tokens[0])),
+        status=lambda: Status(
+            (WorkerStatistics(resident="m:latest", running=("x",), tokens=tokens[0]),)
+        ),
     )
     original = async_store.overview
 

@@ -42,13 +42,13 @@ def _scrape(metrics: Metrics) -> dict[str, float]:
 
 def test_the_worker_statistics_say_what_it_holds(worker: Worker) -> None:
     assert worker.statistics() == WorkerStatistics(
-        resident=None, running=None, tokens=0, online=False
+        resident=None, running=(), tokens=0, online=False
     )
     worker.resident = "llama3:latest"
     worker.online = True
     worker.running = Running("J1", trio.CancelScope(), JobState.WORKING, tokens=7)
     assert worker.statistics() == WorkerStatistics(
-        resident="llama3:latest", running="J1", tokens=7, online=True
+        resident="llama3:latest", running=("J1",), tokens=7, online=True
     )
     # a snapshot: later progress does not change one already taken
     taken = worker.statistics()
@@ -63,14 +63,14 @@ def test_the_status_joins_the_worker_the_queue_and_the_relay(
     tickets = Tickets()
     queue = JobQueue(Store(store), tickets, Wakeup(), JobEvents(), worker.cancel_running)
     read = status_reader(worker, queue, tickets)
-    assert read() == Status(WorkerStatistics(), accepting=True, waiters=0)
+    assert read() == Status((WorkerStatistics(),), accepting=True, waiters=0)
     worker.resident = "llama3:latest"
     worker.online = True
     tickets.attach("J1")
     tickets.attach("J2")
     queue.accepting = False
     assert read() == Status(
-        WorkerStatistics(resident="llama3:latest", online=True), accepting=False, waiters=2
+        (WorkerStatistics(resident="llama3:latest", online=True),), accepting=False, waiters=2
     )
 
 
@@ -81,7 +81,7 @@ def test_a_scrape_reads_the_status_once_and_shows_it() -> None:
     def status() -> Status:
         reads.append(1)
         worker = WorkerStatistics(resident="llama3:latest num_ctx=8192", online=True)
-        return Status(worker, accepting=False, waiters=3)
+        return Status((worker,), accepting=False, waiters=3)
 
     metrics.status = status
     scraped = _scrape(metrics)
@@ -105,8 +105,8 @@ async def test_a_dashboard_summary_reads_the_status_once_and_shows_it(store: Syn
 
     def status() -> Status:
         reads.append(1)
-        worker = WorkerStatistics(resident="llama3:latest", running="J1", tokens=5, online=True)
-        return Status(worker, accepting=False, waiters=2)
+        worker = WorkerStatistics(resident="llama3:latest", running=("J1",), tokens=5, online=True)
+        return Status((worker,), accepting=False, waiters=2)
 
     board = Board(Store(store), max_wait=600, status=status)
     summary = await board.summary()
