@@ -29,6 +29,7 @@ import attrs
 
 from foreman.durations import go_duration_seconds
 from foreman.retry import BACKOFF_CAP
+from foreman.upstream_specs import UpstreamSpec, specs_from_urls
 
 
 class ConfigError(Exception):
@@ -421,6 +422,11 @@ class Settings:
     # None: derived at start from the open-file limit (foreman.connections)
     max_connections: int | None = default_of("max_connections")
     header_timeout: float = default_of("header_timeout")
+    # the Ollama servers foreman drives; without `[[upstream]]` tables, one per URL of
+    # `ollama_url` (comma-separated), one slot each
+    upstreams: tuple[UpstreamSpec, ...] = attrs.field(
+        default=attrs.Factory(lambda self: specs_from_urls(self.ollama_url), takes_self=True)
+    )
 
     @property
     def listen_is_loopback(self) -> bool:

@@ -8,6 +8,7 @@ SIGTERM or SIGINT) drains first: see `drain`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -23,6 +24,7 @@ from foreman.board import Board
 from foreman.config import Settings
 from foreman.connections import AcceptFailureThrottle, connection_cap, raise_open_file_limit
 from foreman.events import JobEvents, Wakeup
+from foreman.fleet import Fleet, Member
 from foreman.keys import KEY_FILE_POLL, KeyFile, watch_key_file
 from foreman.metrics import JobTally, Metrics
 from foreman.queue import JobQueue, run_janitor
@@ -38,6 +40,7 @@ from foreman.upstream import (
     Upstream,
     default_client,
 )
+from foreman.upstream_specs import UpstreamSpec
 from foreman.worker import Worker, WorkerSettings, supervise
 
 log = logging.getLogger("foreman")
@@ -105,7 +108,9 @@ def with_connection_cap(settings: Settings) -> Settings:
     is raised first as far as the hard limit allows; raises ConfigError when the limit
     leaves no room."""
     soft = raise_open_file_limit()
-    cap = connection_cap(settings.max_connections, soft, UPSTREAM_CONNECTIONS)
+    cap = connection_cap(
+        settings.max_connections, soft, UPSTREAM_CONNECTIONS * len(settings.upstreams)
+    )
     # said once foreman listens (see run): a start that fails says only why
     log.debug("open-file limit %d; at most %d client connections at once", soft, cap)
     return attrs.evolve(settings, max_connections=cap)
@@ -132,15 +137,35 @@ class Parts:
     app: AccessLog
 
 
+@attrs.frozen
+class UpstreamPools:
+    """One upstream's connection pools (see `foreman.upstream`)."""
+
+    spec: UpstreamSpec
+    relay: httpx.AsyncClient
+    worker: httpx.AsyncClient
+    probe: httpx.AsyncClient
+
+
+def build_fleet(settings: Settings, pools: list[UpstreamPools]) -> Fleet:
+    return Fleet(
+        tuple(
+            Member(
+                p.spec,
+                relay=Upstream(p.relay, settings.read_timeout),
+                probes=Upstream(p.probe, settings.read_timeout),
+            )
+            for p in pools
+        )
+    )
+
+
 async def _assemble(
     settings: Settings,
     store: Store,
     events: JobEvents,
     keys: KeyFile,
-    *,
-    relay_client: httpx.AsyncClient,
-    worker_client: httpx.AsyncClient,
-    probe_client: httpx.AsyncClient,
+    pools: list[UpstreamPools],
 ) -> Parts:
     """foreman's parts, each handed what it reads and whom it tells. The tickets and
     /metrics listen before the jobs a crash left running are put back, so they hear those
@@ -155,9 +180,10 @@ async def _assemble(
     tally.load(await store.unfinished())
     board = Board(store, settings.max_wait)
     events.subscribe(None, board.on_job_change)
+    fleet = build_fleet(settings, pools)
     worker = Worker(
         store,
-        Upstream(worker_client, settings.read_timeout),
+        Upstream(pools[0].worker, settings.read_timeout),
         tickets,
         wakeup,
         WorkerSettings.from_settings(settings),
@@ -181,8 +207,9 @@ async def _assemble(
     services = Services(
         settings=settings,
         queue=queue,
-        upstream=Upstream(relay_client, settings.read_timeout),
-        probes=Upstream(probe_client, settings.read_timeout),
+        upstream=fleet.members[0].relay,
+        probes=fleet.members[0].probes,
+        fleet=fleet,
         keys=keys,
         metrics=metrics,
         board=board,
@@ -234,20 +261,23 @@ async def run(
     store = await Store.open(settings.db, on_change=events.publish)
     accept_failures.addFilter(throttle)
     try:
-        async with (
-            default_client(settings.ollama_url, RELAY_CONNECTIONS) as relay_client,
-            default_client(settings.ollama_url, WORKER_CONNECTIONS) as worker_client,
-            default_client(settings.ollama_url, PROBE_CONNECTIONS) as probe_client,
-        ):
-            parts = await _assemble(
-                settings,
-                store,
-                events,
-                keys,
-                relay_client=relay_client,
-                worker_client=worker_client,
-                probe_client=probe_client,
-            )
+        async with contextlib.AsyncExitStack() as clients:
+            pools = [
+                UpstreamPools(
+                    spec,
+                    relay=await clients.enter_async_context(
+                        default_client(spec.url, RELAY_CONNECTIONS)
+                    ),
+                    worker=await clients.enter_async_context(
+                        default_client(spec.url, WORKER_CONNECTIONS)
+                    ),
+                    probe=await clients.enter_async_context(
+                        default_client(spec.url, PROBE_CONNECTIONS)
+                    ),
+                )
+                for spec in settings.upstreams
+            ]
+            parts = await _assemble(settings, store, events, keys, pools)
             control.worker = parts.worker
             server_stop = trio.Event()
             async with trio.open_nursery() as nursery:

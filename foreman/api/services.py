@@ -11,6 +11,7 @@ import attrs
 from foreman.board import Board
 from foreman.config import Settings
 from foreman.events import StreamSlots
+from foreman.fleet import Fleet
 from foreman.keys import KeyFile
 from foreman.metrics import Metrics
 from foreman.queue import JobQueue
@@ -29,6 +30,8 @@ class Services:
     metrics: Metrics
     # the dashboard's view
     board: Board
+    # every upstream, as the workers know them
+    fleet: Fleet
     # the open event streams, against the caps in the settings
     streams: StreamSlots = attrs.field(
         default=attrs.Factory(
