@@ -849,7 +849,8 @@ class SyncStore:
         jobs: dict[str, list[float]] = {}
         for key, seconds in self.conn.execute(
             "SELECT model_key, finished_at - started_at FROM jobs INDEXED BY jobs_finished"
-            " WHERE state IN ('done') AND finished_at >= ? AND started_at IS NOT NULL"
+            f" WHERE state IN {TERMINAL_SQL} AND state = 'done' AND finished_at >= ?"
+            " AND started_at IS NOT NULL"
             " AND id NOT IN (SELECT job_id FROM swaps WHERE started_at >= ?)"
             " ORDER BY finished_at DESC LIMIT ?",
             (since, since, limit),
