@@ -181,7 +181,8 @@ async def test_tokens_slow_down_mildly_with_concurrency(clock: trio.testing.Mock
     async def generate(together: int) -> None:
         mine = entry(state.recorder)
         async with state.scheduler.inference(mine, LLAMA, DEFAULT, None):
-            await state.wait_until(lambda: state.scheduler.chat.busy == together)
+            with trio.fail_after(60):  # virtual seconds: fails at once if they never meet
+                await state.wait_until(lambda: state.scheduler.chat.busy == together)
             for _ in range(10):
                 await pace(call)
         ended.append(trio.current_time())
