@@ -18,7 +18,7 @@ import trio.testing
 from foreman.stub import StubConfig, StubOllama, chat_occupancy
 from foreman.stub.call import Call
 from foreman.stub.catalogue import ModelInfo, make_model
-from foreman.stub.cli import main
+from foreman.stub.cli import build_parser, config_from_args, main
 from foreman.stub.config import apply_changes
 from foreman.stub.record import Recorder, RequestEntry
 from foreman.stub.scheduler import Scheduler, batch_factor
@@ -296,3 +296,33 @@ def test_a_bad_parallel_is_one_line_and_exit_2(
     assert len(lines) == 1
     assert lines[0].startswith(f"foreman stub: error: argument {argv[0]}:")
     assert captured.out == ""
+
+
+async def test_a_load_for_another_model_waits_for_every_running_request(
+    clock: trio.testing.MockClock,
+) -> None:
+    scheduler, recorder = make(parallel=2)
+    loaded_at: list[float] = []
+
+    async def load() -> None:
+        mine = recorder.begin("POST", "/api/generate", "generate", "mistral", 0)
+        await scheduler.load(scheduler.chat, mine, MISTRAL, DEFAULT, None)
+        loaded_at.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run, scheduler, recorder, LLAMA, 100)
+        await trio.sleep(0.01)
+        nursery.start_soon(run, scheduler, recorder, LLAMA, 50)
+        await trio.sleep(6)
+        nursery.start_soon(load)
+    assert loaded_at == [5 + 100 + 5]
+    assert scheduler.chat.model == MISTRAL
+    assert not chat_occupancy(recorder.entries).models_overlapped
+
+
+def test_the_command_line_sets_parallel_and_the_slowdown() -> None:
+    args = build_parser().parse_args(["--parallel", "4", "--batch-slowdown", "0.25"])
+    config = config_from_args(args)
+    assert (config.parallel, config.batch_slowdown) == (4, 0.25)
+    default = config_from_args(build_parser().parse_args([]))
+    assert (default.parallel, default.batch_slowdown) == (1, 0.1)
