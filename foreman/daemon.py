@@ -251,10 +251,14 @@ async def _put_back_interrupted(store: Store) -> None:
 def _listening(settings: Settings, binds: list[str]) -> str:
     """The address foreman listens on, said once it does."""
     address = binds[0] if binds else f"http://{settings.host}:{settings.port}"
+    upstreams = ", ".join(
+        f"{u.name}={u.url} ({u.slots} slot{'' if u.slots == 1 else 's'})"
+        for u in settings.upstreams
+    )
     log.info(
-        "foreman listening on %s, ollama at %s, database %s, at most %d client connections",
+        "foreman listening on %s, upstreams %s, database %s, at most %d client connections",
         address,
-        settings.ollama_url,
+        upstreams,
         settings.db,
         settings.max_connections,
     )
