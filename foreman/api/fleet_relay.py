@@ -182,7 +182,8 @@ async def embedding(services: Services) -> Response:
                 return await _embed_on(other, services, body, started, key, other.name)
             except UpstreamError as err:
                 metrics.upstream_error(err.metric_kind)
-                return error_for(request.path, 502, named(other.name, str(err)))
+                message = f"{named(label, str(failed))}; {named(other.name, str(err))}"
+                return error_for(request.path, 502, message)
     return error_for(request.path, 502, named(label, str(failed)))
 
 
