@@ -360,3 +360,23 @@ async def test_ready_while_one_upstream_answers_and_names_the_others(
         "upstream gpu0 is unreachable",
         "upstream gpu1 is unreachable",
     ]
+
+
+async def test_the_openapi_document_names_the_upstream_header_on_the_admin_routes(
+    two: tuple[Fixture, httpx.AsyncClient],
+) -> None:
+    _, client = two
+    described = (await client.get("/openapi.json")).json()["paths"]
+    admin = [
+        ("/api/pull", "post"),
+        ("/api/push", "post"),
+        ("/api/create", "post"),
+        ("/api/copy", "post"),
+        ("/api/delete", "delete"),
+        ("/api/blobs/{digest}", "head"),
+        ("/api/blobs/{digest}", "post"),
+    ]
+    for path, method in admin:
+        parameters = described[path][method]["parameters"]
+        assert "X-Foreman-Upstream" in [p["name"] for p in parameters if p["in"] == "header"]
+        assert "400" in described[path][method]["responses"]
