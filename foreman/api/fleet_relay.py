@@ -169,7 +169,7 @@ async def embedding(services: Services) -> Response:
         return _none_up(fleet)
     label = member.name if len(fleet) > 1 else None
     try:
-        return await _embed_on(member, services, body, started, key, label)
+        return await _embed_on(member, services, body, started, model, label)
     except httpx.InvalidURL:
         return error_for(request.path, 400, "the request path is not a valid URL path")
     except UpstreamError as err:
@@ -179,7 +179,7 @@ async def embedding(services: Services) -> Response:
         other = choose.for_embedding(fleet, key, avoid=member)
         if other is not None:
             try:
-                return await _embed_on(other, services, body, started, key, other.name)
+                return await _embed_on(other, services, body, started, model, other.name)
             except UpstreamError as err:
                 metrics.upstream_error(err.metric_kind)
                 message = f"{named(label, str(failed))}; {named(other.name, str(err))}"
@@ -192,21 +192,21 @@ async def _embed_on(
     services: Services,
     body: bytes,
     started: float,
-    key: str | None,
+    model: str | None,
     label: str | None,
 ) -> Response:
     """Relay the embedding request to `member`, counted in its embeddings in flight until
     its answer is read; a 2xx answer records that the model is loaded there. Raises
     UpstreamError when the request cannot be sent."""
 
-    def answered(model: str) -> None:
-        member.embedding_models[model] = trio.current_time()
-        services.board.embedding_used(model)
+    def answered(key: str) -> None:
+        member.embedding_models[key] = trio.current_time()
+        services.board.embedding_used(key)
 
     member.embeddings_in_flight += 1
     try:
         response = await send_current(member.relay, body)
-        return await relay_answer(response, started, services.metrics, key, answered, label=label)
+        return await relay_answer(response, started, services.metrics, model, answered, label=label)
     finally:
         member.embeddings_in_flight -= 1
 
