@@ -251,8 +251,9 @@ class Worker:
         StoreUnwritable when the claim cannot be written (nothing was claimed)."""
         self._set_claiming(True)
         try:
+            # outside the lock: a slow model list must not hold up the others' claims
+            await self._refresh_knowledge()
             async with self.fleet.claim_lock:
-                await self._refresh_knowledge()
                 lane = self._lane()
                 if not lane.free or not self.online:
                     return None
