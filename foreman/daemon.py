@@ -31,6 +31,7 @@ from foreman.queue import JobQueue, run_janitor
 from foreman.serving import ServerConfig, serve  # hypercorn's, with its connections mended
 from foreman.status import Status
 from foreman.store import Store
+from foreman.supervisor import supervise
 from foreman.tickets import Tickets
 from foreman.upstream import (
     PROBE_CONNECTIONS,
@@ -41,7 +42,7 @@ from foreman.upstream import (
     default_client,
 )
 from foreman.upstream_specs import UpstreamSpec
-from foreman.worker import Worker, WorkerSettings, supervise
+from foreman.worker import Worker, WorkerSettings
 
 log = logging.getLogger("foreman")
 

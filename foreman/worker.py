@@ -47,13 +47,15 @@ from foreman.answers import (
 from foreman.config import Settings, default_of
 from foreman.events import Wakeup
 from foreman.fleet import Fleet, Member
-from foreman.jobs import RUNNING_STATES, Endpoint, Job, JobState
+from foreman.jobs import RUNNING_STATES, Job, JobState
 from foreman.metrics import Metrics
 from foreman.policy import Lane
 from foreman.residency import normalise_model, split_key
+from foreman.resident import Resident
 from foreman.retry import BACKOFF_CAP, FailureKind, backoff_delay
 from foreman.status import WorkerStatistics
 from foreman.store import Store, StoreUnwritable
+from foreman.store_backoff import StoreBackoff
 from foreman.tickets import Chunk, Ending, Failed, Message, Reply, StreamStart, Ticket, Tickets
 from foreman.upstream import (
     Upstream,
@@ -74,30 +76,6 @@ STILL_ANSWERS_SECONDS = 10.0
 # the history the placement's measured costs are read from (see `LoadCosts`)
 COSTS_WINDOW = 24 * 3600.0
 SHUTDOWN_MESSAGE = "foreman is shutting down; job {id} is back in the queue and runs after restart"
-
-
-class StoreBackoff:
-    """Waiting out a database that cannot be written: 0.25 s doubling to 10 s between
-    tries, one warning when writes start failing and one line when they work again."""
-
-    def __init__(self, first: float = 0.25, cap: float = 10.0) -> None:
-        self.first = first
-        self.cap = cap
-        self.delay = first
-        self.failing = False
-
-    async def pause(self, exc: StoreUnwritable, doing: str) -> None:
-        if not self.failing:
-            log.warning("%s; %s waits until it can be written", exc, doing)
-            self.failing = True
-        await trio.sleep(self.delay)
-        self.delay = min(self.delay * 2, self.cap)
-
-    def succeeded(self) -> None:
-        if self.failing:
-            log.info("the database takes writes again; the worker carries on")
-        self.failing = False
-        self.delay = self.first
 
 
 @attrs.frozen
@@ -185,8 +163,8 @@ class Worker:
         self._claiming = False
         self._quiet = trio.Event()
         self._quiet.set()
-        # the route the resident model came by (unloaded the same way)
-        self.resident_endpoint = Endpoint.GENERATE
+        # what the upstream holds, and the calls that change it
+        self.holding = Resident(upstream, member)
         # the jobs in hand, in claim order
         self.jobs: dict[str, Running] = {}
         # probes of Ollama that failed since start (`statistics`)
@@ -197,12 +175,12 @@ class Worker:
     # the fleet's view of this upstream, which the placement of every worker reads
     @property
     def resident(self) -> str | None:
-        """The residency key of the chat model the upstream holds (or is loading)."""
-        return self.member.resident
+        """The residency key of the chat model the upstream holds."""
+        return self.holding.key
 
     @resident.setter
     def resident(self, key: str | None) -> None:
-        self.member.resident = key
+        self.holding.key = key
 
     @property
     def online(self) -> bool:
@@ -539,51 +517,26 @@ class Worker:
             return await self._move(running, JobState.WORKING)
         previous = self.resident
         if previous is not None:
-            await self._check_known(job)
+            await self.holding.check_known(job)
         waiting_prev = await self.store.count_queued(previous) if previous else 0
         waiting_next = await self.store.count_queued(job.model_key)
         log.info(
-            "swap %s -> %s (waiting: %d for %s, %d for %s)",
+            "swap %s -> %s on %s (waiting: %d for %s, %d for %s)",
             previous or "(none)",
             job.model_key,
+            self.member.name,
             waiting_prev,
             previous or "(none)",
             waiting_next + 1,
             job.model_key,
         )
-        if previous is not None:
-            name, _ = split_key(previous)
-            try:
-                await self.upstream.unload(name, self.resident_endpoint)
-            except UpstreamError as err:
-                if err.kind is FailureKind.OUTAGE:
-                    raise
-                log.warning("unloading %s failed (%s); loading anyway", previous, err)
-            self.resident = None
-        _, options = split_key(job.model_key)
-        await self.upstream.load(job.model, options, job.endpoint, self.settings.keep_alive)
-        self.resident = job.model_key
-        self.resident_endpoint = job.endpoint
+        await self.holding.swap(job, self.settings.keep_alive)
         moved = await self._move(running, JobState.WORKING, loaded=True)
         self.member.loading = False
         self.member.loading_key = None
         # the other slots may take the model's jobs now
         self.wakeup.notify()
         return moved
-
-    async def _check_known(self, job: Job) -> None:
-        """Raise Ollama's 404 if it does not have the job's model, before the resident
-        model is unloaded: one typo must not cost the next real request a full reload.
-        /api/show reads the model's files without loading it. Any other failure of the
-        check leaves the decision to the load, as if there had been no check."""
-        try:
-            await self.upstream.show(job.model)
-        except UpstreamError as err:
-            if err.status == 404:
-                raise
-            if err.kind is FailureKind.OUTAGE:
-                raise
-            log.warning("checking %s before the swap failed (%s); swapping anyway", job.model, err)
 
     async def _call(self, job: Job, running: Running) -> None:
         last: Message | None = None
@@ -767,36 +720,7 @@ class Worker:
         if len(self.fleet) > 1:
             await self.member.refresh_tags()
         self.online = True
-        await self._discover_resident()
-
-    async def _discover_resident(self) -> None:
-        try:
-            models = await self.upstream.running_models()
-        except UpstreamError as err:
-            log.warning("cannot read ollama's loaded models (%s)", err)
-            return
-        for entry in models:
-            name = entry.get("name") or entry.get("model")
-            if not isinstance(name, str):
-                continue
-            if await self._is_embedding_model(name):
-                continue
-            self.resident = normalise_model(name)
-            log.info("resident chat model at start: %s", self.resident)
-            return
-        self.resident = None
-
-    async def _is_embedding_model(self, name: str) -> bool:
-        try:
-            info = await self.upstream.show(name)
-        except UpstreamError:
-            return False
-        capabilities = info.get("capabilities")
-        return (
-            isinstance(capabilities, list)
-            and "embedding" in capabilities
-            and ("completion" not in capabilities)
-        )
+        await self.holding.discover()
 
 
 def _is_unload(job: Job) -> bool:
@@ -809,47 +733,3 @@ def _request_object(body: bytes) -> dict[str, Any]:
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
-
-
-async def supervise(worker: Worker, *, restart_delay: float = 1.0) -> None:
-    """Keep a worker running: log a crash, requeue its jobs, restart after a pause.
-
-    Nothing the worker raises ends the supervisor: a database that cannot be written
-    (which the worker mostly waits out itself) is waited out here too, without a
-    traceback, and the clean-up write waits for it rather than escaping and taking the
-    whole process (and /health) down.
-    """
-    delay = restart_delay
-    while True:
-        started = trio.current_time()
-        try:
-            await worker.run()
-        except StoreUnwritable as exc:
-            await worker.store_backoff.pause(exc, "the worker")
-            await _requeue_in_flight(worker, "the database could not be written")
-        except Exception:
-            if trio.current_time() - started > 60:
-                delay = restart_delay  # it had been healthy: not a crash loop
-            log.exception("the worker crashed; restarting in %.1fs", delay)
-            await _requeue_in_flight(worker, "the worker crashed")
-            await trio.sleep(delay)
-            delay = min(delay * 2, 30.0)
-
-
-async def _requeue_in_flight(worker: Worker, why: str) -> None:
-    """Put back whatever the crashed worker held: every job the store has running on its
-    upstream (the store, not the worker's memory, says which). A write that fails
-    because the database cannot be written is tried again with backoff."""
-    worker.forget_jobs()
-    while True:
-        try:
-            for job in await worker.store.running(worker.member.name):
-                moved = await worker.store.transition(job.id, job.state, JobState.QUEUED)
-                if moved is not None:
-                    log.info("job %s put back in the queue after %s", moved.id, why)
-        except StoreUnwritable as exc:
-            await worker.store_backoff.pause(exc, "the worker")
-            continue
-        worker.store_backoff.succeeded()
-        worker.wakeup.notify()
-        return

@@ -21,10 +21,11 @@ from foreman.fleet import Fleet, Member
 from foreman.jobs import Job, JobState, NewJob
 from foreman.residency import normalise_model
 from foreman.store import Store, SyncStore, connect
+from foreman.supervisor import supervise
 from foreman.tickets import Tickets
 from foreman.upstream import Upstream
 from foreman.upstream_specs import UpstreamSpec
-from foreman.worker import Worker, WorkerSettings, supervise
+from foreman.worker import Worker, WorkerSettings
 
 from ._worker_harness import FakeOllama, Moved, Pulse, Seen, TopOfWindow, _normal, wall
 
