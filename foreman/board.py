@@ -372,4 +372,5 @@ def job_view(job: Job) -> dict[str, Any]:
         "error": error,
         "owner": job.key_name,
         "stream": job.stream,
+        "upstream": job.upstream,
     }

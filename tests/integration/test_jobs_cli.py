@@ -103,3 +103,21 @@ async def test_the_key_comes_from_foreman_api_key_and_help_says_why(
     help_text = " ".join(capsys.readouterr().out.split())
     assert "visible to other users" in help_text
     assert "FOREMAN_API_KEY" in help_text
+
+
+async def test_ls_shows_the_upstream_that_ran_each_job(
+    foreman: str, stub: StubOllama, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = await cli(
+        capsys, foreman, "--json", "submit", "--model", "llama3", "--prompt", "hi", "--wait"
+    )
+    assert code == 0
+    ran = json.loads(out)
+    code, out, _ = await cli(capsys, foreman, "ls")
+    assert code == 0
+    header, *rows = out.splitlines()
+    columns = header.split()
+    assert columns[6] == "UPSTREAM"
+    at = header.index("UPSTREAM")
+    shown = {row.split()[0]: row[at:].split()[0] for row in rows}
+    assert shown[ran["id"]] == (ran["upstream"] or "-")
