@@ -44,18 +44,24 @@ def _scrape(metrics: Metrics) -> dict[str, float]:
 
 
 def test_the_worker_statistics_say_what_it_holds(worker: Worker) -> None:
+    # alone, the upstream is named after its URL's host:port, with one slot
     assert worker.statistics() == WorkerStatistics(
-        resident=None, running=(), tokens=0, online=False
+        name="ollama", url="http://ollama", resident=None, running=(), tokens=0, online=False
     )
     worker.resident = "llama3:latest"
     worker.online = True
-    worker.running = Running("J1", trio.CancelScope(), JobState.WORKING, tokens=7)
+    worker.jobs["J1"] = Running("J1", trio.CancelScope(), JobState.WORKING, tokens=7)
     assert worker.statistics() == WorkerStatistics(
-        resident="llama3:latest", running=("J1",), tokens=7, online=True
+        name="ollama",
+        url="http://ollama",
+        resident="llama3:latest",
+        running=("J1",),
+        tokens=7,
+        online=True,
     )
     # a snapshot: later progress does not change one already taken
     taken = worker.statistics()
-    worker.running.tokens = 8
+    worker.jobs["J1"].tokens = 8
     assert taken.tokens == 7
     assert worker.statistics().tokens == 8
 
@@ -65,15 +71,23 @@ def test_the_status_joins_the_worker_the_queue_and_the_relay(
 ) -> None:
     tickets = Tickets()
     queue = JobQueue(Store(store), tickets, Wakeup(), JobEvents(), worker.cancel_running)
-    read = status_reader(worker, queue, tickets)
-    assert read() == Status((WorkerStatistics(),), accepting=True, waiters=0)
+    read = status_reader([worker], queue, tickets)
+    assert read() == Status(
+        (WorkerStatistics(name="ollama", url="http://ollama"),), accepting=True, waiters=0
+    )
     worker.resident = "llama3:latest"
     worker.online = True
     tickets.attach("J1")
     tickets.attach("J2")
     queue.accepting = False
     assert read() == Status(
-        (WorkerStatistics(resident="llama3:latest", online=True),), accepting=False, waiters=2
+        (
+            WorkerStatistics(
+                name="ollama", url="http://ollama", resident="llama3:latest", online=True
+            ),
+        ),
+        accepting=False,
+        waiters=2,
     )
 
 

@@ -134,6 +134,11 @@ class FullDiskStore(SyncStore):
             self._fail()
         return super().claim_next(resident, max_wait)
 
+    def claim_on(self, *args: Any, **kwargs: Any) -> Any:
+        if self.count_queued():
+            self._fail()
+        return super().claim_on(*args, **kwargs)
+
     def transition(self, *args: Any, **kwargs: Any) -> Any:
         self._fail()
         return super().transition(*args, **kwargs)
