@@ -12,6 +12,7 @@ from foreman.cli import main
 from foreman.config import Settings
 from foreman.stub import StubOllama
 from foreman.testing import running_foreman
+from foreman.upstream_specs import default_name
 
 
 async def cli(capsys: pytest.CaptureFixture[str], url: str, *args: str) -> tuple[int, str, str]:
@@ -105,7 +106,7 @@ async def test_the_key_comes_from_foreman_api_key_and_help_says_why(
     assert "FOREMAN_API_KEY" in help_text
 
 
-async def test_ls_shows_the_upstream_that_ran_each_job(
+async def test_ls_and_show_name_the_upstream_that_ran_a_job(
     foreman: str, stub: StubOllama, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, _ = await cli(
@@ -120,4 +121,9 @@ async def test_ls_shows_the_upstream_that_ran_each_job(
     assert columns[6] == "UPSTREAM"
     at = header.index("UPSTREAM")
     shown = {row.split()[0]: row[at:].split()[0] for row in rows}
-    assert shown[ran["id"]] == (ran["upstream"] or "-")
+    # one upstream, named host:port by default
+    assert ran["upstream"] == default_name(stub.url)
+    assert shown[ran["id"]] == ran["upstream"]
+    code, out, _ = await cli(capsys, foreman, "show", ran["id"])
+    assert code == 0
+    assert f"{'upstream':12s} {ran['upstream']}" in out.splitlines()
