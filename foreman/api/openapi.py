@@ -305,6 +305,11 @@ def spec() -> dict[str, Any]:
                         "queue_ms": {"type": ["integer", "null"]},
                         "deadline": {"type": ["string", "null"], "format": "date-time"},
                         "error": {"type": ["string", "null"]},
+                        "upstream": {
+                            "type": ["string", "null"],
+                            "description": "the name of the upstream that ran the latest"
+                            " attempt; null before the first",
+                        },
                         "result": {"description": "the upstream's answer, once done"},
                     },
                 },

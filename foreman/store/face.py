@@ -267,8 +267,8 @@ class Store:
     async def unfinished(self) -> list[tuple[str, JobState, str]]:
         return await self._read(self.sync.unfinished)
 
-    async def overview(self, running_id: str | None) -> Overview:
-        return await self._read(self.sync.overview, running_id)
+    async def overview(self, running_ids: Sequence[str] = (), swaps: int = 40) -> Overview:
+        return await self._read(self.sync.overview, running_ids, swaps)
 
     async def activity(self, since: float) -> Activity:
         return await self._read(self.sync.activity, since)

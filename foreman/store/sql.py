@@ -121,13 +121,18 @@ PLACE_STATEMENTS: tuple[tuple[str, tuple[Any, ...]], ...] = (
 @attrs.frozen
 class Swap:
     """One model load: which model, when the load began and ended, and how many jobs
-    started while that model stayed resident (the one that caused the load included)."""
+    started while that model stayed resident (the one that caused the load included).
+
+    `upstream` names the upstream that made the load; None for a load recorded before
+    foreman drove several upstreams (there was only one then).
+    """
 
     model_key: str
     job_id: str
     started_at: float
     loaded_at: float
     jobs: int
+    upstream: str | None = None
 
 
 @attrs.frozen
@@ -158,11 +163,15 @@ class Activity:
 
 @attrs.frozen
 class Overview:
-    """What the dashboard reads from the database after each change, in one go."""
+    """What the dashboard reads from the database after each change, in one go.
+
+    `running` holds the running jobs it was asked for that the store still has, in the
+    order asked (a job can end between the ask and the read: it is then read as ended).
+    """
 
     waiting: list[Waiting]
     swaps: list[Swap]
-    running: Job | None
+    running: list[Job]
 
 
 def wall_clock() -> float:
@@ -775,8 +784,10 @@ class SyncStore:
         ).fetchall()
         return [(job_id, JobState(state), model) for job_id, state, model in rows]
 
-    def overview(self, running_id: str | None, swaps: int = 40) -> Overview:
-        """The dashboard's reads after a change, in one trip to the store's thread.
+    def overview(self, running_ids: Sequence[str] = (), swaps: int = 40) -> Overview:
+        """The dashboard's reads after a change, in one trip to the store's thread: the
+        queued jobs per model, the latest `swaps` loads (every upstream's), and the jobs
+        `running_ids` names (what the workers hold, read by primary key).
 
         The per-model aggregate walks the queued rows of the partial queue index (about
         1 ms per 1,000 queued jobs); the dashboard spaces its reads by their cost.
@@ -790,16 +801,24 @@ class SyncStore:
             )
         ]
         recent = [
-            Swap(key, job_id, float(started), float(loaded), jobs)
-            for key, job_id, started, loaded, jobs in self.conn.execute(
-                "SELECT model_key, job_id, started_at, loaded_at, jobs FROM swaps"
+            Swap(key, job_id, float(started), float(loaded), jobs, upstream)
+            for key, job_id, started, loaded, jobs, upstream in self.conn.execute(
+                "SELECT model_key, job_id, started_at, loaded_at, jobs, upstream FROM swaps"
                 " ORDER BY id DESC LIMIT ?",
                 (swaps,),
             )
         ]
         recent.reverse()
-        running = self.get(running_id) if running_id is not None else None
-        return Overview(waiting, recent, running)
+        return Overview(waiting, recent, self._jobs_by_id(running_ids))
+
+    def _jobs_by_id(self, ids: Sequence[str]) -> list[Job]:
+        """The jobs named, in the order named (one query; unknown ids are left out)."""
+        if not ids:
+            return []
+        marks = ", ".join("?" * len(ids))
+        rows = self.conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id IN ({marks})", list(ids))
+        found = {job.id: job for job in map(_row_to_job, rows)}
+        return [found[i] for i in dict.fromkeys(ids) if i in found]
 
     def activity(self, since: float) -> Activity:
         """The headline numbers over the jobs that ended since `since` (walks only those,
