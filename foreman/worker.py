@@ -210,7 +210,9 @@ class Worker:
                     continue
                 armed = self.wakeup.arm()
                 if not self._lane().free:
-                    await self._idle(armed)
+                    # every slot is taken: a job's end wakes the workers
+                    with trio.move_on_after(self.settings.idle_poll):
+                        await armed.wait()
                     continue
                 try:
                     claimed = await self._claim()
