@@ -98,29 +98,35 @@ async def test_two_upstreams_drain_four_models_with_few_loads_and_one_model_at_a
         assert stub.max_inflight_inference == 1
 
 
-PARALLEL = StubConfig(parallel=4, load_delay=0.02, token_delay=0.002)
+def parallel(n: int) -> tuple[StubConfig]:
+    return (StubConfig(parallel=n, load_delay=0.02, token_delay=0.002),)
 
 
-@pytest.mark.parametrize("fleet_configs", [(PARALLEL,)], ids=["one-stub-parallel-4"])
-async def test_one_upstream_with_four_slots_runs_four_at_a_time_and_never_five(
+# the acceptance's four slots, and more slots than a single-slot upstream's connections
+@pytest.mark.parametrize(
+    ("fleet_configs", "slots"), [(parallel(4), 4), (parallel(6), 6)], ids=["four", "six"]
+)
+async def test_one_upstream_with_n_slots_runs_n_at_a_time_and_never_more(
     fleet_client: httpx.AsyncClient,
     fleet_stubs: tuple[StubOllama, ...],
     fleet_settings: Settings,
+    slots: int,
 ) -> None:
     (stub,) = fleet_stubs
-    assert [u.slots for u in fleet_settings.upstreams] == [4]
-    bodies = [chat("llama3", f"same model {i}") for i in range(16)]
-    # held until four are on the runner: the slots fill before any job ends
-    answers = await burst(fleet_client, bodies, fleet_stubs, fleet_settings, running=4)
+    assert [u.slots for u in fleet_settings.upstreams] == [slots]
+    bodies = [chat("llama3", f"same model {i}") for i in range(4 * slots)]
+    # held until every slot's request is on the runner: the slots fill before a job ends
+    answers = await burst(fleet_client, bodies, fleet_stubs, fleet_settings, running=slots)
 
     assert_answered(answers, bodies)
     rows = job_rows(fleet_settings.db)
-    assert [(row["state"], row["attempts"]) for row in rows] == [("done", 1)] * 16
+    assert [(row["state"], row["attempts"]) for row in rows] == [("done", 1)] * len(bodies)
     assert stub.loads == {"llama3:latest": 1}
-    # foreman never had five requests in flight at the stub, and the runner ran four
-    assert stub.max_inflight_inference == 4
+    # foreman never had more requests in flight at the stub than slots, and the runner
+    # ran that many at once
+    assert stub.max_inflight_inference == slots
     occupancy = chat_occupancy(stub.requests)
-    assert occupancy.most_at_once == 4
+    assert occupancy.most_at_once == slots
     assert occupancy.clashes == ()
 
 
