@@ -58,6 +58,9 @@ class UpstreamError(Exception):
     route: str | None = None
     # Ollama went silent for longer than foreman waits (or the job ran out of time)
     timed_out: bool = False
+    # the connection broke before the answer was whole: Ollama's runner failing, or the
+    # whole server gone (which only a probe tells apart)
+    broken: bool = False
 
     @property
     def metric_kind(self) -> str:
@@ -111,7 +114,9 @@ def _network_error(exc: httpx.HTTPError, what: str) -> UpstreamError:
         return UpstreamError(FailureKind.OUTAGE, f"cannot reach ollama ({what}): {exc!r}")
     if isinstance(exc, httpx.TimeoutException):
         return UpstreamError(FailureKind.TRANSIENT, f"ollama timed out ({what})", timed_out=True)
-    return UpstreamError(FailureKind.TRANSIENT, f"connection to ollama failed ({what}): {exc!r}")
+    return UpstreamError(
+        FailureKind.TRANSIENT, f"connection to ollama failed ({what}): {exc!r}", broken=True
+    )
 
 
 CONNECT_TIMEOUT = 10.0
