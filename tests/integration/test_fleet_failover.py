@@ -1,8 +1,8 @@
 """Acceptance: killing one of two upstreams while jobs run loses nothing; every client gets
-its answer from the other.
+its answer from the other. And an upstream down at start: the other serves meanwhile.
 
-The upstreams are stub Ollama processes, so the kill is a real SIGKILL: the connections
-of the jobs running there break, and the port refuses from then on.
+For the kill, the upstreams are stub Ollama processes, so it is a real SIGKILL: the
+connections of the jobs running there break, and the port refuses from then on.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import httpx
 import pytest
 import trio
 
+from foreman.config import Settings
 from foreman.daemon import Control, run
-from foreman.stub import chat_occupancy, expected_text
+from foreman.stub import StubOllama, chat_occupancy, expected_text
 from foreman.testing import Process, stub_process
 
 from .conftest import KEY_FILE_POLL, fleet_settings_for, fleet_specs, job_rows, wait_for
@@ -99,3 +100,46 @@ async def test_killing_one_of_two_upstreams_mid_job_loses_nothing(
     chats = [entry for entry in record["requests"] if entry["kind"] == "chat"]
     assert len(chats) == len(bodies)
     assert chat_occupancy(record["requests"]).clashes == ()
+
+
+async def test_one_upstream_down_at_start_the_other_serves_until_it_comes(
+    nursery: trio.Nursery,
+    fleet_stubs: tuple[StubOllama, ...],
+    fleet_settings: Settings,
+    fleet_control: Control,
+) -> None:
+    gpu0, gpu1 = fleet_stubs
+    gpu1.stop_listening()
+    url = await nursery.start(
+        partial(run, fleet_settings, control=fleet_control, key_file_poll=KEY_FILE_POLL)
+    )
+    worker0, worker1 = fleet_control.workers
+    await wait_for(lambda: worker0.statistics().online and worker1.statistics().failed_probes > 0)
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        bodies = [chat(MODELS[i % 2], f"one down {i}") for i in range(4)]
+        for body in bodies:
+            answer = await client.post("/api/chat", json=body)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["message"]["content"] == expected_text("/api/chat", body)
+        assert {row["upstream"] for row in job_rows(fleet_settings.db)} == {"gpu0"}
+        ready = await client.get("/ready")
+        assert ready.status_code == 200
+        assert ready.json()["upstreams"] == {"gpu0": "up", "gpu1": "down"}
+
+        await gpu1.start_listening()
+        await wait_for(lambda: worker1.statistics().online)
+        assert (await client.get("/ready")).json()["upstreams"] == {"gpu0": "up", "gpu1": "up"}
+        # with gpu0 busy on its model, a job for the other model runs on gpu1, now up
+        held = worker0.statistics().resident
+        assert held is not None
+        mine, other = sorted(MODELS, key=lambda m: not held.startswith(m))
+        gpu0.hold()
+        async with trio.open_nursery() as busy:
+            busy.start_soon(partial(client.post, "/api/chat", json=chat(mine, "busy")))
+            await wait_for(lambda: bool(worker0.jobs))
+            answer = await client.post("/api/chat", json=chat(other, "after"))
+            gpu0.release()
+        assert answer.status_code == 200, answer.text
+        rows = job_rows(fleet_settings.db)
+        assert [row["upstream"] for row in rows[-2:]] == ["gpu0", "gpu1"]
+        assert [row["state"] for row in rows] == ["done"] * 6
