@@ -283,7 +283,11 @@ RUNNERS: dict[str, Callable[[Path, bool], dict[str, Any]]] = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small workloads, one repetition")
-    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections, of: {', '.join(SECTIONS)}",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs", help="where to write")
     args = parser.parse_args(argv)
     only = [name.strip() for name in args.only.split(",") if name.strip()]
