@@ -187,13 +187,16 @@ def streams_section(work: Path, quick: bool) -> dict[str, Any]:
 
 
 def fleet_section(work: Path, quick: bool) -> dict[str, Any]:
+    # a job of about 0.3 s: the arriving jobs keep a perfect schedule about half busy (with
+    # lighter jobs every router mostly waits for arrivals); --quick divides every duration
+    # by four
     if quick:
-        params = fleet.Params(jobs=60, upstreams=3, load=0.5, tokens=5, token_delay=0.01, span=10)
+        params = fleet.Params(jobs=300, upstreams=3, load=0.5, tokens=5, token_delay=0.015, span=15)
         slot_params = fleet.SlotParams(jobs=40, slots=4, tokens=5, token_delay=0.02)
         reps = 1
     else:
-        params = fleet.Params(jobs=300, upstreams=3, load=2.0, tokens=10, token_delay=0.01, span=60)
-        slot_params = fleet.SlotParams(jobs=120, slots=4, tokens=10, token_delay=0.02)
+        params = fleet.Params(jobs=300, upstreams=3, load=2.0, tokens=10, token_delay=0.03, span=60)
+        slot_params = fleet.SlotParams(jobs=80, slots=4, tokens=10, token_delay=0.02)
         reps = 2
     first = fleet.burst(params.jobs, seed=13)
     workloads = {"interleaved": first, "arriving": fleet.spread(first, params.span, seed=13)}

@@ -594,7 +594,13 @@ def _fleet(f: dict[str, Any]) -> list[str]:
         " *Interleaved*: every job arrives at once. *Arriving*: the same jobs, in the same"
         f" order, arrive as a seeded Poisson process over about {p['arrival_span_s']:g} s"
         f" (the last at {p['last_arrival_s']:.1f} s). Each job is a synchronous"
-        " `/api/generate` request sent at its arrival time:",
+        " `/api/generate` request sent at its arrival time. The job length is chosen so"
+        " that the arriving jobs bring"
+        f" {f['arriving']['lower_bound']['work_split_s']:.0f} s of work per upstream (loads"
+        f" included, split perfectly) over those {p['last_arrival_s']:.0f} s: with much"
+        " lighter jobs every router would mostly wait for arrivals.",
+        "",
+        "Four ways to run them:",
         "",
         f"- **foreman** in front of the {n} upstreams (`--ollama` once per upstream) decides"
         " where and when each job runs;",
@@ -609,7 +615,7 @@ def _fleet(f: dict[str, Any]) -> list[str]:
         " answered; ties go to the first upstream;",
         f"- the **lower bound**: no schedule on {n} one-slot upstreams can beat"
         " max((J·g + L·s) / U, s + g, a + g), with J jobs of g seconds each, s seconds per"
-        f" swap, U = {n} upstreams, a the last arrival, and L = max(models, U) the fewest"
+        f" swap, U = {n} upstreams, a the last arrival, and L = max(models, min(U, J)) the fewest"
         " loads any schedule needs (every model must be loaded somewhere, and every"
         " upstream that works loads something first): all the work split perfectly over"
         " the upstreams, and no job ending before one load and its generation, nor before"
