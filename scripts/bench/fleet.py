@@ -19,6 +19,7 @@ Slots: one stub with `--parallel N` and a same-model burst, through foreman conf
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import tempfile
@@ -204,7 +205,9 @@ def configured_foreman(folder: Path, toml: str) -> Iterator[str]:
     config.write_text(toml)
     argv = [sys.executable, "-m", "foreman", "serve", "--port", "0"]
     argv += ["--db", str(folder / "foreman.db"), "--config", str(config)]
-    proc = Process(argv, folder / "foreman.log")
+    # the file alone: FOREMAN_OLLAMA_URL in the caller's environment would replace its upstreams
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FOREMAN_")}
+    proc = Process(argv, folder / "foreman.log", env)
     try:
         url = proc.start()
         trio.run(wait_ready, url)
