@@ -19,8 +19,8 @@ import trio
 from foreman import events
 from foreman.jobs import Job
 from foreman.residency import split_key
-from foreman.status import Status, idle
-from foreman.store import Activity, Overview, Store
+from foreman.status import Status, WorkerStatistics, idle
+from foreman.store import Activity, Overview, Store, Swap
 
 # the headline's window
 ACTIVITY_WINDOW = 24 * 3600.0
@@ -33,6 +33,8 @@ COST_FACTOR = 10.0
 # at most once per this many times what its read cost
 ACTIVITY_REFRESH = 1.0
 ACTIVITY_COST_FACTOR = 20.0
+# how many of the latest loads the swap timeline shows, per upstream
+SWAPS_PER_UPSTREAM = 40
 # the longest error text a dashboard row carries
 ERROR_CHARS = 500
 # how long a stream gathers changes after the first before it writes them (a person
@@ -161,8 +163,8 @@ class Board:
     ) -> None:
         self.store = store
         self.max_wait = max_wait
-        # the present: the resident model, the running job and its tokens, and whether
-        # Ollama is reached and jobs are taken (set by the daemon once the parts exist)
+        # the present: each upstream's resident model, running jobs, tokens and health,
+        # and whether jobs are taken (set by the daemon once the parts exist)
         self.status: Callable[[], Status] = status or idle
         self._clock = clock or store.now
         self._viewers: set[_Viewer] = set()
@@ -256,13 +258,15 @@ class Board:
     async def summary(self) -> dict[str, Any]:
         """The queue as it stands. The database is read once per job change however many
         viewers ask (the headline at most once per `ACTIVITY_REFRESH`: see
-        `refresh_due`); the running job's token count is read fresh each time."""
+        `refresh_due`); each upstream's token count is read fresh each time."""
         async with self._lock:
             status = self.status()
             version = self._version
             if self._overview is None or self._overview_version != version:
                 began = trio.current_time()
-                self._overview = await self.store.overview(next(iter(status.worker.running), None))
+                running = [job_id for u in status.upstreams for job_id in u.running]
+                recent = SWAPS_PER_UPSTREAM * max(1, len(status.upstreams))
+                self._overview = await self.store.overview(running, recent)
                 cost = trio.current_time() - began
                 self.spacing = min(MAX_SPACING, max(MIN_SPACING, cost * COST_FACTOR))
                 self._overview_version = version
@@ -287,32 +291,30 @@ class Board:
         return self._activity_at + self._activity_every
 
     def _render(self, overview: Overview, activity: Activity, status: Status) -> dict[str, Any]:
-        resident = status.worker.resident
-        tokens = status.worker.tokens if status.worker.running else None
         now = self._clock()
+        first = status.upstreams[0].name if status.upstreams else ""
+        jobs = {job.id: job for job in overview.running if not job.state.terminal}
+        lanes = [self._lane(u, jobs, overview.swaps, first) for u in status.upstreams]
+        resident = {u.resident for u in status.upstreams if u.resident is not None}
         waiting = sorted(
             overview.waiting,
-            key=lambda w: (w.model_key != resident, -w.top_priority, w.oldest_enqueued_at),
+            key=lambda w: (w.model_key not in resident, -w.top_priority, w.oldest_enqueued_at),
         )
-        running = None
-        if overview.running is not None and not overview.running.state.terminal:
-            running = {**job_view(overview.running), "tokens": tokens}
-        since_load = None
-        if resident is not None and overview.swaps and overview.swaps[-1].model_key == resident:
-            since_load = overview.swaps[-1].loaded_at
+        running = next((job for lane in lanes for job in lane["running"]), None)
         return {
             "now": now,
-            "ollama_up": status.worker.online,
+            "ollama_up": status.online,
             "accepting": status.accepting,
             "max_wait": self.max_wait,
             "resident": {
-                "chat": None
-                if resident is None
-                else {"model": split_key(resident)[0], "key": resident, "since": since_load},
+                # the first upstream's (the only one's, with one upstream)
+                "chat": lanes[0]["chat"] if lanes else None,
                 "embedding": None
                 if self.embedding is None
                 else {"model": self.embedding[0], "used_at": self.embedding[1]},
             },
+            "upstreams": lanes,
+            # the first upstream's oldest running job; `upstreams[].running` holds them all
             "running": running,
             "waiting": [
                 {
@@ -321,7 +323,7 @@ class Board:
                     "count": w.count,
                     "oldest_enqueued_at": w.oldest_enqueued_at,
                     "top_priority": w.top_priority,
-                    "resident": w.model_key == resident,
+                    "resident": w.model_key in resident,
                     "overdue": now - w.oldest_enqueued_at >= self.max_wait,
                 }
                 for w in waiting
@@ -331,6 +333,7 @@ class Board:
                 {
                     "model": split_key(s.model_key)[0],
                     "key": s.model_key,
+                    "upstream": swap_lane(s, first),
                     "job_id": s.job_id,
                     "started_at": s.started_at,
                     "loaded_at": s.loaded_at,
@@ -348,6 +351,56 @@ class Board:
                 "done_last_hour": activity.done_last_hour,
             },
         }
+
+    @staticmethod
+    def _lane(
+        upstream: WorkerStatistics,
+        jobs: dict[str, Job],
+        swaps: list[Swap],
+        first: str,
+    ) -> dict[str, Any]:
+        """One upstream as the dashboard shows it: its health, its chat model and since
+        when, its slots in use, and the jobs it runs.
+
+        Tokens are counted per upstream: a job's own count is known only while it is its
+        upstream's one running job; otherwise the lane shows the upstream's total.
+        """
+        running = [jobs[job_id] for job_id in upstream.running if job_id in jobs]
+        since = None
+        if upstream.resident is not None:
+            ours = [s for s in swaps if swap_lane(s, first) == upstream.name]
+            if ours and ours[-1].model_key == upstream.resident:
+                since = ours[-1].loaded_at
+        one = len(running) == 1
+        return {
+            "name": upstream.name,
+            "online": upstream.online,
+            "slots": upstream.slots,
+            "in_use": len(upstream.running),
+            "loading": upstream.loading,
+            "tokens": upstream.tokens if upstream.running else None,
+            "chat": None
+            if upstream.resident is None
+            else {
+                "model": split_key(upstream.resident)[0],
+                "key": upstream.resident,
+                "since": since,
+            },
+            "running": [
+                {
+                    **job_view(job),
+                    "upstream": upstream.name,
+                    "tokens": upstream.tokens if one else None,
+                }
+                for job in running
+            ],
+        }
+
+
+def swap_lane(swap: Swap, first: str) -> str:
+    """The upstream a load belongs to on the timeline: a load recorded before foreman
+    drove several upstreams (no name) was made by the only one, shown as the first."""
+    return swap.upstream or first
 
 
 def job_view(job: Job) -> dict[str, Any]:
@@ -372,4 +425,5 @@ def job_view(job: Job) -> dict[str, Any]:
         "error": error,
         "owner": job.key_name,
         "stream": job.stream,
+        "upstream": job.upstream,
     }

@@ -23,13 +23,18 @@ import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import attrs
 
 from foreman.durations import go_duration_seconds
 from foreman.retry import BACKOFF_CAP
-from foreman.upstream_specs import UpstreamSpec, specs_from_urls
+from foreman.upstream_specs import (
+    BadURL,
+    UpstreamSpec,
+    parse_upstream_tables,
+    parse_url_list,
+    specs_from_urls,
+)
 
 
 class ConfigError(Exception):
@@ -40,17 +45,6 @@ def default_db_path(env: Mapping[str, str]) -> Path:
     """Under the user's state directory (XDG_STATE_HOME, else ~/.local/state)."""
     base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "foreman" / "foreman.db"
-
-
-def parse_url(raw: str) -> str:
-    parts = urlsplit(raw.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an http:// or https:// URL with a host")
-    try:
-        parts.port  # noqa: B018 - validates the port number
-    except ValueError as exc:
-        raise ValueError("has an invalid port") from exc
-    return raw.strip().rstrip("/")
 
 
 def _whole_number(raw: str, reason: str) -> int:
@@ -192,9 +186,9 @@ SETTINGS: tuple[Setting, ...] = (
         "ollama_url",
         "--ollama",
         "FOREMAN_OLLAMA_URL",
-        parse_url,
+        parse_url_list,
         "http://127.0.0.1:11434",
-        "base URL of the Ollama server",
+        "base URL of an Ollama server; repeat the flag (or separate URLs by commas) for several",
     ),
     Setting("host", "--host", "FOREMAN_HOST", parse_host, "127.0.0.1", "address to listen on"),
     Setting("port", "--port", "FOREMAN_PORT", parse_port, "11435", "port to listen on (0: any)"),
@@ -378,6 +372,8 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+# foreman.toml's array of tables, one per upstream (see foreman.upstream_specs)
+UPSTREAM_KEY = "upstream"
 # the settings each old foreman.toml key still names
 ALIASES: dict[str, tuple[Setting, Alias]] = {a.name: (s, a) for s in SETTINGS for a in s.aliases}
 
@@ -449,7 +445,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for s in SETTINGS:
         default = s.default if s.default is not None else "see help"
         parser.add_argument(
-            s.flag, dest=s.dest, default=None, help=f"{s.help} [{s.env}, default {default}]"
+            s.flag,
+            dest=s.dest,
+            default=None,
+            # several upstreams: each --ollama adds one (resolve joins them by commas)
+            action="append" if s.name == "ollama_url" else "store",
+            help=f"{s.help} [{s.env}, default {default}]",
         )
         for alias in s.aliases:
             parser.add_argument(
@@ -458,6 +459,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 default=None,
                 help=f"deprecated: the old name of {s.flag} [{alias.env}]",
             )
+
+
+# what argparse gives: a flag's text, a repeated flag's texts (--ollama), or None
+Flags = Mapping[str, str | list[str] | None]
 
 
 @attrs.frozen
@@ -475,30 +480,33 @@ class Resolved:
         return Settings(**self.values)
 
 
-def resolve(flags: Mapping[str, str | None], env: Mapping[str, str]) -> Settings:
+def resolve(flags: Flags, env: Mapping[str, str]) -> Settings:
     """Settings from flags over environment over file over defaults; raises ConfigError."""
     return resolve_all(flags, env).settings
 
 
 def resolve_with_sources(
-    flags: Mapping[str, str | None], env: Mapping[str, str]
+    flags: Flags, env: Mapping[str, str]
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Each setting's value and where it came from (a flag, a variable, the file, default)."""
     resolved = resolve_all(flags, env)
     return resolved.values, resolved.sources
 
 
-def resolve_all(flags: Mapping[str, str | None], env: Mapping[str, str]) -> Resolved:
+def resolve_all(flags: Flags, env: Mapping[str, str]) -> Resolved:
     """Each setting's value, its source, and the deprecated spellings given."""
-    file_path = flags.get("config") or env.get("FOREMAN_CONFIG")
-    from_file = read_config_file(parse_path(file_path)) if file_path else {}
+    # a repeated flag (--ollama) reads as one comma-separated list, as its variable does
+    flag_texts = {k: ",".join(v) if isinstance(v, list) else v for k, v in flags.items()}
+    file_path = flag_texts.get("config") or env.get("FOREMAN_CONFIG")
+    config_file = read_config_file(parse_path(file_path)) if file_path else ConfigFile({})
+    from_file = config_file.values
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     deprecations: list[str] = []
     for s in SETTINGS:
         # each source in precedence order: (what it holds, the setting's spellings in it)
         layers = (
-            (flags, [(s.dest, s.flag)] + [(a.name, a.flag) for a in s.aliases]),
+            (flag_texts, [(s.dest, s.flag)] + [(a.name, a.flag) for a in s.aliases]),
             (env, [(s.env, s.env)] + [(a.env, a.env) for a in s.aliases]),
             (
                 from_file,
@@ -523,12 +531,36 @@ def resolve_all(flags: Mapping[str, str | None], env: Mapping[str, str]) -> Reso
             reason = str(exc)
             if "invalid literal" in reason or "could not convert" in reason:
                 reason = "must be a number"
-            raise ConfigError(f"{source}={raw!r}: {reason}") from None
+            # one URL of a list is named alone
+            shown = exc.part if isinstance(exc, BadURL) else raw
+            raise ConfigError(f"{source}={shown!r}: {reason}") from None
         sources[s.name] = source
     if "db" not in values:
         values["db"] = default_db_path(env)
         sources["db"] = "default"
+    _resolve_upstreams(values, sources, config_file, file_path)
     return Resolved(values, sources, tuple(deprecations))
+
+
+def _resolve_upstreams(
+    values: dict[str, Any], sources: dict[str, str], config: ConfigFile, file_path: str | None
+) -> None:
+    """The upstreams: URLs from a flag or the environment replace the file's tables;
+    without them, the file's tables, else `ollama_url` (the file's or the default).
+    `ollama_url` stays their URLs joined by commas. Each upstream's source is recorded
+    as `upstream N` (from 1) for `render`."""
+    from_tables = config.upstreams and sources["ollama_url"] == "default"
+    if from_tables:
+        upstreams = config.upstreams
+        values["ollama_url"] = ",".join(u.url for u in upstreams)
+        sources["ollama_url"] = f"{file_path}:upstream"
+    else:
+        upstreams = specs_from_urls(values["ollama_url"])
+    values["upstreams"] = upstreams
+    for i, _ in enumerate(upstreams, 1):
+        sources[f"upstream {i}"] = (
+            f"{file_path}:upstream {i}" if from_tables else sources["ollama_url"]
+        )
 
 
 def _lookup(
@@ -551,10 +583,19 @@ def _lookup(
     return found, notes
 
 
-def read_config_file(path: Path) -> dict[str, str]:
-    """The settings a foreman.toml sets, as the text a flag would carry; raises
-    ConfigError (one line) for a missing file, bad TOML, an unknown key or a value of a
-    type no setting takes."""
+@attrs.frozen
+class ConfigFile:
+    """What a foreman.toml says: its settings, as the text a flag would carry, and its
+    `[[upstream]]` tables, checked (none: empty)."""
+
+    values: dict[str, str]
+    upstreams: tuple[UpstreamSpec, ...] = ()
+
+
+def read_config_file(path: Path) -> ConfigFile:
+    """The settings and upstreams a foreman.toml sets; raises ConfigError (one line) for a
+    missing file, bad TOML, an unknown key, a value of a type no setting takes, or a bad
+    `[[upstream]]` table."""
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
@@ -564,28 +605,44 @@ def read_config_file(path: Path) -> dict[str, str]:
         reason = str(exc).splitlines()[0] if str(exc) else "invalid TOML"
         raise ConfigError(f"{path}: not valid TOML: {reason}") from None
     out: dict[str, str] = {}
+    upstreams: tuple[UpstreamSpec, ...] = ()
     for key, value in data.items():
-        if key not in SETTINGS_BY_NAME and key not in ALIASES:
-            known = ", ".join(sorted(SETTINGS_BY_NAME))
+        if key == UPSTREAM_KEY:
+            if "ollama_url" in data:
+                raise ConfigError(
+                    f"{path}: give either ollama_url or [[upstream]] tables, not both"
+                )
+            try:
+                upstreams = parse_upstream_tables(value)
+            except ValueError as exc:
+                raise ConfigError(f"{path}: {exc}") from None
+        elif key not in SETTINGS_BY_NAME and key not in ALIASES:
+            known = ", ".join(sorted([*SETTINGS_BY_NAME, UPSTREAM_KEY]))
             raise ConfigError(f"{path}: unknown setting {key!r} (known: {known})")
-        if isinstance(value, bool):
+        elif isinstance(value, bool):
             out[key] = "true" if value else "false"
         elif isinstance(value, int | float | str):
             out[key] = str(value)
         else:
             raise ConfigError(f"{path}:{key}: must be a string, a number or a boolean")
-    return out
+    return ConfigFile(out, upstreams)
 
 
 def render(values: Mapping[str, Any], sources: Mapping[str, str]) -> str:
     """The effective configuration as foreman.toml text, secrets redacted, each line
-    commented with where its value came from."""
+    commented with where its value came from. The upstreams, when given, are written as
+    `[[upstream]]` tables at the end (in place of `ollama_url`, which they make)."""
+    upstreams: tuple[UpstreamSpec, ...] = values.get("upstreams", ())
     lines = []
     for s in SETTINGS:
         if s.name not in values:
             lines.append(f"# {s.name} is not set")
             continue
         value = values[s.name]
+        source = sources.get(s.name, "default")
+        if s.name == "ollama_url" and upstreams:
+            lines.append(f"# {s.name} is {_quoted(value)}: the [[upstream]] tables below")
+            continue
         if s.secret:
             text = '"<redacted>"'
         elif isinstance(value, bool):
@@ -593,6 +650,19 @@ def render(values: Mapping[str, Any], sources: Mapping[str, str]) -> str:
         elif isinstance(value, int | float):
             text = repr(value)
         else:
-            text = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-        lines.append(f"{s.name} = {text}  # {sources.get(s.name, 'default')}")
+            text = _quoted(str(value))
+        lines.append(f"{s.name} = {text}  # {source}")
+    for i, spec in enumerate(upstreams, 1):
+        lines += ["", f"[[{UPSTREAM_KEY}]]  # {sources.get(f'upstream {i}', 'default')}"]
+        lines += [f"url = {_quoted(spec.url)}", f"name = {_quoted(spec.name)}"]
+        lines.append(f"slots = {spec.slots}")
+        if spec.models is None:
+            lines.append("# models: not set, whatever its /api/tags lists")
+        else:
+            lines.append(f"models = [{', '.join(_quoted(g) for g in spec.models)}]")
     return "\n".join(lines) + "\n"
+
+
+def _quoted(text: str) -> str:
+    """A TOML basic string."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

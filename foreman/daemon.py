@@ -1,4 +1,4 @@
-"""The root nursery: wires the store, the worker, the HTTP server and signals together.
+"""The root nursery: wires the store, the workers, the HTTP server and signals together.
 
 The only place foreman starts tasks. Everything runs under `run`'s nursery, so leaving it
 (a second signal, an error, a test's cancel scope) stops everything, and the database is
@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
 
 import attrs
@@ -31,6 +31,7 @@ from foreman.queue import JobQueue, run_janitor
 from foreman.serving import ServerConfig, serve  # hypercorn's, with its connections mended
 from foreman.status import Status
 from foreman.store import Store
+from foreman.supervisor import supervise
 from foreman.tickets import Tickets
 from foreman.upstream import (
     PROBE_CONNECTIONS,
@@ -41,7 +42,7 @@ from foreman.upstream import (
     default_client,
 )
 from foreman.upstream_specs import UpstreamSpec
-from foreman.worker import Worker, WorkerSettings, supervise
+from foreman.worker import Worker, WorkerSettings
 
 log = logging.getLogger("foreman")
 
@@ -69,13 +70,19 @@ def hypercorn_config(settings: Settings) -> ServerConfig:
 
 class Control:
     """How signals reach a running daemon: a stop request (graceful), a key reload; and
-    the running worker, whose counts (its failed probes) a test over sockets waits on
+    the running workers (one per upstream), whose counts (their failed probes) a test over
+    sockets waits on
     rather than sleeping."""
 
     def __init__(self) -> None:
         self.stop_requested = trio.Event()
         self.keys: KeyFile | None = None
-        self.worker: Worker | None = None
+        self.workers: tuple[Worker, ...] = ()
+
+    @property
+    def worker(self) -> Worker | None:
+        """The first upstream's worker (the only one with a single upstream)."""
+        return self.workers[0] if self.workers else None
 
     def request_stop(self) -> None:
         self.stop_requested.set()
@@ -116,12 +123,18 @@ def with_connection_cap(settings: Settings) -> Settings:
     return attrs.evolve(settings, max_connections=cap)
 
 
-def status_reader(worker: Worker, queue: JobQueue, tickets: Tickets) -> Callable[[], Status]:
-    """How the board and /metrics read the present: the worker's statistics, with whether
+def status_reader(
+    workers: Sequence[Worker], queue: JobQueue, tickets: Tickets
+) -> Callable[[], Status]:
+    """How the board and /metrics read the present: every worker's statistics, with whether
     the queue takes jobs and how many clients hold a ticket (see `Status`)."""
 
     def read() -> Status:
-        return Status((worker.statistics(),), accepting=queue.accepting, waiters=len(tickets))
+        return Status(
+            tuple(w.statistics() for w in workers),
+            accepting=queue.accepting,
+            waiters=len(tickets),
+        )
 
     return read
 
@@ -130,7 +143,7 @@ def status_reader(worker: Worker, queue: JobQueue, tickets: Tickets) -> Callable
 class Parts:
     """What `run` starts and serves, wired together around the open store."""
 
-    worker: Worker
+    workers: tuple[Worker, ...]
     queue: JobQueue
     tickets: Tickets
     board: Board
@@ -181,26 +194,35 @@ async def _assemble(
     board = Board(store, settings.max_wait)
     events.subscribe(None, board.on_job_change)
     fleet = build_fleet(settings, pools)
-    worker = Worker(
-        store,
-        Upstream(pools[0].worker, settings.read_timeout),
-        tickets,
-        wakeup,
-        WorkerSettings.from_settings(settings),
-        metrics=metrics,
-        on_progress=board.poke,
+    workers = tuple(
+        Worker(
+            store,
+            Upstream(p.worker, settings.read_timeout),
+            tickets,
+            wakeup,
+            WorkerSettings.from_settings(settings),
+            metrics=metrics,
+            on_progress=board.poke,
+            member=member,
+            fleet=fleet,
+        )
+        for p, member in zip(pools, fleet.members, strict=True)
     )
+
+    def cancel_running(job_id: str) -> bool:
+        return any(w.cancel_running(job_id) for w in workers)
+
     queue = JobQueue(
         store,
         tickets,
         wakeup,
         events,
-        worker.cancel_running,
+        cancel_running,
         tally=tally,
         max_queue=settings.max_queue,
         on_removed=board.jobs_removed,
     )
-    metrics.status = board.status = status_reader(worker, queue, tickets)
+    metrics.status = board.status = status_reader(workers, queue, tickets)
     # a reload may have revoked a key: its open streams end now, not at their next event
     keys.on_reload(events.wake_all)
     keys.on_reload(board.poke)
@@ -214,7 +236,7 @@ async def _assemble(
         metrics=metrics,
         board=board,
     )
-    return Parts(worker, queue, tickets, board, AccessLog(create_app(services)))
+    return Parts(workers, queue, tickets, board, AccessLog(create_app(services)))
 
 
 async def _put_back_interrupted(store: Store) -> None:
@@ -230,10 +252,14 @@ async def _put_back_interrupted(store: Store) -> None:
 def _listening(settings: Settings, binds: list[str]) -> str:
     """The address foreman listens on, said once it does."""
     address = binds[0] if binds else f"http://{settings.host}:{settings.port}"
+    upstreams = ", ".join(
+        f"{u.name}={u.url} ({u.slots} slot{'' if u.slots == 1 else 's'})"
+        for u in settings.upstreams
+    )
     log.info(
-        "foreman listening on %s, ollama at %s, database %s, at most %d client connections",
+        "foreman listening on %s, upstreams %s, database %s, at most %d client connections",
         address,
-        settings.ollama_url,
+        upstreams,
         settings.db,
         settings.max_connections,
     )
@@ -278,10 +304,11 @@ async def run(
                 for spec in settings.upstreams
             ]
             parts = await _assemble(settings, store, events, keys, pools)
-            control.worker = parts.worker
+            control.workers = parts.workers
             server_stop = trio.Event()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(supervise, parts.worker)
+                for worker in parts.workers:
+                    nursery.start_soon(supervise, worker)
                 nursery.start_soon(run_janitor, parts.queue, settings.retention)
                 nursery.start_soon(watch_key_file, keys, key_file_poll)
                 async with trio.open_nursery() as server:
@@ -292,7 +319,7 @@ async def run(
                     task_status.started(_listening(settings, binds))
                     await control.stop_requested.wait()
                     await drain(
-                        parts.worker, parts.queue, parts.tickets, events, settings.shutdown_grace
+                        parts.workers, parts.queue, parts.tickets, events, settings.shutdown_grace
                     )
                     parts.board.close_all()
                     server_stop.set()
@@ -305,31 +332,43 @@ async def run(
 
 
 async def drain(
-    worker: Worker, queue: JobQueue, tickets: Tickets, events: JobEvents, grace: float
+    workers: Sequence[Worker], queue: JobQueue, tickets: Tickets, events: JobEvents, grace: float
 ) -> None:
-    """The graceful part of a shutdown: take no new jobs, let the running one finish
-    within `grace` seconds or put it back in the queue, and let every waiting client go
+    """The graceful part of a shutdown: take no new jobs, let the running ones finish
+    within `grace` seconds or put them back in the queue, and let every waiting client go
     with a clear answer. Queued jobs stay queued for the next start."""
     queue.accepting = False
-    worker.stop_claiming()
-    running = worker.running.job_id if worker.running is not None else None
-    if running is not None:
-        log.info("shutting down: job %s may finish within %gs", running, grace)
+    for worker in workers:
+        worker.stop_claiming()
+    running = [job_id for worker in workers for job_id in worker.jobs]
+    if running:
+        log.info("shutting down: %s may finish within %gs", _jobs_named(running), grace)
     else:
         log.info("shutting down: no job is running")
     with trio.move_on_after(grace):
-        await worker.wait_quiet()
-    if worker.interrupt():
+        for worker in workers:
+            await worker.wait_quiet()
+    late = [job_id for worker in workers for job_id in worker.jobs]
+    # every worker interrupts its jobs (no short cut after the first)
+    interrupted = [worker.interrupt() for worker in workers]
+    if any(interrupted):
         log.warning(
-            "job %s did not finish within %gs; putting it back in the queue", running, grace
+            "%s did not finish within %gs; putting it back in the queue",
+            _jobs_named(late),
+            grace,
         )
-        await worker.wait_quiet()
+        for worker in workers:
+            await worker.wait_quiet()
     waiting = tickets.close_waiting(
         "foreman is shutting down; the job stays queued and runs after the restart"
     )
     if waiting:
         log.info("shutting down: %d waiting clients told to come back later", waiting)
     events.close_all()
+
+
+def _jobs_named(ids: list[str]) -> str:
+    return f"job {ids[0]}" if len(ids) == 1 else "jobs " + ", ".join(ids)
 
 
 async def serve_until_signalled(settings: Settings) -> None:

@@ -20,7 +20,10 @@ from foreman.jobs import Job
 
 
 class Wakeup:
-    """Wakes the worker when there may be new work; a wake that races a wait is not lost."""
+    """Wakes the workers when there may be new work; a wake that races a wait is not lost.
+
+    Shared by every worker: one armed event wakes all who armed it, so arming replaces
+    the event only once it has fired (a worker arming must not orphan another's)."""
 
     def __init__(self) -> None:
         self._event = trio.Event()
@@ -30,7 +33,8 @@ class Wakeup:
 
     def arm(self) -> trio.Event:
         """Call before looking for work; wait on the result if none was found."""
-        self._event = trio.Event()
+        if self._event.is_set():
+            self._event = trio.Event()
         return self._event
 
 

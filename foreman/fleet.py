@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import attrs
 import trio
 
+from foreman.policy import Lane, LoadCosts
 from foreman.residency import normalise_model
 from foreman.upstream import Upstream, UpstreamError
 from foreman.upstream_specs import UpstreamSpec
@@ -21,6 +22,8 @@ log = logging.getLogger("foreman.fleet")
 
 # how often an upstream's model list (/api/tags) is read again
 TAGS_REFRESH_SECONDS = 60.0
+# how often the measured costs of loads and jobs are read again from the store
+COSTS_REFRESH_SECONDS = 30.0
 
 
 @attrs.define(eq=False)
@@ -37,6 +40,8 @@ class Member:
     online: bool = False
     resident: str | None = None
     loading: bool = False
+    # the key being loaded: the placement counts it as held from the claim on
+    loading_key: str | None = None
     running: int = 0
     # normalised names its /api/tags listed at the last refresh (None: never read), and
     # when that was (trio time)
@@ -50,6 +55,11 @@ class Member:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def lane(self) -> Lane:
+        """This upstream as the placement rule sees it."""
+        held = self.loading_key or self.resident
+        return Lane(self.name, self.spec.slots, held, self.running, self.loading)
 
     def lists(self, model: str) -> bool:
         """Whether its last model list had `model` (any spelling)."""
@@ -90,6 +100,18 @@ class Fleet:
     any upstream can answer)."""
 
     members: tuple[Member, ...]
+    # one placement at a time, so each sees the residency the others' claims left
+    claim_lock: trio.Lock = attrs.Factory(trio.Lock)
+    # what loads and jobs took lately, for the placement (see `policy.LoadCosts`)
+    costs: LoadCosts = attrs.Factory(LoadCosts)
+    costs_read_at: float | None = None
+
+    def costs_due(self, now: float) -> bool:
+        return self.costs_read_at is None or now - self.costs_read_at >= COSTS_REFRESH_SECONDS
+
+    def set_costs(self, costs: LoadCosts, now: float) -> None:
+        self.costs = costs
+        self.costs_read_at = now
 
     def __iter__(self) -> Iterator[Member]:
         return iter(self.members)

@@ -216,7 +216,7 @@ def _duration(job: dict[str, Any]) -> str:
 def _table(jobs: Sequence[dict[str, Any]]) -> list[str]:
     if not jobs:
         return ["no jobs"]
-    rows = [("ID", "STATE", "MODEL", "PRI", "REF", "TRIES", "CREATED", "TOOK", "ERROR")]
+    rows = [("ID", "STATE", "MODEL", "PRI", "REF", "TRIES", "UPSTREAM", "CREATED", "TOOK", "ERROR")]
     rows.extend(
         (
             j["id"],
@@ -225,6 +225,7 @@ def _table(jobs: Sequence[dict[str, Any]]) -> list[str]:
             str(j["priority"]),
             j.get("ref") or "-",
             f"{j['attempts']}/{j['max_attempts']}",
+            j.get("upstream") or "-",
             _since(j["created_at"]),
             _duration(j),
             (j.get("error") or "")[:60],

@@ -7,6 +7,11 @@ how long a job waited, how long it ran, how long a load took, how it ended. The 
 things a transition cannot tell (why an upstream call failed, a retry, an embedding
 relayed) are recorded where they happen. Gauges that describe the present (jobs by
 state and model, the resident model, waiting clients) are read when scraped.
+
+What belongs to one upstream carries an `upstream` label (its configured name): whether
+it is up, its slots and the jobs it runs, its resident model, its loads and their
+seconds, and the jobs that ended there (a job that never ran has an empty one). One
+sample stays fleet-wide: `foreman_ollama_up` without labels is 1 while any upstream is.
 """
 
 from __future__ import annotations
@@ -94,19 +99,25 @@ class JobTally:
 class Metrics:
     def __init__(self, tally: JobTally) -> None:
         self.tally = tally
-        # the present, read once per scrape (set by the daemon once the parts exist)
-        self.status: Callable[[], Status] = idle
+        self._status: Callable[[], Status] = idle
         self.registry = CollectorRegistry()
         r = self.registry
         self.finished = Counter(
-            "foreman_jobs_finished", "Jobs that ended, by outcome", ["outcome"], registry=r
+            "foreman_jobs_finished",
+            "Jobs that ended, by outcome and the upstream that ran their last attempt",
+            ["outcome", "upstream"],
+            registry=r,
         )
         self.swaps = Counter(
-            "foreman_swaps", "Model loads the worker made (each one a swap)", registry=r
+            "foreman_swaps",
+            "Model loads the workers made (each one a swap), by upstream",
+            ["upstream"],
+            registry=r,
         )
         self.load_seconds = Histogram(
             "foreman_load_seconds",
             "Seconds a swap took: unloading the previous model and loading the next",
+            ["upstream"],
             buckets=LOAD_BUCKETS,
             registry=r,
         )
@@ -154,6 +165,19 @@ class Metrics:
         )
         r.register(_Present(self))
 
+    @property
+    def status(self) -> Callable[[], Status]:
+        """The present, read once per scrape (set by the daemon once the parts exist)."""
+        return self._status
+
+    @status.setter
+    def status(self, read: Callable[[], Status]) -> None:
+        self._status = read
+        # every upstream's loads show from the start, at 0, as they did with one
+        for upstream in read().upstreams:
+            self.swaps.labels(upstream.name)
+            self.load_seconds.labels(upstream.name)
+
     # -- recorded from the broadcaster ----------------------------------------------------
 
     def on_job_change(self, job: Job) -> None:
@@ -162,9 +186,11 @@ class Metrics:
         was = before.state if before is not None else None
         if was is JobState.QUEUED and job.state in RUNNING_STATES and job.queue_ms is not None:
             self.queue_wait.observe(job.queue_ms / 1000)
+        # the upstream that ran the attempt (none for a job that never ran)
+        upstream = job.upstream or ""
         if was is JobState.LOADING and job.state is JobState.WORKING and before is not None:
-            self.swaps.inc()
-            self.load_seconds.observe(max(0.0, now - before.since))
+            self.swaps.labels(upstream).inc()
+            self.load_seconds.labels(upstream).observe(max(0.0, now - before.since))
         if (
             was in RUNNING_STATES
             and job.state not in RUNNING_STATES
@@ -173,7 +199,7 @@ class Metrics:
         ):
             self.run_time.observe(max(0.0, now - before.started))
         if job.state.terminal:
-            self.finished.labels(job.state.value).inc()
+            self.finished.labels(job.state.value, upstream).inc()
 
     # -- recorded where they happen -------------------------------------------------------
 
@@ -212,24 +238,43 @@ class _Present:
         for (state, model), n in sorted(counts.items()):
             jobs.add_metric([state.value, model], n)
         yield jobs
-        resident = GaugeMetricFamily(
-            "foreman_resident_model", "1 for the chat model Ollama holds", labels=["model"]
-        )
         status = m.status()
-        key = status.worker.resident
-        if key:
-            resident.add_metric([key.split(" ", 1)[0]], 1)
+        resident = GaugeMetricFamily(
+            "foreman_resident_model",
+            "1 for the chat model each upstream holds",
+            labels=["upstream", "model"],
+        )
+        for u in status.upstreams:
+            if u.resident:
+                resident.add_metric([u.name, u.resident.split(" ", 1)[0]], 1)
         yield resident
         yield GaugeMetricFamily(
             "foreman_sync_waiters",
             "Clients connected and waiting for a synchronous job's answer",
             value=status.waiters,
         )
-        yield GaugeMetricFamily(
+        up = GaugeMetricFamily(
             "foreman_ollama_up",
-            "1 while the worker can reach Ollama",
-            value=int(status.worker.online),
+            "1 while the upstream's worker can reach it; without labels: while any can",
+            labels=["upstream"],
         )
+        # fleet-wide, as before there were several upstreams
+        up.add_metric([], int(status.online))
+        slots = GaugeMetricFamily(
+            "foreman_upstream_slots", "Jobs the upstream runs at once", labels=["upstream"]
+        )
+        running = GaugeMetricFamily(
+            "foreman_upstream_running",
+            "Jobs the upstream runs now (loading or working)",
+            labels=["upstream"],
+        )
+        for u in status.upstreams:
+            up.add_metric([u.name], int(u.online))
+            slots.add_metric([u.name], u.slots)
+            running.add_metric([u.name], len(u.running))
+        yield up
+        yield slots
+        yield running
         yield GaugeMetricFamily(
             "foreman_accepting_jobs",
             "1 while new jobs are taken (0 once shutdown began)",

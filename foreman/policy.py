@@ -13,7 +13,7 @@ checks that the two agree. The rule, in order:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import attrs
 
@@ -63,3 +63,135 @@ def pick_next(
         if mine:
             return min(mine, key=age_order)
     return min(at_top, key=age_order)
+
+
+# -- the fleet: which job a free slot on one upstream takes ------------------------------
+
+# backlogs are counted up to this many jobs per key (the store's count stops there, so
+# choosing a second copy never walks a long queue)
+BACKLOG_CAP = 500
+# a second copy of a model is loaded only when the backlog would keep the upstreams that
+# hold it busy for this many times its load time (see `LoadCosts.worth_second_copy`)
+SECOND_COPY_MARGIN = 2.0
+# until foreman has measured a model: what a load and a job are assumed to take
+DEFAULT_LOAD_SECONDS = 10.0
+DEFAULT_JOB_SECONDS = 5.0
+
+
+@attrs.frozen
+class Lane:
+    """One healthy upstream as the placement rule sees it."""
+
+    name: str
+    slots: int
+    # the chat residency key it holds or is loading (None: none, or unknown)
+    resident: str | None
+    # jobs in flight on it (a load counts)
+    running: int = 0
+    # a load is under way: it takes nothing more until the model is in
+    loading: bool = False
+
+    @property
+    def free(self) -> bool:
+        return not self.loading and self.running < self.slots
+
+
+@attrs.frozen
+class LoadCosts:
+    """What foreman measured of each residency key: how long a load takes and how long
+    one of its jobs runs (medians over recent history; see `SyncStore.measured_costs`)."""
+
+    load_seconds: Mapping[str, float] = attrs.field(factory=dict)
+    job_seconds: Mapping[str, float] = attrs.field(factory=dict)
+
+    def load(self, key: str) -> float:
+        return self.load_seconds.get(key, DEFAULT_LOAD_SECONDS)
+
+    def job(self, key: str) -> float:
+        return self.job_seconds.get(key, DEFAULT_JOB_SECONDS)
+
+    def worth_second_copy(self, key: str, backlog: int, holding_slots: int) -> bool:
+        """Whether an idle upstream should load another copy of `key`.
+
+        The upstreams holding `key` would take backlog x job time / their slots to drain
+        it. A copy elsewhere first spends a load, then drains alongside them: it finishes
+        the backlog sooner whenever the drain outlasts the load. The margin keeps the copy
+        for backlogs clearly worth the load (it evicts the idle upstream's model, and the
+        measurements are medians, not promises)."""
+        drain = backlog * self.job(key) / max(1, holding_slots)
+        return drain > SECOND_COPY_MARGIN * self.load(key)
+
+
+def model_of(key: str) -> str:
+    """The model name of a residency key (the part before its runner options)."""
+    return key.partition(" ")[0]
+
+
+def place(
+    candidates: Iterable[Candidate],
+    lane: Lane,
+    others: Sequence[Lane],
+    serves: Callable[[str], bool],
+    now: float,
+    max_wait: float,
+    costs: LoadCosts,
+) -> Candidate | None:
+    """The job a free slot on `lane` takes next, or None to leave the slot empty.
+
+    `others` are the other healthy upstreams; `serves(model)` says whether `lane` may run a
+    job for that model. A key another upstream holds is "covered": its jobs are left to
+    that upstream (it drains them without a swap), unless this lane holds it too.
+
+    1. Starvation bound: the highest-priority, then oldest, job that waited past
+       `max_wait` and is not covered elsewhere. A lane already running another key takes
+       nothing more (it drains, then loads the starved job's key).
+    2. Otherwise, among uncovered jobs, the top priority: this lane's own key first (drain
+       by model), else, on an idle lane, the oldest job of that priority (a swap). A busy
+       lane never swaps: it takes only its own key's jobs, and only while they are at the
+       top priority.
+    3. An idle lane with nothing uncovered may load a second copy of a covered key: the
+       one with the largest backlog (capped at BACKLOG_CAP) that is worth a load (see
+       `LoadCosts.worth_second_copy`), its best job by priority then age.
+
+    With one lane of one slot, no others and every model served, this is `pick_next`.
+    """
+    if not lane.free:
+        return None
+    runnable = [c for c in candidates if c.not_before <= now and serves(model_of(c.model_key))]
+    covered = {o.resident for o in others if o.resident is not None} - {lane.resident}
+    busy = lane.running > 0
+    open_ = [c for c in runnable if c.model_key not in covered]
+    starved = [c for c in open_ if is_starved(c, now, max_wait)]
+    if starved:
+        first = min(starved, key=rank)
+        return first if first.model_key == lane.resident or not busy else None
+    if open_:
+        top = max(c.priority for c in open_)
+        at_top = [c for c in open_ if c.priority == top]
+        mine = [c for c in at_top if c.model_key == lane.resident]
+        if mine:
+            return min(mine, key=age_order)
+        return None if busy else min(at_top, key=age_order)
+    if busy or not runnable:
+        return None
+    return _second_copy(runnable, others, costs)
+
+
+def _second_copy(
+    runnable: list[Candidate], others: Sequence[Lane], costs: LoadCosts
+) -> Candidate | None:
+    by_key: dict[str, list[Candidate]] = {}
+    for c in runnable:
+        by_key.setdefault(c.model_key, []).append(c)
+    best: tuple[int, tuple[int, float, str]] | None = None
+    choice: Candidate | None = None
+    for key, jobs in by_key.items():
+        backlog = min(len(jobs), BACKLOG_CAP)
+        holding = sum(o.slots for o in others if o.resident == key)
+        if not costs.worth_second_copy(key, backlog, holding):
+            continue
+        head = min(jobs, key=rank)
+        order = (-backlog, rank(head))
+        if best is None or order < best:
+            best, choice = order, head
+    return choice

@@ -35,8 +35,9 @@ HOP_HEADERS = frozenset(
         "host",
     }
 )
-# Headers that are foreman's own and never go upstream (keys, foreman's controls).
-PRIVATE_HEADERS = frozenset({"authorization", "x-service-key", "cookie"})
+# Headers that are foreman's own and never go upstream (keys, foreman's controls: the
+# upstream an admin request names; any other X-Foreman-* as well, see request_headers).
+PRIVATE_HEADERS = frozenset({"authorization", "x-service-key", "cookie", "x-foreman-upstream"})
 # Ollama's headers that foreman's own server writes for the client: relayed as well, the
 # client got two of each.
 SERVER_HEADERS = frozenset({"date", "server"})

@@ -1,17 +1,23 @@
-"""The single worker: claims the next job by the scheduling rule and runs it on Ollama.
+"""One worker per upstream: it claims jobs for its Ollama server by the placement rule
+and runs up to `slots` of them at once.
 
-Exactly one runs, so at most one chat/generate request is ever at Ollama. It knows which
-model is resident; on a swap it first asks Ollama whether it has the next model (a job
-for a model Ollama does not have fails with Ollama's 404 and evicts nothing), then
-unloads the previous model (so the load never evicts an embedding model from Ollama's
-other slot), then loads the next one with foreman's keep_alive, which pins it while its
-queue drains. `supervise` restarts it after
-an unexpected error without losing the job it held.
+A worker owns its upstream's chat residency: one residency key at a time, never two
+chat models at once, never more than `slots` generations. On a swap (only when nothing
+runs there) it first asks Ollama whether it has the next model (a job for a model Ollama
+does not have fails with Ollama's 404 and evicts nothing, or goes to an upstream that
+has it), then unloads the previous model (so the load never evicts an embedding model
+from Ollama's other slot), then loads the next one with foreman's keep_alive, which pins
+it while its queue drains. Claims of every worker go through one lock, so each
+placement sees the others' residency as it stands (see `policy.place`).
 
-Every attempt is bounded by the job timeout (a hung Ollama cannot hold the worker
-forever; running out of time is a transient failure). At shutdown the worker stops
-claiming, and the job it holds either finishes or is put back in the queue with its
-attempt refunded (`stop_claiming`, `wait_quiet`, `interrupt`).
+Every attempt is bounded by the job timeout (a hung Ollama cannot hold a slot forever;
+running out of time is a transient failure). An upstream that refuses connections, or
+stops answering, is marked down: its running jobs go back to the queue with their
+attempts refunded, to run elsewhere or once it is back, and it takes no work until a
+probe succeeds. `supervise` restarts a worker after an unexpected error without losing
+the jobs it held. At shutdown the workers stop claiming, and each job in hand either
+finishes or is put back in the queue with its attempt refunded (`stop_claiming`,
+`wait_quiet`, `interrupt`).
 
 A write the database cannot take (a full disk: `StoreUnwritable`) is neither a crash nor
 the job's fault: the worker keeps what it was about to write and tries again with backoff
@@ -40,12 +46,16 @@ from foreman.answers import (
 )
 from foreman.config import Settings, default_of
 from foreman.events import Wakeup
-from foreman.jobs import RUNNING_STATES, Endpoint, Job, JobState
+from foreman.fleet import Fleet, Member
+from foreman.jobs import RUNNING_STATES, Job, JobState
 from foreman.metrics import Metrics
+from foreman.policy import Lane
 from foreman.residency import normalise_model, split_key
+from foreman.resident import Resident
 from foreman.retry import BACKOFF_CAP, FailureKind, backoff_delay
 from foreman.status import WorkerStatistics
 from foreman.store import Store, StoreUnwritable
+from foreman.store_backoff import StoreBackoff
 from foreman.tickets import Chunk, Ending, Failed, Message, Reply, StreamStart, Ticket, Tickets
 from foreman.upstream import (
     Upstream,
@@ -55,36 +65,17 @@ from foreman.upstream import (
     read_body,
     response_headers,
 )
+from foreman.upstream_specs import UpstreamSpec, default_name
 
 log = logging.getLogger("foreman.worker")
 
 # bound on the shielded put-back of a job interrupted by shutdown
 PUT_BACK_SECONDS = 10
+# bound on the probe that tells a silent job from a silent upstream
+STILL_ANSWERS_SECONDS = 10.0
+# the history the placement's measured costs are read from (see `LoadCosts`)
+COSTS_WINDOW = 24 * 3600.0
 SHUTDOWN_MESSAGE = "foreman is shutting down; job {id} is back in the queue and runs after restart"
-
-
-class StoreBackoff:
-    """Waiting out a database that cannot be written: 0.25 s doubling to 10 s between
-    tries, one warning when writes start failing and one line when they work again."""
-
-    def __init__(self, first: float = 0.25, cap: float = 10.0) -> None:
-        self.first = first
-        self.cap = cap
-        self.delay = first
-        self.failing = False
-
-    async def pause(self, exc: StoreUnwritable, doing: str) -> None:
-        if not self.failing:
-            log.warning("%s; %s waits until it can be written", exc, doing)
-            self.failing = True
-        await trio.sleep(self.delay)
-        self.delay = min(self.delay * 2, self.cap)
-
-    def succeeded(self) -> None:
-        if self.failing:
-            log.info("the database takes writes again; the worker carries on")
-        self.failing = False
-        self.delay = self.first
 
 
 @attrs.frozen
@@ -114,7 +105,7 @@ class WorkerSettings:
 
 @attrs.define(eq=False)
 class Running:
-    """The job the worker holds: its cancel scope, where it stands, who waits for it."""
+    """A job the worker holds: its cancel scope, where it stands, who waits for it."""
 
     job_id: str
     scope: trio.CancelScope
@@ -125,6 +116,9 @@ class Running:
     error_line: bytes | None = None
     # cancelled by a shutdown, not by a client: the job goes back to the queue
     interrupted: bool = False
+    # cancelled because its upstream went down while it ran: back to the queue, its
+    # attempt refunded, and its client waits for the run elsewhere
+    outage: bool = False
     # parts of Ollama's answer relayed so far (one a token, for a streamed answer)
     tokens: int = 0
     # the job is an unload command (read once from its body): nothing to load for it,
@@ -143,6 +137,9 @@ class Worker:
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
         on_progress: Callable[[], None] | None = None,
+        *,
+        member: Member | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
         self.store = store
         self.upstream = upstream
@@ -153,93 +150,196 @@ class Worker:
         self.metrics = metrics
         # told of every part of a streamed answer (the dashboard's token count)
         self.on_progress = on_progress or (lambda: None)
+        # what the fleet knows of this worker's upstream (alone: a fleet of one)
+        if member is None:
+            url = str(upstream.client.base_url).rstrip("/")
+            spec = UpstreamSpec(url=url, name=default_name(url))
+            member = Member(spec, relay=upstream, probes=upstream)
+        self.member = member
+        self.fleet = fleet if fleet is not None else Fleet((member,))
         # set at shutdown: claim nothing more
         self.stopping = False
-        # between a claim and the end of its job (a claim in flight counts)
-        self._busy = False
+        # a claim in flight or a job held (`wait_quiet`)
+        self._claiming = False
         self._quiet = trio.Event()
         self._quiet.set()
-        # the residency key of the chat model Ollama holds, and the route it came by
-        self.resident: str | None = None
-        self.resident_endpoint = Endpoint.GENERATE
-        self.running: Running | None = None
-        self.online = False
+        # what the upstream holds, and the calls that change it
+        self.holding = Resident(upstream, member)
+        # the jobs in hand, in claim order
+        self.jobs: dict[str, Running] = {}
         # probes of Ollama that failed since start (`statistics`)
         self.failed_probes = 0
         # shared by every write the worker waits out, so the log says it once
         self.store_backoff = StoreBackoff()
 
+    # the fleet's view of this upstream, which the placement of every worker reads
+    @property
+    def resident(self) -> str | None:
+        """The residency key of the chat model the upstream holds."""
+        return self.holding.key
+
+    @resident.setter
+    def resident(self, key: str | None) -> None:
+        self.holding.key = key
+
+    @property
+    def online(self) -> bool:
+        return self.member.online
+
+    @online.setter
+    def online(self, value: bool) -> None:
+        self.member.online = value
+
+    @property
+    def running(self) -> Running | None:
+        """The oldest job in hand, if any."""
+        return next(iter(self.jobs.values()), None)
+
     # -- the loop -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        while True:
-            if self.stopping:
-                await trio.sleep_forever()
-            if not self.online:
-                await self._wait_for_ollama()
-                continue
-            armed = self.wakeup.arm()
-            self._set_busy(True)
-            try:
+        """Claim jobs for this upstream while it has a free slot, each run in a slot task
+        of this nursery; a crash of one takes the worker down for `supervise` to mend."""
+        async with trio.open_nursery() as slots:
+            while True:
+                if self.stopping:
+                    await trio.sleep_forever()
+                if not self.online:
+                    await self._until_empty()
+                    await self._wait_for_ollama()
+                    continue
+                armed = self.wakeup.arm()
+                if not self._lane().free:
+                    await self._idle(armed)
+                    continue
                 try:
-                    job = await self.store.claim(self.resident, self.settings.max_wait)
+                    claimed = await self._claim()
                 except StoreUnwritable as exc:
                     # nothing was claimed: wait for the database, then look again
                     await self.store_backoff.pause(exc, "the worker")
                     continue
+                if claimed is None:
+                    await self._idle(armed)
+                    continue
+                slots.start_soon(self._execute, *claimed)
+
+    async def _claim(self) -> tuple[Job, Running] | None:
+        """The job the placement rule gives a free slot here, or None; one claim at a
+        time across the fleet, so each sees the others' residency as it stands. Raises
+        StoreUnwritable when the claim cannot be written (nothing was claimed)."""
+        self._set_claiming(True)
+        try:
+            # outside the lock: a slow model list must not hold up the others' claims
+            await self._refresh_knowledge()
+            async with self.fleet.claim_lock:
+                lane = self._lane()
+                if not lane.free or not self.online:
+                    return None
+                others = [m.lane() for m in self.fleet if m is not self.member and m.online]
+                job = await self.store.claim_on(
+                    lane, others, self._serves, self.settings.max_wait, self.fleet.costs
+                )
                 self.store_backoff.succeeded()
                 if job is not None and self.stopping:
                     # shutdown began while the claim was being written: put it back
                     await self.store.transition(
                         job.id, job.state, JobState.QUEUED, attempts_delta=-1
                     )
-                    continue
-                if job is not None:
-                    await self._execute(job)
-            finally:
-                self._set_busy(False)
-            if job is None:
-                await self._idle(armed)
+                    return None
+                if job is None:
+                    return None
+                self._occupy(job)
+                return job, self._hold(job)
+        finally:
+            self._set_claiming(False)
 
-    def _set_busy(self, busy: bool) -> None:
-        self._busy = busy
-        if busy:
+    def _serves(self, model: str) -> bool:
+        return self.fleet.may_serve(self.member, model)
+
+    def _lane(self) -> Lane:
+        return self.member.lane()
+
+    def _occupy(self, job: Job) -> None:
+        """The claimed job takes a slot; a load makes the upstream count as holding its
+        key from now on, so no other placement counts it idle or loads the key a second
+        time (`resident` itself changes when the load is done)."""
+        self.member.running += 1
+        if job.state is JobState.LOADING and not _is_unload(job):
+            self.member.loading = True
+            self.member.loading_key = job.model_key
+
+    async def _refresh_knowledge(self) -> None:
+        """Before a placement in a fleet: this upstream's model list when a minute old,
+        and the measured costs of loads and jobs when stale. Alone, an upstream needs
+        neither (its own answers decide, as they always did)."""
+        if len(self.fleet) < 2:
+            return
+        if self.member.tags_due(trio.current_time()):
+            await self.member.refresh_tags()
+        if self.fleet.costs_due(trio.current_time()):
+            since = self.store.now() - COSTS_WINDOW
+            self.fleet.set_costs(await self.store.measured_costs(since), trio.current_time())
+
+    def _set_claiming(self, claiming: bool) -> None:
+        self._claiming = claiming
+        self._update_quiet()
+
+    def _update_quiet(self) -> None:
+        if self._claiming or self.jobs:
             if self._quiet.is_set():
                 self._quiet = trio.Event()
         else:
             self._quiet.set()
 
+    def forget_jobs(self) -> None:
+        """After a crash: the jobs this worker held are the store's to put back, and what
+        the upstream holds is unknown."""
+        self.jobs.clear()
+        self.resident = None
+        self.member.running = 0
+        self.member.loading = False
+        self.member.loading_key = None
+        self._update_quiet()
+
+    async def _until_empty(self) -> None:
+        """Until every slot task has let its job go (after an outage put them back)."""
+        while self.jobs:
+            await self._quiet.wait()
+
     # -- shutdown -------------------------------------------------------------------------
 
     def statistics(self) -> WorkerStatistics:
         """The worker's state now, frozen: what the dashboard and /metrics show."""
-        running = self.running
+        spec = self.member.spec
         return WorkerStatistics(
+            name=spec.name,
+            url=spec.url,
+            slots=spec.slots,
             resident=self.resident,
-            running=(running.job_id,) if running is not None else (),
-            tokens=running.tokens if running is not None else 0,
+            running=tuple(self.jobs),
+            tokens=sum(r.tokens for r in self.jobs.values()),
             online=self.online,
             failed_probes=self.failed_probes,
+            loading=self.member.loading,
         )
 
     def stop_claiming(self) -> None:
-        """Take no more jobs; the job in hand (if any) goes on."""
+        """Take no more jobs; the jobs in hand (if any) go on."""
         self.stopping = True
         self.wakeup.notify()
 
     async def wait_quiet(self) -> None:
         """Until the worker holds no job (returns at once if it holds none)."""
-        while self._busy:
+        while self._claiming or self.jobs:
             await self._quiet.wait()
 
     def interrupt(self) -> bool:
-        """Abort the job in hand and put it back in the queue (the shutdown's grace ran
-        out). False when there was none."""
-        if self.running is None:
-            return False
-        self.running.interrupted = True
-        self.running.scope.cancel()
-        return True
+        """Abort the jobs in hand and put them back in the queue (the shutdown's grace ran
+        out). False when there were none."""
+        for running in self.jobs.values():
+            running.interrupted = True
+            running.scope.cancel()
+        return bool(self.jobs)
 
     async def _idle(self, armed: trio.Event) -> None:
         delay = self.settings.idle_poll
@@ -250,16 +350,17 @@ class Worker:
             await armed.wait()
 
     def cancel_running(self, job_id: str) -> bool:
-        """Abort the job if it is the one running (its upstream request closes at once)."""
-        if self.running is not None and self.running.job_id == job_id:
-            self.running.scope.cancel()
-            return True
-        return False
+        """Abort the job if this worker runs it (its upstream request closes at once)."""
+        running = self.jobs.get(job_id)
+        if running is None:
+            return False
+        running.scope.cancel()
+        return True
 
     # -- one job --------------------------------------------------------------------------
 
-    async def _execute(self, job: Job) -> None:
-        running = self._hold(job)
+    async def _execute(self, job: Job, running: Running) -> None:
+        """One job in one slot, from its claim to its end (or its return to the queue)."""
         try:
             with running.scope:
                 await self._attempt(job, running)
@@ -284,9 +385,15 @@ class Worker:
             job.attempts,
             job.max_attempts,
         )
-        unload = is_unload_request(job.endpoint, _request_object(job.body))
-        running = Running(job.id, trio.CancelScope(), job.state, ticket, unload=unload)
-        self.running = running
+        running = Running(
+            job.id,
+            trio.CancelScope(),
+            job.state,
+            ticket,
+            unload=_is_unload(job),
+        )
+        self.jobs[job.id] = running
+        self._update_quiet()
         if ticket is not None:
             ticket.take()
         return running
@@ -314,26 +421,40 @@ class Worker:
     async def _cancelled(self, job: Job, running: Running) -> None:
         """The job's scope was cancelled: by a shutdown (the job goes back to the queue)
         or by the job's own cancellation."""
-        if running.state is JobState.LOADING:
+        if running.state is JobState.LOADING and not running.unload:
             # an aborted load leaves Ollama's slot in an unknown state
             self.resident = None
         if running.interrupted:
             await self._put_back(job, running)
+        elif running.outage:
+            # its upstream went down under it: not its fault, and it runs again
+            await self._move(running, JobState.QUEUED, attempts_delta=-1)
         else:
             log.info("job %s cancelled while %s", job.id, running.state.value)
 
     def _let_go(self, running: Running) -> None:
-        """The worker is done with the job; its client's ticket closes if the job ended."""
-        self.running = None
+        """The worker is done with the job: its slot is free (and every worker may look
+        again: a placement depends on every upstream), and its client's ticket closes if
+        the job ended."""
+        if self.jobs.pop(running.job_id, None) is not None:
+            self.member.running = max(0, self.member.running - 1)
+        if not any(r.state is JobState.LOADING for r in self.jobs.values()):
+            self.member.loading = False
+            self.member.loading_key = None
+        self._update_quiet()
+        self.wakeup.notify()
         if running.ticket is not None:
-            running.ticket.let_go(running.state.terminal or running.scope.cancel_called)
+            # a job sent back by its upstream's outage runs again: its client waits for it
+            aborted = running.scope.cancel_called and not running.outage
+            running.ticket.let_go(running.state.terminal or aborted)
 
     async def _put_back(self, job: Job, running: Running) -> None:
         """A job interrupted by shutdown: back in the queue with its attempt refunded, and
         its client told (without waiting for a slow one)."""
         if running.state not in RUNNING_STATES:
             return
-        self.resident = None if running.state is JobState.LOADING else self.resident
+        if running.state is JobState.LOADING and not running.unload:
+            self.resident = None
         moved = await self._move(running, JobState.QUEUED, attempts_delta=-1)
         if moved is None or running.ticket is None:
             return
@@ -396,46 +517,26 @@ class Worker:
             return await self._move(running, JobState.WORKING)
         previous = self.resident
         if previous is not None:
-            await self._check_known(job)
+            await self.holding.check_known(job)
         waiting_prev = await self.store.count_queued(previous) if previous else 0
         waiting_next = await self.store.count_queued(job.model_key)
         log.info(
-            "swap %s -> %s (waiting: %d for %s, %d for %s)",
+            "swap %s -> %s on %s (waiting: %d for %s, %d for %s)",
             previous or "(none)",
             job.model_key,
+            self.member.name,
             waiting_prev,
             previous or "(none)",
             waiting_next + 1,
             job.model_key,
         )
-        if previous is not None:
-            name, _ = split_key(previous)
-            try:
-                await self.upstream.unload(name, self.resident_endpoint)
-            except UpstreamError as err:
-                if err.kind is FailureKind.OUTAGE:
-                    raise
-                log.warning("unloading %s failed (%s); loading anyway", previous, err)
-            self.resident = None
-        _, options = split_key(job.model_key)
-        await self.upstream.load(job.model, options, job.endpoint, self.settings.keep_alive)
-        self.resident = job.model_key
-        self.resident_endpoint = job.endpoint
-        return await self._move(running, JobState.WORKING, loaded=True)
-
-    async def _check_known(self, job: Job) -> None:
-        """Raise Ollama's 404 if it does not have the job's model, before the resident
-        model is unloaded: one typo must not cost the next real request a full reload.
-        /api/show reads the model's files without loading it. Any other failure of the
-        check leaves the decision to the load, as if there had been no check."""
-        try:
-            await self.upstream.show(job.model)
-        except UpstreamError as err:
-            if err.status == 404:
-                raise
-            if err.kind is FailureKind.OUTAGE:
-                raise
-            log.warning("checking %s before the swap failed (%s); swapping anyway", job.model, err)
+        await self.holding.swap(job, self.settings.keep_alive)
+        moved = await self._move(running, JobState.WORKING, loaded=True)
+        self.member.loading = False
+        self.member.loading_key = None
+        # the other slots may take the model's jobs now
+        self.wakeup.notify()
+        return moved
 
     async def _call(self, job: Job, running: Running) -> None:
         last: Message | None = None
@@ -509,11 +610,24 @@ class Worker:
         ticket = running.ticket
         if self.metrics is not None:
             self.metrics.upstream_error(err.metric_kind)
+        if err.timed_out and len(self.fleet) > 1 and not await self._still_answers():
+            err = UpstreamError(FailureKind.OUTAGE, f"{err}, and the upstream stopped answering")
         if err.kind is FailureKind.OUTAGE:
-            # Ollama is down: not this job's fault; give the attempt back and wait
+            # Ollama is down: not this job's fault; give the attempt back and wait. The
+            # other jobs on this upstream go back too, to run elsewhere or once it is back
             log.warning("job %s: %s", job.id, err)
-            self.resident = None
-            self.online = False
+            self._mark_down(running)
+            await self._move(running, JobState.QUEUED, attempts_delta=-1)
+            return
+        if err.status == 404 and await self._served_elsewhere(job):
+            log.info(
+                "job %s: upstream %s does not have %s; it runs where the model is",
+                job.id,
+                self.member.name,
+                job.model,
+            )
+            if running.state is JobState.LOADING:
+                self.resident = None
             await self._move(running, JobState.QUEUED, attempts_delta=-1)
             return
         if ticket is not None and ticket.streamed:
@@ -545,6 +659,42 @@ class Worker:
         )
         await self._finish(running, JobState.FAILED, failed, error=str(err))
 
+    def _mark_down(self, failed: Running) -> None:
+        """The upstream stopped answering: it takes no work until a probe succeeds, and
+        the other jobs running on it go back to the queue (`Running.outage`) as the one
+        that `failed` does."""
+        self.resident = None
+        self.online = False
+        for other in self.jobs.values():
+            if other is failed:
+                continue
+            if other.state in RUNNING_STATES and not other.scope.cancel_called:
+                other.outage = True
+                other.scope.cancel()
+        # the others may take this upstream's work now
+        self.wakeup.notify()
+
+    async def _still_answers(self) -> bool:
+        """Whether the upstream answers a probe at all (after a job went silent on it)."""
+        with trio.move_on_after(STILL_ANSWERS_SECONDS):
+            try:
+                await self.upstream.probe()
+                return True
+            except UpstreamError:
+                return False
+        return False
+
+    async def _served_elsewhere(self, job: Job) -> bool:
+        """After this upstream said it does not have the job's model: whether another
+        healthy upstream lists it (this one's list is read again first, so the placement
+        sends the job there and not back here)."""
+        if len(self.fleet) < 2:
+            return False
+        await self.member.refresh_tags()
+        if self.member.lists(job.model):
+            return False
+        return any(m is not self.member for m in self.fleet.listing(job.model))
+
     # -- Ollama's availability ------------------------------------------------------------
 
     async def _wait_for_ollama(self) -> None:
@@ -567,37 +717,14 @@ class Worker:
             delay = min(delay * 2, self.settings.probe_max)
         if warned:
             log.info("ollama is back; resuming the queue")
+        if len(self.fleet) > 1:
+            await self.member.refresh_tags()
         self.online = True
-        await self._discover_resident()
+        await self.holding.discover()
 
-    async def _discover_resident(self) -> None:
-        try:
-            models = await self.upstream.running_models()
-        except UpstreamError as err:
-            log.warning("cannot read ollama's loaded models (%s)", err)
-            return
-        for entry in models:
-            name = entry.get("name") or entry.get("model")
-            if not isinstance(name, str):
-                continue
-            if await self._is_embedding_model(name):
-                continue
-            self.resident = normalise_model(name)
-            log.info("resident chat model at start: %s", self.resident)
-            return
-        self.resident = None
 
-    async def _is_embedding_model(self, name: str) -> bool:
-        try:
-            info = await self.upstream.show(name)
-        except UpstreamError:
-            return False
-        capabilities = info.get("capabilities")
-        return (
-            isinstance(capabilities, list)
-            and "embedding" in capabilities
-            and ("completion" not in capabilities)
-        )
+def _is_unload(job: Job) -> bool:
+    return is_unload_request(job.endpoint, _request_object(job.body))
 
 
 def _request_object(body: bytes) -> dict[str, Any]:
@@ -606,47 +733,3 @@ def _request_object(body: bytes) -> dict[str, Any]:
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
-
-
-async def supervise(worker: Worker, *, restart_delay: float = 1.0) -> None:
-    """Keep the one worker running: log a crash, requeue its job, restart after a pause.
-
-    Nothing the worker raises ends the supervisor: a database that cannot be written
-    (which the worker mostly waits out itself) is waited out here too, without a
-    traceback, and the clean-up write waits for it rather than escaping and taking the
-    whole process (and /health) down.
-    """
-    delay = restart_delay
-    while True:
-        started = trio.current_time()
-        try:
-            await worker.run()
-        except StoreUnwritable as exc:
-            await worker.store_backoff.pause(exc, "the worker")
-            await _requeue_in_flight(worker, "the database could not be written")
-        except Exception:
-            if trio.current_time() - started > 60:
-                delay = restart_delay  # it had been healthy: not a crash loop
-            log.exception("the worker crashed; restarting in %.1fs", delay)
-            await _requeue_in_flight(worker, "the worker crashed")
-            await trio.sleep(delay)
-            delay = min(delay * 2, 30.0)
-
-
-async def _requeue_in_flight(worker: Worker, why: str) -> None:
-    """Put back whatever the crashed worker held. There is one worker, so every job in a
-    running state is its job; the store, not the worker's memory, says which. A write
-    that fails because the database cannot be written is tried again with backoff."""
-    worker.running = None
-    worker.resident = None
-    while True:
-        try:
-            for job in await worker.store.running():
-                moved = await worker.store.transition(job.id, job.state, JobState.QUEUED)
-                if moved is not None:
-                    log.info("job %s put back in the queue after %s", moved.id, why)
-        except StoreUnwritable as exc:
-            await worker.store_backoff.pause(exc, "the worker")
-            continue
-        worker.store_backoff.succeeded()
-        return

@@ -128,14 +128,31 @@ def visible_summary(summary: dict[str, Any], owner: str | None) -> dict[str, Any
         return summary
     out = dict(summary)
     running = summary.get("running")
-    if running is not None and running.get("owner") != owner:
-        out["running"] = {k: running[k] for k in _ANONYMOUS if k in running}
+    if running is not None:
+        out["running"] = _seen_by(running, owner)
+    out["upstreams"] = [
+        {**lane, "running": [_seen_by(job, owner) for job in lane["running"]]}
+        for lane in summary.get("upstreams", ())
+    ]
     out["swaps"] = [{**s, "job_id": None} for s in summary.get("swaps", ())]
     return out
 
 
+def _seen_by(job: dict[str, Any], owner: str) -> dict[str, Any]:
+    return job if job.get("owner") == owner else {k: job[k] for k in _ANONYMOUS if k in job}
+
+
 # what anyone may see of a job that is not theirs
-_ANONYMOUS = ("state", "model", "started_at", "enqueued_at", "attempts", "tokens", "stream")
+_ANONYMOUS = (
+    "state",
+    "model",
+    "started_at",
+    "enqueued_at",
+    "attempts",
+    "tokens",
+    "stream",
+    "upstream",
+)
 
 
 def _job_event(job: Job) -> bytes:

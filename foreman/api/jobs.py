@@ -86,6 +86,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "queue_ms": job.queue_ms,
         "deadline": timestamp(job.deadline),
         "error": job.error,
+        "upstream": job.upstream,
     }
     if job.state is JobState.DONE:
         out["result"] = job.result

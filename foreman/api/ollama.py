@@ -4,26 +4,27 @@ from __future__ import annotations
 
 from quart import Blueprint, Response
 
-from foreman.api import inference, proxy
+from foreman.api import fleet_relay, inference, proxy
 from foreman.api.services import Services
 from foreman.jobs import Endpoint
 
-PASSTHROUGH_ROUTES = (
-    ("/", ("GET", "HEAD")),
-    ("/api/version", ("GET", "HEAD")),
-    ("/api/tags", ("GET", "HEAD")),
-    ("/api/ps", ("GET",)),
-    ("/api/status", ("GET",)),
-    ("/api/show", ("POST",)),
-    ("/api/pull", ("POST",)),
-    ("/api/push", ("POST",)),
-    ("/api/create", ("POST",)),
-    ("/api/copy", ("POST",)),
-    ("/api/delete", ("DELETE",)),
-    ("/api/blobs/<digest>", ("HEAD", "POST")),
+# the routes that bypass the queue, each with how it chooses its upstream(s)
+RELAYED_ROUTES = (
+    ("/", ("GET", "HEAD"), fleet_relay.any_upstream),
+    ("/api/version", ("GET", "HEAD"), fleet_relay.any_upstream),
+    ("/api/tags", ("GET", "HEAD"), fleet_relay.tags),
+    ("/api/ps", ("GET",), fleet_relay.loaded),
+    ("/api/status", ("GET",), fleet_relay.any_upstream),
+    ("/api/show", ("POST",), fleet_relay.show),
+    ("/api/pull", ("POST",), fleet_relay.admin),
+    ("/api/push", ("POST",), fleet_relay.admin),
+    ("/api/create", ("POST",), fleet_relay.admin),
+    ("/api/copy", ("POST",), fleet_relay.admin),
+    ("/api/delete", ("DELETE",), fleet_relay.admin),
+    ("/api/blobs/<digest>", ("HEAD", "POST"), fleet_relay.admin),
     # embeddings bypass the queue: relayed at once, concurrently, never stored
-    ("/api/embed", ("POST",)),
-    ("/api/embeddings", ("POST",)),
+    ("/api/embed", ("POST",), fleet_relay.embedding),
+    ("/api/embeddings", ("POST",), fleet_relay.embedding),
 )
 
 
@@ -38,5 +39,5 @@ def blueprint(services: Services) -> Blueprint:
     async def generate() -> Response:
         return await inference.submit_and_answer(services, Endpoint.GENERATE)
 
-    proxy.register_passthrough(bp, services, PASSTHROUGH_ROUTES)
+    proxy.register_relayed(bp, services, RELAYED_ROUTES)
     return bp

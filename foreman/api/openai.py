@@ -12,15 +12,15 @@ from __future__ import annotations
 
 from quart import Blueprint, Response
 
-from foreman.api import inference, proxy
+from foreman.api import fleet_relay, inference, proxy
 from foreman.api.services import Services
 from foreman.jobs import Endpoint
 
-PASSTHROUGH_ROUTES = (
+RELAYED_ROUTES = (
     # embeddings bypass the queue, as /api/embed does
-    ("/v1/embeddings", ("POST",)),
-    ("/v1/models", ("GET",)),
-    ("/v1/models/<path:model>", ("GET",)),
+    ("/v1/embeddings", ("POST",), fleet_relay.embedding),
+    ("/v1/models", ("GET",), fleet_relay.openai_models),
+    ("/v1/models/<path:model>", ("GET",), fleet_relay.openai_model),
 )
 
 
@@ -35,5 +35,5 @@ def blueprint(services: Services) -> Blueprint:
     async def completions() -> Response:
         return await inference.submit_and_answer(services, Endpoint.V1_COMPLETIONS)
 
-    proxy.register_passthrough(bp, services, PASSTHROUGH_ROUTES)
+    proxy.register_relayed(bp, services, RELAYED_ROUTES)
     return bp

@@ -34,6 +34,32 @@ def _relayed(summary: str) -> dict[str, Any]:
     return {"summary": summary, "responses": {"default": {"description": "Ollama's answer"}}}
 
 
+# the admin routes' choice of upstream (every one in turn without it)
+_UPSTREAM_HEADER = {
+    "name": "X-Foreman-Upstream",
+    "in": "header",
+    "schema": {"type": "string"},
+    "description": "the name of the one upstream to send this to; without it, every"
+    " upstream in turn (progress lines relayed upstream after upstream, a failure naming"
+    " its upstream). Never forwarded to Ollama.",
+}
+
+
+_DIGEST = {"name": "digest", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _admin(summary: str, *parameters: dict[str, Any]) -> dict[str, Any]:
+    """An admin route, relayed to every upstream or the one the header names."""
+    return {
+        "summary": summary + " (admin key), on every upstream or the one named",
+        "parameters": [*parameters, _UPSTREAM_HEADER],
+        "responses": {
+            "default": {"description": "Ollama's answer (each upstream's, for a stream)"},
+            "400": _error("X-Foreman-Upstream names no upstream (the error lists them)"),
+        },
+    }
+
+
 # an event stream refused at its cap (both with Retry-After)
 _STREAM_REFUSALS = {
     "429": _error("the key holds as many open event streams as it may"),
@@ -215,10 +241,19 @@ def spec() -> dict[str, Any]:
         "/api/generate": {"post": _relayed("Generate, through the queue (Ollama's API)")},
         "/api/embed": {"post": _relayed("Embeddings, relayed past the queue")},
         "/api/embeddings": {"post": _relayed("Embeddings (legacy), relayed past the queue")},
-        "/api/tags": {"get": _relayed("Installed models")},
-        "/api/ps": {"get": _relayed("Loaded models")},
-        "/api/show": {"post": _relayed("Model details")},
+        "/api/tags": {"get": _relayed("Installed models (every healthy upstream's, each once)")},
+        "/api/ps": {"get": _relayed("Loaded models (every copy on every healthy upstream)")},
+        "/api/show": {"post": _relayed("Model details (from an upstream that has the model)")},
         "/api/version": {"get": _relayed("Ollama's version")},
+        "/api/pull": {"post": _admin("Pull a model")},
+        "/api/push": {"post": _admin("Push a model")},
+        "/api/create": {"post": _admin("Create a model")},
+        "/api/copy": {"post": _admin("Copy a model")},
+        "/api/delete": {"delete": _admin("Delete a model")},
+        "/api/blobs/{digest}": {
+            "head": _admin("Whether a blob exists", _DIGEST),
+            "post": _admin("Upload a blob", _DIGEST),
+        },
     }
     return {
         "openapi": "3.1.0",
@@ -270,6 +305,11 @@ def spec() -> dict[str, Any]:
                         "queue_ms": {"type": ["integer", "null"]},
                         "deadline": {"type": ["string", "null"], "format": "date-time"},
                         "error": {"type": ["string", "null"]},
+                        "upstream": {
+                            "type": ["string", "null"],
+                            "description": "the name of the upstream that ran the latest"
+                            " attempt; null before the first",
+                        },
                         "result": {"description": "the upstream's answer, once done"},
                     },
                 },

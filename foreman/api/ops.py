@@ -3,7 +3,8 @@
 /health answers 200 while the process serves HTTP and touches nothing else, so a
 supervisor can call it as often as it likes. /ready says whether foreman can do its
 work: the database takes a write (a probe that changes nothing, so a full disk shows) and
-is still the file foreman opened, Ollama answers, and shutdown has not begun.
+is still the file foreman opened, at least one upstream answers (each is named, up or
+down), and shutdown has not begun.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from quart import Blueprint, Response
 
 from foreman.api.responses import JSON, compact_json
 from foreman.api.services import Services
+from foreman.fleet import Fleet, Member
 from foreman.metrics import CONTENT_TYPE
 from foreman.upstream import UpstreamError
 
@@ -41,18 +43,18 @@ def blueprint(services: Services) -> Blueprint:
         if problem is not None:
             log.warning("readiness: database %s is not writable: %s", queue.database, problem)
             reasons.append(f"database is not writable: {problem}")
-        reachable = False
-        with trio.move_on_after(READY_PROBE_SECONDS):
-            try:
-                await services.probes.probe()
-                reachable = True
-            except UpstreamError:
-                pass
-        if not reachable:
-            reasons.append("ollama is unreachable")
-        if reasons:
-            return _json(_document("unready", reasons), 503)
-        return _json(_document("ready", []), 200)
+        up = await _probe_all(services.fleet)
+        down = [name for name, answers in up.items() if not answers]
+        # some upstreams down while another answers: ready (it carries the work), and said
+        unready = bool(reasons) or len(down) == len(up)
+        if len(up) == 1:
+            reasons += ["ollama is unreachable"] if down else []
+        else:
+            reasons += [f"upstream {name} is unreachable" for name in down]
+        upstreams = {name: "up" if answers else "down" for name, answers in up.items()}
+        if unready:
+            return _json(_document("unready", reasons, upstreams), 503)
+        return _json(_document("ready", reasons, upstreams), 200)
 
     @bp.route("/metrics", methods=["GET"])
     async def metrics() -> Response:
@@ -61,8 +63,27 @@ def blueprint(services: Services) -> Blueprint:
     return bp
 
 
-def _document(status: str, reasons: list[str]) -> str:
-    return compact_json({"status": status, "reasons": reasons})
+async def _probe_all(fleet: Fleet) -> dict[str, bool]:
+    """Whether each upstream answers its probe, asked all at once on their probe pools,
+    each bounded by READY_PROBE_SECONDS; in configuration order."""
+    up = dict.fromkeys((m.name for m in fleet), False)
+
+    async def probe(member: Member) -> None:
+        with trio.move_on_after(READY_PROBE_SECONDS):
+            try:
+                await member.probes.probe()
+                up[member.name] = True
+            except UpstreamError:
+                pass
+
+    async with trio.open_nursery() as nursery:
+        for member in fleet:
+            nursery.start_soon(probe, member)
+    return up
+
+
+def _document(status: str, reasons: list[str], upstreams: dict[str, str]) -> str:
+    return compact_json({"status": status, "reasons": reasons, "upstreams": upstreams})
 
 
 def _json(body: str, status: int) -> Response:

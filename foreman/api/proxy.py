@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 import httpx
 import trio
@@ -27,35 +27,72 @@ async def passthrough(
     path: str | None = None,
     metrics: Metrics | None = None,
     on_embedding: Callable[[str], None] | None = None,
+    *,
+    label: str | None = None,
 ) -> Response:
     """Pass the current request to Ollama byte for byte, and its answer back as it came.
 
     A body with a length is read whole; anything else (pull progress, streams) is relayed
     chunk by chunk as it arrives, and closing the client closes the upstream request.
-    `on_embedding` hears the model of each embedding request Ollama answered.
+    `on_embedding` hears the model of each embedding request Ollama answered. `label`
+    names the upstream in foreman's own errors (one of several).
     """
     started = trio.current_time()
     body = await request_body()
-    # the path as the client sent it, still percent-encoded (decoded, a tab or NUL in it
-    # made httpx raise, a 500), and checked before routing (`request_target`): no other
-    # host, no dot segments, no encoded slashes, so it names the route foreman authorised
-    raw_path = request.scope.get("raw_path") or request.path.encode()
-    target = path or raw_path.decode("latin-1")
-    if request.query_string:
-        target += "?" + request.query_string.decode("latin-1")
     try:
-        response = await upstream.send(
-            request.method,
-            target,
-            body=body or None,
-            headers=request_headers(request.scope.get("headers") or ()),
-        )
+        response = await send_current(upstream, body, path)
     except httpx.InvalidURL:
         return error_for(request.path, 400, "the request path is not a valid URL path")
     except UpstreamError as err:
         if metrics is not None:
             metrics.upstream_error(err.metric_kind)
-        return error_for(request.path, 502, str(err))
+        return error_for(request.path, 502, named(label, str(err)))
+    embedding = on_embedding is not None and request.path in EMBEDDING_ROUTES
+    model = model_of(body) if embedding else None
+    return await relay_answer(response, started, metrics, model, on_embedding, label=label)
+
+
+def named(label: str | None, message: str) -> str:
+    """`message` about the upstream `label` (None: the only one, named by no one)."""
+    return message if label is None else f"upstream {label}: {message}"
+
+
+def relay_target(path: str | None = None) -> str:
+    """The target to ask Ollama for: `path`, or the path as the client sent it, still
+    percent-encoded (decoded, a tab or NUL in it made httpx raise, a 500), and checked
+    before routing (`request_target`): no other host, no dot segments, no encoded
+    slashes, so it names the route foreman authorised. The query goes on as it came."""
+    raw_path = request.scope.get("raw_path") or request.path.encode()
+    target = path or raw_path.decode("latin-1")
+    if request.query_string:
+        target += "?" + request.query_string.decode("latin-1")
+    return target
+
+
+async def send_current(upstream: Upstream, body: bytes, path: str | None = None) -> httpx.Response:
+    """Send the current request (method, target, the client's headers that may go on) with
+    `body` to `upstream`; the answer's head. Raises UpstreamError when it cannot be sent
+    and httpx.InvalidURL for a target that is not a path."""
+    return await upstream.send(
+        request.method,
+        relay_target(path),
+        body=body or None,
+        headers=request_headers(request.scope.get("headers") or ()),
+    )
+
+
+async def relay_answer(
+    response: httpx.Response,
+    started: float,
+    metrics: Metrics | None,
+    model: str | None = None,
+    on_embedding: Callable[[str], None] | None = None,
+    *,
+    label: str | None = None,
+) -> Response:
+    """Ollama's answer to the client as it came: read whole when it has a length (an
+    embedding's counted in the metrics, and `on_embedding` told the normalised `model` it
+    named when Ollama answered 2xx), relayed chunk by chunk otherwise."""
     headers = response_headers(response.headers)
     if request.method == "HEAD" or "content-length" in response.headers:
         try:
@@ -63,17 +100,17 @@ async def passthrough(
         except httpx.HTTPError as exc:
             if metrics is not None:
                 metrics.upstream_error("transient")
-            return error_for(request.path, 502, f"connection to ollama failed: {exc!r}")
+            message = f"connection to ollama failed: {exc!r}"
+            return error_for(request.path, 502, named(label, message))
         finally:
             await response.aclose()
         if request.path in EMBEDDING_ROUTES:
             if metrics is not None:
                 seconds = trio.current_time() - started
                 metrics.embedding(request.path, response.status_code, seconds)
-            model = _model_of(body)
             if on_embedding is not None and response.status_code < 300 and model is not None:
                 on_embedding(normalise_model(model))
-        length = _declared_length(response) if request.method == "HEAD" else None
+        length = declared_length(response) if request.method == "HEAD" else None
         return build_response(data, response.status_code, headers, length=length)
 
     async def chunks() -> AsyncIterator[bytes]:
@@ -97,23 +134,32 @@ async def passthrough_for(services: Services) -> Response:
     )
 
 
-def register_passthrough(
-    bp: Blueprint, services: Services, routes: Iterable[tuple[str, tuple[str, ...]]]
+Relayed = Callable[[Services], Awaitable[Response]]
+
+
+def register_relayed(
+    bp: Blueprint, services: Services, routes: Iterable[tuple[str, tuple[str, ...], Relayed]]
 ) -> None:
-    """Add each (rule, methods) of `routes` to `bp` as a route passed through to Ollama as it is."""
-
-    async def route(**_: str) -> Response:
-        return await passthrough_for(services)
-
-    for rule, methods in routes:
+    """Add each (rule, methods, handler) of `routes` to `bp`: a route that bypasses the
+    queue, answered by `handler` (which chooses the upstream, see `fleet_relay`)."""
+    for rule, methods, handler in routes:
         name = _RULE_VARIABLE.sub(r"\1", rule.strip("/") or "root").replace("/", "_")
-        bp.add_url_rule(rule, "passthrough_" + name, route, methods=list(methods))
+        bp.add_url_rule(
+            rule, "passthrough_" + name, _route(services, handler), methods=list(methods)
+        )
 
 
-def _model_of(body: bytes) -> str | None:
-    """The model an embedding request named, for the dashboard; None when the body does
-    not say. Ollama has answered by now: nothing here may fail the request (a body
-    nested past the parser's recursion limit made it a 500)."""
+def _route(services: Services, handler: Relayed) -> Callable[..., Awaitable[Response]]:
+    async def route(**_: str) -> Response:
+        return await handler(services)
+
+    return route
+
+
+def model_of(body: bytes) -> str | None:
+    """The model a relayed request named (to choose an upstream, and for the dashboard);
+    None when the body does not say. Nothing here may fail the request (a body nested
+    past the parser's recursion limit made it a 500)."""
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):
@@ -122,7 +168,11 @@ def _model_of(body: bytes) -> str | None:
     return model if isinstance(model, str) and model.strip() else None
 
 
-def _declared_length(response: httpx.Response) -> int | None:
+# its earlier, private name
+_model_of = model_of
+
+
+def declared_length(response: httpx.Response) -> int | None:
     """The Content-Length Ollama declared (the answer to a HEAD has no body to count)."""
     try:
         return int(response.headers["content-length"])

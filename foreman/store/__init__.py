@@ -23,6 +23,7 @@ from foreman.store.face import Store
 from foreman.store.schema import MIGRATIONS, SCHEMA_VERSION, backup, connect, migrate
 from foreman.store.sql import (
     PICK_STATEMENTS,
+    PLACE_STATEMENTS,
     Activity,
     Overview,
     Swap,
@@ -34,6 +35,7 @@ from foreman.store.sql import (
 __all__ = [
     "MIGRATIONS",
     "PICK_STATEMENTS",
+    "PLACE_STATEMENTS",
     "SCHEMA_VERSION",
     "Activity",
     "IdempotencyConflict",

@@ -8,7 +8,7 @@ submissions are committed together (group commit).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +17,7 @@ import trio
 
 from foreman.jobs import Job, JobState, NewJob
 from foreman.lockfile import DatabaseLock, LockHeld
+from foreman.policy import Lane, LoadCosts
 from foreman.store.errors import StoreError, StoreUnwritable, unwritable_reason
 from foreman.store.schema import connect
 from foreman.store.sql import Activity, Overview, SyncStore, wall_clock
@@ -229,6 +230,22 @@ class Store:
             self._on_change(gone)
         return self._notify(job)
 
+    async def claim_on(
+        self,
+        lane: Lane,
+        others: Sequence[Lane],
+        serves: Callable[[str], bool],
+        max_wait: float,
+        costs: LoadCosts,
+    ) -> Job | None:
+        job, expired = await self._write(self.sync.claim_on, lane, others, serves, max_wait, costs)
+        for gone in expired:
+            self._on_change(gone)
+        return self._notify(job)
+
+    async def measured_costs(self, since: float) -> LoadCosts:
+        return await self._read(self.sync.measured_costs, since)
+
     async def recover_interrupted(self) -> list[Job]:
         jobs = await self._write(self.sync.recover_interrupted)
         for job in jobs:
@@ -238,8 +255,8 @@ class Store:
     async def get(self, job_id: str) -> Job | None:
         return await self._read(self.sync.get, job_id)
 
-    async def running(self) -> list[Job]:
-        return await self._read(self.sync.running)
+    async def running(self, upstream: str | None = None) -> list[Job]:
+        return await self._read(self.sync.running, upstream)
 
     async def next_not_before(self) -> float | None:
         return await self._read(self.sync.next_not_before)
@@ -250,8 +267,8 @@ class Store:
     async def unfinished(self) -> list[tuple[str, JobState, str]]:
         return await self._read(self.sync.unfinished)
 
-    async def overview(self, running_id: str | None) -> Overview:
-        return await self._read(self.sync.overview, running_id)
+    async def overview(self, running_ids: Sequence[str] = (), swaps: int = 40) -> Overview:
+        return await self._read(self.sync.overview, running_ids, swaps)
 
     async def activity(self, since: float) -> Activity:
         return await self._read(self.sync.activity, since)

@@ -92,6 +92,7 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE swaps ADD COLUMN upstream TEXT;
     CREATE INDEX jobs_running_upstream ON jobs (upstream, state)
         WHERE state IN ('loading', 'working');
+    CREATE INDEX swaps_upstream ON swaps (upstream, id);
     """,
 )
 

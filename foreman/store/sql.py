@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,7 +22,15 @@ import attrs
 from ulid import ULID
 
 from foreman.jobs import Endpoint, Job, JobState, NewJob, check_transition
-from foreman.policy import Candidate
+from foreman.policy import (
+    BACKLOG_CAP,
+    Candidate,
+    Lane,
+    LoadCosts,
+    age_order,
+    model_of,
+    rank,
+)
 from foreman.residency import split_key
 from foreman.store.errors import IdempotencyConflict, NotTerminal
 
@@ -59,6 +68,33 @@ _MODEL_RUNNABLE = (
     f"{_CANDIDATE} INDEXED BY jobs_queue_model WHERE state = 'queued' AND model_key = ?"
     f" AND priority = ? AND not_before <= ? {_OLDEST_FIRST}"
 )
+# the lookups of the placement rule (`SyncStore.place`): the queued keys one seek each
+_NEXT_KEY = (
+    "SELECT model_key FROM jobs INDEXED BY jobs_queue_model WHERE state = 'queued'"
+    " AND model_key > ? ORDER BY model_key LIMIT 1"
+)
+# a key's best runnable job: highest priority, then oldest
+_KEY_HEAD = (
+    f"{_CANDIDATE} INDEXED BY jobs_queue_model WHERE state = 'queued' AND model_key = ?"
+    " AND not_before <= ? ORDER BY priority DESC, enqueued_at, id LIMIT 1"
+)
+_KEY_TOP_PRIORITY = (
+    "SELECT max(priority) FROM jobs INDEXED BY jobs_queue_model"
+    " WHERE state = 'queued' AND model_key = ?"
+)
+_KEY_NEXT_PRIORITY = (
+    "SELECT max(priority) FROM jobs INDEXED BY jobs_queue_model"
+    " WHERE state = 'queued' AND model_key = ? AND priority < ?"
+)
+_KEY_STARVED_AT_PRIORITY = (
+    f"{_CANDIDATE} INDEXED BY jobs_queue_model WHERE state = 'queued' AND model_key = ?"
+    f" AND priority = ? AND enqueued_at < ? AND not_before <= ? {_OLDEST_FIRST}"
+)
+# a key's runnable jobs, counted up to a cap (`policy.BACKLOG_CAP`)
+_KEY_BACKLOG = (
+    "SELECT count(*) FROM (SELECT 1 FROM jobs INDEXED BY jobs_queue_model"
+    " WHERE state = 'queued' AND model_key = ? AND not_before <= ? LIMIT ?)"
+)
 # every statement `SyncStore.pick` runs, with parameters of the right types, so a test
 # can read each one's query plan (`SyncStore.explain_pick`)
 PICK_STATEMENTS: tuple[tuple[str, tuple[Any, ...]], ...] = (
@@ -69,18 +105,34 @@ PICK_STATEMENTS: tuple[tuple[str, tuple[Any, ...]], ...] = (
     (_TOP_RUNNABLE, (0.0,)),
     (_MODEL_RUNNABLE, ("m", 0, 0.0)),
 )
+# and every statement `SyncStore.place` runs
+PLACE_STATEMENTS: tuple[tuple[str, tuple[Any, ...]], ...] = (
+    (_OLDEST_QUEUED, ()),
+    (_TOP_PRIORITY, ()),
+    (_NEXT_KEY, ("",)),
+    (_KEY_HEAD, ("m", 0.0)),
+    (_KEY_TOP_PRIORITY, ("m",)),
+    (_KEY_NEXT_PRIORITY, ("m", 0)),
+    (_KEY_STARVED_AT_PRIORITY, ("m", 0, 0.0, 0.0)),
+    (_KEY_BACKLOG, ("m", 0.0, 1)),
+)
 
 
 @attrs.frozen
 class Swap:
     """One model load: which model, when the load began and ended, and how many jobs
-    started while that model stayed resident (the one that caused the load included)."""
+    started while that model stayed resident (the one that caused the load included).
+
+    `upstream` names the upstream that made the load; None for a load recorded before
+    foreman drove several upstreams (there was only one then).
+    """
 
     model_key: str
     job_id: str
     started_at: float
     loaded_at: float
     jobs: int
+    upstream: str | None = None
 
 
 @attrs.frozen
@@ -111,11 +163,15 @@ class Activity:
 
 @attrs.frozen
 class Overview:
-    """What the dashboard reads from the database after each change, in one go."""
+    """What the dashboard reads from the database after each change, in one go.
+
+    `running` holds the running jobs it was asked for that the store still has, in the
+    order asked (a job can end between the ask and the read: it is then read as ended).
+    """
 
     waiting: list[Waiting]
     swaps: list[Swap]
-    running: Job | None
+    running: list[Job]
 
 
 def wall_clock() -> float:
@@ -422,9 +478,15 @@ class SyncStore:
             moved = self._transition_sql(job_id, old, new, fields)
             if moved is not None and loaded and old is JobState.LOADING:
                 self.conn.execute(
-                    "INSERT INTO swaps (model_key, job_id, started_at, loaded_at)"
-                    " VALUES (?, ?, ?, ?)",
-                    (moved.model_key, moved.id, moved.started_at or self.clock(), self.clock()),
+                    "INSERT INTO swaps (model_key, job_id, started_at, loaded_at, upstream)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (
+                        moved.model_key,
+                        moved.id,
+                        moved.started_at or self.clock(),
+                        self.clock(),
+                        moved.upstream,
+                    ),
                 )
             return moved
 
@@ -446,25 +508,49 @@ class SyncStore:
             picked = self.pick(resident, now, max_wait)
             if picked is None:
                 return None, expired
-            new = JobState.WORKING if picked.model_key == resident else JobState.LOADING
-            claimed = self._transition_sql(
-                picked.id,
-                JobState.QUEUED,
-                new,
-                {
-                    "attempts_delta": 1,
-                    "started_at": now,
-                    "queue_ms": int(max(0.0, now - picked.enqueued_at) * 1000),
-                },
+            return self._start(picked, resident, now, None), expired
+
+    def claim_on(
+        self,
+        lane: Lane,
+        others: Sequence[Lane],
+        serves: Callable[[str], bool],
+        max_wait: float,
+        costs: LoadCosts,
+    ) -> tuple[Job | None, list[Job]]:
+        """`claim_next` for one upstream of a fleet: the job `place` chooses for a free
+        slot on `lane`, marked started there (its `upstream` is the lane's name), in one
+        write; also failing queued jobs whose deadline has passed."""
+        now = self.clock()
+        with self._unsynced(), self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            expired = self._expire(now)
+            picked = self.place(lane, others, serves, now, max_wait, costs)
+            if picked is None:
+                return None, expired
+            return self._start(picked, lane.resident, now, lane.name), expired
+
+    def _start(
+        self, picked: Candidate, resident: str | None, now: float, upstream: str | None
+    ) -> Job | None:
+        """Mark a picked job started: `working` when its key is `resident`, `loading`
+        otherwise; one more attempt; and one more job for the latest load on its upstream."""
+        new = JobState.WORKING if picked.model_key == resident else JobState.LOADING
+        fields: dict[str, Any] = {
+            "attempts_delta": 1,
+            "started_at": now,
+            "queue_ms": int(max(0.0, now - picked.enqueued_at) * 1000),
+        }
+        if upstream is not None:
+            fields["upstream"] = upstream
+        claimed = self._transition_sql(picked.id, JobState.QUEUED, new, fields)
+        if new is JobState.WORKING:
+            self.conn.execute(
+                "UPDATE swaps SET jobs = jobs + 1 WHERE id = (SELECT max(id) FROM swaps"
+                " WHERE upstream IS ?) AND model_key = ?",
+                (upstream, picked.model_key),
             )
-            if new is JobState.WORKING:
-                # one more job served by the latest load
-                self.conn.execute(
-                    "UPDATE swaps SET jobs = jobs + 1"
-                    " WHERE id = (SELECT max(id) FROM swaps) AND model_key = ?",
-                    (picked.model_key,),
-                )
-            return claimed, expired
+        return claimed
 
     def recover_interrupted(self) -> list[Job]:
         """Put jobs a crash left in loading/working back in the queue (run at start).
@@ -530,6 +616,98 @@ class SyncStore:
         mine = self.conn.execute(_MODEL_RUNNABLE, (resident, top.priority, now)).fetchone()
         return Candidate(*mine) if mine is not None else top
 
+    def place(
+        self,
+        lane: Lane,
+        others: Sequence[Lane],
+        serves: Callable[[str], bool],
+        now: float,
+        max_wait: float,
+        costs: LoadCosts,
+    ) -> Candidate | None:
+        """The placement rule of `foreman.policy.place`, as indexed lookups.
+
+        Never scans the queue. The common case (the lane's own key has work at the top
+        priority, nothing starved) is three seeks. Otherwise the queued keys are visited
+        one seek each, and each key costs a seek for its best job, one per priority level
+        when something starved, and a count capped at BACKLOG_CAP when a second copy is
+        considered. The only rows a seek may pass over are jobs in retry backoff.
+        """
+        if not lane.free:
+            return None
+        cutoff = now - max_wait
+        (oldest,) = self.conn.execute(_OLDEST_QUEUED).fetchone()
+        starving = oldest is not None and oldest < cutoff
+        resident = lane.resident
+        if not starving and resident is not None and serves(model_of(resident)):
+            (top,) = self.conn.execute(_TOP_PRIORITY).fetchone()
+            row = self.conn.execute(_KEY_HEAD, (resident, now)).fetchone()
+            if row is not None and row[2] == top:
+                return Candidate(*row)
+        covered = {o.resident for o in others if o.resident is not None} - {resident}
+        keys = [k for k in self._queued_keys() if serves(model_of(k))]
+        open_keys = [k for k in keys if k not in covered]
+        busy = lane.running > 0
+        if starving:
+            found = [c for c in (self._starved_of(k, cutoff, now) for k in open_keys) if c]
+            if found:
+                first = min(found, key=rank)
+                return first if first.model_key == resident or not busy else None
+        heads = {k: self._key_head(k, now) for k in open_keys}
+        runnable = [c for c in heads.values() if c is not None]
+        if runnable:
+            top = max(c.priority for c in runnable)
+            mine = heads.get(resident) if resident is not None else None
+            if mine is not None and mine.priority == top:
+                return mine
+            if busy:
+                return None
+            return min((c for c in runnable if c.priority == top), key=age_order)
+        if busy:
+            return None
+        return self._second_copy([k for k in keys if k in covered], others, now, costs)
+
+    def _queued_keys(self) -> list[str]:
+        """Every residency key with a queued job, one seek each."""
+        keys: list[str] = []
+        row = self.conn.execute(_NEXT_KEY, ("",)).fetchone()
+        while row is not None:
+            keys.append(row[0])
+            row = self.conn.execute(_NEXT_KEY, (row[0],)).fetchone()
+        return keys
+
+    def _key_head(self, key: str, now: float) -> Candidate | None:
+        row = self.conn.execute(_KEY_HEAD, (key, now)).fetchone()
+        return Candidate(*row) if row is not None else None
+
+    def _starved_of(self, key: str, cutoff: float, now: float) -> Candidate | None:
+        """The key's highest-priority, then oldest, runnable job older than `cutoff`."""
+        (prio,) = self.conn.execute(_KEY_TOP_PRIORITY, (key,)).fetchone()
+        while prio is not None:
+            row = self.conn.execute(_KEY_STARVED_AT_PRIORITY, (key, prio, cutoff, now)).fetchone()
+            if row is not None:
+                return Candidate(*row)
+            (prio,) = self.conn.execute(_KEY_NEXT_PRIORITY, (key, prio)).fetchone()
+        return None
+
+    def _second_copy(
+        self, keys: list[str], others: Sequence[Lane], now: float, costs: LoadCosts
+    ) -> Candidate | None:
+        best: tuple[int, tuple[int, float, str]] | None = None
+        choice: Candidate | None = None
+        for key in keys:
+            head = self._key_head(key, now)
+            if head is None:
+                continue
+            (backlog,) = self.conn.execute(_KEY_BACKLOG, (key, now, BACKLOG_CAP)).fetchone()
+            holding = sum(o.slots for o in others if o.resident == key)
+            if not costs.worth_second_copy(key, backlog, holding):
+                continue
+            order = (-backlog, rank(head))
+            if best is None or order < best:
+                best, choice = order, head
+        return choice
+
     def next_not_before(self) -> float | None:
         """When the earliest job in retry backoff becomes runnable, if any is waiting."""
         (value,) = self.conn.execute(
@@ -585,10 +763,18 @@ class SyncStore:
         rows = self.conn.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall()
         return {JobState(state): n for state, n in rows}
 
-    def running(self) -> list[Job]:
-        rows = self.conn.execute(
-            f"SELECT {_COLUMNS} FROM jobs WHERE state IN ('loading', 'working')"
-        ).fetchall()
+    def running(self, upstream: str | None = None) -> list[Job]:
+        """Every job in a running state, or only those running on `upstream`."""
+        if upstream is None:
+            rows = self.conn.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE state IN ('loading', 'working')"
+            ).fetchall()
+        else:
+            rows = self.conn.execute(
+                f"SELECT {_COLUMNS} FROM jobs INDEXED BY jobs_running_upstream"
+                f" WHERE upstream = ? AND state IN ('loading', 'working')",
+                (upstream,),
+            ).fetchall()
         return [_row_to_job(r) for r in rows]
 
     def unfinished(self) -> list[tuple[str, JobState, str]]:
@@ -598,8 +784,10 @@ class SyncStore:
         ).fetchall()
         return [(job_id, JobState(state), model) for job_id, state, model in rows]
 
-    def overview(self, running_id: str | None, swaps: int = 40) -> Overview:
-        """The dashboard's reads after a change, in one trip to the store's thread.
+    def overview(self, running_ids: Sequence[str] = (), swaps: int = 40) -> Overview:
+        """The dashboard's reads after a change, in one trip to the store's thread: the
+        queued jobs per model, the latest `swaps` loads (every upstream's), and the jobs
+        `running_ids` names (what the workers hold, read by primary key).
 
         The per-model aggregate walks the queued rows of the partial queue index (about
         1 ms per 1,000 queued jobs); the dashboard spaces its reads by their cost.
@@ -613,16 +801,24 @@ class SyncStore:
             )
         ]
         recent = [
-            Swap(key, job_id, float(started), float(loaded), jobs)
-            for key, job_id, started, loaded, jobs in self.conn.execute(
-                "SELECT model_key, job_id, started_at, loaded_at, jobs FROM swaps"
+            Swap(key, job_id, float(started), float(loaded), jobs, upstream)
+            for key, job_id, started, loaded, jobs, upstream in self.conn.execute(
+                "SELECT model_key, job_id, started_at, loaded_at, jobs, upstream FROM swaps"
                 " ORDER BY id DESC LIMIT ?",
                 (swaps,),
             )
         ]
         recent.reverse()
-        running = self.get(running_id) if running_id is not None else None
-        return Overview(waiting, recent, running)
+        return Overview(waiting, recent, self._jobs_by_id(running_ids))
+
+    def _jobs_by_id(self, ids: Sequence[str]) -> list[Job]:
+        """The jobs named, in the order named (one query; unknown ids are left out)."""
+        if not ids:
+            return []
+        marks = ", ".join("?" * len(ids))
+        rows = self.conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id IN ({marks})", list(ids))
+        found = {job.id: job for job in map(_row_to_job, rows)}
+        return [found[i] for i in dict.fromkeys(ids) if i in found]
 
     def activity(self, since: float) -> Activity:
         """The headline numbers over the jobs that ended since `since` (walks only those,
@@ -656,6 +852,33 @@ class SyncStore:
             (since,),
         ).fetchone()
         return int(count)
+
+    def measured_costs(self, since: float, limit: int = 5000) -> LoadCosts:
+        """Each residency key's median load time (from the swap history) and median job
+        time (jobs done without a load of their own), over what ended since `since`:
+        the placement rule's evidence for loading a second copy. Reads at most `limit`
+        recent rows of each kind, on the indexes of loads and of finished jobs."""
+        loads: dict[str, list[float]] = {}
+        for key, seconds in self.conn.execute(
+            "SELECT model_key, loaded_at - started_at FROM swaps INDEXED BY swaps_started"
+            " WHERE started_at >= ? ORDER BY started_at DESC LIMIT ?",
+            (since, limit),
+        ):
+            loads.setdefault(key, []).append(float(seconds))
+        jobs: dict[str, list[float]] = {}
+        for key, seconds in self.conn.execute(
+            "SELECT model_key, finished_at - started_at FROM jobs INDEXED BY jobs_finished"
+            f" WHERE state IN {TERMINAL_SQL} AND state = 'done' AND finished_at >= ?"
+            " AND started_at IS NOT NULL"
+            " AND id NOT IN (SELECT job_id FROM swaps WHERE started_at >= ?)"
+            " ORDER BY finished_at DESC LIMIT ?",
+            (since, since, limit),
+        ):
+            jobs.setdefault(key, []).append(max(0.0, float(seconds)))
+        return LoadCosts(
+            {k: statistics.median(v) for k, v in loads.items()},
+            {k: statistics.median(v) for k, v in jobs.items()},
+        )
 
     def prune_swaps(self, started_before: float) -> int:
         """Forget loads older than the retention (the janitor's job)."""
@@ -691,9 +914,10 @@ class SyncStore:
         return None
 
     def explain_pick(self) -> list[str]:
-        """The query plans of `pick`'s statements (a test proves none scans the table)."""
+        """The query plans of `pick`'s and `place`'s statements (a test proves none scans
+        the table)."""
         plans = []
-        for sql, params in PICK_STATEMENTS:
+        for sql, params in dict.fromkeys(PICK_STATEMENTS + PLACE_STATEMENTS):
             rows = self.conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
             plans.append(" | ".join(str(r[-1]) for r in rows))
         return plans

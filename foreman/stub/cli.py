@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import math
 import signal
 import sys
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import NoReturn
 
 import trio
 
-from .config import StubConfig
+from .config import DEFAULT_BATCH_SLOWDOWN, StubConfig
 from .durations import DurationError, parse_go_duration
 from .server import StubOllama
 
@@ -51,6 +52,16 @@ def _count(minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _factor(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number, not negative: {text!r}")
+    return value
 
 
 def _port(text: str) -> int:
@@ -96,6 +107,22 @@ def build_parser() -> argparse.ArgumentParser:
     add("--load-delay", type=_seconds, default=0.0, metavar="S", help="seconds per chat load")
     add("--embed-load-delay", type=_seconds, default=0.0, metavar="S", help="per embed load")
     add("--token-delay", type=_seconds, default=0.0, metavar="S", help="seconds per token")
+    add(
+        "--parallel",
+        type=_count(1),
+        default=1,
+        metavar="N",
+        help="requests the loaded chat model serves at once, like OLLAMA_NUM_PARALLEL (1); "
+        "a request for another model waits for them to end, then swaps",
+    )
+    add(
+        "--batch-slowdown",
+        type=_factor,
+        default=DEFAULT_BATCH_SLOWDOWN,
+        metavar="K",
+        help="with R requests running, a token takes token-delay x (1 + K x (R - 1)) "
+        f"(default {DEFAULT_BATCH_SLOWDOWN}: 4 at once give about 3.1x the throughput of 1)",
+    )
     add("--embed-delay", type=_seconds, default=0.0, metavar="S", help="per embed request")
     add("--tokens", type=_count(0), default=8, metavar="N", help="tokens per answer (8)")
     add("--embedding-dims", type=_count(1), default=8, metavar="N", help="vector size (8)")
@@ -119,6 +146,8 @@ def config_from_args(args: argparse.Namespace) -> StubConfig:
         "load_delay": args.load_delay,
         "embed_load_delay": args.embed_load_delay,
         "token_delay": args.token_delay,
+        "parallel": args.parallel,
+        "batch_slowdown": args.batch_slowdown,
         "embed_delay": args.embed_delay,
         "tokens": args.tokens,
         "embedding_dims": args.embedding_dims,

@@ -14,6 +14,9 @@ import attrs
 
 from .catalogue import DEFAULT_CHAT_MODELS, DEFAULT_EMBED_MODELS
 
+# 4 requests at once then take 1.3x as long per token: about 3.1x the throughput of one.
+DEFAULT_BATCH_SLOWDOWN = 0.1
+
 
 def _non_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not value >= 0:
@@ -47,6 +50,12 @@ class StubConfig:
     load_delay: float = attrs.field(default=0.0, converter=float, validator=_non_negative)
     embed_load_delay: float = attrs.field(default=0.0, converter=float, validator=_non_negative)
     token_delay: float = attrs.field(default=0.0, converter=float, validator=_non_negative)
+    # Like OLLAMA_NUM_PARALLEL: how many requests the loaded chat model serves at once.
+    parallel: int = attrs.field(default=1, validator=_positive)
+    # Each token takes token_delay * (1 + batch_slowdown * (running - 1)); see scheduler.py.
+    batch_slowdown: float = attrs.field(
+        default=DEFAULT_BATCH_SLOWDOWN, converter=float, validator=_non_negative
+    )
     embed_delay: float = attrs.field(default=0.0, converter=float, validator=_non_negative)
     tokens: int = attrs.field(default=8, validator=_non_negative)
     embedding_dims: int = attrs.field(default=8, validator=_positive)
@@ -70,6 +79,8 @@ RUNTIME_SETTINGS: dict[str, type] = {
     "load_delay": float,
     "embed_load_delay": float,
     "token_delay": float,
+    "parallel": int,
+    "batch_slowdown": float,
     "embed_delay": float,
     "tokens": int,
     "embedding_dims": int,

@@ -209,6 +209,8 @@ _WAITABLE = (
     "completed",
     "inflight_inference",
     "max_inflight_inference",
+    "running_inference",
+    "max_running_inference",
     "inflight_requests",
     "open_connections",
     "loads",

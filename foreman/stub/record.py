@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-# Request kinds that run the model and so take the chat runner (NUM_PARALLEL=1).
+# Request kinds that run the model and so take the chat runner (up to `parallel` at once).
 INFERENCE_KINDS = frozenset({"chat", "generate", "v1-chat", "v1-completions"})
 
 
@@ -34,8 +34,12 @@ class RequestEntry:
     body: Any = None
     keep_alive: Any = None
     stream: bool | None = None
+    # `start` is when the request took its runner (before any load it pays), `released` when
+    # it let go, `slot` which runner ("chat" or "embed"); `end` is when its answer was done.
     start: float | None = None
     end: float | None = None
+    slot: str | None = None
+    released: float | None = None
     status: int | None = None
     cancelled: bool = False
     fault: str | None = None
@@ -84,6 +88,8 @@ class Recorder:
         self.completed = 0
         self.inflight_inference = 0
         self.max_inflight_inference = 0
+        self.running_inference = 0
+        self.max_running_inference = 0
         self.inflight_requests = 0
         self.open_connections = 0
         self.total_connections = 0
@@ -118,6 +124,16 @@ class Recorder:
         self.inflight_inference -= 1
         self.changed()
 
+    def generation_started(self) -> None:
+        """Count a generation holding the chat runner (waiting and loading ones excluded)."""
+        self.running_inference += 1
+        self.max_running_inference = max(self.max_running_inference, self.running_inference)
+        self.changed()
+
+    def generation_ended(self) -> None:
+        self.running_inference -= 1
+        self.changed()
+
     def slot_event(self, event: SlotEvent) -> None:
         self.slot_events.append(event)
         (self.loads if event.event == "load" else self.unloads)[event.model] += 1
@@ -140,6 +156,7 @@ class Recorder:
         self.unloads.clear()
         self.requests = self.completed = 0
         self.max_inflight_inference = self.inflight_inference
+        self.max_running_inference = self.running_inference
         self.changed()
 
     def counters(self) -> dict[str, Any]:
@@ -152,6 +169,8 @@ class Recorder:
             "unloads_by_model": dict(self.unloads),
             "inflight_inference": self.inflight_inference,
             "max_inflight_inference": self.max_inflight_inference,
+            "running_inference": self.running_inference,
+            "max_running_inference": self.max_running_inference,
             "inflight_requests": self.inflight_requests,
             "open_connections": self.open_connections,
             "total_connections": self.total_connections,

@@ -1,11 +1,23 @@
 """The stub's model scheduler: one chat runner and one embedding runner, as Ollama runs them.
 
-Chat and generate requests take the chat runner one at a time, in arrival order (trio.Lock is
-FIFO), like Ollama's per-runner semaphore with NUM_PARALLEL=1. A request for another model, or
-the same model with other runner options, pays `load_delay` and replaces the runner. Embedding
-requests have their own runner and lock, so they never wait for a chat. keep_alive follows
-Ollama: a given value replaces the runner's, none leaves it, and the timer runs only while the
-runner is idle. Expired runners leave lazily, whenever the slots are looked at.
+The chat runner serves up to `parallel` requests at once (Ollama's OLLAMA_NUM_PARALLEL), all
+for the model it holds with compatible runner options. Requests take it in arrival order: the
+one at the head of the queue (trio.Lock is FIFO) joins the runner if its model is loaded and a
+place is free; a request for another model, or for other runner options, waits until every
+running request has ended, then pays `load_delay` and replaces the runner, and the requests
+behind it wait their turn, even those for the model still loaded. Ollama lets requests for a
+loaded model overtake a waiting swap; the stub keeps strict arrival order, so what foreman
+sends is what runs. With parallel 1 this is one request at a time, in arrival order.
+
+Batching: a token takes `token_delay * (1 + batch_slowdown * (running - 1))`, `running` being
+the generations on the runner when the token starts. The default slowdown, 0.1, makes four
+requests at once take 1.3x as long per token: about 3.1x the throughput of one, roughly what
+batched decoding gives on a GPU. With parallel 1 a token takes exactly `token_delay`.
+
+Embedding requests have their own runner and lock (Ollama runs embedding models one request at
+a time), so they never wait for a chat. keep_alive follows Ollama: a given value replaces the
+runner's, none leaves it, and the timer runs only while the runner is idle. Expired runners
+leave lazily, whenever the slots are looked at.
 """
 
 from __future__ import annotations
@@ -22,15 +34,21 @@ from .record import Recorder, RequestEntry, SlotEvent
 from .slots import RunnerOptions, Slot
 
 
+def batch_factor(slowdown: float, running: int) -> float:
+    """How much longer each token takes with `running` generations on one runner."""
+    return 1.0 + slowdown * max(0, running - 1)
+
+
 class Scheduler:
-    """Owns the two slots and their locks; every slot change is recorded."""
+    """Owns the two slots, the chat queue and the embedding lock; every slot change is recorded."""
 
     def __init__(self, recorder: Recorder, config: Callable[[], StubConfig]) -> None:
         self.recorder = recorder
         self._config = config
         self.chat = Slot("chat")
         self.embed = Slot("embed")
-        self._chat_lock = trio.Lock()
+        self._chat_queue = trio.Lock()  # held by the request at the head of the queue
+        self._chat_freed = trio.Event()  # set when a place on the chat runner frees up
         self._embed_lock = trio.Lock()
 
     def slots(self) -> Iterator[Slot]:
@@ -89,6 +107,47 @@ class Scheduler:
                 # Ollama aborts a load whose requester went away and drops the runner.
                 self._leave(slot, "aborted", trio.current_time(), entry.seq)
 
+    def wake(self) -> None:
+        """Let the head of the chat queue look again (a place freed up, or `parallel` grew)."""
+        freed, self._chat_freed = self._chat_freed, trio.Event()
+        freed.set()
+
+    def token_seconds(self) -> float:
+        """How long the next token takes, given the generations now on the chat runner."""
+        config = self._config()
+        return config.token_delay * batch_factor(config.batch_slowdown, self.chat.busy)
+
+    def _chat_has_room(self, model: ModelInfo, options: RunnerOptions) -> bool:
+        slot = self.chat
+        if slot.busy == 0:
+            return True  # an idle runner serves anyone, after a load if need be
+        return slot.holds(model, options) and slot.busy < self._config().parallel
+
+    async def _chat_turn(
+        self,
+        entry: RequestEntry,
+        model: ModelInfo,
+        options: RunnerOptions,
+        keep_alive: float | None,
+    ) -> None:
+        """At the head of the queue: wait for room on the chat runner, then take it (loading
+        the model if need be). The caller holds the queue lock."""
+        while True:
+            freed = self._chat_freed
+            self.refresh(trio.current_time())
+            if self._chat_has_room(model, options):
+                break
+            await freed.wait()
+        entry.start = trio.current_time()
+        entry.slot = self.chat.name
+        try:
+            await self._ensure(
+                self.chat, model, options, keep_alive, entry, self._config().load_delay
+            )
+        except BaseException:
+            entry.released = trio.current_time()
+            raise
+
     @asynccontextmanager
     async def inference(
         self,
@@ -97,20 +156,22 @@ class Scheduler:
         options: RunnerOptions,
         keep_alive: float | None,
     ) -> AsyncIterator[None]:
-        """Hold the chat runner for one generation; counted in flight from arrival."""
+        """Hold a place on the chat runner for one generation; counted in flight from arrival."""
         self.recorder.inference_started()
         try:
-            async with self._chat_lock:
-                entry.start = trio.current_time()
-                await self._ensure(
-                    self.chat, model, options, keep_alive, entry, self._config().load_delay
-                )
+            async with self._chat_queue:
+                await self._chat_turn(entry, model, options, keep_alive)
                 self.chat.busy += 1
-                try:
-                    yield
-                finally:
-                    self.chat.busy -= 1
-                    self.chat.idle_from(trio.current_time())
+            self.recorder.generation_started()
+            try:
+                yield
+            finally:
+                now = trio.current_time()
+                self.chat.busy -= 1
+                entry.released = now
+                self.chat.idle_from(now)
+                self.recorder.generation_ended()
+                self.wake()
         finally:
             self.recorder.inference_ended()
 
@@ -125,18 +186,22 @@ class Scheduler:
         """Hold the embedding runner for one request (embedding runners run one at a time)."""
         async with self._embed_lock:
             entry.start = trio.current_time()
+            entry.slot = self.embed.name
             config = self._config()
-            await self._ensure(
-                self.embed, model, options, keep_alive, entry, config.embed_load_delay
-            )
-            self.embed.busy += 1
             try:
-                if config.embed_delay > 0:
-                    await trio.sleep(config.embed_delay)
-                yield
+                await self._ensure(
+                    self.embed, model, options, keep_alive, entry, config.embed_load_delay
+                )
+                self.embed.busy += 1
+                try:
+                    if config.embed_delay > 0:
+                        await trio.sleep(config.embed_delay)
+                    yield
+                finally:
+                    self.embed.busy -= 1
+                    self.embed.idle_from(trio.current_time())
             finally:
-                self.embed.busy -= 1
-                self.embed.idle_from(trio.current_time())
+                entry.released = trio.current_time()
 
     async def load(
         self,
@@ -146,22 +211,37 @@ class Scheduler:
         options: RunnerOptions,
         keep_alive: float | None,
     ) -> None:
-        """A load-only request: instant if already resident, else wait for the runner and load."""
+        """A load-only request: instant if already resident, else wait for the runner and load.
+
+        It holds the runner only while it loads, so its record's start and released are equal
+        when it found the model resident.
+        """
         now = trio.current_time()
         self.refresh(now)
         if slot.holds(model, options):
             # Like any request on a resident runner, this restarts its idle timer.
-            entry.start = now
+            entry.start = entry.released = now
+            entry.slot = slot.name
             if keep_alive is not None:
                 slot.keep_alive = keep_alive
             slot.idle_from(now)
             return
-        lock = self._chat_lock if slot is self.chat else self._embed_lock
-        config = self._config()
-        delay = config.load_delay if slot is self.chat else config.embed_load_delay
-        async with lock:
+        if slot is self.chat:
+            async with self._chat_queue:
+                await self._chat_turn(entry, model, options, keep_alive)
+                now = trio.current_time()
+                entry.released = now
+                slot.idle_from(now)
+            return
+        async with self._embed_lock:
             entry.start = trio.current_time()
-            await self._ensure(slot, model, options, keep_alive, entry, delay)
+            entry.slot = slot.name
+            try:
+                await self._ensure(
+                    slot, model, options, keep_alive, entry, self._config().embed_load_delay
+                )
+            finally:
+                entry.released = trio.current_time()
             slot.idle_from(trio.current_time())
 
     def unload(self, model: ModelInfo, entry: RequestEntry | None, reason: str = "unload") -> None:

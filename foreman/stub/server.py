@@ -20,6 +20,7 @@ from .faults import Fault, FaultKind, make_fault
 from .generation import expected_embedding, expected_text
 from .http import Exchange
 from .listener import Listener
+from .occupancy import Occupancy, chat_occupancy
 from .record import RequestEntry, SlotEvent
 from .routes import serve_request
 from .slots import Slot
@@ -77,6 +78,15 @@ class StubOllama:
     @property
     def inflight_inference(self) -> int:
         return self.state.recorder.inflight_inference
+
+    @property
+    def max_running_inference(self) -> int:
+        """The most generations that held the chat runner at once (waiting ones excluded)."""
+        return self.state.recorder.max_running_inference
+
+    def occupancy(self) -> Occupancy:
+        """How the chat runner was shared: most requests at once, and any two models at once."""
+        return chat_occupancy(self.state.recorder.entries)
 
     @property
     def inflight_requests(self) -> int:

@@ -54,6 +54,7 @@ class StubState:
     def configure(self, changes: Mapping[str, Any]) -> StubConfig:
         """Apply run-time settings (ValueError if any is invalid; then nothing changes)."""
         self.config = apply_changes(self.config, changes)
+        self.scheduler.wake()  # a larger `parallel` may let the head of the queue in
         self._notify()
         return self.config
 

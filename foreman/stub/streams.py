@@ -59,8 +59,8 @@ class LineStream:
 
 
 async def pace(call: Call) -> None:
-    """Wait while generation is held, then the configured time one token takes."""
+    """Wait while generation is held, then the time one token takes at today's batch size."""
     await call.state.pass_gate()
-    delay = call.state.config.token_delay
+    delay = call.state.scheduler.token_seconds()
     if delay > 0:
         await trio.sleep(delay)

@@ -197,22 +197,42 @@ function renderHeadline() {
     a ? `in the last ${win} · ${f.done || 0} done · ${f.cancelled || 0} cancelled` : '');
 
   const ollama = $('ollama');
-  ollama.dataset.state = !s ? 'unknown' : s.ollama_up ? 'ok' : 'bad';
-  ollama.textContent = !s ? 'Ollama: unknown' : s.ollama_up ? 'Ollama reachable' : 'Ollama unreachable';
+  const fleet = upstreams();
+  if (fleet.length > 1) {
+    const up = fleet.filter((u) => u.online).length;
+    ollama.dataset.state = up === fleet.length ? 'ok' : up === 0 ? 'bad' : 'warn';
+    ollama.textContent = `Ollama: ${up} of ${fleet.length} upstreams reachable`;
+  } else {
+    ollama.dataset.state = !s ? 'unknown' : s.ollama_up ? 'ok' : 'bad';
+    ollama.textContent = !s ? 'Ollama: unknown' : s.ollama_up ? 'Ollama reachable' : 'Ollama unreachable';
+  }
   const accepting = $('accepting');
   accepting.hidden = !s || s.accepting !== false;
   accepting.dataset.state = 'bad';
   accepting.textContent = 'shutting down: not accepting new jobs';
 }
 
+// every upstream's lane of the summary (an older foreman sends none)
+function upstreams() {
+  const list = state.summary && state.summary.upstreams;
+  return Array.isArray(list) ? list.filter((u) => u && typeof u.name === 'string') : [];
+}
+
 function renderResident() {
   const r = (state.summary && state.summary.resident) || {};
+  const fleet = upstreams();
   const ticks = [];
   const chat = $('resident-chat');
-  chat.querySelector('.model').textContent = r.chat ? r.chat.model : 'none';
   const chatNote = chat.querySelector('.note');
   chatNote.textContent = '';
-  if (r.chat && isNum(r.chat.since)) {
+  if (fleet.length > 1) {
+    // each upstream's model is in the table below; here, the models loaded anywhere
+    const models = [...new Set(fleet.filter((u) => u.chat).map((u) => u.chat.model))];
+    chat.querySelector('.model').textContent = models.length ? models.join(', ') : 'none';
+  } else {
+    chat.querySelector('.model').textContent = r.chat ? r.chat.model : 'none';
+  }
+  if (fleet.length <= 1 && r.chat && isNum(r.chat.since)) {
     const since = r.chat.since;
     ticks.push((now) => {
       chatNote.textContent = `since ${clock(since)} (${span(now - since)})`;
@@ -226,25 +246,69 @@ function renderResident() {
     const used = r.embedding.used_at;
     ticks.push((now) => { embedNote.textContent = `last used ${ago(used, now)}`; });
   }
+  $('upstreams-table').hidden = fleet.length === 0;
+  $('upstreams-table').tBodies[0].replaceChildren(...fleet.map((u) => upstreamRow(u, ticks)));
   tickers.resident = ticks;
+}
+
+function upstreamRow(u, ticks) {
+  const tr = h('tr', { 'data-upstream': u.name, 'data-online': u.online ? 'true' : 'false' });
+  const model = h('td', { class: 'chat' });
+  if (u.chat) {
+    model.append(h('span', { class: 'model' }, ...breakable(u.chat.model)));
+    if (u.loading) model.append(' ', h('span', { class: 'tag loading' }, 'loading'));
+    if (isNum(u.chat.since)) {
+      const since = u.chat.since;
+      const note = h('span', { class: 'note' });
+      model.append(note);
+      ticks.push((now) => { note.textContent = `since ${clock(since)} (${span(now - since)})`; });
+    }
+  } else {
+    model.append(h('span', { class: 'model' }, 'none'));
+  }
+  const slots = isNum(u.slots) ? u.slots : 1;
+  const inUse = isNum(u.in_use) ? u.in_use : 0;
+  tr.append(
+    h('th', { scope: 'row', class: 'name' }, ...breakable(u.name)),
+    model,
+    h('td', { class: 'slots num', title: `${inUse} of ${slots} slots in use` }, `${inUse}/${slots}`),
+    h('td', { class: 'health' },
+      h('span', { class: 'pill', 'data-state': u.online ? 'ok' : 'bad' }, u.online ? 'up' : 'down')));
+  return tr;
 }
 
 function fact(label, valueNode) {
   return h('div', null, h('dt', null, label), h('dd', null, valueNode));
 }
 
+// every running job with its upstream's lane; an older foreman sends only `running`
+function runningJobs() {
+  const s = state.summary;
+  const fleet = upstreams();
+  if (!fleet.length) return s && s.running ? [{ job: s.running, lane: null }] : [];
+  return fleet.flatMap((lane) => (Array.isArray(lane.running) ? lane.running : [])
+    .filter((job) => job && typeof job === 'object')
+    .map((job) => ({ job, lane })));
+}
+
 function renderRunning() {
   const section = $('running');
   const body = $('running-body');
-  const r = state.summary && state.summary.running;
+  const all = runningJobs();
   const ticks = [];
   tickers.running = ticks;
-  if (!r) {
+  if (!all.length) {
     section.dataset.state = 'idle';
     body.replaceChildren(h('p', { class: 'empty' }, 'Idle — nothing running'));
     return;
   }
-  section.dataset.state = r.state === 'loading' ? 'loading' : 'working';
+  section.dataset.state = all.some(({ job }) => job.state !== 'loading') ? 'working' : 'loading';
+  const several = upstreams().length > 1;
+  body.replaceChildren(...all.map(({ job, lane }) => runningCard(job, lane, several, ticks)));
+}
+
+function runningCard(r, lane, several, ticks) {
+  const jobState = r.state === 'loading' ? 'loading' : 'working';
   // another key's job comes without id, ref or priority: say so instead of blanks
   const theirs = !('id' in r);
 
@@ -252,25 +316,34 @@ function renderRunning() {
   if (isNum(r.started_at)) {
     ticks.push((now) => { elapsed.textContent = span(now - r.started_at); });
   }
-  const tokens = h('span', { class: 'tokens' },
-    isNum(r.tokens) && r.stream ? r.tokens.toLocaleString() : '—');
+  // tokens are counted per upstream: a job's own only while it runs alone there
+  let counted = '—';
+  if (isNum(r.tokens) && r.stream) counted = r.tokens.toLocaleString();
+  else if (lane && isNum(lane.tokens) && Array.isArray(lane.running) && lane.running.length > 1) {
+    counted = `${lane.tokens.toLocaleString()} across ${plural(lane.running.length, 'job')} on ${lane.name}`;
+  }
+  const tokens = h('span', { class: 'tokens' }, counted);
   const attempts = isNum(r.max_attempts) ? `${r.attempts}/${r.max_attempts}` : String(r.attempts ?? '—');
   const waited = isNum(r.started_at) && isNum(r.enqueued_at)
     ? preciseSpan(r.started_at - r.enqueued_at) : '—';
 
+  const upstream = r.upstream || (lane && lane.name) || null;
   const head = h('p', { class: 'running-head' },
-    h('span', { class: 'model' }, r.model || '—'), ' ', badge(section.dataset.state));
+    h('span', { class: 'model' }, r.model || '—'), ' ', badge(jobState));
+  if (several && upstream) head.append(' ', h('span', { class: 'tag upstream' }, `on ${upstream}`));
   const facts = h('dl', { class: 'facts' },
     fact('Elapsed', elapsed),
     fact('Tokens so far', tokens),
     fact('Attempt', h('span', { class: 'attempt' }, attempts)),
     fact('Queued for', h('span', { class: 'waited' }, waited)),
     fact('Ref', h('span', { class: 'ref' }, theirs ? 'another key’s job' : r.ref || '—')),
-    fact('Job', h('code', { class: 'job-id', title: r.id || null }, theirs ? '—' : shortId(r.id))));
+    fact('Job', h('code', { class: 'job-id', title: r.id || null }, theirs ? '—' : shortId(r.id))),
+    fact('Upstream', h('span', { class: 'upstream' }, upstream || '—')));
   if (r.state === 'loading') {
-    facts.append(fact('Now', h('span', null, `loading ${r.model} into Ollama`)));
+    const where = several && upstream ? `Ollama on ${upstream}` : 'Ollama';
+    facts.append(fact('Now', h('span', null, `loading ${r.model} into ${where}`)));
   }
-  body.replaceChildren(head, facts);
+  return h('div', { class: 'run', 'data-upstream': upstream, 'data-state': jobState }, head, facts);
 }
 
 function renderWaiting() {
@@ -395,6 +468,7 @@ function jobRow(job, withActions, ticks) {
     h('td', { class: 'priority num' }, String(job.priority ?? '—')),
     h('td', { class: 'ref' }, job.ref || '—'),
     h('td', { class: 'attempts num' }, attempts),
+    h('td', { class: 'upstream' }, job.upstream || '—'),
     duration, created, error);
 
   if (withActions) {
@@ -443,60 +517,106 @@ function renderJobs() {
   }
 }
 
-function swapFacts(swap) {
+function swapFacts(swap, withUpstream) {
   const load = isNum(swap.load_ms) ? preciseSpan(swap.load_ms / 1000) : '?';
   const when = isNum(swap.started_at) ? clock(swap.started_at) : '?';
-  return `${swap.model} · load ${load} · ${plural(swap.jobs || 0, 'job')} · ${when}`;
+  const where = withUpstream && swap.upstream ? ` on ${swap.upstream}` : '';
+  return `${swap.model}${where} · load ${load} · ${plural(swap.jobs || 0, 'job')} · ${when}`;
+}
+
+// the timeline's lanes: every upstream in configuration order, then any upstream that
+// made a listed load but is no longer configured
+function swapLanes(swaps) {
+  const fleet = upstreams();
+  const names = fleet.map((u) => u.name);
+  const first = names.length ? names[0] : '';
+  const laneOf = (swap) => (typeof swap.upstream === 'string' && swap.upstream) || first;
+  for (const swap of swaps) if (!names.includes(laneOf(swap))) names.push(laneOf(swap));
+  const chat = new Map(fleet.map((u) => [u.name, u.chat ? u.chat.key : null]));
+  return names.map((name) => ({
+    name,
+    residentKey: chat.get(name) ?? null,
+    swaps: swaps.filter((swap) => laneOf(swap) === name),
+  }));
 }
 
 function renderSwaps() {
   const s = state.summary;
-  const swaps = ((s && s.swaps) || []).filter((w) => isNum(w.started_at));
+  const swaps = ((s && s.swaps) || []).filter((w) => isNum(w.started_at))
+    .sort((a, b) => a.started_at - b.started_at);
   const ticks = [];
   tickers.swaps = ticks;
   $('swaps-empty').hidden = swaps.length > 0;
   $('swap-chart').hidden = swaps.length === 0;
   $('swap-from').textContent = swaps.length ? clock(swaps[0].started_at) : '';
+  if (!swaps.length) {
+    $('swap-timeline').replaceChildren();
+    $('swap-list').replaceChildren();
+    return;
+  }
 
-  const residentKey = s && s.resident && s.resident.chat ? s.resident.chat.key : null;
-  const segments = [];
+  // every lane runs from the first listed load to now, so one axis serves them all
+  const from = swaps[0].started_at;
+  const lanes = swapLanes(swaps);
+  const several = lanes.length > 1;
+  const rows = [];
   const items = [];
-  swaps.forEach((swap, i) => {
-    const next = swaps[i + 1];
-    const last = !next;
-    const colour = hue(swap.model);
-    const seg = h('div', { class: 'swap', 'data-model': swap.model });
-    seg.style.setProperty('--hue', String(colour));
-    const loadPart = h('span', { class: 'swap-load' });
-    seg.append(loadPart, h('span', { class: 'swap-label' }, swap.model));
+  for (const lane of lanes) {
+    const row = h('div', { class: 'timeline' });
+    const segments = [];
+    if (!lane.swaps.length) {
+      const idle = h('div', { class: 'swap-gap' });
+      idle.style.flexGrow = '1';
+      segments.push(idle);
+    } else if (lane.swaps[0].started_at > from) {
+      const before = h('div', { class: 'swap-gap' });
+      before.style.flexGrow = String(lane.swaps[0].started_at - from);
+      segments.push(before);
+    }
+    lane.swaps.forEach((swap, i) => {
+      const next = lane.swaps[i + 1];
+      const last = !next;
+      const colour = hue(swap.model);
+      const seg = h('div', { class: 'swap', 'data-model': swap.model, 'data-upstream': lane.name });
+      seg.style.setProperty('--hue', String(colour));
+      const loadPart = h('span', { class: 'swap-load' });
+      seg.append(loadPart, h('span', { class: 'swap-label' }, swap.model));
 
-    const facts = swapFacts(swap);
-    const stayed = h('span', { class: 'stayed' });
-    const item = h('li', { class: 'swap-item', 'data-model': swap.model });
-    item.style.setProperty('--hue', String(colour));
-    item.append(h('span', { class: 'swatch', 'aria-hidden': 'true' }),
-      h('span', { class: 'swap-facts' }, facts), ' ', stayed);
-    if (last && swap.key === residentKey) item.append(' ', h('span', { class: 'tag' }, 'loaded now'));
+      const facts = swapFacts(swap, several);
+      const stayed = h('span', { class: 'stayed' });
+      const item = h('li', { class: 'swap-item', 'data-model': swap.model, 'data-upstream': lane.name });
+      item.style.setProperty('--hue', String(colour));
+      item.append(h('span', { class: 'swatch', 'aria-hidden': 'true' }),
+        h('span', { class: 'swap-facts' }, facts), ' ', stayed);
+      if (last && swap.key === lane.residentKey) item.append(' ', h('span', { class: 'tag' }, 'loaded now'));
 
-    // segments share the line by flex-grow, so only the open-ended last one changes
-    const size = (now) => {
-      const end = next ? next.started_at : Math.max(now, swap.started_at);
-      const whole = Math.max(0.001, end - swap.started_at);
-      const loading = isNum(swap.loaded_at) ? swap.loaded_at - swap.started_at : whole;
-      seg.style.flexGrow = String(whole);
-      loadPart.style.width = `${Math.min(1, Math.max(0, loading / whole)) * 100}%`;
-      const resident = isNum(swap.loaded_at) ? end - swap.loaded_at : 0;
-      const text = `${last ? 'loaded for' : 'stayed'} ${span(resident)}`;
-      seg.title = `${facts} · ${text}`;
-      stayed.textContent = `· ${text}`;
-    };
-    if (last) ticks.push(size);
-    else size(0);
-    segments.push(seg);
-    items.push(item);
-  });
-  $('swap-timeline').replaceChildren(...segments);
-  $('swap-list').replaceChildren(...items.reverse());
+      // segments share the line by flex-grow, so only the open-ended last one changes
+      const size = (now) => {
+        const end = next ? next.started_at : Math.max(now, swap.started_at);
+        const whole = Math.max(0.001, end - swap.started_at);
+        const loading = isNum(swap.loaded_at) ? swap.loaded_at - swap.started_at : whole;
+        seg.style.flexGrow = String(whole);
+        loadPart.style.width = `${Math.min(1, Math.max(0, loading / whole)) * 100}%`;
+        const resident = isNum(swap.loaded_at) ? end - swap.loaded_at : 0;
+        const text = `${last ? 'loaded for' : 'stayed'} ${span(resident)}`;
+        seg.title = `${facts} · ${text}`;
+        stayed.textContent = `· ${text}`;
+      };
+      if (last) ticks.push(size);
+      else size(0);
+      segments.push(seg);
+      items.push([swap.started_at, items.length, item]);
+    });
+    row.append(...segments);
+    rows.push(several
+      ? h('div', { class: 'swap-lane', 'data-upstream': lane.name },
+        h('span', { class: 'lane-name' }, lane.name), row)
+      : row);
+  }
+  $('swap-timeline').replaceChildren(...rows);
+  // the list: newest load first, whichever upstream made it
+  items.sort((a, b) => b[0] - a[0] || b[1] - a[1]);
+  $('swap-list').replaceChildren(...items.map(([, , item]) => item));
 }
 
 const renderers = {

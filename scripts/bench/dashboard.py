@@ -32,7 +32,7 @@ def summary_cost(work: Path, queued: int, finished: int, reads: int = 20) -> dic
         overview, activity = [], []
         for _ in range(reads):
             started = time.perf_counter()
-            store.overview(None)
+            store.overview()
             middle = time.perf_counter()
             store.activity(time.time() - 86400)
             overview.append(middle - started)

@@ -10,7 +10,8 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from foreman.testing import Process
+from foreman.testing import Process, stub_process
+from foreman.upstream_specs import default_name
 
 from .conftest import TIMEOUT_MS, Foreman
 
@@ -310,3 +311,68 @@ def test_an_admin_retries_a_failed_job_and_purges_finished_ones_from_the_page(
     expect(other.locator("#jobs tr[data-job-id]")).to_have_count(0)
     expect(other.locator("#failures .stat-note")).to_contain_text("0 done")
     shoot(other, "04-purged-elsewhere")
+
+
+def test_two_upstreams_each_show_their_model_slots_running_job_and_swap_lane(
+    page: Any, stub: Process, tmp_path: Path, shoot: Any
+) -> None:
+    second = stub_process(tmp_path / "stub-2.log", "--load-delay", "0.3")
+    second.start()
+    foreman = Foreman(tmp_path, f"{stub.url},{second.url}")
+    names = [default_name(stub.url), default_name(second.url)]
+    controls = [httpx.Client(base_url=s.url, timeout=60) for s in (stub, second)]
+    client = httpx.Client(base_url=foreman.start(), timeout=60)
+    try:
+        page.goto(f"{foreman.url}/ui")
+        wait_live(page)
+        upstreams = page.locator("#upstreams-table tbody tr[data-upstream]")
+        expect(upstreams).to_have_count(2)
+        assert [upstreams.nth(i).get_attribute("data-upstream") for i in range(2)] == names
+        for name in names:
+            lane = page.locator(f'#upstreams-table tr[data-upstream="{name}"]')
+            expect(lane.locator(".health .pill")).to_have_text("up")
+            expect(lane.locator(".slots")).to_have_text("0/1")
+        expect(page.locator("#ollama")).to_have_text("Ollama: 2 of 2 upstreams reachable")
+
+        # both stubs hold their answers: each upstream loads one model and runs its job
+        for control in controls:
+            control.post("/_stub/hold").raise_for_status()
+        jobs = {model: submit(client, model, "x") for model in ("llama3", "mistral")}
+        expect(page.locator("#running .run")).to_have_count(2)
+        expect(page.locator("#running")).to_have_attribute("data-state", "working")
+        for name in names:
+            lane = page.locator(f'#upstreams-table tr[data-upstream="{name}"]')
+            expect(lane.locator(".slots")).to_have_text("1/1")
+            expect(page.locator(f'#running .run[data-upstream="{name}"]')).to_have_count(1)
+        ran_on = {m: client.get(f"/jobs/{job_id}").json()["upstream"] for m, job_id in jobs.items()}
+        assert sorted(ran_on.values()) == sorted(names)
+        for model, name in ran_on.items():
+            card = page.locator(f'#running .run[data-upstream="{name}"]')
+            expect(card.locator(".running-head .model")).to_have_text(f"{model}:latest")
+            lane = page.locator(f'#upstreams-table tr[data-upstream="{name}"]')
+            expect(lane.locator(".chat .model")).to_have_text(f"{model}:latest")
+            expect(row(page, jobs[model]).locator(".upstream")).to_have_text(name)
+        shoot(page, "01-two-upstreams-running")
+
+        for control in controls:
+            control.post("/_stub/release").raise_for_status()
+        for job_id in jobs.values():
+            expect(row(page, job_id)).to_have_attribute("data-state", "done")
+        expect(page.locator("#running")).to_have_attribute("data-state", "idle")
+        # one lane per upstream on the swap timeline, each with its own load
+        expect(page.locator("#swap-timeline .swap-lane")).to_have_count(2)
+        for model, name in ran_on.items():
+            lane = page.locator(f'#swap-timeline .swap-lane[data-upstream="{name}"]')
+            expect(lane.locator(".lane-name")).to_have_text(name)
+            expect(lane.locator(".swap")).to_have_count(1)
+            expect(lane.locator(".swap")).to_have_attribute("data-model", f"{model}:latest")
+        expect(page.locator("#swap-list .swap-item")).to_have_count(2)
+        shoot(page, "02-two-upstreams-done")
+    finally:
+        # the page's event stream and the clients' idle connections must not hold
+        # foreman's shutdown
+        page.context.close()
+        for http in (client, *controls):
+            http.close()
+        foreman.stop()
+        second.terminate()

@@ -12,6 +12,7 @@ from foreman.cli import main
 from foreman.config import Settings
 from foreman.stub import StubOllama
 from foreman.testing import running_foreman
+from foreman.upstream_specs import default_name
 
 
 async def cli(capsys: pytest.CaptureFixture[str], url: str, *args: str) -> tuple[int, str, str]:
@@ -103,3 +104,26 @@ async def test_the_key_comes_from_foreman_api_key_and_help_says_why(
     help_text = " ".join(capsys.readouterr().out.split())
     assert "visible to other users" in help_text
     assert "FOREMAN_API_KEY" in help_text
+
+
+async def test_ls_and_show_name_the_upstream_that_ran_a_job(
+    foreman: str, stub: StubOllama, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = await cli(
+        capsys, foreman, "--json", "submit", "--model", "llama3", "--prompt", "hi", "--wait"
+    )
+    assert code == 0
+    ran = json.loads(out)
+    code, out, _ = await cli(capsys, foreman, "ls")
+    assert code == 0
+    header, *rows = out.splitlines()
+    columns = header.split()
+    assert columns[6] == "UPSTREAM"
+    at = header.index("UPSTREAM")
+    shown = {row.split()[0]: row[at:].split()[0] for row in rows}
+    # one upstream, named host:port by default
+    assert ran["upstream"] == default_name(stub.url)
+    assert shown[ran["id"]] == ran["upstream"]
+    code, out, _ = await cli(capsys, foreman, "show", ran["id"])
+    assert code == 0
+    assert f"{'upstream':12s} {ran['upstream']}" in out.splitlines()

@@ -28,6 +28,13 @@ def value(samples: dict[Any, float], name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+def total(samples: dict[Any, float], name: str, **labels: str) -> float:
+    """The sum over every series of `name` that has `labels` (as PromQL's sum would):
+    the families counted per upstream, taken over the whole fleet."""
+    wanted = set(labels.items())
+    return sum(v for (n, have), v in samples.items() if n == name and wanted <= set(have))
+
+
 async def test_health_is_always_200_and_ready_follows_ollama(
     client: httpx.AsyncClient, stub: StubOllama
 ) -> None:
@@ -48,7 +55,7 @@ async def test_metrics_parse_and_move_as_jobs_run(
     client: httpx.AsyncClient, stub: StubOllama
 ) -> None:
     before = await scrape(client)
-    assert value(before, "foreman_jobs_finished_total", outcome="done") == 0
+    assert total(before, "foreman_jobs_finished_total", outcome="done") == 0
     assert value(before, "foreman_sync_waiters") == 0
 
     stub.hold()
@@ -73,13 +80,13 @@ async def test_metrics_parse_and_move_as_jobs_run(
     assert embed.status_code == 200
 
     after = await scrape(client)
-    assert value(after, "foreman_jobs_finished_total", outcome="done") == 3
+    assert total(after, "foreman_jobs_finished_total", outcome="done") == 3
     assert value(after, "foreman_queue_wait_seconds_count") == 3
     assert value(after, "foreman_run_seconds_count") == 3
-    assert value(after, "foreman_swaps_total") == 2  # llama3, then mistral
-    assert value(after, "foreman_load_seconds_count") == 2
+    assert total(after, "foreman_swaps_total") == 2  # llama3, then mistral
+    assert total(after, "foreman_load_seconds_count") == 2
     assert value(after, "foreman_jobs", state="queued", model="mistral:latest") == 0
-    assert value(after, "foreman_resident_model", model="mistral:latest") == 1
+    assert total(after, "foreman_resident_model", model="mistral:latest") == 1
     assert value(after, "foreman_embeddings_total", route="/api/embed", status="2xx") == 1
     assert value(after, "foreman_embedding_seconds_count", route="/api/embed") == 1
     assert value(after, "foreman_sync_waiters") == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from foreman.jobs import JobState
-from foreman.policy import Candidate
+from foreman.policy import Candidate, Lane, LoadCosts
 
 # a few residency keys, including two for one model that differ only in runner options
 MODEL_KEYS = (
@@ -91,3 +91,34 @@ def _rows(draw: st.DrawFn) -> list[tuple[Candidate, JobState]]:
 
 
 ROWS = _rows()
+
+
+# -- the fleet ---------------------------------------------------------------------------
+
+MODEL_NAMES = tuple(sorted({k.partition(" ")[0] for k in MODEL_KEYS}))
+# what a lane may serve: everything most of the time, else a subset of the models
+SERVES = st.one_of(
+    st.just(frozenset(MODEL_NAMES)),
+    st.frozensets(st.sampled_from(MODEL_NAMES)),
+)
+
+
+@st.composite
+def _lane(draw: st.DrawFn, name: str) -> Lane:
+    slots = draw(st.sampled_from([1, 1, 2, 4]))
+    resident = draw(RESIDENTS)
+    running = draw(st.integers(min_value=0, max_value=slots)) if resident is not None else 0
+    loading = running == 1 and draw(st.booleans())
+    return Lane(name, slots, resident, running, loading)
+
+
+LANES = _lane("here")
+OTHER_LANES = st.lists(st.sampled_from(["gpu1", "gpu2", "gpu3"]), unique=True, max_size=3).flatmap(
+    lambda names: st.tuples(*(_lane(n) for n in names))
+)
+# measured costs: none, or a few keys' load and job times
+COSTS = st.builds(
+    LoadCosts,
+    st.dictionaries(st.sampled_from(MODEL_KEYS), st.sampled_from([0.5, 2.0, 30.0])),
+    st.dictionaries(st.sampled_from(MODEL_KEYS), st.sampled_from([0.1, 1.0, 10.0])),
+)

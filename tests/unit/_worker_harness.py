@@ -28,9 +28,10 @@ import trio.testing
 from foreman.events import Wakeup
 from foreman.jobs import Endpoint, Job, JobState, NewJob
 from foreman.store import Store, SyncStore, connect
+from foreman.supervisor import supervise
 from foreman.tickets import Tickets
 from foreman.upstream import Upstream
-from foreman.worker import Worker, WorkerSettings, supervise
+from foreman.worker import Worker, WorkerSettings
 
 # the store's wall clock at virtual time 0 (a job's times are wall-clock seconds)
 EPOCH = 1_000_000.0

@@ -4,7 +4,7 @@ hands changes to viewers."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 
 import attrs
@@ -14,6 +14,7 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from foreman.api.dashboard import visible_summary
 from foreman.board import (
     ACTIVITY_REFRESH,
     BATCH_SECONDS,
@@ -57,10 +58,10 @@ def test_a_load_is_recorded_with_the_move_that_ends_it_and_counts_the_jobs_it_se
     first = store.claim(None, max_wait=600)
     assert first is not None
     assert first.state is JobState.LOADING
-    assert store.overview(None).swaps == []  # a load in progress is not a swap yet
+    assert store.overview().swaps == []  # a load in progress is not a swap yet
     clock.advance(2.5)
     store.transition(first.id, JobState.LOADING, JobState.WORKING, loaded=True)
-    (swap,) = store.overview(None).swaps
+    (swap,) = store.overview().swaps
     assert (swap.model_key, swap.job_id, swap.jobs) == ("a:latest", first.id, 1)
     assert swap.loaded_at - swap.started_at == pytest.approx(2.5)
     store.transition(first.id, JobState.WORKING, JobState.DONE, result={})
@@ -68,7 +69,7 @@ def test_a_load_is_recorded_with_the_move_that_ends_it_and_counts_the_jobs_it_se
     for _ in range(3):
         job = run_job(store, resident)
         resident = job.model_key
-    swaps = [(s.model_key, s.jobs) for s in store.overview(None).swaps]
+    swaps = [(s.model_key, s.jobs) for s in store.overview().swaps]
     assert swaps == [("a:latest", 3), ("b:latest", 1)]
 
 
@@ -77,7 +78,7 @@ def test_a_move_to_working_without_a_load_records_no_swap(store: SyncStore) -> N
     job = store.claim(None, max_wait=600)
     assert job is not None
     store.transition(job.id, JobState.LOADING, JobState.WORKING)
-    assert store.overview(None).swaps == []
+    assert store.overview().swaps == []
 
 
 def test_jobs_of_a_resident_model_loaded_before_any_recorded_swap_count_nowhere(
@@ -87,7 +88,7 @@ def test_jobs_of_a_resident_model_loaded_before_any_recorded_swap_count_nowhere(
     run_job(store, None)
     store.enqueue(new_job("a:latest"))
     run_job(store, "a:latest")  # resident at start: no load, and not b's job
-    assert [(s.model_key, s.jobs) for s in store.overview(None).swaps] == [("b:latest", 1)]
+    assert [(s.model_key, s.jobs) for s in store.overview().swaps] == [("b:latest", 1)]
 
 
 def test_old_swaps_are_pruned(store: SyncStore, clock: FakeClock) -> None:
@@ -96,7 +97,7 @@ def test_old_swaps_are_pruned(store: SyncStore, clock: FakeClock) -> None:
         run_job(store, None)
         clock.advance(100)
     assert store.prune_swaps(clock.now - 150) == 1
-    assert [s.model_key for s in store.overview(None).swaps] == ["b:latest"]
+    assert [s.model_key for s in store.overview().swaps] == ["b:latest"]
 
 
 # -- the headline -----------------------------------------------------------------------
@@ -157,7 +158,7 @@ def test_a_load_that_failed_counts_alike_in_both_orders(store: SyncStore) -> Non
     store.transition(job.id, JobState.LOADING, JobState.FAILED, error="model not found")
     activity = store.activity(since=0)
     assert (activity.loads, activity.arrival_loads) == (1, 1)
-    assert store.overview(None).swaps == []
+    assert store.overview().swaps == []
 
 
 def test_overview_reads_waiting_jobs_per_model_without_scanning_the_table(
@@ -166,7 +167,7 @@ def test_overview_reads_waiting_jobs_per_model_without_scanning_the_table(
     for model, priority in [("a:latest", 0), ("b:latest", 2), ("a:latest", 5)]:
         store.enqueue(new_job(model, priority=priority))
         clock.advance(1)
-    waiting = {w.model_key: w for w in store.overview(None).waiting}
+    waiting = {w.model_key: w for w in store.overview().waiting}
     assert (waiting["a:latest"].count, waiting["a:latest"].top_priority) == (2, 5)
     assert waiting["a:latest"].oldest_enqueued_at == 1000.0
     assert (waiting["b:latest"].count, waiting["b:latest"].oldest_enqueued_at) == (1, 1001.0)
@@ -175,6 +176,44 @@ def test_overview_reads_waiting_jobs_per_model_without_scanning_the_table(
         " FROM jobs INDEXED BY jobs_queue_model WHERE state = 'queued' GROUP BY model_key"
     ).fetchall()
     assert "USING INDEX jobs_queue_model" in str(plan)
+
+
+def record_load(
+    store: SyncStore, model_key: str, upstream: str | None, started: float, loaded: float
+) -> None:
+    """A row of the swap history as the workers write it (`upstream` None: as a foreman
+    from before the fleet wrote it)."""
+    store.conn.execute(
+        "INSERT INTO swaps (model_key, job_id, started_at, loaded_at, upstream)"
+        " VALUES (?, 'J', ?, ?, ?)",
+        (model_key, started, loaded, upstream),
+    )
+    store.conn.commit()
+
+
+def test_overview_reads_each_loads_upstream_and_the_running_jobs_in_the_order_asked(
+    store: SyncStore,
+) -> None:
+    record_load(store, "a:latest", None, 1.0, 2.0)
+    record_load(store, "b:latest", "gpu1", 3.0, 4.0)
+    jobs = [store.enqueue(new_job(m)) for m in ("a:latest", "b:latest", "c:latest")]
+    for job in jobs[:2]:
+        store.transition(job.id, JobState.QUEUED, JobState.WORKING)
+    statements: list[str] = []
+    store.conn.set_trace_callback(statements.append)
+    try:
+        overview = store.overview([jobs[1].id, "01ARZ3NDEKTSV4RRFFQ69G5FAV", jobs[0].id])
+    finally:
+        store.conn.set_trace_callback(None)
+    assert [(s.model_key, s.upstream) for s in overview.swaps] == [
+        ("a:latest", None),
+        ("b:latest", "gpu1"),
+    ]
+    # read by id, in one query, in the order asked; an id no longer stored is left out
+    assert [j.id for j in overview.running] == [jobs[1].id, jobs[0].id]
+    assert sum("FROM jobs WHERE id IN" in q for q in statements) == 1
+    assert [w.model_key for w in overview.waiting] == ["c:latest"]
+    assert store.overview().running == []
 
 
 # -- the Board --------------------------------------------------------------------------
@@ -256,7 +295,7 @@ async def test_the_summary_is_read_once_per_change_and_tokens_are_read_fresh(
     async_store: Store,
 ) -> None:
     tokens = [0]
-    reads: list[str | None] = []
+    reads: list[Sequence[str]] = []
     board = Board(
         async_store,
         max_wait=600,
@@ -266,16 +305,16 @@ async def test_the_summary_is_read_once_per_change_and_tokens_are_read_fresh(
     )
     original = async_store.overview
 
-    async def counted(running_id: str | None) -> Overview:
-        reads.append(running_id)
-        return await original(running_id)
+    async def counted(running_ids: Sequence[str] = (), swaps: int = 40) -> Overview:
+        reads.append(running_ids)
+        return await original(running_ids, swaps)
 
     async_store.overview = counted  # type: ignore[method-assign]
     first = await board.summary()
     tokens[0] = 7
     board.poke()
     second = await board.summary()
-    assert len(reads) == 1
+    assert reads == [["x"]]
     assert first["running"] is None  # no job "x" in the store
     assert second["resident"]["chat"] == {"model": "m:latest", "key": "m:latest", "since": None}
     job = await async_store.enqueue(new_job())
@@ -447,3 +486,83 @@ async def test_a_feed_that_ends_sends_what_it_gathered_and_says_it_ended(
     # once ended, at once and with nothing
     batch, took = await timed(feed.next_batch(15.0, 0, valid))
     assert (batch, took) == (Batch([], ended=True), 0.0)
+
+
+# -- several upstreams --------------------------------------------------------------------
+
+
+async def test_the_summary_shows_one_lane_per_upstream_with_its_model_slots_and_jobs(
+    async_store: Store,
+) -> None:
+    sync = async_store.sync
+    record_load(sync, "a:latest", None, 900.0, 901.0)  # before the fleet: the first's
+    record_load(sync, "b:latest", "gpu1", 950.0, 952.5)
+    record_load(sync, "a:latest", "gpu0", 960.0, 961.0)
+    a1, a2, b1 = [await async_store.enqueue(new_job(m)) for m in ("a:latest",) * 2 + ("b:latest",)]
+    for job in (a1, a2, b1):
+        await async_store.transition(job.id, JobState.QUEUED, JobState.WORKING)
+    await async_store.enqueue(new_job("b:latest"))
+    await async_store.enqueue(new_job("c:latest"))
+    gpu0 = WorkerStatistics(
+        name="gpu0", slots=4, resident="a:latest", running=(a1.id, a2.id), tokens=9, online=True
+    )
+    gpu1 = WorkerStatistics(
+        name="gpu1", slots=1, resident="b:latest", running=(b1.id,), tokens=4, loading=True
+    )
+    board = Board(async_store, max_wait=600, status=lambda: Status((gpu0, gpu1)))
+    summary = await board.summary()
+
+    lanes = summary["upstreams"]
+    assert [
+        (u["name"], u["online"], u["slots"], u["in_use"], u["loading"], u["tokens"]) for u in lanes
+    ] == [("gpu0", True, 4, 2, False, 9), ("gpu1", False, 1, 1, True, 4)]
+    # each upstream's chat model, loaded since its own latest load of it
+    assert [u["chat"] for u in lanes] == [
+        {"model": "a:latest", "key": "a:latest", "since": 961.0},
+        {"model": "b:latest", "key": "b:latest", "since": 952.5},
+    ]
+    # tokens are counted per upstream: a job's own only when it runs alone there
+    assert [(j["id"], j["upstream"], j["tokens"]) for j in lanes[0]["running"]] == [
+        (a1.id, "gpu0", None),
+        (a2.id, "gpu0", None),
+    ]
+    assert [(j["id"], j["upstream"], j["tokens"]) for j in lanes[1]["running"]] == [
+        (b1.id, "gpu1", 4)
+    ]
+    assert summary["running"]["id"] == a1.id
+    assert summary["resident"]["chat"] == lanes[0]["chat"]
+    # a load with no upstream recorded goes on the first upstream's lane
+    assert [(s["model"], s["upstream"]) for s in summary["swaps"]] == [
+        ("a:latest", "gpu0"),
+        ("b:latest", "gpu1"),
+        ("a:latest", "gpu0"),
+    ]
+    # a model loaded on any upstream is resident: its queue runs without a swap
+    assert [(w["model"], w["resident"]) for w in summary["waiting"]] == [
+        ("b:latest", True),
+        ("c:latest", False),
+    ]
+    assert summary["ollama_up"] is True  # one of the two is reachable
+
+
+async def test_a_key_that_sees_only_its_own_jobs_sees_no_one_elses_on_any_lane(
+    async_store: Store,
+) -> None:
+    mine = await async_store.enqueue(new_job("a:latest", key_name="svc", ref="mine"))
+    theirs = await async_store.enqueue(new_job("b:latest", key_name="other", ref="secret"))
+    for job in (mine, theirs):
+        await async_store.transition(job.id, JobState.QUEUED, JobState.WORKING)
+    status = Status(
+        (
+            WorkerStatistics(name="gpu0", resident="b:latest", running=(theirs.id,)),
+            WorkerStatistics(name="gpu1", resident="a:latest", running=(mine.id,)),
+        )
+    )
+    board = Board(async_store, max_wait=600, status=lambda: status)
+    seen = visible_summary(await board.summary(), "svc")
+    (first,), (second,) = (lane["running"] for lane in seen["upstreams"])
+    assert "id" not in first
+    assert "ref" not in first
+    assert (first["model"], first["upstream"]) == ("b:latest", "gpu0")
+    assert (second["id"], second["ref"]) == (mine.id, "mine")
+    assert "id" not in seen["running"]

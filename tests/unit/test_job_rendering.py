@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from foreman.api.jobs import job_json, timestamp
+from foreman.board import job_view
 from foreman.jobs import JobState
 from foreman.store import SyncStore
 
@@ -57,3 +58,14 @@ def test_a_row_with_a_huge_deadline_and_a_result_that_is_not_json_still_renders(
     assert shown["deadline"] is None  # infinity: no time at all
     assert shown["result"] == {"raw": "not json {"}
     assert store.get(job.id) == listed
+
+
+def test_a_job_names_the_upstream_that_ran_it_and_null_before_it_ran(store: SyncStore):
+    waiting = store.enqueue(new_job())
+    ran = store.enqueue(new_job())
+    store.conn.execute("UPDATE jobs SET upstream = 'gpu1' WHERE id = ?", (ran.id,))
+    store.conn.commit()
+    shown = {job.id: job for job in store.list_jobs()}
+    assert job_json(shown[waiting.id])["upstream"] is None
+    assert job_json(shown[ran.id])["upstream"] == "gpu1"
+    assert job_view(shown[ran.id])["upstream"] == "gpu1"

@@ -3,6 +3,7 @@ read through one callable."""
 
 from __future__ import annotations
 
+import attrs
 import httpx
 import pytest
 import trio
@@ -19,6 +20,8 @@ from foreman.store import Store, SyncStore
 from foreman.tickets import Tickets
 from foreman.upstream import Upstream
 from foreman.worker import Running, Worker, WorkerSettings
+
+from ._helpers import stored_job
 
 
 @pytest.fixture
@@ -41,18 +44,24 @@ def _scrape(metrics: Metrics) -> dict[str, float]:
 
 
 def test_the_worker_statistics_say_what_it_holds(worker: Worker) -> None:
+    # alone, the upstream is named after its URL's host:port, with one slot
     assert worker.statistics() == WorkerStatistics(
-        resident=None, running=(), tokens=0, online=False
+        name="ollama", url="http://ollama", resident=None, running=(), tokens=0, online=False
     )
     worker.resident = "llama3:latest"
     worker.online = True
-    worker.running = Running("J1", trio.CancelScope(), JobState.WORKING, tokens=7)
+    worker.jobs["J1"] = Running("J1", trio.CancelScope(), JobState.WORKING, tokens=7)
     assert worker.statistics() == WorkerStatistics(
-        resident="llama3:latest", running=("J1",), tokens=7, online=True
+        name="ollama",
+        url="http://ollama",
+        resident="llama3:latest",
+        running=("J1",),
+        tokens=7,
+        online=True,
     )
     # a snapshot: later progress does not change one already taken
     taken = worker.statistics()
-    worker.running.tokens = 8
+    worker.jobs["J1"].tokens = 8
     assert taken.tokens == 7
     assert worker.statistics().tokens == 8
 
@@ -62,15 +71,23 @@ def test_the_status_joins_the_worker_the_queue_and_the_relay(
 ) -> None:
     tickets = Tickets()
     queue = JobQueue(Store(store), tickets, Wakeup(), JobEvents(), worker.cancel_running)
-    read = status_reader(worker, queue, tickets)
-    assert read() == Status((WorkerStatistics(),), accepting=True, waiters=0)
+    read = status_reader([worker], queue, tickets)
+    assert read() == Status(
+        (WorkerStatistics(name="ollama", url="http://ollama"),), accepting=True, waiters=0
+    )
     worker.resident = "llama3:latest"
     worker.online = True
     tickets.attach("J1")
     tickets.attach("J2")
     queue.accepting = False
     assert read() == Status(
-        (WorkerStatistics(resident="llama3:latest", online=True),), accepting=False, waiters=2
+        (
+            WorkerStatistics(
+                name="ollama", url="http://ollama", resident="llama3:latest", online=True
+            ),
+        ),
+        accepting=False,
+        waiters=2,
     )
 
 
@@ -80,13 +97,14 @@ def test_a_scrape_reads_the_status_once_and_shows_it() -> None:
 
     def status() -> Status:
         reads.append(1)
-        worker = WorkerStatistics(resident="llama3:latest num_ctx=8192", online=True)
+        worker = WorkerStatistics(name="gpu0", resident="llama3:latest num_ctx=8192", online=True)
         return Status((worker,), accepting=False, waiters=3)
 
     metrics.status = status
+    reads.clear()  # wiring reads the upstreams' names once
     scraped = _scrape(metrics)
     assert len(reads) == 1
-    assert scraped["foreman_resident_model{model=llama3:latest}"] == 1
+    assert scraped["foreman_resident_model{model=llama3:latest,upstream=gpu0}"] == 1
     assert scraped["foreman_sync_waiters{}"] == 3
     assert scraped["foreman_ollama_up{}"] == 1
     assert scraped["foreman_accepting_jobs{}"] == 0
@@ -113,3 +131,50 @@ async def test_a_dashboard_summary_reads_the_status_once_and_shows_it(store: Syn
     assert len(reads) == 1
     assert summary["resident"]["chat"]["key"] == "llama3:latest"
     assert (summary["ollama_up"], summary["accepting"]) == (True, False)
+
+
+def test_each_upstream_shows_under_its_own_label_and_up_is_also_fleet_wide() -> None:
+    metrics = Metrics(JobTally())
+    gpu0 = WorkerStatistics(
+        name="gpu0", slots=4, resident="llama3:latest", running=("J1", "J2"), online=True
+    )
+    gpu1 = WorkerStatistics(name="gpu1", slots=1, resident="mistral:latest num_ctx=8192")
+    metrics.status = lambda: Status((gpu0, gpu1))
+    scraped = _scrape(metrics)
+    assert scraped["foreman_ollama_up{}"] == 1  # any upstream up
+    assert scraped["foreman_ollama_up{upstream=gpu0}"] == 1
+    assert scraped["foreman_ollama_up{upstream=gpu1}"] == 0
+    assert scraped["foreman_upstream_slots{upstream=gpu0}"] == 4
+    assert scraped["foreman_upstream_slots{upstream=gpu1}"] == 1
+    assert scraped["foreman_upstream_running{upstream=gpu0}"] == 2
+    assert scraped["foreman_upstream_running{upstream=gpu1}"] == 0
+    assert scraped["foreman_resident_model{model=llama3:latest,upstream=gpu0}"] == 1
+    assert scraped["foreman_resident_model{model=mistral:latest,upstream=gpu1}"] == 1
+    # every upstream's loads show from the start
+    assert scraped["foreman_swaps_total{upstream=gpu0}"] == 0
+    assert scraped["foreman_load_seconds_count{upstream=gpu1}"] == 0
+
+
+def test_loads_and_finished_jobs_are_counted_for_the_upstream_that_ran_them() -> None:
+    clock = [100.0]
+    metrics = Metrics(JobTally(clock=lambda: clock[0]))
+    metrics.status = lambda: Status((WorkerStatistics(name="gpu0"), WorkerStatistics(name="gpu1")))
+    never_ran = stored_job("J0")
+    metrics.on_job_change(never_ran)
+    for job_id, upstream, load in (("J1", "gpu1", 2.5), ("J2", "gpu0", 1.0), ("J3", "gpu1", 0.5)):
+        queued = stored_job(job_id)
+        metrics.on_job_change(queued)
+        metrics.on_job_change(attrs.evolve(queued, state=JobState.LOADING, upstream=upstream))
+        clock[0] += load
+        metrics.on_job_change(attrs.evolve(queued, state=JobState.WORKING, upstream=upstream))
+        metrics.on_job_change(attrs.evolve(queued, state=JobState.DONE, upstream=upstream))
+    metrics.on_job_change(attrs.evolve(never_ran, state=JobState.CANCELLED))
+    scraped = _scrape(metrics)
+    assert scraped["foreman_swaps_total{upstream=gpu1}"] == 2
+    assert scraped["foreman_swaps_total{upstream=gpu0}"] == 1
+    assert scraped["foreman_load_seconds_sum{upstream=gpu1}"] == 3.0
+    assert scraped["foreman_load_seconds_sum{upstream=gpu0}"] == 1.0
+    assert scraped["foreman_jobs_finished_total{outcome=done,upstream=gpu1}"] == 2
+    assert scraped["foreman_jobs_finished_total{outcome=done,upstream=gpu0}"] == 1
+    # a job that never ran ended on no upstream
+    assert scraped["foreman_jobs_finished_total{outcome=cancelled,upstream=}"] == 1

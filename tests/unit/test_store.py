@@ -13,9 +13,11 @@ import pytest
 import trio
 
 from foreman.jobs import Endpoint, IllegalTransition, Job, JobState
+from foreman.policy import BACKLOG_CAP, Candidate, Lane, LoadCosts
 from foreman.store import (
     MIGRATIONS,
     PICK_STATEMENTS,
+    PLACE_STATEMENTS,
     SCHEMA_VERSION,
     Store,
     StoreError,
@@ -604,6 +606,63 @@ def test_pick_and_claim_cost_does_not_grow_with_the_queue(
     assert many <= 2 * few + 50, (few, many)
     assert _vm_steps(big_store, lambda: big_store.pick(resident, 40_000.0, max_wait)) <= 5
     assert _vm_steps(big_store, lambda: big_store.claim(resident, max_wait)) <= 10
+
+
+# -- the fleet's placement on a large queue ---------------------------------------------
+
+
+def _lanes(case: str) -> tuple[Lane, tuple[Lane, ...], float]:
+    """(the lane placing, the others, max_wait) for each path through `place`."""
+    here = Lane("here", 2, "m3:latest", 1)
+    if case == "own key":
+        return here, (), 1e9
+    if case == "idle, a swap":
+        return Lane("here", 1, "zz:latest"), (Lane("gpu1", 1, "m0:latest", 1),), 1e9
+    if case == "starved":
+        return Lane("here", 1, "m3:latest"), (), 100.0
+    if case == "busy, starved elsewhere":
+        return here, (Lane("gpu1", 1, "m0:latest", 1),), 39_999.5
+    # every key is loaded elsewhere: a second copy is considered
+    others = tuple(Lane(f"gpu{i}", 1, f"m{i}:latest", 1) for i in range(8))
+    return Lane("here", 1, None), others, 1e9
+
+
+PLACE_CASES = ("own key", "idle, a swap", "starved", "busy, starved elsewhere", "second copy")
+
+
+def _place(store: SyncStore, case: str) -> Candidate | None:
+    lane, others, max_wait = _lanes(case)
+    return store.place(lane, others, lambda _: True, 40_000.0, max_wait, LoadCosts())
+
+
+def test_the_plan_test_reads_exactly_the_statements_place_runs(big_store, monkeypatch):
+    recording = _RecordingConnection(big_store.conn)
+    monkeypatch.setattr(big_store, "conn", recording)
+    for case in PLACE_CASES:
+        _place(big_store, case)
+    assert set(recording.statements) == {sql for sql, _ in PLACE_STATEMENTS}
+
+
+@pytest.mark.parametrize("case", PLACE_CASES)
+def test_place_runs_only_indexed_statements_on_a_large_queue(big_store, case):
+    plans = _traced_plans(big_store, lambda: _place(big_store, case))
+    assert plans
+    for plan in plans:
+        assert _uses_indexes(plan.split(" => ")[1]), plan
+
+
+@pytest.mark.parametrize("case", PLACE_CASES)
+def test_place_cost_does_not_grow_with_the_queue(big_store, small_store, case):
+    """A hundred times more queued jobs cost a placement about the same: it visits the
+    keys and their best jobs, never the queue (a backlog count stops at its cap)."""
+    few = _vm_steps(small_store, lambda: _place(small_store, case), 1)
+    many = _vm_steps(big_store, lambda: _place(big_store, case), 1)
+    assert _place(big_store, case) is not None
+    if case == "second copy":
+        # each of the eight keys' backlogs is counted up to the cap, whatever the queue
+        assert many <= 2 * few + 50 + 8 * 20 * BACKLOG_CAP, (few, many)
+    else:
+        assert many <= 2 * few + 50, (few, many)
 
 
 # -- the async wrapper ------------------------------------------------------------------------

@@ -24,9 +24,10 @@ from foreman.events import Wakeup
 from foreman.jobs import Endpoint, JobState
 from foreman.lockfile import DatabaseLock, LockHeld, lock_path
 from foreman.store import Store, StoreError, StoreUnwritable, SyncStore, connect, unwritable_reason
+from foreman.supervisor import supervise
 from foreman.tickets import Tickets
 from foreman.upstream import Upstream
-from foreman.worker import Worker, WorkerSettings, supervise
+from foreman.worker import Worker, WorkerSettings
 
 from ._helpers import FakeClock, new_job
 
@@ -133,6 +134,11 @@ class FullDiskStore(SyncStore):
         if self.count_queued():
             self._fail()
         return super().claim_next(resident, max_wait)
+
+    def claim_on(self, *args: Any, **kwargs: Any) -> Any:
+        if self.count_queued():
+            self._fail()
+        return super().claim_on(*args, **kwargs)
 
     def transition(self, *args: Any, **kwargs: Any) -> Any:
         self._fail()
