@@ -241,6 +241,8 @@ def fleet_section(work: Path, quick: bool) -> dict[str, Any]:
             "parallel": n,
             "tokens": slot_params.tokens,
             "token_delay_s": slot_params.token_delay,
+            "batch_slowdown": slot_params.batch_slowdown,
+            "stub_ceiling": slot_params.ceiling,
             "repetitions": reps,
         }
     }

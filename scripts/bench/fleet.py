@@ -32,6 +32,7 @@ from typing import Any
 import attrs
 import trio
 
+from foreman.stub.config import DEFAULT_BATCH_SLOWDOWN
 from foreman.testing import Process, foreman_process, stub_process
 
 from . import fleet_plan
@@ -75,11 +76,20 @@ class SlotParams:
     slots: int
     tokens: int
     token_delay: float
+    # with R generations running, each token takes token_delay * (1 + slowdown * (R - 1))
+    batch_slowdown: float = DEFAULT_BATCH_SLOWDOWN
+
+    @property
+    def ceiling(self) -> float:
+        """The throughput of `slots` at once over one at a time, as the stub models it."""
+        return self.slots / (1 + self.batch_slowdown * (self.slots - 1))
 
     def stub_flags(self) -> list[str]:
         return [
             "--parallel",
             str(self.slots),
+            "--batch-slowdown",
+            str(self.batch_slowdown),
             "--tokens",
             str(self.tokens),
             "--token-delay",

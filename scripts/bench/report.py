@@ -680,9 +680,11 @@ def _fleet(f: dict[str, Any]) -> list[str]:
     out += [
         "### Slots",
         "",
-        f"One stub with `--parallel {k}` (up to {k} generations of the loaded model at once,"
-        f" each token slower as more run together; {sp['tokens']} tokens"
-        f" {sp['token_delay_s'] * 1000:g} ms apart alone) and a burst of {sp['jobs']}"
+        f"One stub with `--parallel {k}` (up to {k} generations of the loaded model at once;"
+        f" {sp['tokens']} tokens {sp['token_delay_s'] * 1000:g} ms apart alone, each token"
+        f" {sp['batch_slowdown'] * 100:g}% slower for every other generation running with it,"
+        f" so {k} at once give at most {sp['stub_ceiling']:.2f}x the throughput of one) and a"
+        f" burst of {sp['jobs']}"
         " requests for one model, after one request that loads it (not timed), through"
         f" foreman configured by a foreman.toml `[[upstream]]` table with `slots = {k}` and"
         f" with `slots = 1`. Repetitions: {sp['repetitions']}.",
