@@ -69,7 +69,7 @@ bench: $(STAMP)
 	$(BIN)/pip install --quiet py-spy
 	$(BIN)/python -m scripts.bench $(BENCH_ARGS)
 
-# smaller workloads, one repetition (under 2 minutes); writes to .bench/
+# smaller workloads, one repetition (under 3 minutes); writes to .bench/
 bench-quick: $(STAMP)
 	$(BIN)/python -m scripts.bench --quick --out .bench $(BENCH_ARGS)
 

@@ -2,7 +2,7 @@
 directly, and write docs/benchmarks.md and docs/benchmarks.json.
 
     python -m scripts.bench            # the whole suite (under 15 minutes on 2 cores)
-    python -m scripts.bench --quick    # smaller workloads, one repetition (under 2 minutes)
+    python -m scripts.bench --quick    # smaller workloads, one repetition (under 3 minutes)
     python -m scripts.bench --only swap,scale --out /tmp/bench
     python -m scripts.bench --only fleet        # one section (`make bench BENCH_ARGS=...`)
 
