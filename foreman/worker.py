@@ -12,7 +12,8 @@ placement sees the others' residency as it stands (see `policy.place`).
 
 Every attempt is bounded by the job timeout (a hung Ollama cannot hold a slot forever;
 running out of time is a transient failure). An upstream that refuses connections, or
-stops answering, is marked down: its running jobs go back to the queue with their
+stops answering (a job goes silent or loses its connection, and a probe fails), is
+marked down: its running jobs go back to the queue with their
 attempts refunded, to run elsewhere or once it is back, and it takes no work until a
 probe succeeds. `supervise` restarts a worker after an unexpected error without losing
 the jobs it held. At shutdown the workers stop claiming, and each job in hand either
@@ -210,7 +211,9 @@ class Worker:
                     continue
                 armed = self.wakeup.arm()
                 if not self._lane().free:
-                    await self._idle(armed)
+                    # every slot is taken: a job's end wakes the workers
+                    with trio.move_on_after(self.settings.idle_poll):
+                        await armed.wait()
                     continue
                 try:
                     claimed = await self._claim()
@@ -610,7 +613,11 @@ class Worker:
         ticket = running.ticket
         if self.metrics is not None:
             self.metrics.upstream_error(err.metric_kind)
-        if err.timed_out and len(self.fleet) > 1 and not await self._still_answers():
+        # in a fleet, a job that went silent or lost its connection asks whether its
+        # upstream still answers at all: if not (it hangs, or it was killed), the job is
+        # not at fault and runs elsewhere without spending an attempt
+        silent = err.timed_out or err.broken
+        if silent and len(self.fleet) > 1 and not await self._still_answers():
             err = UpstreamError(FailureKind.OUTAGE, f"{err}, and the upstream stopped answering")
         if err.kind is FailureKind.OUTAGE:
             # Ollama is down: not this job's fault; give the attempt back and wait. The
