@@ -228,8 +228,6 @@ async def _assemble(
     services = Services(
         settings=settings,
         queue=queue,
-        upstream=fleet.members[0].relay,
-        probes=fleet.members[0].probes,
         fleet=fleet,
         keys=keys,
         metrics=metrics,

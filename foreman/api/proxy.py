@@ -127,10 +127,13 @@ async def relay_answer(
 
 
 async def passthrough_for(services: Services) -> Response:
-    """`passthrough` as the Ollama and /v1 routes that bypass the queue use it: embeddings
-    counted in the metrics, and the embedding model used shown on the dashboard."""
+    """`passthrough` to the one upstream of a fleet of one, as the Ollama and /v1 routes
+    that bypass the queue use it: embeddings counted in the metrics, and the embedding
+    model used shown on the dashboard."""
     return await passthrough(
-        services.upstream, metrics=services.metrics, on_embedding=services.board.embedding_used
+        services.fleet.members[0].relay,
+        metrics=services.metrics,
+        on_embedding=services.board.embedding_used,
     )
 
 

@@ -15,22 +15,18 @@ from foreman.fleet import Fleet
 from foreman.keys import KeyFile
 from foreman.metrics import Metrics
 from foreman.queue import JobQueue
-from foreman.upstream import Upstream
 
 
 @attrs.frozen
 class Services:
     settings: Settings
     queue: JobQueue
-    # relayed routes' connections to Ollama
-    upstream: Upstream
-    # the readiness probe's own, which a flood of relayed calls cannot take
-    probes: Upstream
     keys: KeyFile
     metrics: Metrics
     # the dashboard's view
     board: Board
-    # every upstream, as the workers know them
+    # every upstream, as the workers know them, with each one's connection pools for
+    # relayed routes and for probes (which a flood of relayed calls cannot take)
     fleet: Fleet
     # the open event streams, against the caps in the settings
     streams: StreamSlots = attrs.field(
