@@ -127,6 +127,11 @@ def model_of(key: str) -> str:
     return key.partition(" ")[0]
 
 
+def covered_keys(lane: Lane, others: Sequence[Lane]) -> set[str]:
+    """The keys other upstreams hold and `lane` does not: their jobs are theirs to drain."""
+    return {o.resident for o in others if o.resident is not None} - {lane.resident}
+
+
 def place(
     candidates: Iterable[Candidate],
     lane: Lane,
@@ -158,7 +163,7 @@ def place(
     if not lane.free:
         return None
     runnable = [c for c in candidates if c.not_before <= now and serves(model_of(c.model_key))]
-    covered = {o.resident for o in others if o.resident is not None} - {lane.resident}
+    covered = covered_keys(lane, others)
     busy = lane.running > 0
     open_ = [c for c in runnable if c.model_key not in covered]
     starved = [c for c in open_ if is_starved(c, now, max_wait)]

@@ -28,6 +28,7 @@ from foreman.policy import (
     Lane,
     LoadCosts,
     age_order,
+    covered_keys,
     model_of,
     rank,
 )
@@ -644,7 +645,7 @@ class SyncStore:
             row = self.conn.execute(_KEY_HEAD, (resident, now)).fetchone()
             if row is not None and row[2] == top:
                 return Candidate(*row)
-        covered = {o.resident for o in others if o.resident is not None} - {resident}
+        covered = covered_keys(lane, others)
         keys = [k for k in self._queued_keys() if serves(model_of(k))]
         open_keys = [k for k in keys if k not in covered]
         busy = lane.running > 0
