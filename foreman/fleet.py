@@ -56,11 +56,6 @@ class Member:
     def name(self) -> str:
         return self.spec.name
 
-    def lane(self) -> Lane:
-        """This upstream as the placement rule sees it."""
-        held = self.loading_key or self.resident
-        return Lane(self.name, self.spec.slots, held, self.running, self.loading)
-
     def lists(self, model: str) -> bool:
         """Whether its last model list had `model` (any spelling)."""
         return self.tags is not None and normalise_model(model) in self.tags
@@ -136,6 +131,18 @@ class Fleet:
     def known_anywhere(self, model: str) -> bool:
         """Whether any member's model list has `model` (healthy or not)."""
         return any(m.lists(model) for m in self.members)
+
+    def lane(self, member: Member) -> Lane:
+        """A member as the placement rule sees it, with what it may serve."""
+        held = member.loading_key or member.resident
+        return Lane(
+            member.name,
+            member.spec.slots,
+            held,
+            member.running,
+            member.loading,
+            serves=lambda model: self.may_serve(member, model),
+        )
 
     def may_serve(self, member: Member, model: str) -> bool:
         """Whether a job for `model` may run on `member`: its configuration allows it, and

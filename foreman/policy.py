@@ -90,10 +90,17 @@ class Lane:
     running: int = 0
     # a load is under way: it takes nothing more until the model is in
     loading: bool = False
+    # whether a job for a model (by name) may run on it
+    serves: Callable[[str], bool] = attrs.field(default=lambda _: True, eq=False, repr=False)
 
     @property
     def free(self) -> bool:
         return not self.loading and self.running < self.slots
+
+    @property
+    def empty(self) -> bool:
+        """Idle with no model loaded: a load there evicts nothing."""
+        return self.resident is None and self.running == 0 and not self.loading
 
 
 @attrs.frozen
@@ -132,19 +139,28 @@ def covered_keys(lane: Lane, others: Sequence[Lane]) -> set[str]:
     return {o.resident for o in others if o.resident is not None} - {lane.resident}
 
 
+def defers(lane: Lane, others: Sequence[Lane], chosen: Candidate | None) -> bool:
+    """Whether `lane`, holding a model, should leave the load `chosen` needs to an empty
+    upstream that serves it: a load there evicts nothing, and this lane's model stays for
+    its next job."""
+    if chosen is None or lane.resident is None or chosen.model_key == lane.resident:
+        return False
+    name = model_of(chosen.model_key)
+    return any(o.empty and o.serves(name) for o in others)
+
+
 def place(
     candidates: Iterable[Candidate],
     lane: Lane,
     others: Sequence[Lane],
-    serves: Callable[[str], bool],
     now: float,
     max_wait: float,
     costs: LoadCosts,
 ) -> Candidate | None:
     """The job a free slot on `lane` takes next, or None to leave the slot empty.
 
-    `others` are the other healthy upstreams; `serves(model)` says whether `lane` may run a
-    job for that model. A key another upstream holds is "covered": its jobs are left to
+    `others` are the other healthy upstreams; a lane's `serves(model)` says whether a job
+    for that model may run there. A key another upstream holds is "covered": its jobs are left to
     that upstream (it drains them without a swap), unless this lane holds it too.
 
     1. Starvation bound: the highest-priority, then oldest, job that waited past
@@ -158,10 +174,26 @@ def place(
        one with the largest backlog (capped at BACKLOG_CAP) that is worth a load (see
        `LoadCosts.worth_second_copy`), its best job by priority then age.
 
+    A lane holding a model leaves any load to an empty upstream that serves its key
+    (`defers`): the load evicts nothing there.
+
     With one lane of one slot, no others and every model served, this is `pick_next`.
     """
     if not lane.free:
         return None
+    chosen = _place(candidates, lane, others, now, max_wait, costs)
+    return None if defers(lane, others, chosen) else chosen
+
+
+def _place(
+    candidates: Iterable[Candidate],
+    lane: Lane,
+    others: Sequence[Lane],
+    now: float,
+    max_wait: float,
+    costs: LoadCosts,
+) -> Candidate | None:
+    serves = lane.serves
     runnable = [c for c in candidates if c.not_before <= now and serves(model_of(c.model_key))]
     covered = covered_keys(lane, others)
     busy = lane.running > 0

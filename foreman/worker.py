@@ -243,10 +243,9 @@ class Worker:
                 lane = self._lane()
                 if not lane.free or not self.online:
                     return None
-                others = [m.lane() for m in self.fleet if m is not self.member and m.online]
-                job = await self.store.claim_on(
-                    lane, others, self._serves, self.settings.max_wait, self.fleet.costs
-                )
+                fleet = self.fleet
+                others = [fleet.lane(m) for m in fleet if m is not self.member and m.online]
+                job = await self.store.claim_on(lane, others, self.settings.max_wait, fleet.costs)
                 self.store_backoff.succeeded()
                 if job is not None and self.stopping:
                     # shutdown began while the claim was being written: put it back
@@ -261,11 +260,8 @@ class Worker:
         finally:
             self._set_claiming(False)
 
-    def _serves(self, model: str) -> bool:
-        return self.fleet.may_serve(self.member, model)
-
     def _lane(self) -> Lane:
-        return self.member.lane()
+        return self.fleet.lane(self.member)
 
     def _occupy(self, job: Job) -> None:
         """The claimed job takes a slot; a load makes the upstream count as holding its

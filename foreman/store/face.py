@@ -231,14 +231,9 @@ class Store:
         return self._notify(job)
 
     async def claim_on(
-        self,
-        lane: Lane,
-        others: Sequence[Lane],
-        serves: Callable[[str], bool],
-        max_wait: float,
-        costs: LoadCosts,
+        self, lane: Lane, others: Sequence[Lane], max_wait: float, costs: LoadCosts
     ) -> Job | None:
-        job, expired = await self._write(self.sync.claim_on, lane, others, serves, max_wait, costs)
+        job, expired = await self._write(self.sync.claim_on, lane, others, max_wait, costs)
         for gone in expired:
             self._on_change(gone)
         return self._notify(job)

@@ -29,6 +29,7 @@ from foreman.policy import (
     LoadCosts,
     age_order,
     covered_keys,
+    defers,
     model_of,
     rank,
 )
@@ -512,12 +513,7 @@ class SyncStore:
             return self._start(picked, resident, now, None), expired
 
     def claim_on(
-        self,
-        lane: Lane,
-        others: Sequence[Lane],
-        serves: Callable[[str], bool],
-        max_wait: float,
-        costs: LoadCosts,
+        self, lane: Lane, others: Sequence[Lane], max_wait: float, costs: LoadCosts
     ) -> tuple[Job | None, list[Job]]:
         """`claim_next` for one upstream of a fleet: the job `place` chooses for a free
         slot on `lane`, marked started there (its `upstream` is the lane's name), in one
@@ -526,7 +522,7 @@ class SyncStore:
         with self._unsynced(), self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
             expired = self._expire(now)
-            picked = self.place(lane, others, serves, now, max_wait, costs)
+            picked = self.place(lane, others, now, max_wait, costs)
             if picked is None:
                 return None, expired
             return self._start(picked, lane.resident, now, lane.name), expired
@@ -618,13 +614,7 @@ class SyncStore:
         return Candidate(*mine) if mine is not None else top
 
     def place(
-        self,
-        lane: Lane,
-        others: Sequence[Lane],
-        serves: Callable[[str], bool],
-        now: float,
-        max_wait: float,
-        costs: LoadCosts,
+        self, lane: Lane, others: Sequence[Lane], now: float, max_wait: float, costs: LoadCosts
     ) -> Candidate | None:
         """The placement rule of `foreman.policy.place`, as indexed lookups.
 
@@ -636,6 +626,13 @@ class SyncStore:
         """
         if not lane.free:
             return None
+        chosen = self._place(lane, others, now, max_wait, costs)
+        return None if defers(lane, others, chosen) else chosen
+
+    def _place(
+        self, lane: Lane, others: Sequence[Lane], now: float, max_wait: float, costs: LoadCosts
+    ) -> Candidate | None:
+        serves = lane.serves
         cutoff = now - max_wait
         (oldest,) = self.conn.execute(_OLDEST_QUEUED).fetchone()
         starving = oldest is not None and oldest < cutoff

@@ -109,7 +109,8 @@ def _lane(draw: st.DrawFn, name: str) -> Lane:
     resident = draw(RESIDENTS)
     running = draw(st.integers(min_value=0, max_value=slots)) if resident is not None else 0
     loading = running == 1 and draw(st.booleans())
-    return Lane(name, slots, resident, running, loading)
+    serves = draw(SERVES)
+    return Lane(name, slots, resident, running, loading, serves=serves.__contains__)
 
 
 LANES = _lane("here")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import attrs
 import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
@@ -15,6 +16,7 @@ from foreman.policy import (
     Candidate,
     Lane,
     LoadCosts,
+    defers,
     is_starved,
     model_of,
     pick_next,
@@ -55,7 +57,7 @@ def test_one_idle_upstream_of_one_slot_places_as_the_single_rule_picks(
 ):
     """With one upstream foreman behaves exactly as before the fleet."""
     lane = Lane("only", 1, resident, 0)
-    got = place(cands, lane, (), lambda _: True, now, max_wait, costs)
+    got = place(cands, lane, (), now, max_wait, costs)
     assert got == pick_next(cands, resident, now, max_wait)
 
 
@@ -69,7 +71,8 @@ def test_one_idle_upstream_of_one_slot_places_as_the_single_rule_picks(
     costs=COSTS,
 )
 def test_placement_invariants(cands, lane, others, serves, now, max_wait, costs):
-    got = place(cands, lane, others, serves.__contains__, now, max_wait, costs)
+    lane = attrs.evolve(lane, serves=serves.__contains__)
+    got = place(cands, lane, others, now, max_wait, costs)
     runnable = _runnable(cands, serves, now)
     if got is None:
         event("leave the slot empty")
@@ -82,15 +85,18 @@ def test_placement_invariants(cands, lane, others, serves, now, max_wait, costs)
         # never two keys at once: a busy upstream takes only its own key
         if lane.running > 0:
             assert got.model_key == lane.resident
+        # a load that would evict a model is left to an empty upstream that can take it
+        if got.model_key != lane.resident and lane.resident is not None:
+            assert not any(o.empty and o.serves(model_of(got.model_key)) for o in others)
     if not lane.free:
         return
     covered = {o.resident for o in others} - {lane.resident, None}
     starved = [c for c in runnable if is_starved(c, now, max_wait) and c.model_key not in covered]
     if starved:
         # the starvation bound first: the most urgent starved job, or (busy with another
-        # key) nothing, so the upstream drains towards it
+        # key, or leaving the load to an empty upstream) nothing
         first = min(starved, key=rank)
-        assert got == first or (got is None and lane.running > 0)
+        assert got == first or (got is None and (lane.running > 0 or defers(lane, others, first)))
         return
     mine = [c for c in runnable if c.model_key == lane.resident]
     if mine and lane.running == 0:
@@ -113,7 +119,8 @@ def test_placement_invariants(cands, lane, others, serves, now, max_wait, costs)
 def test_a_free_slot_with_work_for_its_loaded_key_at_the_top_never_swaps(
     cands, lane, others, serves, now, max_wait, costs
 ):
-    got = place(cands, lane, others, serves.__contains__, now, max_wait, costs)
+    lane = attrs.evolve(lane, serves=serves.__contains__)
+    got = place(cands, lane, others, now, max_wait, costs)
     runnable = _runnable(cands, serves, now)
     covered = {o.resident for o in others} - {lane.resident, None}
     open_ = [c for c in runnable if c.model_key not in covered]
@@ -139,14 +146,15 @@ def test_store_place_equals_pure_rule(
     store, rows, data, lane, others, serves, now, max_wait, costs
 ):
     keys = [c.model_key for c, _ in rows]
+    lane = attrs.evolve(lane, serves=serves.__contains__)
     if keys and data.draw(st.booleans()):
         # often the lane holds a key with queued work
-        lane = Lane(lane.name, lane.slots, data.draw(st.sampled_from(keys)), lane.running)
+        lane = attrs.evolve(lane, resident=data.draw(st.sampled_from(keys)), loading=False)
     load(store, rows)
     queued = [c for c, state in rows if state is JobState.QUEUED]
 
-    expected = place(queued, lane, others, serves.__contains__, now, max_wait, costs)
-    got = store.place(lane, others, serves.__contains__, now, max_wait, costs)
+    expected = place(queued, lane, others, now, max_wait, costs)
+    got = store.place(lane, others, now, max_wait, costs)
 
     assert got == expected
 
@@ -157,9 +165,9 @@ def test_an_idle_upstream_loads_a_key_loaded_nowhere_before_a_second_copy(store)
     others = (Lane("gpu1", 1, "a:latest", 1),)
     cheap = LoadCosts({"a:latest": 1.0}, {"a:latest": 1.0})
     lane = Lane("here", 1, None)
-    assert place([*a, b], lane, others, lambda _: True, 100.0, 1e9, cheap) == b
+    assert place([*a, b], lane, others, 100.0, 1e9, cheap) == b
     load(store, [(c, JobState.QUEUED) for c in [*a, b]])
-    assert store.place(lane, others, lambda _: True, 100.0, 1e9, cheap) == b
+    assert store.place(lane, others, 100.0, 1e9, cheap) == b
 
 
 def test_a_second_copy_only_when_the_backlog_is_worth_a_load(store):
@@ -171,8 +179,8 @@ def test_a_second_copy_only_when_the_backlog_is_worth_a_load(store):
     quick = LoadCosts({"a:latest": 2.0}, {"a:latest": 1.0})
     slow = LoadCosts({"a:latest": 30.0}, {"a:latest": 1.0})
     for costs, expected in ((quick, a[0]), (slow, None)):
-        assert place(a, lane, others, lambda _: True, 100.0, 1e9, costs) == expected
-        assert store.place(lane, others, lambda _: True, 100.0, 1e9, costs) == expected
+        assert place(a, lane, others, 100.0, 1e9, costs) == expected
+        assert store.place(lane, others, 100.0, 1e9, costs) == expected
 
 
 def test_backlogs_are_counted_up_to_the_cap(store):
@@ -185,5 +193,20 @@ def test_backlogs_are_counted_up_to_the_cap(store):
     load(store, [(c, JobState.QUEUED) for c in [*big, *bigger]])
     costs = LoadCosts({}, {})
     expected = bigger[0]
-    assert place([*big, *bigger], lane, others, lambda _: True, 1e4, 1e9, costs) == expected
-    assert store.place(lane, others, lambda _: True, 1e4, 1e9, costs) == expected
+    assert place([*big, *bigger], lane, others, 1e4, 1e9, costs) == expected
+    assert store.place(lane, others, 1e4, 1e9, costs) == expected
+
+
+def test_a_load_is_left_to_an_empty_upstream_that_serves_the_model(store):
+    """gpu1 is empty: loading b there evicts nothing, and a stays loaded here for its
+    next job. An empty upstream that cannot serve b changes nothing."""
+    b = Candidate("b0", "b:latest", 0, 1.0)
+    here = Lane("here", 1, "a:latest")
+    empty = Lane("gpu1", 1, None)
+    elsewhere_only = Lane("gpu1", 1, None, serves=lambda model: model != "b:latest")
+    load(store, [(b, JobState.QUEUED)])
+    for others, expected in (((empty,), None), ((elsewhere_only,), b), ((), b)):
+        assert place([b], here, others, 10.0, 1e9, LoadCosts()) == expected
+        assert store.place(here, others, 10.0, 1e9, LoadCosts()) == expected
+    # the empty upstream itself takes it
+    assert place([b], empty, (here,), 10.0, 1e9, LoadCosts()) == b

@@ -632,7 +632,7 @@ PLACE_CASES = ("own key", "idle, a swap", "starved", "busy, starved elsewhere", 
 
 def _place(store: SyncStore, case: str) -> Candidate | None:
     lane, others, max_wait = _lanes(case)
-    return store.place(lane, others, lambda _: True, 40_000.0, max_wait, LoadCosts())
+    return store.place(lane, others, 40_000.0, max_wait, LoadCosts())
 
 
 def test_the_plan_test_reads_exactly_the_statements_place_runs(big_store, monkeypatch):
