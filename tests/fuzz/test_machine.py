@@ -1,7 +1,9 @@
-"""The state machine over a real foreman and stub (see machine.py).
+"""The state machine over a real foreman and stubs (see machine.py).
 
 `make test` runs a short profile; `make fuzz` (FUZZ_PROFILE=long) runs batches until
-FUZZ_EXAMPLES runs or FUZZ_MINUTES minutes, then prints what it tried.
+FUZZ_EXAMPLES runs or FUZZ_MINUTES minutes, then prints what it tried. Both profiles use
+the same two stub processes; each run draws whether foreman drives one or both, so every
+profile exercises two upstreams (`upstreams_2` in what it tried says how often).
 """
 
 from __future__ import annotations
