@@ -254,7 +254,7 @@ class Campaign:
         finally:
             if proc.alive:
                 proc.kill()  # a failed round must not leave foreman running
-            await self._heal()
+        await self._heal()
         rows = _rows(self.db)
         self.interrupted |= {row["id"] for row in rows if row["state"] in ("loading", "working")}
         for state, count in Counter(row["state"] for row in rows).items():
