@@ -63,12 +63,13 @@ crash: $(STAMP)
 	CRASH_ROUNDS=$${CRASH_ROUNDS:-100} $(BIN)/pytest -q -s -o faulthandler_timeout=0 \
 	  tests/fuzz/test_crash.py
 
-# the whole suite (under 15 minutes on 2 cores): writes docs/benchmarks.md and .json
+# the whole suite (under 15 minutes on 2 cores): writes docs/benchmarks.md and .json;
+# one section alone: make bench BENCH_ARGS="--only fleet" (names: python -m scripts.bench -h)
 bench: $(STAMP)
 	$(BIN)/pip install --quiet py-spy
 	$(BIN)/python -m scripts.bench $(BENCH_ARGS)
 
-# smaller workloads, one repetition (under 2 minutes); writes to .bench/
+# smaller workloads, one repetition (under 3 minutes); writes to .bench/
 bench-quick: $(STAMP)
 	$(BIN)/python -m scripts.bench --quick --out .bench $(BENCH_ARGS)
 

@@ -36,10 +36,10 @@ from foreman.tickets import Tickets
 from foreman.upstream import (
     PROBE_CONNECTIONS,
     RELAY_CONNECTIONS,
-    UPSTREAM_CONNECTIONS,
-    WORKER_CONNECTIONS,
     Upstream,
     default_client,
+    upstream_connections,
+    worker_connections,
 )
 from foreman.upstream_specs import UpstreamSpec
 from foreman.worker import Worker, WorkerSettings
@@ -115,9 +115,8 @@ def with_connection_cap(settings: Settings) -> Settings:
     is raised first as far as the hard limit allows; raises ConfigError when the limit
     leaves no room."""
     soft = raise_open_file_limit()
-    cap = connection_cap(
-        settings.max_connections, soft, UPSTREAM_CONNECTIONS * len(settings.upstreams)
-    )
+    upstream = sum(upstream_connections(spec.slots) for spec in settings.upstreams)
+    cap = connection_cap(settings.max_connections, soft, upstream)
     # said once foreman listens (see run): a start that fails says only why
     log.debug("open-file limit %d; at most %d client connections at once", soft, cap)
     return attrs.evolve(settings, max_connections=cap)
@@ -295,7 +294,7 @@ async def run(
                         default_client(spec.url, RELAY_CONNECTIONS)
                     ),
                     worker=await clients.enter_async_context(
-                        default_client(spec.url, WORKER_CONNECTIONS)
+                        default_client(spec.url, worker_connections(spec.slots))
                     ),
                     probe=await clients.enter_async_context(
                         default_client(spec.url, PROBE_CONNECTIONS)

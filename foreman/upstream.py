@@ -58,6 +58,9 @@ class UpstreamError(Exception):
     route: str | None = None
     # Ollama went silent for longer than foreman waits (or the job ran out of time)
     timed_out: bool = False
+    # the connection broke before the answer was whole: Ollama's runner failing, or the
+    # whole server gone (which only a probe tells apart)
+    broken: bool = False
 
     @property
     def metric_kind(self) -> str:
@@ -111,7 +114,9 @@ def _network_error(exc: httpx.HTTPError, what: str) -> UpstreamError:
         return UpstreamError(FailureKind.OUTAGE, f"cannot reach ollama ({what}): {exc!r}")
     if isinstance(exc, httpx.TimeoutException):
         return UpstreamError(FailureKind.TRANSIENT, f"ollama timed out ({what})", timed_out=True)
-    return UpstreamError(FailureKind.TRANSIENT, f"connection to ollama failed ({what}): {exc!r}")
+    return UpstreamError(
+        FailureKind.TRANSIENT, f"connection to ollama failed ({what}): {exc!r}", broken=True
+    )
 
 
 CONNECT_TIMEOUT = 10.0
@@ -120,12 +125,23 @@ WRITE_TIMEOUT = 60.0
 
 # Connections to Ollama, in separate pools so that no one use can take them all: relayed
 # requests (embeddings, pulls, model information: as many as clients send), the worker
-# (one job at a time, with its loads and unloads) and the readiness probe (which anyone
-# may call). A flood of slow relayed requests waits for the relay's pool, not the worker.
+# (its jobs, with their loads and unloads) and the readiness probe (which anyone may
+# call). A flood of slow relayed requests waits for the relay's pool, not the worker.
 RELAY_CONNECTIONS = 64
 WORKER_CONNECTIONS = 4
 PROBE_CONNECTIONS = 4
-UPSTREAM_CONNECTIONS = RELAY_CONNECTIONS + WORKER_CONNECTIONS + PROBE_CONNECTIONS
+
+
+def worker_connections(slots: int) -> int:
+    """The worker's pool for an upstream with `slots`: one connection per slot, and the
+    spare ones a single slot always had (a probe of a silent upstream while its jobs
+    hold theirs). A pool smaller than the slots would quietly run fewer jobs at once."""
+    return WORKER_CONNECTIONS + slots - 1
+
+
+def upstream_connections(slots: int) -> int:
+    """Every connection foreman may open to an upstream with `slots`."""
+    return RELAY_CONNECTIONS + worker_connections(slots) + PROBE_CONNECTIONS
 
 
 def default_client(base_url: str, max_connections: int = RELAY_CONNECTIONS) -> httpx.AsyncClient:

@@ -12,7 +12,8 @@ placement sees the others' residency as it stands (see `policy.place`).
 
 Every attempt is bounded by the job timeout (a hung Ollama cannot hold a slot forever;
 running out of time is a transient failure). An upstream that refuses connections, or
-stops answering, is marked down: its running jobs go back to the queue with their
+stops answering (a job goes silent or loses its connection, and a probe fails), is
+marked down: its running jobs go back to the queue with their
 attempts refunded, to run elsewhere or once it is back, and it takes no work until a
 probe succeeds. `supervise` restarts a worker after an unexpected error without losing
 the jobs it held. At shutdown the workers stop claiming, and each job in hand either
@@ -88,6 +89,9 @@ class WorkerSettings:
     retry_cap: float = BACKOFF_CAP
     # a safety net: the worker also looks for work this often if nobody woke it
     idle_poll: float = 30.0
+    # in a fleet, an idle upstream is probed this often, so the relayed routes and the
+    # placement do not count on one that went away while nothing ran there
+    health_check: float = 10.0
     probe_min: float = 0.25
     probe_max: float = 10.0
     # one attempt's limit, load included
@@ -171,6 +175,8 @@ class Worker:
         self.failed_probes = 0
         # shared by every write the worker waits out, so the log says it once
         self.store_backoff = StoreBackoff()
+        # when the upstream last answered (trio time): a probe, or a job's end
+        self._heard_at = 0.0
 
     # the fleet's view of this upstream, which the placement of every worker reads
     @property
@@ -210,7 +216,9 @@ class Worker:
                     continue
                 armed = self.wakeup.arm()
                 if not self._lane().free:
-                    await self._idle(armed)
+                    # every slot is taken: a job's end wakes the workers
+                    with trio.move_on_after(self.settings.idle_poll):
+                        await armed.wait()
                     continue
                 try:
                     claimed = await self._claim()
@@ -346,8 +354,22 @@ class Worker:
         next_retry = await self.store.next_not_before()
         if next_retry is not None:
             delay = min(delay, max(0.0, next_retry - self.store.now()) + 0.005)
+        checking = len(self.fleet) > 1
+        if checking:
+            delay = min(
+                delay, max(0.0, self._heard_at + self.settings.health_check - trio.current_time())
+            )
         with trio.move_on_after(delay):
             await armed.wait()
+        if checking and not self.jobs and self._due_for_check():
+            if await self._still_answers():
+                self._heard_at = trio.current_time()
+            else:
+                log.warning("upstream %s stopped answering while idle", self.member.name)
+                self._mark_down(None)
+
+    def _due_for_check(self) -> bool:
+        return trio.current_time() - self._heard_at >= self.settings.health_check
 
     def cancel_running(self, job_id: str) -> bool:
         """Abort the job if this worker runs it (its upstream request closes at once)."""
@@ -436,6 +458,7 @@ class Worker:
         """The worker is done with the job: its slot is free (and every worker may look
         again: a placement depends on every upstream), and its client's ticket closes if
         the job ended."""
+        self._heard_at = trio.current_time()
         if self.jobs.pop(running.job_id, None) is not None:
             self.member.running = max(0, self.member.running - 1)
         if not any(r.state is JobState.LOADING for r in self.jobs.values()):
@@ -610,7 +633,11 @@ class Worker:
         ticket = running.ticket
         if self.metrics is not None:
             self.metrics.upstream_error(err.metric_kind)
-        if err.timed_out and len(self.fleet) > 1 and not await self._still_answers():
+        # in a fleet, a job that went silent or lost its connection asks whether its
+        # upstream still answers at all: if not (it hangs, or it was killed), the job is
+        # not at fault and runs elsewhere without spending an attempt
+        silent = err.timed_out or err.broken
+        if silent and len(self.fleet) > 1 and not await self._still_answers():
             err = UpstreamError(FailureKind.OUTAGE, f"{err}, and the upstream stopped answering")
         if err.kind is FailureKind.OUTAGE:
             # Ollama is down: not this job's fault; give the attempt back and wait. The
@@ -659,7 +686,7 @@ class Worker:
         )
         await self._finish(running, JobState.FAILED, failed, error=str(err))
 
-    def _mark_down(self, failed: Running) -> None:
+    def _mark_down(self, failed: Running | None) -> None:
         """The upstream stopped answering: it takes no work until a probe succeeds, and
         the other jobs running on it go back to the queue (`Running.outage`) as the one
         that `failed` does."""
@@ -719,6 +746,7 @@ class Worker:
             log.info("ollama is back; resuming the queue")
         if len(self.fleet) > 1:
             await self.member.refresh_tags()
+        self._heard_at = trio.current_time()
         self.online = True
         await self.holding.discover()
 

@@ -2,8 +2,9 @@
 directly, and write docs/benchmarks.md and docs/benchmarks.json.
 
     python -m scripts.bench            # the whole suite (under 15 minutes on 2 cores)
-    python -m scripts.bench --quick    # smaller workloads, one repetition (under 2 minutes)
+    python -m scripts.bench --quick    # smaller workloads, one repetition (under 3 minutes)
     python -m scripts.bench --only swap,scale --out /tmp/bench
+    python -m scripts.bench --only fleet        # one section (`make bench BENCH_ARGS=...`)
 
 Everything runs on loopback against the stub Ollama, in real processes. Each figure is
 the median of its repetitions, with min and max.
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import dashboard, durability, overhead, profile, report, scale, streams, swap
+from . import dashboard, durability, fleet, overhead, profile, report, scale, streams, swap
 from .common import ROOT, aggregate, machine
 
 SECTIONS = (
@@ -34,6 +35,7 @@ SECTIONS = (
     "dashboard",
     "streams",
     "profile",
+    "fleet",
 )
 
 
@@ -184,6 +186,87 @@ def streams_section(work: Path, quick: bool) -> dict[str, Any]:
     return repeat(reps, lambda: streams.drain_with_readers(work, quick))
 
 
+def fleet_section(work: Path, quick: bool) -> dict[str, Any]:
+    # a job of about 0.3 s: the arriving jobs keep a perfect schedule about half busy (with
+    # lighter jobs every router mostly waits for arrivals); --quick divides every duration
+    # by four
+    if quick:
+        params = fleet.Params(jobs=300, upstreams=3, load=0.5, tokens=5, token_delay=0.015, span=15)
+        slot_params = fleet.SlotParams(jobs=40, slots=4, tokens=5, token_delay=0.02)
+        reps = 1
+    else:
+        params = fleet.Params(jobs=300, upstreams=3, load=2.0, tokens=10, token_delay=0.03, span=60)
+        slot_params = fleet.SlotParams(jobs=80, slots=4, tokens=10, token_delay=0.02)
+        reps = 2
+    first = fleet.burst(params.jobs, seed=13)
+    workloads = {"interleaved": first, "arriving": fleet.spread(first, params.span, seed=13)}
+    log("fleet: the stub's generation time")
+    generation = fleet.generation_time(work, params)
+    routers = {"round_robin": fleet.RoundRobin, "loaded_first": fleet.LoadedFirst}
+    # the routers' runs wait out the stubs' simulated loads: they run alongside foreman's
+    direct = {
+        (name, label): Background(
+            lambda n=name, j=jobs, r=router, lb=label: fleet.run_direct(
+                work, f"fleet-{lb}-{n}", j, params, r
+            )
+        )
+        for name, jobs in workloads.items()
+        for label, router in routers.items()
+    }
+    for thread in direct.values():
+        thread.start()
+    out: dict[str, Any] = {
+        "params": {
+            "jobs": params.jobs,
+            "upstreams": params.upstreams,
+            "models": len(fleet.MODELS),
+            "load_s": params.load,
+            "tokens": params.tokens,
+            "token_delay_s": params.token_delay,
+            "generation_ms": generation * 1000,
+            "arrival_span_s": params.span,
+            "last_arrival_s": workloads["arriving"][-1].at,
+            "foreman_repetitions": reps,
+            "router_repetitions": 1,
+        }
+    }
+    for name, jobs in workloads.items():
+        log(f"fleet, {name}: foreman over {params.upstreams} upstreams x{reps}")
+        mine = repeat(reps, lambda n=name, j=jobs: fleet.run_foreman(work, f"fleet-{n}", j, params))
+        out[name] = {"foreman": mine, "lower_bound": fleet.bound(jobs, params, generation)}
+    n = slot_params.slots
+    slots: dict[str, Any] = {
+        "params": {
+            "jobs": slot_params.jobs,
+            "parallel": n,
+            "tokens": slot_params.tokens,
+            "token_delay_s": slot_params.token_delay,
+            "batch_slowdown": slot_params.batch_slowdown,
+            "stub_ceiling": slot_params.ceiling,
+            "repetitions": reps,
+        }
+    }
+    for count in (1, n):
+        log(f"fleet: slots = {count} on a stub with --parallel {n} x{reps}")
+        slots[f"slots_{count}"] = repeat(
+            reps, lambda c=count: fleet.run_slots(work, f"slots-{c}", c, slot_params)
+        )
+    slots["ratio"] = (
+        slots[f"slots_{n}"]["jobs_per_s"]["median"] / slots["slots_1"]["jobs_per_s"]["median"]
+    )
+    out["slots"] = slots
+    for (name, label), thread in direct.items():
+        log(f"fleet, {name}: waiting for {label.replace('_', '-')}")
+        out[name][label] = aggregate([thread.outcome()])
+    for name in workloads:
+        w = out[name]
+        makespan = w["foreman"]["makespan_s"]["median"]
+        w["round_robin_ratio"] = w["round_robin"]["makespan_s"]["median"] / makespan
+        w["loaded_first_ratio"] = w["loaded_first"]["makespan_s"]["median"] / makespan
+        w["bound_ratio"] = makespan / w["lower_bound"]["makespan_s"]
+    return out
+
+
 def profile_section(work: Path, quick: bool) -> dict[str, Any]:
     log("profile: where foreman's CPU goes (py-spy)")
     return profile.profile(work, quick)
@@ -198,13 +281,18 @@ RUNNERS: dict[str, Callable[[Path, bool], dict[str, Any]]] = {
     "dashboard": dashboard_section,
     "streams": streams_section,
     "profile": profile_section,
+    "fleet": fleet_section,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small workloads, one repetition")
-    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections, of: {', '.join(SECTIONS)}",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs", help="where to write")
     args = parser.parse_args(argv)
     only = [name.strip() for name in args.only.split(",") if name.strip()]

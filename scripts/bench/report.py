@@ -102,6 +102,36 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                 ratio <= goal,
             )
         )
+    fleet = results.get("fleet")
+    if fleet:
+        out += _fleet_targets(fleet)
+    return out
+
+
+def _fleet_targets(f: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    out: list[tuple[str, str, str, bool | None]] = []
+    for name, label in (("interleaved", "burst"), ("arriving", "arriving")):
+        w = f.get(name)
+        if not w:
+            continue
+        rr, lf, lb = w["round_robin_ratio"], w["loaded_first_ratio"], w["bound_ratio"]
+        out += [
+            (f"fleet {label}: makespan, round-robin / foreman", "≥ 3x", f"{rr:.1f}x", rr >= 3),
+            (
+                f"fleet {label}: makespan, loaded-first / foreman",
+                "≥ 1.5x",
+                f"{lf:.1f}x",
+                lf >= 1.5,
+            ),
+            (f"fleet {label}: makespan, foreman / lower bound", "≤ 1.3x", f"{lb:.2f}x", lb <= 1.3),
+        ]
+    slots = f.get("slots")
+    if slots:
+        n = slots["params"]["parallel"]
+        ratio = slots["ratio"]
+        out.append(
+            (f"throughput, slots = {n} / slots = 1", "≥ 2.5x", f"{ratio:.1f}x", ratio >= 2.5)
+        )
     return out
 
 
@@ -176,6 +206,8 @@ def render(results: dict[str, Any]) -> str:
         out += _profile(results["profile"])
     if "streams" in results:
         out += _streams(results["streams"])
+    if "fleet" in results:
+        out += _fleet(results["fleet"])
     out += _missed(results)
     out += _notes()
     return "\n".join(out) + "\n"
@@ -543,6 +575,143 @@ def _streams(s: dict[str, Any]) -> list[str]:
         " per change.",
         "",
     ]
+
+
+def _per_upstream(entry: dict[str, Any]) -> str:
+    return " / ".join(fig(value, 0) for value in entry.values())
+
+
+def _fleet(f: dict[str, Any]) -> list[str]:
+    p = f["params"]
+    n = p["upstreams"]
+    out = [
+        "## 9. Fleet",
+        "",
+        f"{p['jobs']} jobs over {p['models']} models in a seeded random interleaving, on {n}"
+        f" stub upstreams (separate processes, one slot each) that charge {p['load_s']:g} s"
+        f" per model swap and generate {p['tokens']} tokens {p['token_delay_s'] * 1000:g} ms"
+        f" apart ({p['generation_ms']:.0f} ms per job as measured straight at a stub)."
+        " *Interleaved*: every job arrives at once. *Arriving*: the same jobs, in the same"
+        f" order, arrive as a seeded Poisson process over about {p['arrival_span_s']:g} s"
+        f" (the last at {p['last_arrival_s']:.1f} s). Each job is a synchronous"
+        " `/api/generate` request sent at its arrival time. The job length is chosen so"
+        " that the arriving jobs bring"
+        f" {f['arriving']['lower_bound']['work_split_s']:.0f} s of work per upstream (loads"
+        f" included, split perfectly) over those {p['last_arrival_s']:.0f} s: with much"
+        " lighter jobs every router would mostly wait for arrivals.",
+        "",
+        "Four ways to run them:",
+        "",
+        f"- **foreman** in front of the {n} upstreams (`--ollama` once per upstream) decides"
+        " where and when each job runs;",
+        f"- **round-robin** (what Olla and OllamaFlow do): job *i* goes straight to upstream"
+        f" *i* mod {n};",
+        "- **loaded-first** (what ollamaMQ and ollama-herd do): a job goes straight to an"
+        " upstream that has its model loaded, else to the least busy one. The router knows"
+        ' what it sent where, and reads "loaded" in its own favour: the model an upstream'
+        " will hold once it has served what was already sent to it (the model of the last"
+        " request sent there: a one-slot Ollama serves in arrival order and keeps the last"
+        ' model loaded). "Least busy" is the fewest requests sent there and not yet'
+        " answered; ties go to the first upstream;",
+        f"- the **lower bound**: no schedule on {n} one-slot upstreams can beat"
+        " max((J·g + L·s) / U, s + g, a + g), with J jobs of g seconds each, s seconds per"
+        f" swap, U = {n} upstreams, a the last arrival, and L = max(models, min(U, J)) the fewest"
+        " loads any schedule needs (every model must be loaded somewhere, and every"
+        " upstream that works loads something first): all the work split perfectly over"
+        " the upstreams, and no job ending before one load and its generation, nor before"
+        " it arrives and is generated (`scripts/bench/fleet_plan.py`).",
+        "",
+        "Loads and jobs per upstream are the stubs' own counts. A job's wait runs from its"
+        f" arrival to its complete answer. Repetitions: foreman {p['foreman_repetitions']},"
+        f" the routers {p['router_repetitions']} (they wait out minutes of simulated swaps,"
+        " so they run alongside foreman's runs, each on its own stubs).",
+        "",
+    ]
+    for name in ("interleaved", "arriving"):
+        w = f[name]
+        lb = w["lower_bound"]
+        rows = []
+        for key, label in (
+            ("foreman", "foreman"),
+            ("round_robin", "round-robin"),
+            ("loaded_first", "loaded-first"),
+        ):
+            r = w[key]
+            rows.append(
+                [
+                    label,
+                    fig(r["makespan_s"]),
+                    fig(r["loads"], 0),
+                    _per_upstream(r["loads_by_upstream"]),
+                    _per_upstream(r["jobs_by_upstream"]),
+                    fig(r["wait_p50_ms"], 0),
+                    fig(r["wait_p99_ms"], 0),
+                ]
+            )
+        rows.append(["lower bound", _num(lb["makespan_s"]), str(lb["loads"]), "", "", "", ""])
+        out += [f"### {name.capitalize()}", ""]
+        out += _table(
+            [
+                "",
+                "makespan s",
+                "loads",
+                "loads per upstream",
+                "jobs per upstream",
+                "wait p50 ms",
+                "wait p99 ms",
+            ],
+            rows,
+        )
+        rr, lf, bound = w["round_robin_ratio"], w["loaded_first_ratio"], w["bound_ratio"]
+        out += [
+            "",
+            f"Makespan round-robin / foreman: **{rr:.1f}x** (goal ≥ 3x: {_met(rr >= 3)});"
+            f" loaded-first / foreman: **{lf:.1f}x** (goal ≥ 1.5x: {_met(lf >= 1.5)});"
+            f" foreman / lower bound: **{bound:.2f}x** (goal ≤ 1.3x: {_met(bound <= 1.3)}). The"
+            f" lower bound here is the largest of {lb['work_split_s']:.1f} s (the perfect"
+            f" split), {lb['first_job_s']:.1f} s (one load and one job) and"
+            f" {lb['last_arrival_s']:.1f} s (the last arrival and its job).",
+            "",
+        ]
+    s = f["slots"]
+    sp = s["params"]
+    k = sp["parallel"]
+    one, many = s["slots_1"], s[f"slots_{k}"]
+    out += [
+        "### Slots",
+        "",
+        f"One stub with `--parallel {k}` (up to {k} generations of the loaded model at once;"
+        f" {sp['tokens']} tokens {sp['token_delay_s'] * 1000:g} ms apart alone, each token"
+        f" {sp['batch_slowdown'] * 100:g}% slower for every other generation running with it,"
+        f" so {k} at once give at most {sp['stub_ceiling']:.2f}x the throughput of one) and a"
+        f" burst of {sp['jobs']}"
+        " requests for one model, after one request that loads it (not timed), through"
+        f" foreman configured by a foreman.toml `[[upstream]]` table with `slots = {k}` and"
+        f" with `slots = 1`. Repetitions: {sp['repetitions']}.",
+        "",
+        *_table(
+            ["", "makespan s", "jobs/s", "wait p50 ms", "most at once on the stub"],
+            [
+                [
+                    f"slots = {count}",
+                    fig(r["makespan_s"], 2),
+                    fig(r["jobs_per_s"]),
+                    fig(r["wait_p50_ms"], 0),
+                    fig(r["most_at_once"], 0),
+                ]
+                for count, r in ((1, one), (k, many))
+            ],
+        ),
+        "",
+        f"Throughput slots = {k} / slots = 1: **{s['ratio']:.1f}x** (goal ≥ 2.5x:"
+        f" {_met(s['ratio'] >= 2.5)}).",
+        "",
+    ]
+    return out
+
+
+def _met(met: bool) -> str:
+    return "met" if met else "**missed**"
 
 
 def _profile(p: dict[str, Any]) -> list[str]:

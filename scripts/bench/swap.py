@@ -59,19 +59,19 @@ class Params:
         ]
 
 
-def interleaved(count: int, seed: int) -> list[Job]:
+def interleaved(count: int, seed: int, models: Sequence[str] = MODELS) -> list[Job]:
     """A burst: every job arrives at once, models in a seeded random interleaving."""
     rng = random.Random(seed)
-    return [Job(0.0, rng.choice(MODELS), f"burst job {i}") for i in range(count)]
+    return [Job(0.0, rng.choice(models), f"burst job {i}") for i in range(count)]
 
 
-def arriving(count: int, seed: int, span: float) -> list[Job]:
+def arriving(count: int, seed: int, span: float, models: Sequence[str] = MODELS) -> list[Job]:
     """Jobs that keep arriving during the run: a seeded Poisson process over `span` s."""
     rng = random.Random(seed)
     at = 0.0
     jobs = []
     for i in range(count):
-        jobs.append(Job(at, rng.choice(MODELS), f"arriving job {i}"))
+        jobs.append(Job(at, rng.choice(models), f"arriving job {i}"))
         at += rng.expovariate(count / span)
     return jobs
 

@@ -1,11 +1,13 @@
 """The routes that bypass the queue, over two upstreams (two stub Ollamas, real sockets).
 
-The members' health is set by hand here: these tests are about where each route goes
-for a given state of the fleet, not about how the workers find that state.
+The fleet's health is what its workers find: an upstream is taken down by making its
+stub refuse connections and letting a chat job for a model only it has meet the outage,
+and the test waits until that upstream's worker reports it down.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from functools import partial
@@ -20,8 +22,9 @@ from foreman.config import Settings
 from foreman.fleet import Fleet
 from foreman.stub import StubConfig, StubOllama
 from foreman.upstream_specs import UpstreamSpec
+from foreman.worker import Worker
 
-from .conftest import KEY_FILE_POLL
+from .conftest import KEY_FILE_POLL, wait_for
 
 # models split between the two: only gpu0 has llama3 and nomic, only gpu1 mistral and
 # all-minilm; both have qwen2.5 and bge-m3
@@ -35,15 +38,50 @@ GPU1 = StubConfig(
 )
 
 
+# a chat model only that upstream lists: a job for it can run nowhere else
+ONLY_ON = {"gpu0": "llama3", "gpu1": "mistral"}
+
+
 class Fixture:
-    def __init__(self, url: str, fleet: Fleet, stubs: tuple[StubOllama, StubOllama]) -> None:
+    def __init__(
+        self,
+        url: str,
+        fleet: Fleet,
+        stubs: tuple[StubOllama, StubOllama],
+        control: daemon.Control,
+        nursery: trio.Nursery,
+    ) -> None:
         self.url = url
         self.fleet = fleet
         self.gpu0, self.gpu1 = stubs
+        self.control = control
+        self.nursery = nursery
 
-    def online(self, *names: str) -> None:
-        for member in self.fleet:
-            member.online = member.name in names
+    def worker(self, name: str) -> Worker:
+        (worker,) = [w for w in self.control.workers if w.member.name == name]
+        return worker
+
+    async def all_up(self) -> None:
+        """Until every worker has found its upstream answering (and read its models)."""
+        await wait_for(lambda: all(w.statistics().online for w in self.control.workers))
+
+    async def take_down(self, name: str) -> None:
+        """Make upstream `name` refuse connections, and wait until its worker has marked
+        it down: a chat for a model only it lists is claimed there and meets the outage
+        (the job goes back to the queue and waits for the upstream)."""
+        stub = self.gpu0 if name == "gpu0" else self.gpu1
+        stub.refuse(None)
+        self.nursery.start_soon(self._chat_meanwhile, ONLY_ON[name])
+        worker = self.worker(name)
+        await wait_for(lambda: not worker.statistics().online)
+
+    async def _chat_meanwhile(self, model: str) -> None:
+        """A chat that waits in foreman's queue until the test ends (its answer is none of
+        the test's business; the test's end cancels it)."""
+        body = {"model": model, "messages": [{"role": "user", "content": "x"}], "stream": False}
+        async with httpx.AsyncClient(base_url=self.url, timeout=None) as http:
+            with contextlib.suppress(httpx.TransportError):
+                await http.post("/api/chat", json=body)
 
     async def read_tags(self) -> None:
         for member in self.fleet:
@@ -75,10 +113,13 @@ async def two(
             UpstreamSpec(url=stubs[1].url, name="gpu1"),
         ),
     )
-    url: str = await nursery.start(partial(daemon.run, settings, key_file_poll=KEY_FILE_POLL))
+    control = daemon.Control()
+    url: str = await nursery.start(
+        partial(daemon.run, settings, control=control, key_file_poll=KEY_FILE_POLL)
+    )
     (fleet,) = built
-    fixture = Fixture(url, fleet, stubs)
-    fixture.online("gpu0", "gpu1")
+    fixture = Fixture(url, fleet, stubs, control, nursery)
+    await fixture.all_up()
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
         yield fixture, client
 
@@ -120,7 +161,7 @@ async def test_tags_is_the_union_of_the_healthy_upstreams(
     assert models.json()["object"] == "list"
     assert sorted(names(models.json(), "data", "id")) == sorted(listed)
 
-    fx.online("gpu1")
+    await fx.take_down("gpu0")
     only = await client.get("/api/tags")
     assert sorted(names(only.json())) == [
         "all-minilm:latest",
@@ -134,7 +175,8 @@ async def test_no_upstream_up_is_a_502_naming_them_in_the_routes_shape(
     two: tuple[Fixture, httpx.AsyncClient],
 ) -> None:
     fx, client = two
-    fx.online()
+    await fx.take_down("gpu0")
+    await fx.take_down("gpu1")
     for path in ("/api/tags", "/api/ps", "/api/version", "/"):
         answer = await client.get(path)
         assert answer.status_code == 502, path
@@ -174,7 +216,7 @@ async def test_ps_lists_every_loaded_copy_on_every_healthy_upstream(
     ps = await client.get("/api/ps")
     assert ps.status_code == 200
     assert sorted(names(ps.json())) == ["bge-m3:latest", "bge-m3:latest", "mistral:latest"]
-    fx.online("gpu0")
+    await fx.take_down("gpu1")
     assert names((await client.get("/api/ps")).json()) == ["bge-m3:latest"]
 
 
@@ -203,15 +245,18 @@ async def test_version_comes_from_the_first_healthy_upstream(
     two: tuple[Fixture, httpx.AsyncClient],
 ) -> None:
     fx, client = two
+    # each worker probed its own upstream's /api/version at start: counted from here
+    probed = paths(fx.gpu0, "/api/version"), paths(fx.gpu1, "/api/version")
     assert (await client.get("/api/version")).status_code == 200
     await client.get("/api/status")
+    assert paths(fx.gpu0, "/api/version") == probed[0] + 1
     assert paths(fx.gpu0, "/api/status") == 1
-    assert paths(fx.gpu1, "/api/version") == 0
+    assert paths(fx.gpu1, "/api/version") == probed[1]
     assert paths(fx.gpu1, "/api/status") == 0
-    fx.online("gpu1")
+    await fx.take_down("gpu0")
     assert (await client.get("/api/version")).json() == {"version": "0.33.0-stub"}
     assert (await client.get("/")).text == "Ollama is running"
-    assert paths(fx.gpu1, "/api/version") == 1
+    assert paths(fx.gpu1, "/api/version") == probed[1] + 1
     assert paths(fx.gpu1, "/") == 1
 
 

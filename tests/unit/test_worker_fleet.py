@@ -161,3 +161,24 @@ async def test_an_idle_upstream_takes_a_second_copy_of_a_long_backlog(
     assert not any(o.mixed for o in ollamas)
     # alone gpu0 would need 2 + 40 s; with the copy they share the backlog
     assert max(r.end for o in ollamas for r in o.ran) < 30.0
+
+
+async def test_an_idle_upstream_that_goes_away_is_marked_down_and_back(
+    db_path: Path, virtual_clock: trio.testing.MockClock
+) -> None:
+    """Nothing runs on gpu1, so no job would notice it went away: the idle check does,
+    within one health-check period, and the probes bring it back once it answers."""
+    ollamas = [TimedOllama("gpu0"), TimedOllama("gpu1")]
+    async with open_fleet(db_path, virtual_clock, ollamas, health_check=10.0) as rig:
+        rig.start()
+        await ollamas[1].pulse.until(lambda: rig.workers[1].online)
+        went = trio.current_time()
+        ollamas[1].down = True
+        # each probe is a request gpu1 sees: the pulse the wait wakes on
+        await ollamas[1].pulse.until(lambda: not rig.workers[1].online)
+        noticed = trio.current_time() - went
+        assert rig.workers[0].online
+        ollamas[1].down = False
+        await ollamas[1].pulse.until(lambda: rig.workers[1].online)
+
+    assert 0 < noticed <= 10.0
