@@ -69,6 +69,21 @@ def crowding(record: Iterable[Mapping[str, Any]], slots: int) -> list[str]:
     return problems
 
 
+def most_open(record: Iterable[Mapping[str, Any]]) -> int:
+    """The most chat/generate requests foreman had open at this stub at once (requests the
+    stub saw abandoned left out, as in `crowding`)."""
+    inference = [e for e in record if e["kind"] in INFERENCE and not e["cancelled"]]
+    events = sorted(
+        [(e["arrival"], 1) for e in inference]
+        + [(e["end"], -1) for e in inference if e["end"] is not None]
+    )
+    most = now = 0
+    for _, step in events:  # at one instant an end comes before an arrival (-1 < 1)
+        now += step
+        most = max(most, now)
+    return most
+
+
 def occupancy_problems(record: Iterable[Mapping[str, Any]], parallel: int) -> list[str]:
     """The stub's own view (`chat_occupancy`): never two models on its chat runner, never
     more generations at once than its `parallel`."""

@@ -66,6 +66,7 @@ from .fleet_checks import (
     completed,
     completed_generations,
     crowding,
+    most_open,
     occupancy_problems,
     prompt_of,
 )
@@ -297,6 +298,7 @@ class ForemanMachine(RuleBasedStateMachine):
         self.log_offsets: dict[Path, int] = {}
         self.done_lines: Counter[str] = Counter()
         self.reruns = 0  # jobs answered in full twice (each after a kill)
+        self.most_open: dict[str, int] = {}  # per upstream, the most requests open at once
 
     # -- processes -----------------------------------------------------------------------
 
@@ -361,6 +363,8 @@ class ForemanMachine(RuleBasedStateMachine):
                 self.settle()
                 self.check_everything(final=True)
                 TRIED["ran_again_after_a_kill"] += self.reruns
+                for name, most in self.most_open.items():
+                    TRIED[f"runs_with_{most}_at_once_on_{name}"] += 1
         finally:
             if self.proc is not None and self.proc.alive:
                 self.proc.kill()
@@ -626,6 +630,9 @@ class ForemanMachine(RuleBasedStateMachine):
                 first = self._submit_plain(api, MODELS[0], 0)
                 self._wait_in_flight(first)
                 rest = [self._submit_plain(api, model, 0 if fleet else p) for model, p in jobs]
+                if fleet:
+                    # a moment for an idle upstream to load its key and fill its slots
+                    time.sleep(0.2)
                 if self.max_wait < 1:
                     time.sleep(self.max_wait + 0.3)  # every queued job is now starved
             finally:
@@ -718,6 +725,9 @@ class ForemanMachine(RuleBasedStateMachine):
                 )
                 if problems:
                     raise Failure(f"upstream {seen.handle.name}: {'; '.join(problems)}")
+                self.most_open[seen.handle.name] = max(
+                    self.most_open.get(seen.handle.name, 0), most_open(record)
+                )
 
     def check_ran_once(self) -> None:
         """Each job's prompt answered in full at most once across every stub, unless foreman

@@ -19,7 +19,7 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from foreman.testing import CannotMount, small_disk
 
-from .fleet_checks import completed_generations, crowding
+from .fleet_checks import completed_generations, crowding, most_open
 from .machine import TRIED, ForemanMachine, StubHandle
 
 pytestmark = pytest.mark.slow
@@ -132,6 +132,8 @@ def test_the_slots_check_allows_as_many_as_the_slots_of_one_model_and_no_more() 
     assert _clashes(three, slots=2) == [3]
     assert _clashes(other_model, slots=2) == [2]
     assert _clashes(same_name, slots=2) == []
+    assert [most_open(r) for r in (two, three, other_model)] == [2, 3, 2]
+    assert most_open([_entry(1, 0.0, 1.0), _entry(2, 1.0, 2.0)]) == 1
 
 
 def test_only_whole_answers_count_as_generations() -> None:
