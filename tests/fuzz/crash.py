@@ -1,9 +1,12 @@
 """The crash campaign: kill -9 foreman at random moments, restart it, lose nothing.
 
-One database, one stub (in this process), many rounds. Each round starts foreman, gives
-it work, waits for a chosen moment (jobs only queued, a model loading, a stream in
-mid-flight, a burst of commits), sleeps a random few milliseconds more and kills it with
-SIGKILL. After the last round foreman runs once more until every job has ended.
+One database, two upstreams (stubs in this process: `a` with one slot, `b` with two, as an
+Ollama with OLLAMA_NUM_PARALLEL=2), many rounds. Each round starts foreman, may put one
+upstream in trouble while the other works (it goes down for a while, fails requests with
+5xx, or turns slow), gives foreman work, waits for a chosen moment (jobs only queued, a
+model loading, a stream in mid-flight, a burst of commits), sleeps a random few
+milliseconds more and kills it with SIGKILL. After the last round foreman runs once more,
+both upstreams well, until every job has ended.
 
 Then, for every job a client was told about (a 202 from POST /jobs, or the job id header
 of a synchronous answer): it must exist and have ended done, or failed with a reason (no
@@ -11,7 +14,11 @@ job is cancelled here, so none may end cancelled); no job may have been finished
 (two `state=done` lines across the logs); every done result must be the stub's
 deterministic answer to its request; and SQLite's integrity_check must say ok. Jobs the
 stub served more than once (the crash came after Ollama answered, before the end was
-committed) are counted, not failed: that is the one re-run foreman allows.
+committed) are counted, not failed: that is the one re-run foreman allows. Across both
+stubs' records, no job may have been answered in full twice unless it was loading or
+working at a kill; and on each upstream foreman never had requests for two models open at
+once nor more than its slots, and the stub's runner (`chat_occupancy`) never held two
+models nor more than its parallel.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import json
 import random
 import re
 import sqlite3
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,9 +38,14 @@ import httpx
 import trio
 
 from foreman.stub import StubOllama, expected_text
-from foreman.testing import Process, foreman_process
+from foreman.testing import Process
+
+from .fleet_checks import completed_generations, crowding, occupancy_problems, prompt_of
 
 TARGETS = ("queued", "loading", "streaming", "commit")
+# what may befall one upstream during a round while the other works
+TROUBLES = ("none", "none", "down", "failing", "slow")
+SLOTS = {"a": 1, "b": 2}
 MODELS = ("llama3", "mistral", "phi3")
 TOKENS = 10
 DONE_LINE = re.compile(r"job (\w{26}) model=\S+ state=done")
@@ -46,8 +59,14 @@ class CrashReport:
     finished_twice: list[str] = attrs.field(factory=list)
     wrong_results: list[str] = attrs.field(factory=list)
     rerun_after_interruption: int = 0
+    # answered in full more than once without a kill while it ran
+    ran_twice: list[str] = attrs.field(factory=list)
+    # an upstream given two models, or more than its slots, at once (per its stub's record)
+    crowded: list[str] = attrs.field(factory=list)
     failed: int = 0
     kills_by_target: Counter[str] = attrs.field(factory=Counter)
+    troubles: Counter[str] = attrs.field(factory=Counter)
+    jobs_by_upstream: Counter[str] = attrs.field(factory=Counter)
     # which job states the database held right after each kill (a round counts once per state)
     states_at_kill: Counter[str] = attrs.field(factory=Counter)
     integrity: str = ""
@@ -59,6 +78,8 @@ class CrashReport:
             not self.lost
             and not self.finished_twice
             and not self.wrong_results
+            and not self.ran_twice
+            and not self.crowded
             and self.integrity == "ok"
         )
 
@@ -67,6 +88,7 @@ class CrashReport:
             [
                 f"crash campaign: {self.rounds} rounds of kill -9 in {self.seconds:.0f}s",
                 f"  kills aimed at: {dict(sorted(self.kills_by_target.items()))}",
+                f"  one upstream's trouble: {dict(sorted(self.troubles.items()))}",
                 "  job states in the database at the kill:"
                 f" {dict(sorted(self.states_at_kill.items()))}",
                 f"  jobs accepted: {self.jobs}",
@@ -75,6 +97,9 @@ class CrashReport:
                 f"  wrong results: {len(self.wrong_results)}",
                 f"  failed with a reason (out of attempts after repeated kills): {self.failed}",
                 f"  re-run after interruption: {self.rerun_after_interruption}",
+                f"  answered twice without a kill: {len(self.ran_twice)}",
+                f"  done per upstream: {dict(sorted(self.jobs_by_upstream.items()))}",
+                f"  upstreams crowded: {len(self.crowded)}",
                 f"  integrity_check: {self.integrity}",
             ]
         )
@@ -91,24 +116,60 @@ def _rows(db: Path) -> list[sqlite3.Row]:
         conn.close()
 
 
+def _prompt(row: sqlite3.Row) -> str:
+    return prompt_of(json.loads(row["body"]))
+
+
 def _states(db: Path) -> Counter[str]:
     return Counter(row["state"] for row in _rows(db))
 
 
 class Campaign:
-    def __init__(self, stub: StubOllama, work: Path, seed: int) -> None:
-        self.stub = stub
+    def __init__(self, stubs: dict[str, StubOllama], work: Path, seed: int) -> None:
+        self.stubs = stubs
         self.work = work
         self.db = work / "foreman.db"
+        self.config = work / "foreman.toml"
+        self.config.write_text(
+            "".join(
+                f'[[upstream]]\nurl = "{stub.url}"\nname = "{name}"\nslots = {SLOTS[name]}\n\n'
+                for name, stub in stubs.items()
+            )
+        )
         self.rng = random.Random(seed)
         self.accepted: set[str] = set()
+        # jobs loading or working right after a kill: they may have been answered before
+        # their end was committed, and may run again
+        self.interrupted: set[str] = set()
         self.report = CrashReport()
         self.serial = 0
 
     def _foreman(self, name: str) -> Process:
-        return foreman_process(
-            self.db, self.stub.url, self.work / f"{name}.log", "--retry-backoff", "0.05"
+        argv = [sys.executable, "-m", "foreman", "serve", "--port", "0", "--db", str(self.db)]
+        return Process(
+            [*argv, "--config", str(self.config), "--retry-backoff", "0.05"],
+            self.work / f"{name}.log",
         )
+
+    def _trouble(self) -> None:
+        """Put one upstream in trouble for this round (or none); the other works on."""
+        trouble = self.rng.choice(TROUBLES)
+        name = self.rng.choice(sorted(self.stubs))
+        self.report.troubles[trouble if trouble == "none" else f"{trouble} {name}"] += 1
+        stub = self.stubs[name]
+        if trouble == "down":
+            stub.refuse(self.rng.uniform(0.2, 1.0))
+        elif trouble == "failing":
+            stub.add_fault("status", status=self.rng.choice([500, 503]), count=2)
+        elif trouble == "slow":
+            stub.configure(load_delay=0.5, token_delay=0.05)
+
+    async def _heal(self) -> None:
+        for stub in self.stubs.values():
+            stub.clear_faults()
+            stub.configure(load_delay=0.15, token_delay=0.01)
+            if not stub.listening:
+                await stub.start_listening()
 
     def _body(self, endpoint: str, stream: bool) -> dict[str, Any]:
         self.serial += 1
@@ -157,6 +218,7 @@ class Campaign:
         self.report.kills_by_target[target] += 1
         proc = self._foreman(f"round-{number:03d}")
         url = await trio.to_thread.run_sync(proc.start)
+        self._trouble()
         try:
             async with (
                 httpx.AsyncClient(base_url=url, timeout=30) as client,
@@ -192,14 +254,18 @@ class Campaign:
         finally:
             if proc.alive:
                 proc.kill()  # a failed round must not leave foreman running
-        for state, count in _states(self.db).items():
+        await self._heal()
+        rows = _rows(self.db)
+        self.interrupted |= {row["id"] for row in rows if row["state"] in ("loading", "working")}
+        for state, count in Counter(row["state"] for row in rows).items():
             if count and state in ("queued", "loading", "working"):
                 self.report.states_at_kill[state] += 1
         self.report.rounds += 1
 
     async def finish(self, limit: float = 300.0) -> None:
         """Restart once more with an instant stub and let every job end."""
-        self.stub.configure(load_delay=0.0, token_delay=0.0)
+        for stub in self.stubs.values():
+            stub.configure(load_delay=0.0, token_delay=0.0)
         proc = self._foreman("final")
         await trio.to_thread.run_sync(proc.start)
         try:
@@ -241,14 +307,31 @@ class Campaign:
             if got != expected_text(row["endpoint"], body, tokens=TOKENS):
                 report.wrong_results.append(row["id"])
         served: Counter[str] = Counter()
-        for entry in self.stub.requests_of("chat", "generate"):
-            body = entry.body if isinstance(entry.body, dict) else {}
-            text = body.get("prompt") or "".join(
-                str(m.get("content")) for m in body.get("messages") or [] if isinstance(m, dict)
-            )
-            if text:  # explicit loads and unloads carry no prompt
-                served[text] += 1
+        for stub in self.stubs.values():
+            for entry in stub.requests_of("chat", "generate"):
+                body = entry.body if isinstance(entry.body, dict) else {}
+                text = body.get("prompt") or "".join(
+                    str(m.get("content")) for m in body.get("messages") or [] if isinstance(m, dict)
+                )
+                if text:  # explicit loads and unloads carry no prompt
+                    served[text] += 1
         report.rerun_after_interruption = sum(1 for n in served.values() if n > 1)
+        records = {name: [e.to_dict() for e in stub.requests] for name, stub in self.stubs.items()}
+        job_of_prompt = {_prompt(row): row["id"] for row in rows.values()}
+        report.ran_twice = sorted(
+            job_of_prompt.get(prompt, prompt)
+            for prompt, n in completed_generations(records.values()).items()
+            if n > 1 and job_of_prompt.get(prompt) not in self.interrupted
+        )
+        for name, record in records.items():
+            stub = self.stubs[name]
+            problems = crowding(record, SLOTS[name]) + occupancy_problems(
+                record, stub.config.parallel
+            )
+            report.crowded += [f"{name}: {problem}" for problem in problems]
+        report.jobs_by_upstream.update(
+            row["upstream"] for row in rows.values() if row["state"] == "done"
+        )
         conn = sqlite3.connect(self.db)
         try:
             report.integrity = ", ".join(
@@ -262,11 +345,13 @@ class Campaign:
 async def run_campaign(work: Path, rounds: int, seed: int = 6) -> CrashReport:
     """`rounds` kill -9 rounds on one database, then the final drain and the checks."""
     started = time.monotonic()
-    stub = StubOllama()
-    stub.configure(load_delay=0.15, token_delay=0.01, tokens=TOKENS)
+    stubs = {name: StubOllama() for name in SLOTS}
+    for name, stub in stubs.items():
+        stub.configure(load_delay=0.15, token_delay=0.01, tokens=TOKENS, parallel=SLOTS[name])
     async with trio.open_nursery() as nursery:
-        await nursery.start(stub.serve)
-        campaign = Campaign(stub, work, seed)
+        for stub in stubs.values():
+            await nursery.start(stub.serve)
+        campaign = Campaign(stubs, work, seed)
         for number in range(rounds):
             await campaign.round(number)
         await campaign.finish()

@@ -1,21 +1,32 @@
-"""A hypothesis state machine that drives a real foreman and a real stub over sockets.
+"""A hypothesis state machine that drives a real foreman and real stubs over sockets.
 
-Rules enqueue synchronous and asynchronous jobs across models and priorities, cancel,
-retry and purge them, arm upstream faults (refuse, reset, 5xx, hang, a stream cut short,
-an error mid-stream), kill foreman with SIGKILL and restart it, start a second foreman
-on the same database (it must refuse, with one line), fill the database's disk for a
-while (when the run has a small disk of its own), and play bursts whose order is checked
-against the scheduling rule. After every step:
+Each run drives one upstream (a stub with one slot) or two (the second with two slots, as
+an Ollama with OLLAMA_NUM_PARALLEL=2 and `slots = 2`); the run draws which. Rules enqueue
+synchronous and asynchronous jobs across models and priorities, cancel, retry and purge
+them, arm faults on one upstream while the other works (refuse connections for a moment or
+for long enough to be marked down, reset, 5xx, hang, a stream cut short, an error
+mid-stream, slowness), kill an upstream and start it again on its port, kill foreman with
+SIGKILL and restart it, start a second foreman on the same database (it must refuse, with
+one line), fill the database's disk for a while (when the run has a small disk of its
+own), and play bursts: with one upstream their order is checked against the scheduling
+rule, with two each job runs once and each upstream drains by model. After every step:
 
-- never two chat/generate requests at the stub at once: no inference request arrived
-  while another was still open, unless foreman had already closed the other (the stub
-  records a request it is told to abandon as cancelled, a moment after foreman let go);
+- on each upstream, what foreman sent at once (`fleet_checks.crowding`): no chat/generate
+  request arrived while requests for another model were open, nor while as many as its
+  slots were, unless foreman had already closed the other (the stub records a request it
+  is told to abandon as cancelled, a moment after foreman let go); and the stub's own
+  record of its chat runner (`chat_occupancy`) never shows two models or more than its
+  parallel at once;
+- no job ran twice: across every stub's records, each job's prompt was answered in full
+  at most once, unless foreman was killed while the job was loading or working (the answer
+  may have come before the end was committed) or a client asked for a retry;
 - every job in the database is consistent: done with exactly the stub's deterministic
   answer to its request, failed with a reason, or cancelled because a client asked (the
   job API, or a synchronous client hanging up);
 - no job finished twice (two `state=done` lines in foreman's logs);
 - every job a client was told about still exists, unless it was purged.
-At the end of each run: faults cleared, foreman up, every job must end (nothing lost).
+At the end of each run: faults cleared, every upstream and foreman up, every job must end
+(nothing lost).
 
 The machine is synchronous, as hypothesis's stateful testing is; synchronous clients run
 in threads, everything else is httpx's sync client.
@@ -47,14 +58,23 @@ from hypothesis.stateful import (
 )
 
 from foreman.policy import Candidate, pick_next
-from foreman.stub import expected_text
-from foreman.testing import Process, fill_disk, foreman_process
+from foreman.stub import expected_text, normalise_name
+from foreman.testing import Process, fill_disk, stub_process
+
+from .fleet_checks import (
+    INFERENCE,
+    completed,
+    completed_generations,
+    crowding,
+    most_open,
+    occupancy_problems,
+    prompt_of,
+)
 
 MODELS = ("llama3", "mistral", "phi3")
 ENDPOINTS = ("/api/generate", "/api/chat", "/v1/chat/completions")
-INFERENCE = ("chat", "generate", "v1-chat", "v1-completions")
 TOKENS = 6
-FAULTS = ("refuse", "reset", "status", "hang", "cut", "mid_error", "none")
+FAULTS = ("refuse", "reset", "status", "hang", "cut", "mid_error", "slow", "none")
 DONE_LINE = re.compile(r"job (\w{26}) model=\S+ state=done")
 SETTLE_SECONDS = 45.0
 
@@ -100,30 +120,113 @@ def text_of(endpoint: str, result: Any) -> str | None:
     return ((choices[0] or {}).get("message") or {}).get("content")
 
 
-def prompt_of(body: Any) -> str:
-    if not isinstance(body, dict):
-        return ""
-    if isinstance(body.get("prompt"), str):
-        return str(body["prompt"])
-    messages = body.get("messages")
-    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
-        return str(messages[-1].get("content") or "")
-    return ""
+class StubHandle:
+    """One stub process, shared by the runs of a session, that a run may kill and start
+    again on the same port (an Ollama that crashed and came back)."""
+
+    def __init__(self, name: str, parallel: int, log: Path) -> None:
+        self.name, self.parallel, self.log = name, parallel, log
+        self.port = 0
+        self.proc: Process | None = None
+        self.url = ""
+
+    def start(self) -> None:
+        self.proc = stub_process(
+            self.log,
+            "--tokens",
+            str(TOKENS),
+            "--parallel",
+            str(self.parallel),
+            "--log-level",
+            "warning",
+            port=self.port,
+        )
+        self.url = self.proc.start()
+        self.port = int(self.url.rsplit(":", 1)[1])
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.alive
 
 
-def concurrent_inference(
-    record: list[dict[str, Any]],
-) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Pairs of chat/generate requests the stub held at once: one arrived while the one
-    before it was still open. A request foreman had already closed (the stub marks it
-    cancelled when it notices) may still look open for a moment: not a pair."""
-    inference = sorted((e for e in record if e["kind"] in INFERENCE), key=lambda e: e["arrival"])
-    pairs = []
-    for earlier, later in itertools.pairwise(inference):
-        open_until = earlier["end"] if earlier["end"] is not None else float("inf")
-        if later["arrival"] < open_until and not earlier["cancelled"]:
-            pairs.append((earlier, later))
-    return pairs
+class Seen:
+    """What one stub recorded during a run: one record per life of its process (a record's
+    times are on that process's clock, so lives are never compared with each other)."""
+
+    def __init__(self, handle: StubHandle, slots: int) -> None:
+        self.handle = handle
+        self.slots = slots
+        self.client = httpx.Client(base_url=handle.url, timeout=30)
+        self.past: list[list[dict[str, Any]]] = []
+        self.record: list[dict[str, Any]] = []
+        self.seq_start = self._last_seq()
+        self.faults_armed = False
+
+    def control(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """A control request. A stub that refuses connections still answers on a connection
+        it already had (its latest request a control one); should that one be gone, try
+        again until the refusal is over."""
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                return self.client.request(method, path, **kwargs)
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def requests(self, since: int) -> list[dict[str, Any]]:
+        answer = self.control("GET", "/_stub/requests", params={"since": since})
+        requests: list[dict[str, Any]] = answer.json()["requests"]
+        return requests
+
+    def _last_seq(self) -> int:
+        return max((r["seq"] for r in self.requests(0)), default=0)
+
+    def configure(self, **changes: float) -> None:
+        settings = {"load_delay": 0.05, "token_delay": 0.002, "tokens": TOKENS, **changes}
+        r = self.control("POST", "/_stub/config", json=settings)
+        if r.status_code != 200:
+            raise Failure(f"configuring stub {self.handle.name} answered {r.status_code}")
+
+    def reset(self) -> None:
+        """No faults, no hold, the run's usual speed."""
+        self.control("DELETE", "/_stub/faults")
+        self.control("POST", "/_stub/release")
+        self.configure()
+        self.faults_armed = False
+
+    def refresh(self) -> list[dict[str, Any]]:
+        since = self.record[-1]["seq"] if self.record else self.seq_start
+        self.record.extend(self.requests(since))
+        # entries still open may fill in later: keep re-reading the open ones
+        open_seqs = [e["seq"] for e in self.record if e["end"] is None]
+        if open_seqs:
+            current = {e["seq"]: e for e in self.requests(min(open_seqs) - 1)}
+            self.record = [current.get(e["seq"], e) for e in self.record]
+        return self.record
+
+    def died(self) -> None:
+        """The process was killed: its record is closed, and a new life starts from seq 0
+        (what was still open stays open: it held its slot until the process died)."""
+        self.past.append(self.record)
+        self.record = []
+        self.seq_start = 0
+
+    def revived(self) -> None:
+        self.client.close()
+        self.client = httpx.Client(base_url=self.handle.url, timeout=30)
+        self.reset()
+
+    def lives(self) -> list[list[dict[str, Any]]]:
+        return [*self.past, self.refresh()]
+
+    def close(self) -> None:
+        self.client.close()
 
 
 class SyncClient(threading.Thread):
@@ -157,10 +260,11 @@ class SyncClient(threading.Thread):
 
 
 class ForemanMachine(RuleBasedStateMachine):
-    """Set `stub_url` and `work` on the class before running it, and `disk` (a small
-    filesystem of the machine's own, for the full-disk rule) when there is one."""
+    """Set `stubs` (two started `StubHandle`s: the first with one slot, the second with
+    two) and `work` on the class before running it, and `disk` (a small filesystem of the
+    machine's own, for the full-disk rule) when there is one."""
 
-    stub_url: ClassVar[str] = ""
+    stubs: ClassVar[list[StubHandle]] = []
     work: ClassVar[Path] = Path()
     disk: ClassVar[Path | None] = None
     runs: ClassVar[int] = 0
@@ -169,13 +273,14 @@ class ForemanMachine(RuleBasedStateMachine):
         super().__init__()
         ForemanMachine.runs += 1
         TRIED["runs"] += 1
+        self.run = ForemanMachine.runs
         self.dir = self.work / f"run-{ForemanMachine.runs:04d}"
         self.dir.mkdir(parents=True)
         # the database (not the logs) on the small disk, when the run has one
         self.db_dir = self.disk / self.dir.name if self.disk is not None else self.dir
         self.db_dir.mkdir(exist_ok=True)
         self.db = self.db_dir / "foreman.db"
-        self.stub = httpx.Client(base_url=self.stub_url, timeout=30)
+        self.upstreams: list[Seen] = []
         self.proc: Process | None = None
         self.url = ""
         self.lives = 0
@@ -185,44 +290,71 @@ class ForemanMachine(RuleBasedStateMachine):
         self.cancel_requested: set[str] = set()
         self.retried: set[str] = set()
         self.purged: set[str] = set()  # told jobs that a purge removed
+        # jobs loading or working when foreman was killed: their answer may have come
+        # before the end was committed, so they may run again
+        self.interrupted: set[str] = set()
+        self.job_of_prompt: dict[str, str] = {}
         self.clients: list[SyncClient] = []
-        self.faults_armed = False
-        self.record: list[dict[str, Any]] = []
         self.log_offsets: dict[Path, int] = {}
         self.done_lines: Counter[str] = Counter()
+        self.reruns = 0  # jobs answered in full twice (each after a kill)
+        self.most_open: dict[str, int] = {}  # per upstream, the most requests open at once
 
     # -- processes -----------------------------------------------------------------------
 
+    @property
+    def faults_armed(self) -> bool:
+        return any(seen.faults_armed for seen in self.upstreams)
+
+    def _upstream_args(self) -> list[str]:
+        """One upstream: `--ollama URL`, exactly as before the fleet. Two: a foreman.toml
+        with their `[[upstream]]` tables, the second with two slots."""
+        if len(self.upstreams) == 1:
+            return ["--ollama", self.upstreams[0].handle.url]
+        config = self.dir / "foreman.toml"
+        config.write_text(
+            "".join(
+                f'[[upstream]]\nurl = "{seen.handle.url}"\nname = "{seen.handle.name}"\n'
+                f"slots = {seen.slots}\n\n"
+                for seen in self.upstreams
+            )
+        )
+        return ["--config", str(config)]
+
     def start_foreman(self) -> None:
         self.lives += 1
-        self.proc = foreman_process(
-            self.db,
-            self.stub_url,
+        argv = [sys.executable, "-m", "foreman", "serve", "--port", "0", "--db", str(self.db)]
+        self.proc = Process(
+            [
+                *argv,
+                *self._upstream_args(),
+                "--retry-backoff",
+                "0.05",
+                "--max-attempts",
+                "3",
+                "--max-wait",
+                str(self.max_wait),
+                "--job-timeout",
+                "3",
+                "--read-timeout",
+                "3",
+            ],
             self.dir / f"foreman-{self.lives}.log",
-            "--retry-backoff",
-            "0.05",
-            "--max-attempts",
-            "3",
-            "--max-wait",
-            str(self.max_wait),
-            "--job-timeout",
-            "3",
-            "--read-timeout",
-            "3",
         )
         self.url = self.proc.start()
 
     def api(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30)
 
-    @initialize()
-    def begin(self) -> None:
-        self.stub.delete("/_stub/faults")
-        self.stub.post("/_stub/release")
-        self.stub.post(
-            "/_stub/config", json={"load_delay": 0.05, "token_delay": 0.002, "tokens": TOKENS}
-        )
-        self.seq_start = self._stub_seq()
+    @initialize(upstreams=st.sampled_from([2, 1]))
+    def begin(self, upstreams: int) -> None:
+        TRIED[f"upstreams_{upstreams}"] += 1
+        for handle in self.stubs[:upstreams]:
+            if not handle.alive:
+                handle.start()  # a run that failed midway may have left it dead
+            seen = Seen(handle, slots=handle.parallel)
+            self.upstreams.append(seen)
+            seen.reset()
         self.start_foreman()
 
     def teardown(self) -> None:
@@ -230,25 +362,25 @@ class ForemanMachine(RuleBasedStateMachine):
             if self.proc is not None:
                 self.settle()
                 self.check_everything(final=True)
+                TRIED["ran_again_after_a_kill"] += self.reruns
+                for name, most in self.most_open.items():
+                    TRIED[f"runs_with_{most}_at_once_on_{name}"] += 1
         finally:
             if self.proc is not None and self.proc.alive:
                 self.proc.kill()
             for client in self.clients:
                 client.join(5)
-            self.stub.close()
+            for seen in self.upstreams:
+                seen.close()
             if self.disk is not None:
                 # the small disk is shared by every run of the session
                 shutil.rmtree(self.db_dir, ignore_errors=True)
-
-    def _stub_seq(self) -> int:
-        requests = self.stub.get("/_stub/requests").json()["requests"]
-        return max((r["seq"] for r in requests), default=0)
 
     # -- rules ---------------------------------------------------------------------------
 
     def _text(self) -> str:
         self.serial += 1
-        return f"fuzz {self.lives}.{self.serial}"
+        return f"fuzz {self.run}.{self.lives}.{self.serial}"
 
     @rule(
         endpoint=st.sampled_from(ENDPOINTS),
@@ -362,33 +494,61 @@ class ForemanMachine(RuleBasedStateMachine):
             raise Failure(f"purge answered {r.status_code}: {r.text}")
         self.purged |= self.told - set(self.rows())
 
-    @rule(kind=st.sampled_from(FAULTS), after=st.integers(0, 3), status=st.sampled_from([500, 503]))
-    def arm_fault(self, kind: str, after: int, status: int) -> None:
-        """Arm one fault for an upcoming request, or ("none") disarm them all."""
+    @rule(
+        upstream=st.integers(0, 1),
+        kind=st.sampled_from(FAULTS),
+        after=st.integers(0, 3),
+        status=st.sampled_from([500, 503]),
+    )
+    def arm_fault(self, upstream: int, kind: str, after: int, status: int) -> None:
+        """Arm one fault on one upstream for an upcoming request (the other works on), or
+        ("none") disarm that upstream's. `refuse` goes down at once and comes back after a
+        moment, or after long enough for foreman to mark the upstream down; `slow` makes
+        its loads and tokens slow (well within the job timeout) until the run settles."""
+        seen = self.upstreams[upstream % len(self.upstreams)]
         TRIED[f"fault_{kind}"] += 1
         if kind == "none":
-            self.stub.delete("/_stub/faults")
-            self.faults_armed = False
+            seen.reset()
+            return
+        if kind == "slow":
+            seen.configure(load_delay=0.4, token_delay=0.08)
+            seen.faults_armed = True
             return
         fault: dict[str, Any] = {"kind": kind, "count": 1}
         if kind == "refuse":
-            fault["seconds"] = 0.3
+            fault["seconds"] = 0.3 if after < 2 else 1.5
         elif kind == "status":
             fault["status"] = status
         elif kind in ("cut", "mid_error"):
             fault["after"] = after
         if kind != "refuse":
             fault["request_kind"] = "generate" if after % 2 else "chat"
-        r = self.stub.post("/_stub/faults", json=fault)
+        r = seen.control("POST", "/_stub/faults", json=fault)
         if r.status_code != 200:
             raise Failure(f"arming {fault} answered {r.status_code}: {r.text}")
-        self.faults_armed = True
+        seen.faults_armed = True
+
+    @rule(upstream=st.integers(0, 1), seconds=st.sampled_from([0.1, 0.8]))
+    def kill_an_upstream(self, upstream: int, seconds: float) -> None:
+        """SIGKILL one stub (an Ollama that crashed mid-answer), and start it again on its
+        port a moment later; foreman meanwhile carries on on the other."""
+        TRIED["kill_upstream"] += 1
+        seen = self.upstreams[upstream % len(self.upstreams)]
+        seen.refresh()
+        seen.handle.kill()
+        seen.died()
+        time.sleep(seconds)
+        seen.handle.start()
+        seen.revived()
 
     @rule(max_wait=st.sampled_from([600.0, 0.3]))
     def kill_and_restart(self, max_wait: float) -> None:
         TRIED["kill_9"] += 1
         assert self.proc is not None
         self.proc.kill()
+        self.interrupted |= {
+            job_id for job_id, row in self.rows().items() if row["state"] in ("loading", "working")
+        }
         self.max_wait = max_wait
         self.start_foreman()
 
@@ -402,7 +562,10 @@ class ForemanMachine(RuleBasedStateMachine):
         assert self.proc.popen is not None
         argv = [sys.executable, "-m", "foreman", "serve", "--port", "0", "--db", str(self.db)]
         done = subprocess.run(
-            [*argv, "--ollama", self.stub_url], capture_output=True, text=True, timeout=60
+            [*argv, "--ollama", self.upstreams[0].handle.url],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         lines = done.stderr.strip().splitlines()
         holder = f"database {self.db} is in use by process {self.proc.popen.pid} "
@@ -453,23 +616,33 @@ class ForemanMachine(RuleBasedStateMachine):
         )
     )
     def burst(self, jobs: list[tuple[str, int]]) -> None:
-        """Hold the stub on a first job, queue the rest behind it, release, and check the
-        order the stub saw against the scheduling rule."""
+        """Hold the stubs on a first job, queue the rest behind it, release. With one
+        upstream, check the order the stub saw against the scheduling rule; with two (all
+        at one priority), that each job ran once and each upstream drained by model."""
         TRIED["burst"] += 1
+        fleet = len(self.upstreams) > 1
         self.settle()
         with self.api() as api:
-            self.stub.post("/_stub/release")
-            self.stub.post("/_stub/hold")
+            for seen in self.upstreams:
+                seen.control("POST", "/_stub/release")
+                seen.control("POST", "/_stub/hold")
             try:
                 first = self._submit_plain(api, MODELS[0], 0)
                 self._wait_in_flight(first)
-                rest = [self._submit_plain(api, model, prio) for model, prio in jobs]
+                rest = [self._submit_plain(api, model, 0 if fleet else p) for model, p in jobs]
+                if fleet:
+                    # a moment for an idle upstream to load its key and fill its slots
+                    time.sleep(0.2)
                 if self.max_wait < 1:
                     time.sleep(self.max_wait + 0.3)  # every queued job is now starved
             finally:
-                self.stub.post("/_stub/release")
+                for seen in self.upstreams:
+                    seen.control("POST", "/_stub/release")
         self.settle()
-        self.check_burst(first, rest)
+        if fleet:
+            self.check_fleet_burst([first, *rest])
+        else:
+            self.check_burst(first, rest)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -487,32 +660,16 @@ class ForemanMachine(RuleBasedStateMachine):
     def _wait_in_flight(self, job: tuple[str, str], limit: float = 15.0) -> None:
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
-            for entry in self._record():
-                if prompt_of(entry["body"]) == job[1] and entry["end"] is None:
-                    return
+            for seen in self.upstreams:
+                for entry in seen.refresh():
+                    if prompt_of(entry["body"]) == job[1] and entry["end"] is None:
+                        return
             time.sleep(0.01)
-        raise Failure(f"job {job[0]} never reached the stub")
+        raise Failure(f"job {job[0]} never reached a stub")
 
     def _pick(self, pick: int) -> str | None:
         ids = sorted(self.told | {c.job_id for c in self.clients if c.job_id})
         return ids[pick % len(ids)] if ids else None
-
-    def _record(self) -> list[dict[str, Any]]:
-        since = self.record[-1]["seq"] if self.record else self.seq_start
-        fresh = self.stub.get("/_stub/requests", params={"since": since}).json()["requests"]
-        # entries still open may fill in later: keep re-reading the open ones
-        for entry in fresh:
-            self.record.append(entry)
-        open_seqs = [e["seq"] for e in self.record if e["end"] is None]
-        if open_seqs:
-            current = {
-                e["seq"]: e
-                for e in self.stub.get(
-                    "/_stub/requests", params={"since": min(open_seqs) - 1}
-                ).json()["requests"]
-            }
-            self.record = [current.get(e["seq"], e) for e in self.record]
-        return self.record
 
     def rows(self) -> dict[str, sqlite3.Row]:
         conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=30)
@@ -526,9 +683,8 @@ class ForemanMachine(RuleBasedStateMachine):
 
     def settle(self) -> None:
         """Clear faults, make sure foreman runs, and wait for every job to end."""
-        self.stub.delete("/_stub/faults")
-        self.stub.post("/_stub/release")
-        self.faults_armed = False
+        for seen in self.upstreams:
+            seen.reset()
         if self.proc is None or not self.proc.alive:
             self.start_foreman()
         for client in self.clients:
@@ -554,17 +710,41 @@ class ForemanMachine(RuleBasedStateMachine):
             self.check_everything(final=False)
 
     def check_everything(self, final: bool) -> None:
-        self.check_one_at_a_time()
+        self.check_upstreams()
         self.check_jobs(final)
         self.check_done_once()
+        self.check_ran_once()
 
-    def check_one_at_a_time(self) -> None:
-        for earlier, later in concurrent_inference(self._record()):
-            raise Failure(
-                "two inference requests at the stub at once:"
-                f" #{earlier['seq']} {earlier['path']} (open until {earlier['end']})"
-                f" and #{later['seq']} {later['path']} (arrived {later['arrival']})"
-            )
+    def check_upstreams(self) -> None:
+        """Per upstream and per life of its stub: what foreman sent at once, and what the
+        stub's chat runner held at once."""
+        for seen in self.upstreams:
+            for record in seen.lives():
+                problems = crowding(record, seen.slots) + occupancy_problems(
+                    record, seen.handle.parallel
+                )
+                if problems:
+                    raise Failure(f"upstream {seen.handle.name}: {'; '.join(problems)}")
+                self.most_open[seen.handle.name] = max(
+                    self.most_open.get(seen.handle.name, 0), most_open(record)
+                )
+
+    def check_ran_once(self) -> None:
+        """Each job's prompt answered in full at most once across every stub, unless foreman
+        was killed while the job ran or a client asked for a retry."""
+        for job_id, row in self.rows().items():
+            self.job_of_prompt.setdefault(prompt_of(json.loads(row["body"])), job_id)
+        counts = completed_generations(record for seen in self.upstreams for record in seen.lives())
+        allowed = self.interrupted | self.retried
+        twice = {
+            prompt: n
+            for prompt, n in counts.items()
+            if n > 1 and self.job_of_prompt.get(prompt) not in allowed
+        }
+        if twice:
+            named = {self.job_of_prompt.get(p, p): n for p, n in twice.items()}
+            raise Failure(f"jobs answered in full more than once: {named}")
+        self.reruns = sum(1 for n in counts.values() if n > 1)
 
     def check_jobs(self, final: bool) -> None:
         rows = self.rows()
@@ -628,7 +808,7 @@ class ForemanMachine(RuleBasedStateMachine):
         texts = {text: job_id for job_id, text in rest}
         seen = [
             texts[prompt_of(e["body"])]
-            for e in self._record()
+            for e in self.upstreams[0].refresh()
             if e["kind"] in INFERENCE and prompt_of(e["body"]) in texts
         ]
         if sorted(seen) != sorted(texts.values()):
@@ -661,3 +841,26 @@ class ForemanMachine(RuleBasedStateMachine):
                 f"  expected {[models[j] for j in expected]}"
             )
         TRIED["burst_checked"] += 1
+
+    def check_fleet_burst(self, jobs: list[tuple[str, str]]) -> None:
+        """Every job of the burst answered in full once, on one of the upstreams; and on
+        each upstream the burst's models came one after the other, each drained before the
+        next (with equal priorities, nothing starved and nothing arriving meanwhile, an
+        upstream that leaves a model has none of its jobs left to come back for)."""
+        texts = {text: job_id for job_id, text in jobs}
+        counts = completed_generations(seen.refresh() for seen in self.upstreams)
+        wrong = {job_id: counts[text] for text, job_id in texts.items() if counts[text] != 1}
+        if wrong:
+            raise Failure(f"burst jobs not answered exactly once: {wrong}")
+        if self.max_wait < 1:
+            return
+        for seen in self.upstreams:
+            models = [
+                normalise_name(str(e["model"]))
+                for e in sorted(seen.refresh(), key=lambda e: e["arrival"])
+                if completed(e) and prompt_of(e["body"]) in texts
+            ]
+            runs = [model for model, _ in itertools.groupby(models)]
+            if len(runs) != len(set(runs)):
+                raise Failure(f"upstream {seen.handle.name} came back to a model: {models}")
+        TRIED["fleet_burst_checked"] += 1

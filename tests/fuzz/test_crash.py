@@ -1,4 +1,5 @@
-"""kill -9 at random moments loses no job and finishes none twice.
+"""kill -9 at random moments, with one of two upstreams in trouble, loses no job, finishes
+none twice, runs none twice unless a kill interrupted it, and never crowds an upstream.
 
 `make test` runs a few rounds; `make crash` runs the campaign's 100 (CRASH_ROUNDS) and
 prints its report.
@@ -20,7 +21,7 @@ SEED = int(os.environ.get("CRASH_SEED", "6"))
 
 
 @pytest.mark.timeout(max(300, ROUNDS * 10))
-async def test_kill_9_at_random_moments_loses_nothing_and_finishes_nothing_twice(
+async def test_kill_9_at_random_moments_over_two_upstreams_loses_nothing_runs_nothing_twice(
     tmp_path: Path,
 ) -> None:
     report = await run_campaign(tmp_path, ROUNDS, SEED)
@@ -30,4 +31,7 @@ async def test_kill_9_at_random_moments_loses_nothing_and_finishes_nothing_twice
     assert report.lost == []
     assert report.finished_twice == []
     assert report.wrong_results == []
+    assert report.ran_twice == []
+    assert report.crowded == []
+    assert set(report.jobs_by_upstream) == {"a", "b"}
     assert report.integrity == "ok"
