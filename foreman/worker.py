@@ -128,6 +128,9 @@ class Running:
     # the job is an unload command (read once from its body): nothing to load for it,
     # and no model resident after it
     unload: bool = False
+    # the end decided for the job while its write is still waiting (a full disk): the
+    # state, the client's last message and the fields (see `Worker._attempt`)
+    ending: tuple[JobState, Message | None, dict[str, Any]] | None = None
 
 
 class Worker:
@@ -418,7 +421,8 @@ class Worker:
 
     async def _attempt(self, job: Job, running: Running) -> None:
         """One attempt within the job timeout: the swap if the job needs one, then the
-        call. A failure, or running out of time, is judged by `_failed`."""
+        call. A failure, or running out of time, is judged by `_failed`; an end already
+        decided when the time ran out is kept."""
         with trio.move_on_after(self.settings.job_timeout) as limit:
             try:
                 if job.state is JobState.LOADING:
@@ -429,6 +433,13 @@ class Worker:
                 await self._call(job, running)
             except UpstreamError as err:
                 await self._failed(job, running, err)
+        if running.ending is not None and not running.state.terminal:
+            # the end was decided in time (Ollama's answer is in hand) and only its write
+            # waited for the database past the timeout: the timeout bounds Ollama, so the
+            # same end is written now, and the job does not run again
+            new, last, fields = running.ending
+            await self._finish(running, new, last, **fields)
+            return
         if limit.cancelled_caught and not running.state.terminal:
             timeout = self.settings.job_timeout
             message = f"the attempt ran longer than the job timeout ({timeout:g}s)"
@@ -526,7 +537,9 @@ class Worker:
     ) -> None:
         """End the job: commit first, then give the waiting client its last message, so a
         client that has its answer can always read the finished job."""
+        running.ending = (new, last, fields)
         moved = await self._move(running, new, **fields)
+        running.ending = None
         if moved is not None and last is not None and running.ticket is not None:
             await running.ticket.send(last)
 
