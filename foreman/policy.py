@@ -139,14 +139,26 @@ def covered_keys(lane: Lane, others: Sequence[Lane]) -> set[str]:
     return {o.resident for o in others if o.resident is not None} - {lane.resident}
 
 
-def defers(lane: Lane, others: Sequence[Lane], chosen: Candidate | None) -> bool:
-    """Whether `lane`, holding a model, should leave the load `chosen` needs to an empty
-    upstream that serves it: a load there evicts nothing, and this lane's model stays for
-    its next job."""
-    if chosen is None or lane.resident is None or chosen.model_key == lane.resident:
-        return False
-    name = model_of(chosen.model_key)
-    return any(o.empty and o.serves(name) for o in others)
+def leaving_loads_to_empty(
+    lane: Lane, others: Sequence[Lane], choose: Callable[[frozenset[str]], Candidate | None]
+) -> Candidate | None:
+    """`choose(also_covered)` (a placement), with one refinement: a lane that holds a
+    model leaves a load to an empty upstream (idle, nothing loaded) that serves the key,
+    since a load there evicts nothing and this lane's model stays for its next job. The
+    key then counts as covered and the lane chooses again (its own key's work, say); each
+    empty upstream takes one key."""
+    empties = [o for o in others if o.empty]
+    also: set[str] = set()
+    while True:
+        chosen = choose(frozenset(also))
+        if chosen is None or lane.resident is None or chosen.model_key == lane.resident:
+            return chosen
+        name = model_of(chosen.model_key)
+        taker = next((o for o in empties if o.serves(name)), None)
+        if taker is None:
+            return chosen
+        empties.remove(taker)
+        also.add(chosen.model_key)
 
 
 def place(
@@ -174,28 +186,31 @@ def place(
        one with the largest backlog (capped at BACKLOG_CAP) that is worth a load (see
        `LoadCosts.worth_second_copy`), its best job by priority then age.
 
-    A lane holding a model leaves any load to an empty upstream that serves its key
-    (`defers`): the load evicts nothing there.
+    A lane holding a model leaves a load to an empty upstream that serves its key, and
+    chooses again (`leaving_loads_to_empty`).
 
     With one lane of one slot, no others and every model served, this is `pick_next`.
     """
     if not lane.free:
         return None
-    chosen = _place(candidates, lane, others, now, max_wait, costs)
-    return None if defers(lane, others, chosen) else chosen
+    pool = list(candidates)
+    return leaving_loads_to_empty(
+        lane, others, lambda also: _place(pool, lane, others, now, max_wait, costs, also)
+    )
 
 
 def _place(
-    candidates: Iterable[Candidate],
+    candidates: list[Candidate],
     lane: Lane,
     others: Sequence[Lane],
     now: float,
     max_wait: float,
     costs: LoadCosts,
+    also_covered: frozenset[str],
 ) -> Candidate | None:
     serves = lane.serves
     runnable = [c for c in candidates if c.not_before <= now and serves(model_of(c.model_key))]
-    covered = covered_keys(lane, others)
+    covered = covered_keys(lane, others) | also_covered
     busy = lane.running > 0
     open_ = [c for c in runnable if c.model_key not in covered]
     starved = [c for c in open_ if is_starved(c, now, max_wait)]
@@ -211,7 +226,9 @@ def _place(
         return None if busy else min(at_top, key=age_order)
     if busy or not runnable:
         return None
-    return _second_copy(runnable, others, costs)
+    # a key left to an empty upstream is not copied before that upstream has it
+    held = [c for c in runnable if c.model_key not in also_covered]
+    return _second_copy(held, others, costs)
 
 
 def _second_copy(

@@ -29,7 +29,7 @@ from foreman.policy import (
     LoadCosts,
     age_order,
     covered_keys,
-    defers,
+    leaving_loads_to_empty,
     model_of,
     rank,
 )
@@ -626,11 +626,18 @@ class SyncStore:
         """
         if not lane.free:
             return None
-        chosen = self._place(lane, others, now, max_wait, costs)
-        return None if defers(lane, others, chosen) else chosen
+        return leaving_loads_to_empty(
+            lane, others, lambda also: self._place(lane, others, now, max_wait, costs, also)
+        )
 
     def _place(
-        self, lane: Lane, others: Sequence[Lane], now: float, max_wait: float, costs: LoadCosts
+        self,
+        lane: Lane,
+        others: Sequence[Lane],
+        now: float,
+        max_wait: float,
+        costs: LoadCosts,
+        also_covered: frozenset[str],
     ) -> Candidate | None:
         serves = lane.serves
         cutoff = now - max_wait
@@ -642,7 +649,7 @@ class SyncStore:
             row = self.conn.execute(_KEY_HEAD, (resident, now)).fetchone()
             if row is not None and row[2] == top:
                 return Candidate(*row)
-        covered = covered_keys(lane, others)
+        covered = covered_keys(lane, others) | also_covered
         keys = [k for k in self._queued_keys() if serves(model_of(k))]
         open_keys = [k for k in keys if k not in covered]
         busy = lane.running > 0
@@ -663,7 +670,9 @@ class SyncStore:
             return min((c for c in runnable if c.priority == top), key=age_order)
         if busy:
             return None
-        return self._second_copy([k for k in keys if k in covered], others, now, costs)
+        # a key left to an empty upstream is not copied before that upstream has it
+        held = [k for k in keys if k in covered and k not in also_covered]
+        return self._second_copy(held, others, now, costs)
 
     def _queued_keys(self) -> list[str]:
         """Every residency key with a queued job, one seek each."""
