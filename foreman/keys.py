@@ -1,7 +1,8 @@
 """API keys: the keys file, who may call which route, and reloading on change.
 
-The file holds one key a line, `NAME KEY SCOPE[,SCOPE...]` separated by white space, with
-`#` comments (so a key cannot hold `#`) and blank lines. Scopes:
+The file holds one key a line, `NAME KEY SCOPE[,SCOPE...] [FIELD=VALUE ...]` separated by
+white space, with `#` comments (so a key cannot hold `#`) and blank lines. Fields:
+`max_queued=N` (more than N unfinished jobs for this key are refused with 429). Scopes:
 
 - `inference`: the Ollama and /v1 generation and embedding routes, and read-only model
   information (tags, ps, show, version, /v1/models)
@@ -77,6 +78,8 @@ class ApiKey:
     name: str
     digest: bytes = attrs.field(repr=False)
     scopes: frozenset[Scope]
+    # unfinished jobs this key may have at once (None: only the queue's own limit)
+    max_queued: int | None = None
 
     @property
     def admin(self) -> bool:
@@ -121,9 +124,9 @@ def parse_keys(text: str, source: str = "keys file") -> KeyRing:
             continue
         where = f"{source} line {number}"
         parts = line.split()
-        if len(parts) != 3:
-            raise KeysError(f"{where}: expected `NAME KEY SCOPE[,SCOPE...]`")
-        name, secret, scope_text = parts
+        if len(parts) < 3 or any("=" not in item for item in parts[3:]):
+            raise KeysError(f"{where}: expected `NAME KEY SCOPE[,SCOPE...] [FIELD=VALUE ...]`")
+        name, secret, scope_text = parts[:3]
         if not _NAME.match(name):
             raise KeysError(f"{where}: name must be 1-64 letters, digits or _.@-")
         if name in names:
@@ -149,10 +152,34 @@ def parse_keys(text: str, source: str = "keys file") -> KeyRing:
         digest = _digest(secret)
         if digest in digests:
             raise KeysError(f"{where}: the key of {name!r} is also another name's key")
+        fields = _fields(parts[3:], f"{where} ({name})")
         names.add(name)
         digests.add(digest)
-        keys.append(ApiKey(name, digest, frozenset(scopes)))
+        keys.append(ApiKey(name, digest, frozenset(scopes), **fields))
     return KeyRing(tuple(keys))
+
+
+# the optional fields after a key's scopes, each a whole number of at least 1
+KEY_FIELDS = ("max_queued",)
+_WHOLE = re.compile(r"[0-9]{1,10}")
+
+
+def _fields(items: list[str], where: str) -> dict[str, int]:
+    """The `FIELD=VALUE` items after a key's scopes, checked (the message names the line
+    and the key's name, never the key)."""
+    out: dict[str, int] = {}
+    for item in items:
+        field, sep, value = item.partition("=")
+        if not sep or field not in KEY_FIELDS:
+            # the field's name only: what follows `=` could be anything, a key included
+            known = ", ".join(f"{f}=N" for f in KEY_FIELDS)
+            raise KeysError(f"{where}: unknown field {field[:32]!r} (known: {known})")
+        if field in out:
+            raise KeysError(f"{where}: {field} is given twice")
+        if not _WHOLE.fullmatch(value) or not 1 <= int(value) <= 10**9:
+            raise KeysError(f"{where}: {field} must be a whole number from 1 to 1000000000")
+        out[field] = int(value)
+    return out
 
 
 def presented_key(authorization: str | None, service_key: str | None) -> str | None:

@@ -44,6 +44,8 @@ class Entry:
     since: float
     # when the current attempt started running (None while queued)
     started: float | None = None
+    # the name of the API key that made the job (None without keys)
+    owner: str | None = None
 
 
 class JobTally:
@@ -55,15 +57,20 @@ class JobTally:
         self._clock = clock
         self._jobs: dict[str, Entry] = {}
         self._queued = 0
+        # unfinished jobs by the API key that made them (the keys' `max_queued`)
+        self._owned: collections.Counter[str] = collections.Counter()
 
-    def load(self, rows: Iterable[tuple[str, JobState, str]]) -> None:
+    def load(self, rows: Iterable[tuple[str, JobState, str, str | None]]) -> None:
         """Start from the database's unfinished jobs (at start, before any request)."""
         now = self._clock()
         self._jobs = {
-            job_id: Entry(state, model, now, now if state in RUNNING_STATES else None)
-            for job_id, state, model in rows
+            job_id: Entry(state, model, now, now if state in RUNNING_STATES else None, owner)
+            for job_id, state, model, owner in rows
         }
         self._queued = sum(1 for e in self._jobs.values() if e.state is JobState.QUEUED)
+        self._owned = collections.Counter(
+            e.owner for e in self._jobs.values() if e.owner is not None
+        )
 
     def record(self, job: Job) -> tuple[Entry | None, Entry | None]:
         """Take in a committed change; returns the job's entry before and after it."""
@@ -71,8 +78,14 @@ class JobTally:
         before = self._jobs.get(job.id)
         if before is not None and before.state is JobState.QUEUED:
             self._queued -= 1
+        if before is None and not job.state.terminal and job.key_name is not None:
+            self._owned[job.key_name] += 1
         if job.state.terminal:
             self._jobs.pop(job.id, None)
+            if before is not None and before.owner is not None:
+                self._owned[before.owner] -= 1
+                if not self._owned[before.owner]:
+                    del self._owned[before.owner]
             return before, None
         model = job.model_key.split(" ", 1)[0]
         started = before.started if before is not None else None
@@ -81,7 +94,7 @@ class JobTally:
         if job.state is JobState.QUEUED:
             started = None
             self._queued += 1
-        after = Entry(job.state, model, now, started)
+        after = Entry(job.state, model, now, started, job.key_name)
         self._jobs[job.id] = after
         return before, after
 
@@ -91,6 +104,10 @@ class JobTally:
     @property
     def queued(self) -> int:
         return self._queued
+
+    def unfinished_of(self, owner: str) -> int:
+        """Unfinished jobs the API key named `owner` made, in O(1)."""
+        return self._owned[owner]
 
     def by_state_and_model(self) -> collections.Counter[tuple[JobState, str]]:
         return collections.Counter((e.state, e.model) for e in self._jobs.values())

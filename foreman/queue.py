@@ -9,6 +9,7 @@ nothing but this module.
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 from collections.abc import Callable
@@ -35,6 +36,8 @@ class Refused(Exception):
     """A new job was not taken; the client may try again after `retry_after` seconds."""
 
     reason = "refused"
+    # the HTTP status the client gets
+    status = 503
 
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
@@ -43,6 +46,18 @@ class Refused(Exception):
 
 class QueueFull(Refused):
     reason = "queue_full"
+
+
+class KeyQueueFull(Refused):
+    """The caller's API key has as many unfinished jobs as its `max_queued` allows: the
+    caller, not foreman, is asked to slow down."""
+
+    reason = "key_queue_full"
+    status = 429
+
+
+# how long a key over its `max_queued` is asked to wait: about one job's turn
+KEY_QUEUE_RETRY_AFTER = 5
 
 
 class ShuttingDown(Refused):
@@ -98,14 +113,18 @@ class JobQueue:
         self._on_removed = on_removed or (lambda: None)
         # False once shutdown began: new jobs are refused, the queue is kept
         self.accepting = True
-        # submissions admitted but not yet stored (they count against the limit)
+        # submissions admitted but not yet stored (they count against the limits)
         self._admitted = 0
+        self._admitted_by_key: collections.Counter[str] = collections.Counter()
 
-    async def submit(self, new: NewJob, *, attach: bool = False) -> Submitted:
+    async def submit(
+        self, new: NewJob, *, attach: bool = False, max_queued: int | None = None
+    ) -> Submitted:
         """Store a job and wake the worker. With `attach`, the caller's ticket exists
         before the worker can see the job, so no byte of the answer can miss it.
 
-        Raises QueueFull beyond `max_queue` queued jobs and ShuttingDown once shutdown
+        Raises QueueFull beyond `max_queue` queued jobs, KeyQueueFull when the job's API
+        key already has `max_queued` unfinished jobs, and ShuttingDown once shutdown
         began. The check and the admission happen without a checkpoint between them, so
         concurrent submissions cannot overshoot the limit; the store's broadcast counts
         the job as queued before its admission is released.
@@ -114,6 +133,15 @@ class JobQueue:
             raise ShuttingDown("foreman is shutting down; try again shortly", 30)
         if self.max_queue is not None and self.tally.queued + self._admitted >= self.max_queue:
             raise QueueFull(BUSY_MESSAGE, 10)
+        owner = new.key_name
+        if max_queued is not None and owner is not None:
+            held = self.tally.unfinished_of(owner) + self._admitted_by_key[owner]
+            if held >= max_queued:
+                raise KeyQueueFull(
+                    f"key {owner} has {held} unfinished jobs, as many as it may"
+                    f" (max_queued={max_queued}); try again when some have finished",
+                    KEY_QUEUE_RETRY_AFTER,
+                )
         moved = self.store.file_problem()
         if moved is not None:
             log.warning("refusing a new job: %s", moved)
@@ -121,6 +149,8 @@ class JobQueue:
         job_id = str(ULID())
         ticket = self.tickets.attach(job_id) if attach else None
         self._admitted += 1
+        if owner is not None:
+            self._admitted_by_key[owner] += 1
         try:
             job, created = await self.store.submit(new, job_id)
         except Exception as exc:
@@ -139,6 +169,10 @@ class JobQueue:
             raise
         finally:
             self._admitted -= 1
+            if owner is not None:
+                self._admitted_by_key[owner] -= 1
+                if not self._admitted_by_key[owner]:
+                    del self._admitted_by_key[owner]
         if not created:
             if ticket is not None:
                 ticket.release()
@@ -273,6 +307,7 @@ __all__ = [
     "Failed",
     "IdempotencyConflict",
     "JobQueue",
+    "KeyQueueFull",
     "Message",
     "NotTerminal",
     "QueueFull",

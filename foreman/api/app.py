@@ -58,12 +58,14 @@ def create_app(services: Services) -> QuartTrio:
             return http_error(request.path, 413, f"request body is larger than {max_body} bytes")
         return http_error(request.path, code, exc.description or exc.name)
 
-    # a full queue or a shutdown: 503 with Retry-After, as Ollama answers when it is full
+    # a full queue or a shutdown: 503 with Retry-After, as Ollama answers when it is full;
+    # a key over its own `max_queued`: 429 with Retry-After
     @app.errorhandler(Refused)
     async def refused(exc: Refused) -> Any:
         services.metrics.reject(exc.reason)
         message = BUSY_MESSAGE if isinstance(exc, QueueFull) else str(exc)
-        return error_for(request.path, 503, message, {"Retry-After": str(exc.retry_after)})
+        headers = {"Retry-After": str(exc.retry_after)}
+        return error_for(request.path, exc.status, message, headers)
 
     # any other write (a cancel, a retry, a delete) while the database cannot be written
     @app.errorhandler(StoreUnwritable)

@@ -98,7 +98,8 @@ async def submit_and_answer(services: Services, endpoint: Endpoint) -> Response:
         key_name=key_holder.name if key_holder is not None else None,
     )
     try:
-        submitted = await services.queue.submit(new, attach=True)
+        limit = key_holder.max_queued if key_holder is not None else None
+        submitted = await services.queue.submit(new, attach=True, max_queued=limit)
     except IdempotencyConflict as exc:
         return error_for(endpoint.value, 409, str(exc))
     note(job=submitted.job.id)

@@ -136,8 +136,9 @@ def blueprint(services: Services) -> Blueprint:
         holder = caller()
         if holder is not None:
             new = attrs.evolve(new, key_name=holder.name)
+        limit = holder.max_queued if holder is not None else None
         try:
-            submitted = await queue.submit(new)
+            submitted = await queue.submit(new, max_queued=limit)
         except IdempotencyConflict as exc:
             return ollama_error(409, str(exc))
         job = submitted.job

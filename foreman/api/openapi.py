@@ -91,6 +91,11 @@ def spec() -> dict[str, Any]:
                     "202": _json(JOB, "queued (or the job its idempotency key names)"),
                     "400": _error("invalid submission"),
                     "409": _error("idempotency key reused by this API key with another request"),
+                    "429": _error("the API key has its max_queued unfinished jobs (Retry-After)"),
+                    "503": _error(
+                        "the queue is full, foreman is stopping, or its database"
+                        " cannot be written (Retry-After)"
+                    ),
                 },
             },
             "get": {

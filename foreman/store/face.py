@@ -259,7 +259,7 @@ class Store:
     async def count_queued(self, model_key: str | None = None) -> int:
         return await self._read(self.sync.count_queued, model_key)
 
-    async def unfinished(self) -> list[tuple[str, JobState, str]]:
+    async def unfinished(self) -> list[tuple[str, JobState, str, str | None]]:
         return await self._read(self.sync.unfinished)
 
     async def overview(self, running_ids: Sequence[str] = (), swaps: int = 40) -> Overview:

@@ -784,12 +784,13 @@ class SyncStore:
             ).fetchall()
         return [_row_to_job(r) for r in rows]
 
-    def unfinished(self) -> list[tuple[str, JobState, str]]:
-        """(id, state, model name) of every job not yet finished (for the live tally)."""
+    def unfinished(self) -> list[tuple[str, JobState, str, str | None]]:
+        """(id, state, model name, key name) of every job not yet finished (for the live
+        tally)."""
         rows = self.conn.execute(
-            f"SELECT id, state, model_name FROM jobs WHERE state NOT IN {TERMINAL_SQL}"
+            f"SELECT id, state, model_name, key_name FROM jobs WHERE state NOT IN {TERMINAL_SQL}"
         ).fetchall()
-        return [(job_id, JobState(state), model) for job_id, state, model in rows]
+        return [(job_id, JobState(state), model, owner) for job_id, state, model, owner in rows]
 
     def overview(self, running_ids: Sequence[str] = (), swaps: int = 40) -> Overview:
         """The dashboard's reads after a change, in one trip to the store's thread: the

@@ -156,3 +156,42 @@ def test_a_secret_matches_only_itself() -> None:
     # a header may carry bytes that are not UTF-8; they are compared, not refused
     assert not same_secret("metrics-0123456789", "metrics-\udcff")
     assert same_secret("metrics-\udcff", "metrics-\udcff")
+
+
+def test_fields_after_the_scopes_load_and_old_lines_still_do():
+    ring = parse_keys(
+        "capped 0123456789abcdefgh inference,jobs max_queued=3\nplain 0123456789abcdefgX jobs\n"
+    )
+    capped, plain = ring.keys
+    assert (capped.name, capped.max_queued) == ("capped", 3)
+    assert plain.max_queued is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ("weight", "expected `NAME KEY SCOPE"),
+        ("colour=3", "unknown field 'colour' (known: max_queued=N)"),
+        ("max_queued=0", "max_queued must be a whole number from 1"),
+        ("max_queued=-1", "max_queued must be a whole number from 1"),
+        ("max_queued=1.5", "max_queued must be a whole number from 1"),
+        ("max_queued=\u00b2", "max_queued must be a whole number from 1"),
+        ("max_queued=99999999999", "max_queued must be a whole number from 1"),
+        ("max_queued=2 max_queued=3", "max_queued is given twice"),
+    ],
+)
+def test_a_bad_field_is_one_line_naming_the_key_and_never_its_secret(fields, reason):
+    secret = "0123456789abcdefgh"
+    with pytest.raises(KeysError) as caught:
+        parse_keys(f"# keys\napp {secret} inference {fields}")
+    message = str(caught.value)
+    assert "line 2" in message
+    assert reason in message
+    assert secret not in message
+    assert "\n" not in message
+
+
+def test_a_field_whose_value_holds_a_key_is_never_repeated():
+    with pytest.raises(KeysError) as caught:
+        parse_keys("app 0123456789abcdefgh inference secret=0123456789abcdefgh")
+    assert "0123456789abcdefgh" not in str(caught.value)
