@@ -112,6 +112,14 @@ class JobTally:
     def by_state_and_model(self) -> collections.Counter[tuple[JobState, str]]:
         return collections.Counter((e.state, e.model) for e in self._jobs.values())
 
+    def by_owner(self) -> collections.Counter[tuple[str, str]]:
+        """(owner, "queued" or "running") -> unfinished jobs: the owner is the name of the
+        API key that made them, "" for jobs made without a key."""
+        return collections.Counter(
+            (e.owner or "", "queued" if e.state is JobState.QUEUED else "running")
+            for e in self._jobs.values()
+        )
+
 
 class Metrics:
     def __init__(self, tally: JobTally) -> None:
@@ -256,6 +264,15 @@ class _Present:
             jobs.add_metric([state.value, model], n)
         yield jobs
         status = m.status()
+        owners = GaugeMetricFamily(
+            "foreman_owner_jobs",
+            "Unfinished jobs by the name of the API key that made them (\"\" without a"
+            " key), queued or running",
+            labels=["owner", "state"],
+        )
+        for (owner, kind), n in sorted(m.tally.by_owner().items()):
+            owners.add_metric([owner, kind], n)
+        yield owners
         resident = GaugeMetricFamily(
             "foreman_resident_model",
             "1 for the chat model each upstream holds",

@@ -178,3 +178,30 @@ def test_loads_and_finished_jobs_are_counted_for_the_upstream_that_ran_them() ->
     assert scraped["foreman_jobs_finished_total{outcome=done,upstream=gpu0}"] == 1
     # a job that never ran ended on no upstream
     assert scraped["foreman_jobs_finished_total{outcome=cancelled,upstream=}"] == 1
+
+
+def test_unfinished_jobs_are_counted_by_owner_queued_and_running() -> None:
+    """Per owner (the key's name, never the key; "" without one): what /metrics shows
+    and what a key's max_queued is checked against."""
+    tally = JobTally(clock=lambda: 0.0)
+    tally.load([("old", JobState.WORKING, "m", "batch")])
+    metrics = Metrics(tally)
+    for job_id, state, owner in (
+        ("a", JobState.QUEUED, "batch"),
+        ("b", JobState.QUEUED, "batch"),
+        ("c", JobState.QUEUED, None),
+        ("b", JobState.LOADING, "batch"),
+        ("a", JobState.DONE, "batch"),
+    ):
+        tally.record(stored_job(job_id, state, owner))
+    scraped = _scrape(metrics)
+    assert scraped["foreman_owner_jobs{owner=batch,state=running}"] == 2
+    assert scraped["foreman_owner_jobs{owner=,state=queued}"] == 1
+    assert "foreman_owner_jobs{owner=batch,state=queued}" not in scraped
+    assert tally.unfinished_of("batch") == 2
+    tally.record(stored_job("old", JobState.FAILED, "batch"))
+    tally.record(stored_job("b", JobState.CANCELLED, "batch"))
+    assert tally.unfinished_of("batch") == 0
+    # a retried job is unfinished again
+    tally.record(stored_job("a", JobState.QUEUED, "batch"))
+    assert tally.unfinished_of("batch") == 1
