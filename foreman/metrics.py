@@ -266,7 +266,7 @@ class _Present:
         status = m.status()
         owners = GaugeMetricFamily(
             "foreman_owner_jobs",
-            "Unfinished jobs by the name of the API key that made them (\"\" without a"
+            'Unfinished jobs by the name of the API key that made them ("" without a'
             " key), queued or running",
             labels=["owner", "state"],
         )
