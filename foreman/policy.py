@@ -237,14 +237,24 @@ def _second_copy(
     by_key: dict[str, list[Candidate]] = {}
     for c in runnable:
         by_key.setdefault(c.model_key, []).append(c)
+    options = (
+        (key, min(len(jobs), BACKLOG_CAP), min(jobs, key=rank)) for key, jobs in by_key.items()
+    )
+    return best_copy(options, others, costs)
+
+
+def best_copy(
+    options: Iterable[tuple[str, int, Candidate]], others: Sequence[Lane], costs: LoadCosts
+) -> Candidate | None:
+    """Of (key, backlog capped at BACKLOG_CAP, its best job) for keys held elsewhere: the
+    best job of the largest backlog worth a second copy (ties: the better job), or None.
+    The rule and its SQL twin both choose here."""
     best: tuple[int, tuple[int, float, str]] | None = None
     choice: Candidate | None = None
-    for key, jobs in by_key.items():
-        backlog = min(len(jobs), BACKLOG_CAP)
+    for key, backlog, head in options:
         holding = sum(o.slots for o in others if o.resident == key)
         if not costs.worth_second_copy(key, backlog, holding):
             continue
-        head = min(jobs, key=rank)
         order = (-backlog, rank(head))
         if best is None or order < best:
             best, choice = order, head

@@ -28,6 +28,7 @@ from foreman.policy import (
     Lane,
     LoadCosts,
     age_order,
+    best_copy,
     covered_keys,
     leaving_loads_to_empty,
     model_of,
@@ -700,20 +701,16 @@ class SyncStore:
     def _second_copy(
         self, keys: list[str], others: Sequence[Lane], now: float, costs: LoadCosts
     ) -> Candidate | None:
-        best: tuple[int, tuple[int, float, str]] | None = None
-        choice: Candidate | None = None
+        return best_copy(self._copy_options(keys, now), others, costs)
+
+    def _copy_options(self, keys: list[str], now: float) -> Iterator[tuple[str, int, Candidate]]:
+        """(key, backlog counted up to the cap, best job) of each key with runnable work."""
         for key in keys:
             head = self._key_head(key, now)
             if head is None:
                 continue
             (backlog,) = self.conn.execute(_KEY_BACKLOG, (key, now, BACKLOG_CAP)).fetchone()
-            holding = sum(o.slots for o in others if o.resident == key)
-            if not costs.worth_second_copy(key, backlog, holding):
-                continue
-            order = (-backlog, rank(head))
-            if best is None or order < best:
-                best, choice = order, head
-        return choice
+            yield key, int(backlog), head
 
     def next_not_before(self) -> float | None:
         """When the earliest job in retry backoff becomes runnable, if any is waiting."""
