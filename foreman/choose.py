@@ -35,7 +35,7 @@ def holding_model(fleet: Fleet, model: str | None) -> Member | None:
     chosen = candidates(fleet)
     if model is not None and len(chosen) > 1:
         for member in chosen:
-            if member.spec.allows(model) and member.lists(model):
+            if member.has(model):
                 return member
     return chosen[0] if chosen else None
 
@@ -60,7 +60,7 @@ def for_embedding(fleet: Fleet, model: str | None, avoid: Member | None = None) 
         loaded = [m for m in pool if model in m.embedding_models]
         if loaded:
             return min(loaded, key=_busy)
-        listing = [m for m in pool if m.spec.allows(model) and m.lists(model)]
+        listing = [m for m in pool if m.has(model)]
         if listing:
             return min(listing, key=_busy)
     return min(pool, key=_busy)

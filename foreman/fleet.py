@@ -60,11 +60,9 @@ class Member:
         """Whether its last model list had `model` (any spelling)."""
         return self.tags is not None and normalise_model(model) in self.tags
 
-    def may_serve(self, model: str) -> bool:
-        """Allowed by its configuration, and listed by it (or its list is unknown yet)."""
-        if not self.spec.allows(model):
-            return False
-        return self.tags is None or normalise_model(model) in self.tags
+    def has(self, model: str) -> bool:
+        """Allowed by its configuration and listed by it."""
+        return self.spec.allows(model) and self.lists(model)
 
     def tags_due(self, now: float) -> bool:
         return self.tags_read_at is None or now - self.tags_read_at >= TAGS_REFRESH_SECONDS
@@ -126,7 +124,7 @@ class Fleet:
     def listing(self, model: str) -> list[Member]:
         """The healthy members whose configuration allows `model` and whose model list
         has it."""
-        return [m for m in self.members if m.online and m.spec.allows(model) and m.lists(model)]
+        return [m for m in self.members if m.online and m.has(model)]
 
     def known_anywhere(self, model: str) -> bool:
         """Whether any member's model list has `model` (healthy or not)."""
@@ -150,4 +148,4 @@ class Fleet:
         relayed as it is, is the answer, as with a single Ollama)."""
         if not member.spec.allows(model):
             return False
-        return member.lists(model) or member.tags is None or not self.known_anywhere(model)
+        return member.tags is None or member.lists(model) or not self.known_anywhere(model)

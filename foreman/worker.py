@@ -258,20 +258,21 @@ class Worker:
                     return None
                 if job is None:
                     return None
-                self._occupy(job)
-                return job, self._hold(job)
+                running = self._hold(job)
+                self._occupy(job, running)
+                return job, running
         finally:
             self._set_claiming(False)
 
     def _lane(self) -> Lane:
         return self.fleet.lane(self.member)
 
-    def _occupy(self, job: Job) -> None:
+    def _occupy(self, job: Job, running: Running) -> None:
         """The claimed job takes a slot; a load makes the upstream count as holding its
         key from now on, so no other placement counts it idle or loads the key a second
         time (`resident` itself changes when the load is done)."""
         self.member.running += 1
-        if job.state is JobState.LOADING and not _is_unload(job):
+        if job.state is JobState.LOADING and not running.unload:
             self.member.loading = True
             self.member.loading_key = job.model_key
 
