@@ -329,7 +329,7 @@ SETTINGS: tuple[Setting, ...] = (
         "FOREMAN_SHUTDOWN_GRACE",
         parse_non_negative_float,
         "30",
-        "seconds the running job may finish after SIGTERM before it goes back to the queue",
+        "seconds the running jobs may finish after SIGTERM before they go back to the queue",
     ),
     # the tunnel heartbeat; once named keepalive, one underscore from Ollama's keep_alive
     Setting(
