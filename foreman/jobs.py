@@ -123,6 +123,8 @@ class Job:
     key_name: str | None = None
     # the name of the upstream that ran (or runs) its latest attempt; None before one
     upstream: str | None = None
+    # its place among the queued jobs of its key and priority (`policy.turn_for`)
+    turn: int = 0
 
 
 @attrs.frozen
@@ -143,3 +145,5 @@ class NewJob:
     request_hash: str | None = None
     # the name of the API key that made the job (None without keys)
     key_name: str | None = None
+    # that key's share of turns against other keys' jobs for one model (`weight=N`)
+    weight: int = 1

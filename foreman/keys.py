@@ -2,7 +2,9 @@
 
 The file holds one key a line, `NAME KEY SCOPE[,SCOPE...] [FIELD=VALUE ...]` separated by
 white space, with `#` comments (so a key cannot hold `#`) and blank lines. Fields:
-`max_queued=N` (more than N unfinished jobs for this key are refused with 429). Scopes:
+`max_queued=N` (more than N unfinished jobs for this key are refused with 429) and
+`weight=N` (1 to 1000, default 1: the key's jobs take N turns for each turn of a key of
+weight 1 among queued jobs for one model; see `policy.turn_for`). Scopes:
 
 - `inference`: the Ollama and /v1 generation and embedding routes, and read-only model
   information (tags, ps, show, version, /v1/models)
@@ -33,6 +35,8 @@ from pathlib import Path
 
 import attrs
 import trio
+
+from foreman.policy import MAX_WEIGHT
 
 log = logging.getLogger("foreman.keys")
 
@@ -80,6 +84,8 @@ class ApiKey:
     scopes: frozenset[Scope]
     # unfinished jobs this key may have at once (None: only the queue's own limit)
     max_queued: int | None = None
+    # its share of turns among queued jobs for one model (`policy.turn_for`)
+    weight: int = 1
 
     @property
     def admin(self) -> bool:
@@ -159,8 +165,8 @@ def parse_keys(text: str, source: str = "keys file") -> KeyRing:
     return KeyRing(tuple(keys))
 
 
-# the optional fields after a key's scopes, each a whole number of at least 1
-KEY_FIELDS = ("max_queued",)
+# the optional fields after a key's scopes, each a whole number from 1 to its largest
+KEY_FIELDS = {"max_queued": 10**9, "weight": MAX_WEIGHT}
 _WHOLE = re.compile(r"[0-9]{1,10}")
 
 
@@ -176,8 +182,9 @@ def _fields(items: list[str], where: str) -> dict[str, int]:
             raise KeysError(f"{where}: unknown field {field[:32]!r} (known: {known})")
         if field in out:
             raise KeysError(f"{where}: {field} is given twice")
-        if not _WHOLE.fullmatch(value) or not 1 <= int(value) <= 10**9:
-            raise KeysError(f"{where}: {field} must be a whole number from 1 to 1000000000")
+        largest = KEY_FIELDS[field]
+        if not _WHOLE.fullmatch(value) or not 1 <= int(value) <= largest:
+            raise KeysError(f"{where}: {field} must be a whole number from 1 to {largest}")
         out[field] = int(value)
     return out
 

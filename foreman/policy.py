@@ -5,10 +5,16 @@ checks that the two agree. The rule, in order:
 
 1. Starvation bound: a runnable job that has waited longer than `max_wait` goes first
    (the highest priority, then the oldest, of those).
-2. Otherwise the highest priority first; within it, jobs for the resident model first,
-   then the oldest.
+2. Otherwise the highest priority first; within it, jobs for the resident model first.
 3. When the resident model has nothing left at the top priority, switch to the model of
    the oldest job of the top priority.
+
+Which of a model's jobs at one priority goes first is decided by turns (`fair_order`):
+each job carries a turn given when it was queued (`turn_for`), so that the owners (API
+keys) with jobs for one model take turns, each in proportion to its weight, and one
+owner's jobs stay oldest first. Turns only reorder jobs of one model and one priority:
+which model runs, when a swap happens, the starvation bound and priorities are decided
+exactly as without them.
 """
 
 from __future__ import annotations
@@ -27,6 +33,59 @@ class Candidate:
     priority: int
     enqueued_at: float
     not_before: float = 0.0
+    # its place among the queued jobs of its model and priority (see `turn_for`)
+    turn: int = 0
+
+
+# -- turns: fair shares between the owners of jobs for one model -------------------------
+
+# one turn of an owner of weight 1; an owner of weight w advances by TURN // w per job,
+# so it gets w jobs for each job of an owner of weight 1 (whole numbers: the store and
+# this module compare the same integers, never rounded floats)
+TURN = 720_720  # divisible by every weight from 1 to 16
+MAX_WEIGHT = 1000
+
+
+def turn_step(weight: int) -> int:
+    """How far one job moves its owner's turn along: less for a heavier owner."""
+    return max(1, TURN // max(1, weight))
+
+
+def turn_for(front: int | None, owners_last: int | None, step: int) -> int:
+    """The turn of a job queued now for a model and priority.
+
+    `front` is the smallest turn among that model's queued jobs at that priority (None
+    when there are none); `owners_last` the largest turn among those of the same owner
+    (None when the owner has none queued there). An owner with jobs waiting queues behind
+    its own last one, one step further; an owner with none waiting joins at the front,
+    behind the job there (ties go to the older job). So a backlog of one owner never holds
+    back another owner's next job by more than one turn, and an owner that went idle
+    starts again at the front, without credit saved up while it was idle (start-time
+    fair queueing, with a job as the unit of work).
+    """
+    if owners_last is not None:
+        return owners_last + step
+    return front if front is not None else 0
+
+
+def requeued_turn(turn: int, front: int | None) -> int:
+    """The turn of a job that goes back to the queue (a retry, an outage, a restart): it
+    had its turn already, so it rejoins at the front, never ahead of it (a turn below the
+    front would let every newcomer in ahead of the jobs waiting there)."""
+    return turn if front is None else max(turn, front)
+
+
+def fair_order(c: Candidate) -> tuple[int, float, str]:
+    """Among jobs of one model and one priority: by turn, then oldest first."""
+    return (c.turn, c.enqueued_at, c.id)
+
+
+def first_in_turn(candidates: Iterable[Candidate], key: str, priority: int) -> Candidate:
+    """The job of `key` at `priority` whose turn comes first (one must exist)."""
+    return min(
+        (c for c in candidates if c.model_key == key and c.priority == priority),
+        key=fair_order,
+    )
 
 
 def age_order(c: Candidate) -> tuple[float, str]:
@@ -58,11 +117,9 @@ def pick_next(
         return min(starved, key=rank)
     top = max(c.priority for c in runnable)
     at_top = [c for c in runnable if c.priority == top]
-    if resident is not None:
-        mine = [c for c in at_top if c.model_key == resident]
-        if mine:
-            return min(mine, key=age_order)
-    return min(at_top, key=age_order)
+    if resident is not None and any(c.model_key == resident for c in at_top):
+        return first_in_turn(at_top, resident, top)
+    return first_in_turn(at_top, min(at_top, key=age_order).model_key, top)
 
 
 # -- the fleet: which job a free slot on one upstream takes ------------------------------
@@ -184,7 +241,9 @@ def place(
        top priority.
     3. An idle lane with nothing uncovered may load a second copy of a covered key: the
        one with the largest backlog (capped at BACKLOG_CAP) that is worth a load (see
-       `LoadCosts.worth_second_copy`), its best job by priority then age.
+       `LoadCosts.worth_second_copy`), its best job by priority then age deciding ties.
+
+    Which job of the chosen key runs is the first in turn at its priority (`fair_order`).
 
     A lane holding a model leaves a load to an empty upstream that serves its key, and
     chooses again (`leaving_loads_to_empty`).
@@ -220,15 +279,16 @@ def _place(
     if open_:
         top = max(c.priority for c in open_)
         at_top = [c for c in open_ if c.priority == top]
-        mine = [c for c in at_top if c.model_key == lane.resident]
-        if mine:
-            return min(mine, key=age_order)
-        return None if busy else min(at_top, key=age_order)
+        own = lane.resident
+        if own is not None and any(c.model_key == own for c in at_top):
+            return first_in_turn(at_top, own, top)
+        return None if busy else first_in_turn(at_top, min(at_top, key=age_order).model_key, top)
     if busy or not runnable:
         return None
     # a key left to an empty upstream is not copied before that upstream has it
     held = [c for c in runnable if c.model_key not in also_covered]
-    return _second_copy(held, others, costs)
+    head = _second_copy(held, others, costs)
+    return None if head is None else first_in_turn(held, head.model_key, head.priority)
 
 
 def _second_copy(
@@ -246,9 +306,10 @@ def _second_copy(
 def best_copy(
     options: Iterable[tuple[str, int, Candidate]], others: Sequence[Lane], costs: LoadCosts
 ) -> Candidate | None:
-    """Of (key, backlog capped at BACKLOG_CAP, its best job) for keys held elsewhere: the
-    best job of the largest backlog worth a second copy (ties: the better job), or None.
-    The rule and its SQL twin both choose here."""
+    """Of (key, backlog capped at BACKLOG_CAP, its best job by priority then age) for keys
+    held elsewhere: the best job of the largest backlog worth a second copy (ties: the
+    better job), or None. The rule and its SQL twin both choose here (and then run the
+    chosen key's first job in turn at that job's priority)."""
     best: tuple[int, tuple[int, float, str]] | None = None
     choice: Candidate | None = None
     for key, backlog, head in options:

@@ -96,6 +96,7 @@ async def submit_and_answer(services: Services, endpoint: Endpoint) -> Response:
         if key
         else None,
         key_name=key_holder.name if key_holder is not None else None,
+        weight=key_holder.weight if key_holder is not None else 1,
     )
     try:
         limit = key_holder.max_queued if key_holder is not None else None

@@ -135,7 +135,7 @@ def blueprint(services: Services) -> Blueprint:
             new = attrs.evolve(new, idempotency_key=key, request_hash=digest)
         holder = caller()
         if holder is not None:
-            new = attrs.evolve(new, key_name=holder.name)
+            new = attrs.evolve(new, key_name=holder.name, weight=holder.weight)
         limit = holder.max_queued if holder is not None else None
         try:
             submitted = await queue.submit(new, max_queued=limit)

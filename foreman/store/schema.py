@@ -94,6 +94,17 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE state IN ('loading', 'working');
     CREATE INDEX swaps_upstream ON swaps (upstream, id);
     """,
+    # 7: fair turns: a queued job's turn among the queued jobs of its key and priority
+    # (`policy.turn_for`); a key's jobs are taken in turn order, and a new job finds the
+    # front of its group and its owner's last turn there in one seek each. Jobs queued
+    # before this have turn 0: among themselves they keep their order by age.
+    """
+    ALTER TABLE jobs ADD COLUMN turn INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_queue_turn ON jobs (model_key, priority DESC, turn, enqueued_at, id)
+        WHERE state = 'queued';
+    CREATE INDEX jobs_queue_owner ON jobs (model_key, priority, key_name, turn)
+        WHERE state = 'queued';
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

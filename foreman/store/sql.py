@@ -33,6 +33,7 @@ from foreman.policy import (
     leaving_loads_to_empty,
     model_of,
     rank,
+    turn_step,
 )
 from foreman.residency import split_key
 from foreman.store.errors import IdempotencyConflict, NotTerminal
@@ -40,7 +41,7 @@ from foreman.store.errors import IdempotencyConflict, NotTerminal
 _COLUMNS = (
     "id, endpoint, model, model_key, body, stream, state, priority, attempts, max_attempts,"
     " not_before, enqueued_at, created_at, started_at, finished_at, error, result, queue_ms, ref,"
-    " idempotency_key, deadline, key_name, upstream"
+    " idempotency_key, deadline, key_name, upstream, turn"
 )
 
 TERMINAL_SQL = "('done', 'failed', 'cancelled')"
@@ -54,7 +55,7 @@ _NEXT_PRIORITY = (
     "SELECT max(priority) FROM jobs INDEXED BY jobs_queue WHERE state = 'queued' AND priority < ?"
 )
 # the lookups of the scheduling rule (`SyncStore.pick`)
-_CANDIDATE = "SELECT id, model_key, priority, enqueued_at, not_before FROM jobs"
+_CANDIDATE = "SELECT id, model_key, priority, enqueued_at, not_before, turn FROM jobs"
 _OLDEST_FIRST = "ORDER BY enqueued_at, id LIMIT 1"
 # the oldest runnable job of one priority that waited past the starvation bound
 _STARVED_AT_PRIORITY = (
@@ -66,10 +67,10 @@ _TOP_RUNNABLE = (
     f"{_CANDIDATE} INDEXED BY jobs_queue WHERE state = 'queued' AND not_before <= ?"
     " ORDER BY priority DESC, enqueued_at, id LIMIT 1"
 )
-# the oldest runnable job of one model at one priority
+# the runnable job of one model at one priority whose turn comes first
 _MODEL_RUNNABLE = (
-    f"{_CANDIDATE} INDEXED BY jobs_queue_model WHERE state = 'queued' AND model_key = ?"
-    f" AND priority = ? AND not_before <= ? {_OLDEST_FIRST}"
+    f"{_CANDIDATE} INDEXED BY jobs_queue_turn WHERE state = 'queued' AND model_key = ?"
+    " AND priority = ? AND not_before <= ? ORDER BY turn, enqueued_at, id LIMIT 1"
 )
 # the lookups of the placement rule (`SyncStore.place`): the queued keys one seek each
 _NEXT_KEY = (
@@ -80,6 +81,11 @@ _NEXT_KEY = (
 _KEY_HEAD = (
     f"{_CANDIDATE} INDEXED BY jobs_queue_model WHERE state = 'queued' AND model_key = ?"
     " AND not_before <= ? ORDER BY priority DESC, enqueued_at, id LIMIT 1"
+)
+# a key's next job: at its highest runnable priority, the first in turn
+_KEY_NEXT = (
+    f"{_CANDIDATE} INDEXED BY jobs_queue_turn WHERE state = 'queued' AND model_key = ?"
+    " AND not_before <= ? ORDER BY priority DESC, turn, enqueued_at, id LIMIT 1"
 )
 _KEY_TOP_PRIORITY = (
     "SELECT max(priority) FROM jobs INDEXED BY jobs_queue_model"
@@ -98,6 +104,21 @@ _KEY_BACKLOG = (
     "SELECT count(*) FROM (SELECT 1 FROM jobs INDEXED BY jobs_queue_model"
     " WHERE state = 'queued' AND model_key = ? AND not_before <= ? LIMIT ?)"
 )
+# a new job's turn (`policy.turn_for`): behind its owner's last queued job of its key and
+# priority, else at the front of that group, else 0; each subquery one seek
+_NEW_TURN = (
+    "coalesce((SELECT max(turn) FROM jobs INDEXED BY jobs_queue_owner WHERE state = 'queued'"
+    " AND model_key = :key AND priority = :prio AND key_name IS :owner) + :step,"
+    " (SELECT min(turn) FROM jobs INDEXED BY jobs_queue_turn WHERE state = 'queued'"
+    " AND model_key = :key AND priority = :prio), 0)"
+)
+# a job going back to the queue rejoins its group no further forward than its front
+# (`policy.requeued_turn`); the job itself is not queued while this is evaluated
+_REQUEUED_TURN = (
+    "max(turn, ifnull((SELECT min(turn) FROM jobs AS q INDEXED BY jobs_queue_turn"
+    " WHERE q.state = 'queued' AND q.model_key = jobs.model_key"
+    " AND q.priority = jobs.priority), turn))"
+)
 # every statement `SyncStore.pick` runs, with parameters of the right types, so a test
 # can read each one's query plan (`SyncStore.explain_pick`)
 PICK_STATEMENTS: tuple[tuple[str, tuple[Any, ...]], ...] = (
@@ -114,6 +135,7 @@ PLACE_STATEMENTS: tuple[tuple[str, tuple[Any, ...]], ...] = (
     (_TOP_PRIORITY, ()),
     (_NEXT_KEY, ("",)),
     (_KEY_HEAD, ("m", 0.0)),
+    (_KEY_NEXT, ("m", 0.0)),
     (_KEY_TOP_PRIORITY, ("m",)),
     (_KEY_NEXT_PRIORITY, ("m", 0)),
     (_KEY_STARVED_AT_PRIORITY, ("m", 0, 0.0, 0.0)),
@@ -208,6 +230,7 @@ def _row_to_job(row: Sequence[Any]) -> Job:
         deadline=_float(row[20]),
         key_name=row[21],
         upstream=row[22],
+        turn=row[23],
     )
 
 
@@ -343,27 +366,28 @@ class SyncStore:
         row = self.conn.execute(
             f"INSERT INTO jobs (id, endpoint, model, model_key, model_name, body, stream,"
             f" state, priority, attempts, max_attempts, not_before, enqueued_at, created_at,"
-            f" ref, deadline, idempotency_key, request_hash, key_name)"
-            f" VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, 0, ?, 0, ?, ?, ?, ?, ?, ?, ?)"
-            f" RETURNING {_COLUMNS}",
-            (
-                job_id,
-                new.endpoint.value,
-                new.model,
-                new.model_key,
-                split_key(new.model_key)[0],
-                new.body,
-                int(new.stream),
-                new.priority,
-                new.max_attempts,
-                now,
-                now,
-                new.ref,
-                new.deadline,
-                new.idempotency_key,
-                new.request_hash,
-                new.key_name,
-            ),
+            f" ref, deadline, idempotency_key, request_hash, key_name, turn)"
+            f" VALUES (:id, :endpoint, :model, :key, :name, :body, :stream, 'queued', :prio,"
+            f" 0, :max_attempts, 0, :now, :now, :ref, :deadline, :idem, :hash, :owner,"
+            f" {_NEW_TURN}) RETURNING {_COLUMNS}",
+            {
+                "id": job_id,
+                "endpoint": new.endpoint.value,
+                "model": new.model,
+                "key": new.model_key,
+                "name": split_key(new.model_key)[0],
+                "body": new.body,
+                "stream": int(new.stream),
+                "prio": new.priority,
+                "max_attempts": new.max_attempts,
+                "now": now,
+                "ref": new.ref,
+                "deadline": new.deadline,
+                "idem": new.idempotency_key,
+                "hash": new.request_hash,
+                "owner": new.key_name,
+                "step": turn_step(new.weight),
+            },
         ).fetchone()
         return _row_to_job(row), True
 
@@ -448,6 +472,8 @@ class SyncStore:
         check_transition(old, new)
         sets = ["state = ?"]
         params: list[Any] = [new.value]
+        if new is JobState.QUEUED and old is not JobState.QUEUED:
+            sets.append(f"turn = {_REQUEUED_TURN}")
         for name, value in fields.items():
             if name == "attempts_delta":
                 sets.append("attempts = attempts + ?")
@@ -609,10 +635,13 @@ class SyncStore:
         if row is None:
             return None
         top = Candidate(*row)
-        if resident is None or top.model_key == resident:
-            return top
-        mine = self.conn.execute(_MODEL_RUNNABLE, (resident, top.priority, now)).fetchone()
-        return Candidate(*mine) if mine is not None else top
+        if resident is not None and top.model_key != resident:
+            mine = self.conn.execute(_MODEL_RUNNABLE, (resident, top.priority, now)).fetchone()
+            if mine is not None:
+                return Candidate(*mine)
+        # the oldest job decided the key; the key's first job in turn runs
+        first = self.conn.execute(_MODEL_RUNNABLE, (top.model_key, top.priority, now)).fetchone()
+        return Candidate(*first)
 
     def place(
         self, lane: Lane, others: Sequence[Lane], now: float, max_wait: float, costs: LoadCosts
@@ -647,7 +676,7 @@ class SyncStore:
         resident = lane.resident
         if not starving and resident is not None and serves(model_of(resident)):
             (top,) = self.conn.execute(_TOP_PRIORITY).fetchone()
-            row = self.conn.execute(_KEY_HEAD, (resident, now)).fetchone()
+            row = self.conn.execute(_KEY_NEXT, (resident, now)).fetchone()
             if row is not None and row[2] == top:
                 return Candidate(*row)
         covered = covered_keys(lane, others) | also_covered
@@ -665,15 +694,17 @@ class SyncStore:
             top = max(c.priority for c in runnable)
             mine = heads.get(resident) if resident is not None else None
             if mine is not None and mine.priority == top:
-                return mine
+                return self._key_next(mine.model_key, now)
             if busy:
                 return None
-            return min((c for c in runnable if c.priority == top), key=age_order)
+            oldest = min((c for c in runnable if c.priority == top), key=age_order)
+            return self._key_next(oldest.model_key, now)
         if busy:
             return None
         # a key left to an empty upstream is not copied before that upstream has it
         held = [k for k in keys if k in covered and k not in also_covered]
-        return self._second_copy(held, others, now, costs)
+        head = self._second_copy(held, others, now, costs)
+        return None if head is None else self._key_next(head.model_key, now)
 
     def _queued_keys(self) -> list[str]:
         """Every residency key with a queued job, one seek each."""
@@ -686,6 +717,11 @@ class SyncStore:
 
     def _key_head(self, key: str, now: float) -> Candidate | None:
         row = self.conn.execute(_KEY_HEAD, (key, now)).fetchone()
+        return Candidate(*row) if row is not None else None
+
+    def _key_next(self, key: str, now: float) -> Candidate | None:
+        """The key's first job in turn at its highest runnable priority."""
+        row = self.conn.execute(_KEY_NEXT, (key, now)).fetchone()
         return Candidate(*row) if row is not None else None
 
     def _starved_of(self, key: str, cutoff: float, now: float) -> Candidate | None:

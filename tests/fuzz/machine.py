@@ -819,6 +819,7 @@ class ForemanMachine(RuleBasedStateMachine):
                 rows[job_id]["model_key"],
                 rows[job_id]["priority"],
                 rows[job_id]["enqueued_at"],
+                turn=rows[job_id]["turn"],
             )
             for job_id in texts.values()
         ]

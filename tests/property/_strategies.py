@@ -50,20 +50,24 @@ MAX_WAITS = st.one_of(
     st.floats(min_value=0.5, max_value=30, allow_nan=False, allow_infinity=False),
 )
 
-# (model_key, priority, enqueued_at, not_before): a candidate without its id
-SPREAD = st.tuples(st.sampled_from(MODEL_KEYS), PRIORITIES, TIMES, NOT_BEFORE)
+# turns from a small range, so jobs of one key and priority often share one (age decides)
+# and often do not (the turn decides against age)
+TURNS = st.sampled_from([0, 0, 1, 2, 5])
+# (model_key, priority, enqueued_at, not_before, turn): a candidate without its id
+SPREAD = st.tuples(st.sampled_from(MODEL_KEYS), PRIORITIES, TIMES, NOT_BEFORE, TURNS)
 # a crowd: few priorities and arrival instants, so top groups are large and ties common
 CROWD = st.tuples(
     st.sampled_from(MODEL_KEYS[:3]),
     st.sampled_from([0, 0, 0, 1]),
     st.sampled_from([0.0, 1.0, 2.0]),
     st.sampled_from([0.0, 0.0, 0.0, 25.0]),
+    TURNS,
 )
 
 
 @st.composite
 def _candidates(
-    draw: st.DrawFn, spec: st.SearchStrategy[tuple[str, int, float, float]]
+    draw: st.DrawFn, spec: st.SearchStrategy[tuple[str, int, float, float, int]]
 ) -> list[Candidate]:
     # short lists and long ones: plain `st.lists` keeps most lists tiny, where equal
     # timestamps and crowded priorities almost never happen

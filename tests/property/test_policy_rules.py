@@ -5,10 +5,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
+import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 
-from foreman.policy import Candidate, age_order, is_starved, pick_next
+from foreman.policy import Candidate, age_order, fair_order, is_starved, pick_next
 
 from ._strategies import CANDIDATE_LISTS, MAX_WAITS, MODEL_KEYS, NOWS, PRIORITIES, RESIDENTS
 
@@ -91,22 +92,36 @@ def test_swap_waits_for_resident_model_jobs_at_the_top_priority(cands, resident,
 
 
 @given(CANDIDATE_LISTS, RESIDENTS, NOWS, MAX_WAITS)
-def test_fifo_within_model_and_priority(cands, resident, now, max_wait):
-    """The pick is always the oldest runnable job of its (model, priority) group; a pick
-    made by the starvation bound is moreover the oldest starved job of its priority,
-    whatever its model."""
+def test_in_turn_within_model_and_priority(cands, resident, now, max_wait):
+    """The pick is the runnable job of its (model, priority) group whose turn comes first
+    (by turn, then oldest); a pick made by the starvation bound is instead the oldest
+    starved job of its priority, whatever its model or turn: turns never override the
+    starvation bound."""
     picked = pick_next(cands, resident, now, max_wait)
     if picked is None:
+        return
+    if starved(cands, now, max_wait):
+        same_priority = [c for c in starved(cands, now, max_wait) if c.priority == picked.priority]
+        assert picked == min(same_priority, key=age_order)
         return
     group = [
         c
         for c in runnable(cands, now)
         if c.model_key == picked.model_key and c.priority == picked.priority
     ]
-    assert picked == min(group, key=age_order)
-    if starved(cands, now, max_wait):
-        same_priority = [c for c in starved(cands, now, max_wait) if c.priority == picked.priority]
-        assert picked == min(same_priority, key=age_order)
+    assert picked == min(group, key=fair_order)
+
+
+@given(CANDIDATE_LISTS, RESIDENTS, NOWS, MAX_WAITS)
+def test_turns_change_which_job_of_a_model_runs_never_which_model(cands, resident, now, max_wait):
+    """The same queue with every turn set to 0 (the order by age alone) picks a job of
+    the same model and priority: fairness reorders only jobs that would run on the same
+    loaded model anyway."""
+    picked = pick_next(cands, resident, now, max_wait)
+    unfair = pick_next([attrs.evolve(c, turn=0) for c in cands], resident, now, max_wait)
+    assert (picked is None) == (unfair is None)
+    if picked is not None and unfair is not None:
+        assert (picked.model_key, picked.priority) == (unfair.model_key, unfair.priority)
 
 
 @given(st.data(), CANDIDATE_LISTS, RESIDENTS, NOWS, MAX_WAITS)

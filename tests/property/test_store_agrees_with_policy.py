@@ -32,8 +32,8 @@ def load(store: SyncStore, rows: Sequence[tuple[Candidate, JobState]]) -> None:
         store.conn.execute("DELETE FROM jobs")
         store.conn.executemany(
             "INSERT INTO jobs (id, endpoint, model, model_key, body, stream, state, priority,"
-            " attempts, max_attempts, not_before, enqueued_at, created_at)"
-            " VALUES (?, '/api/chat', ?, ?, x'7b7d', 1, ?, ?, 0, 5, ?, ?, ?)",
+            " attempts, max_attempts, not_before, enqueued_at, created_at, turn)"
+            " VALUES (?, '/api/chat', ?, ?, x'7b7d', 1, ?, ?, 0, 5, ?, ?, ?, ?)",
             [
                 (
                     c.id,
@@ -44,6 +44,7 @@ def load(store: SyncStore, rows: Sequence[tuple[Candidate, JobState]]) -> None:
                     c.not_before,
                     c.enqueued_at,
                     c.enqueued_at,
+                    c.turn,
                 )
                 for c, state in rows
             ],

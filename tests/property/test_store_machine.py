@@ -101,7 +101,7 @@ class StoreMachine(RuleBasedStateMachine):
 
     def queued(self) -> list[Candidate]:
         rows = self.store.conn.execute(
-            "SELECT id, model_key, priority, enqueued_at, not_before FROM jobs"
+            "SELECT id, model_key, priority, enqueued_at, not_before, turn FROM jobs"
             " WHERE state = 'queued'"
         ).fetchall()
         return [Candidate(*row) for row in rows]

@@ -160,18 +160,22 @@ def test_a_secret_matches_only_itself() -> None:
 
 def test_fields_after_the_scopes_load_and_old_lines_still_do():
     ring = parse_keys(
-        "capped 0123456789abcdefgh inference,jobs max_queued=3\nplain 0123456789abcdefgX jobs\n"
+        "capped 0123456789abcdefgh inference,jobs max_queued=3 weight=4\n"
+        "plain 0123456789abcdefgX jobs\n"
     )
     capped, plain = ring.keys
-    assert (capped.name, capped.max_queued) == ("capped", 3)
-    assert plain.max_queued is None
+    assert (capped.name, capped.max_queued, capped.weight) == ("capped", 3, 4)
+    assert (plain.max_queued, plain.weight) == (None, 1)
 
 
 @pytest.mark.parametrize(
     ("fields", "reason"),
     [
         ("weight", "expected `NAME KEY SCOPE"),
-        ("colour=3", "unknown field 'colour' (known: max_queued=N)"),
+        ("colour=3", "unknown field 'colour' (known: max_queued=N, weight=N)"),
+        ("weight=0", "weight must be a whole number from 1 to 1000"),
+        ("weight=1001", "weight must be a whole number from 1 to 1000"),
+        ("weight=2 weight=2", "weight is given twice"),
         ("max_queued=0", "max_queued must be a whole number from 1"),
         ("max_queued=-1", "max_queued must be a whole number from 1"),
         ("max_queued=1.5", "max_queued must be a whole number from 1"),
