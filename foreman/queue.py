@@ -225,8 +225,9 @@ class JobQueue:
         if moved is not None:
             log.warning("refusing a batch of %d jobs: %s", count, moved)
             raise DatabaseUnwritable(unwritable_message(moved), UNWRITABLE_RETRY_AFTER)
-        # ids in item order (ULIDs made in one millisecond are not), so that among equals
-        # the worker takes the batch's jobs in the order they were given
+        # ids in item order, so that listings and the scheduling rule's ties keep the
+        # order the jobs were given in (sorted: within one millisecond, ULIDs are only
+        # monotonic under some versions of the library)
         ids = sorted(str(ULID()) for _ in range(count))
         self._admitted += count
         if owner is not None:

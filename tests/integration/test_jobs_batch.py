@@ -92,6 +92,9 @@ async def test_a_batch_is_stored_in_order_heard_on_the_event_stream_and_run_to_t
     assert {job["state"] for job in jobs} == {"queued"}
     assert len(set(ids)) == len(items)
     assert sorted(queued) == sorted(ids)
+    # listed newest first: the batch's last item first
+    listed = (await client.get("/jobs", params={"limit": 100}, headers=bearer())).json()
+    assert [job["id"] for job in listed["jobs"]] == ids[::-1]
     # the worker was woken: every job ends done, with the model's answer
     for i, job_id in enumerate(ids):
         done = (await client.get(f"/jobs/{job_id}", params={"wait": 60}, headers=bearer())).json()

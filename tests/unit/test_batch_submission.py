@@ -12,7 +12,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from foreman.store import IdempotencyConflict, SyncStore, connect
+from foreman.events import JobEvents, Wakeup
+from foreman.jobs import Job
+from foreman.queue import JobQueue
+from foreman.store import IdempotencyConflict, Store, SyncStore, connect
+from foreman.tickets import Tickets
 from foreman.validate import (
     BatchTooLarge,
     InvalidRequest,
@@ -159,3 +163,28 @@ def test_a_key_twice_in_one_batch_names_one_job(sync_store: SyncStore) -> None:
         )
     assert refused.value.index == 1
     assert [job.id for job in sync_store.list_jobs()] == ["a"]
+
+
+# -- the queue ------------------------------------------------------------------------
+
+
+async def test_a_batch_wakes_the_workers_and_is_announced_in_item_order(tmp_path: Path) -> None:
+    events = JobEvents()
+    heard: list[Job] = []
+    events.subscribe(None, heard.append)
+    store = Store(SyncStore(connect(tmp_path / "foreman.db")), events.publish)
+    wakeup = Wakeup()
+    queue = JobQueue(store, Tickets(), wakeup, events, lambda _: False)
+    try:
+        armed = wakeup.arm()
+        submitted = await queue.submit_all([new_job(ref=f"r{i}") for i in range(300)])
+        assert armed.is_set()
+        assert [s.job.ref for s in submitted] == [f"r{i}" for i in range(300)]
+        # the ids sort as the items stand, so listings and the scheduling rule's ties
+        # keep the order the jobs were given in
+        ids = [s.job.id for s in submitted]
+        assert ids == sorted(ids)
+        assert [job.id for job in heard] == ids
+        assert all(s.created for s in submitted)
+    finally:
+        await store.close()
