@@ -283,6 +283,14 @@ SETTINGS: tuple[Setting, ...] = (
         "queued jobs beyond which new jobs are refused with 503 and Retry-After",
     ),
     Setting(
+        "max_batch",
+        "--max-batch",
+        "FOREMAN_MAX_BATCH",
+        parse_positive_int,
+        "1000",
+        "jobs one POST /jobs/batch may carry (413 beyond it)",
+    ),
+    Setting(
         "max_streams",
         "--max-streams",
         "FOREMAN_MAX_STREAMS",
@@ -407,6 +415,7 @@ class Settings:
     api_keys_file: Path | None = default_of("api_keys_file")  # noqa: RUF009 - None
     metrics_token: str | None = attrs.field(default=default_of("metrics_token"), repr=False)
     max_queue: int = default_of("max_queue")
+    max_batch: int = default_of("max_batch")
     max_streams: int = default_of("max_streams")
     max_streams_per_key: int = default_of("max_streams_per_key")
     max_body: int = default_of("max_body")

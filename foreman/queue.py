@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import attrs
@@ -58,6 +58,10 @@ class KeyQueueFull(Refused):
 
 # how long a key over its `max_queued` is asked to wait: about one job's turn
 KEY_QUEUE_RETRY_AFTER = 5
+
+
+class BatchNeverFits(Exception):
+    """A batch that no wait would let in: it alone is beyond a queue limit."""
 
 
 class ShuttingDown(Refused):
@@ -182,6 +186,74 @@ class JobQueue:
         self.wakeup.notify()
         return Submitted(job, ticket, True)
 
+    async def submit_all(
+        self, news: Sequence[NewJob], *, owner: str | None = None, max_queued: int | None = None
+    ) -> list[Submitted]:
+        """Store several jobs in one commit, all or none, and wake the worker once.
+
+        The limits count the whole batch (an idempotent replay among it too, as `submit`
+        counts one): QueueFull if it would take the queue beyond `max_queue`,
+        KeyQueueFull if `owner` would hold more than `max_queued` unfinished jobs, and
+        BatchNeverFits (nothing to wait for) when the batch alone is beyond either limit.
+        An idempotency conflict raises IdempotencyConflict with its item's `index`.
+        """
+        count = len(news)
+        if not self.accepting:
+            raise ShuttingDown("foreman is shutting down; try again shortly", 30)
+        if self.max_queue is not None:
+            if count > self.max_queue:
+                raise BatchNeverFits(
+                    f"a batch of {count} jobs can never fit the queue's limit"
+                    f" (max_queue={self.max_queue}); split it"
+                )
+            if self.tally.queued + self._admitted + count > self.max_queue:
+                raise QueueFull(BUSY_MESSAGE, 10)
+        if max_queued is not None and owner is not None:
+            if count > max_queued:
+                raise BatchNeverFits(
+                    f"a batch of {count} jobs can never fit key {owner}'s limit"
+                    f" (max_queued={max_queued}); split it"
+                )
+            held = self.tally.unfinished_of(owner) + self._admitted_by_key[owner]
+            if held + count > max_queued:
+                raise KeyQueueFull(
+                    f"key {owner} has {held} unfinished jobs; {count} more would pass"
+                    f" its max_queued={max_queued}; try again when some have finished",
+                    KEY_QUEUE_RETRY_AFTER,
+                )
+        moved = self.store.file_problem()
+        if moved is not None:
+            log.warning("refusing a batch of %d jobs: %s", count, moved)
+            raise DatabaseUnwritable(unwritable_message(moved), UNWRITABLE_RETRY_AFTER)
+        # ids in item order, so that listings and the scheduling rule's ties keep the
+        # order the jobs were given in (sorted: within one millisecond, ULIDs are only
+        # monotonic under some versions of the library)
+        ids = sorted(str(ULID()) for _ in range(count))
+        self._admitted += count
+        if owner is not None:
+            self._admitted_by_key[owner] += count
+        try:
+            answers = await self.store.submit_all(list(zip(news, ids, strict=True)))
+        except Exception as exc:
+            down = self.store.unwritable(exc)
+            if down is None:
+                raise
+            log.warning("refusing a batch of %d jobs: %s", count, down)
+            raise DatabaseUnwritable(
+                unwritable_message(down.reason), UNWRITABLE_RETRY_AFTER
+            ) from exc
+        finally:
+            self._admitted -= count
+            if owner is not None:
+                self._admitted_by_key[owner] -= count
+                if not self._admitted_by_key[owner]:
+                    del self._admitted_by_key[owner]
+        created = sum(1 for _, made in answers if made)
+        log.info("batch of %d jobs stored (%d new)", count, created)
+        if created:
+            self.wakeup.notify()
+        return [Submitted(job, None, made) for job, made in answers]
+
     async def get(self, job_id: str) -> Job | None:
         return await self.store.get(job_id)
 
@@ -301,6 +373,7 @@ async def run_janitor(queue: JobQueue, retention: float, interval: float = 60.0)
 __all__ = [
     "BUSY_MESSAGE",
     "UNWRITABLE_RETRY_AFTER",
+    "BatchNeverFits",
     "Chunk",
     "DatabaseUnwritable",
     "Ending",

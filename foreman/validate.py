@@ -279,10 +279,17 @@ def limit_arg(raw: str | None) -> int:
     return value
 
 
+SUBMISSION_FIELDS = frozenset({"endpoint", "body", "priority", "ref", "max_attempts", "deadline"})
+
+
 def submission(raw: bytes, default_attempts: int, now: float) -> NewJob:
     """A POST /jobs body, validated exactly as the synchronous routes validate theirs."""
-    envelope = parse_json_object(raw)
-    unknown = set(envelope) - {"endpoint", "body", "priority", "ref", "max_attempts", "deadline"}
+    return envelope_submission(parse_json_object(raw), default_attempts, now)
+
+
+def envelope_submission(envelope: dict[str, Any], default_attempts: int, now: float) -> NewJob:
+    """A parsed POST /jobs body (or one item of a batch) as a job to store."""
+    unknown = set(envelope) - SUBMISSION_FIELDS
     if unknown:
         raise InvalidRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
     names = [e.value for e in Endpoint]
@@ -319,3 +326,68 @@ def submission(raw: bytes, default_attempts: int, now: float) -> NewJob:
         ref=ref,
         deadline=deadline,
     )
+
+
+# -- POST /jobs/batch: many submissions in one request --
+
+# the one field a batch item has beyond a POST /jobs body: its Idempotency-Key
+ITEM_KEY = "idempotency_key"
+
+
+@attrs.frozen
+class BatchItem:
+    """One item of a batch: its job, its idempotency key, and what the key stands for
+    (the item's content without the key, written canonically; None without a key)."""
+
+    new: NewJob
+    key: str | None
+    content: bytes | None
+
+
+class BatchTooLarge(InvalidRequest):
+    """More items than one batch may carry."""
+
+
+def batch_submission(
+    raw: bytes, default_attempts: int, now: float, max_batch: int
+) -> list[BatchItem]:
+    """A POST /jobs/batch body: `{"jobs": [item, ...]}`, each item a POST /jobs body with
+    an optional `idempotency_key`. Every item is checked before any is stored; the first
+    bad one is named by its index."""
+    envelope = parse_json_object(raw)
+    unknown = set(envelope) - {"jobs"}
+    if unknown:
+        raise InvalidRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
+    items = envelope.get("jobs")
+    if not isinstance(items, list):
+        raise InvalidRequest("jobs must be a list of job submissions")
+    if not items:
+        raise InvalidRequest("jobs must hold at least one job submission")
+    if len(items) > max_batch:
+        raise BatchTooLarge(
+            f"a batch holds at most {max_batch} jobs (this one has {len(items)}); split it"
+        )
+    out: list[BatchItem] = []
+    for index, item in enumerate(items):
+        try:
+            out.append(_batch_item(item, default_attempts, now))
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"jobs[{index}]: {exc}") from None
+    return out
+
+
+def _batch_item(item: Any, default_attempts: int, now: float) -> BatchItem:
+    if not isinstance(item, dict):
+        raise InvalidRequest("a job submission must be a JSON object")
+    fields = {name: value for name, value in item.items() if name != ITEM_KEY}
+    key = item.get(ITEM_KEY)
+    if key is not None and (
+        not isinstance(key, str) or not key or len(key) > 255 or not key.isprintable()
+    ):
+        raise InvalidRequest(f"{ITEM_KEY} must be a printable string of 1 to 255 characters")
+    new = envelope_submission(fields, default_attempts, now)
+    if key is None:
+        return BatchItem(new, None, None)
+    # the parsed item, not its bytes: key order and spacing do not make another request
+    content = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+    return BatchItem(new, key, content)

@@ -30,12 +30,15 @@ from foreman.api.responses import (
 )
 from foreman.api.services import Services
 from foreman.events import StreamSlot, TooManyStreams
-from foreman.jobs import Job, JobState
-from foreman.queue import IdempotencyConflict, JobQueue, NotTerminal
+from foreman.jobs import Job, JobState, NewJob
+from foreman.queue import BatchNeverFits, IdempotencyConflict, JobQueue, NotTerminal
 from foreman.residency import normalise_model
 from foreman.timefmt import rfc3339
 from foreman.validate import (
+    BatchItem,
+    BatchTooLarge,
     InvalidRequest,
+    batch_submission,
     check_idempotency_key,
     decode_cursor,
     encode_cursor,
@@ -102,6 +105,20 @@ def request_hash(*parts: Any) -> str:
     return digest.hexdigest()
 
 
+def batch_job(item: BatchItem, owner: str | None) -> NewJob:
+    """A batch item as the job POST /jobs would make of it: the item's own key stands
+    where POST /jobs reads the Idempotency-Key header."""
+    new = item.new
+    if item.key is not None:
+        assert item.content is not None
+        new = attrs.evolve(
+            new, idempotency_key=item.key, request_hash=request_hash("jobs", item.content)
+        )
+    if owner is not None:
+        new = attrs.evolve(new, key_name=owner)
+    return new
+
+
 def blueprint(services: Services) -> Blueprint:
     bp = Blueprint("jobs", __name__)
     queue = services.queue
@@ -144,6 +161,28 @@ def blueprint(services: Services) -> Blueprint:
         job = submitted.job
         note(job=job.id)
         return json_response(job_json(job), 202, {"Location": f"/jobs/{job.id}"})
+
+    @bp.route("/jobs/batch", methods=["POST"])
+    async def submit_batch() -> Response:
+        """Many jobs in one request and one commit, all or none (docs/architecture.md)."""
+        raw = await request_body()
+        try:
+            items = batch_submission(raw, settings.max_attempts, queue.now(), settings.max_batch)
+        except BatchTooLarge as exc:
+            services.metrics.reject("too_large")
+            return ollama_error(413, str(exc))
+        holder = caller()
+        owner = holder.name if holder is not None else None
+        news = [batch_job(item, owner) for item in items]
+        limit = holder.max_queued if holder is not None else None
+        try:
+            submitted = await queue.submit_all(news, owner=owner, max_queued=limit)
+        except BatchNeverFits as exc:
+            services.metrics.reject("too_large")
+            return ollama_error(413, str(exc))
+        except IdempotencyConflict as exc:
+            return ollama_error(409, f"jobs[{exc.index}]: {exc}")
+        return json_response({"jobs": [job_json(s.job) for s in submitted]}, 202)
 
     @bp.route("/jobs", methods=["GET"])
     async def list_jobs() -> Response:

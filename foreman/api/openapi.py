@@ -67,6 +67,29 @@ _STREAM_REFUSALS = {
 }
 
 
+def _submission(extra: dict[str, Any]) -> dict[str, Any]:
+    """A POST /jobs body, with `extra` properties (a batch item's idempotency key)."""
+    return {
+        "type": "object",
+        "required": ["endpoint", "body"],
+        "additionalProperties": False,
+        "properties": {
+            "endpoint": {"type": "string", "enum": [e.value for e in Endpoint]},
+            "body": {"type": "object", "description": "the request for endpoint"},
+            "priority": {"type": "integer", "default": 0},
+            "ref": {"type": "string", "maxLength": 256},
+            "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100},
+            "deadline": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "maximum": MAX_DEADLINE,
+                "description": "seconds from now by which the job must start",
+            },
+            **extra,
+        },
+    }
+
+
 def spec() -> dict[str, Any]:
     states = [s.value for s in JobState]
     job_ops = {
@@ -139,6 +162,45 @@ def spec() -> dict[str, Any]:
                     "400": _error("older_than missing or invalid"),
                 },
             },
+        },
+        "/jobs/batch": {
+            "post": {
+                "summary": "Submit many jobs in one request: one commit, all or none",
+                "description": "Each item is checked as POST /jobs checks a submission, and"
+                " every item before any is stored. A key's max_queued and the queue's"
+                " max_queue count the whole batch.",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/SubmitBatch"}}
+                    },
+                },
+                "responses": {
+                    "202": _json(
+                        {
+                            "type": "object",
+                            "properties": {"jobs": {"type": "array", "items": JOB}},
+                        },
+                        "all queued (or the jobs their idempotency keys name), in item order",
+                    ),
+                    "400": _error("an invalid item (named `jobs[i]: ...`); nothing stored"),
+                    "409": _error(
+                        "an item's idempotency key reused with another request; nothing stored"
+                    ),
+                    "413": _error(
+                        "more items than max_batch, or than the key's max_queued or the"
+                        " queue's max_queue could ever hold"
+                    ),
+                    "429": _error(
+                        "the batch would take the API key past its max_queued (Retry-After);"
+                        " nothing stored"
+                    ),
+                    "503": _error(
+                        "the batch would pass the queue's limit, foreman is stopping, or its"
+                        " database cannot be written (Retry-After); nothing stored"
+                    ),
+                },
+            }
         },
         "/jobs/events": {
             "get": {
@@ -275,22 +337,29 @@ def spec() -> dict[str, Any]:
                     "required": ["error"],
                     "properties": {"error": {"type": "string"}},
                 },
-                "Submit": {
+                "Submit": _submission({}),
+                "BatchItem": _submission(
+                    {
+                        "idempotency_key": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 255,
+                            "description": "as POST /jobs's Idempotency-Key header: one"
+                            " job per key and API key",
+                        }
+                    }
+                ),
+                "SubmitBatch": {
                     "type": "object",
-                    "required": ["endpoint", "body"],
+                    "required": ["jobs"],
                     "additionalProperties": False,
                     "properties": {
-                        "endpoint": {"type": "string", "enum": [e.value for e in Endpoint]},
-                        "body": {"type": "object", "description": "the request for endpoint"},
-                        "priority": {"type": "integer", "default": 0},
-                        "ref": {"type": "string", "maxLength": 256},
-                        "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100},
-                        "deadline": {
-                            "type": "number",
-                            "exclusiveMinimum": 0,
-                            "maximum": MAX_DEADLINE,
-                            "description": "seconds from now by which the job must start",
-                        },
+                        "jobs": {
+                            "type": "array",
+                            "minItems": 1,
+                            "description": "at most max_batch items (1000 by default)",
+                            "items": {"$ref": "#/components/schemas/BatchItem"},
+                        }
                     },
                 },
                 "Job": {

@@ -50,6 +50,8 @@ class IdempotencyConflict(Exception):
     def __init__(self, job: Job) -> None:
         super().__init__(f"idempotency key already used for job {job.id} with another request")
         self.job = job
+        # which submission of a batch (`SyncStore.submit_all`) it refused
+        self.index: int | None = None
 
 
 class NotTerminal(Exception):

@@ -195,6 +195,14 @@ class Store:
         else:
             self._leading = False
 
+    async def submit_all(self, batch: Sequence[tuple[NewJob, str]]) -> list[tuple[Job, bool]]:
+        """`SyncStore.submit_all`: a batch in one commit of its own, all or none."""
+        answers = await self._write(self.sync.submit_all, batch)
+        for job, created in answers:
+            if created:
+                self._on_change(job)
+        return answers
+
     async def retry(self, job_id: str) -> Job | None:
         return self._notify(await self._write(self.sync.retry, job_id))
 

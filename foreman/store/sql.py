@@ -335,6 +335,24 @@ class SyncStore:
                     out.append(exc)
         return out
 
+    def submit_all(self, batch: Sequence[tuple[NewJob, str]]) -> list[tuple[Job, bool]]:
+        """Several submissions as one: one transaction, one commit, all or none.
+
+        Each answer is what `submit` would have returned. If one is refused (an
+        idempotency conflict, its `index` set) or fails, nothing is stored. A key used
+        twice in the batch names the job its first use made.
+        """
+        out: list[tuple[Job, bool]] = []
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            for index, (new, job_id) in enumerate(batch):
+                try:
+                    out.append(self._insert(new, job_id))
+                except IdempotencyConflict as exc:
+                    exc.index = index
+                    raise
+        return out
+
     def _insert_alone(self, new: NewJob, job_id: str | None) -> tuple[Job, bool] | Exception:
         """`_insert` inside a savepoint: its failure is its answer, and undoes only its own
         work. Raises only if the savepoint itself fails (the transaction is lost)."""

@@ -143,6 +143,8 @@ def scale_section(work: Path, quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     log(f"scale: POST /jobs enqueue rate x{reps}")
     out["enqueue"] = repeat(reps, lambda: scale.enqueue_rate(work, quick))
+    log(f"scale: POST /jobs/batch enqueue rate x{reps}")
+    out["batch_enqueue"] = repeat(reps, lambda: scale.batch_enqueue_rate(work, quick))
     log(f"scale: the HTTP stack's floor x{reps}")
     out["stack_floor"] = repeat(reps, lambda: scale.stack_floor(work, quick))
     sizes = (1_000, 100_000) if quick else (1_000, 100_000, 1_000_000)
