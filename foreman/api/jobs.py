@@ -31,6 +31,7 @@ from foreman.api.responses import (
 from foreman.api.services import Services
 from foreman.events import StreamSlot, TooManyStreams
 from foreman.jobs import Job, JobState, NewJob
+from foreman.keys import ApiKey
 from foreman.queue import BatchNeverFits, IdempotencyConflict, JobQueue, NotTerminal
 from foreman.residency import normalise_model
 from foreman.timefmt import rfc3339
@@ -105,7 +106,7 @@ def request_hash(*parts: Any) -> str:
     return digest.hexdigest()
 
 
-def batch_job(item: BatchItem, owner: str | None) -> NewJob:
+def batch_job(item: BatchItem, holder: ApiKey | None) -> NewJob:
     """A batch item as the job POST /jobs would make of it: the item's own key stands
     where POST /jobs reads the Idempotency-Key header."""
     new = item.new
@@ -114,8 +115,8 @@ def batch_job(item: BatchItem, owner: str | None) -> NewJob:
         new = attrs.evolve(
             new, idempotency_key=item.key, request_hash=request_hash("jobs", item.content)
         )
-    if owner is not None:
-        new = attrs.evolve(new, key_name=owner)
+    if holder is not None:
+        new = attrs.evolve(new, key_name=holder.name, weight=holder.weight)
     return new
 
 
@@ -173,7 +174,7 @@ def blueprint(services: Services) -> Blueprint:
             return ollama_error(413, str(exc))
         holder = caller()
         owner = holder.name if holder is not None else None
-        news = [batch_job(item, owner) for item in items]
+        news = [batch_job(item, holder) for item in items]
         limit = holder.max_queued if holder is not None else None
         try:
             submitted = await queue.submit_all(news, owner=owner, max_queued=limit)

@@ -95,7 +95,10 @@ async def test_a_key_of_weight_three_gets_three_turns_for_each_of_another(
     stub.hold()
     await submit_all(client, BULK, [f"bulk {i}" for i in range(30)])
     await wait_for(lambda: stub.inflight_inference == 1)
-    await submit_all(client, HEAVY, [f"heavy {i}" for i in range(30)])
+    # the heavy key sends its jobs as one batch: a batch's jobs take turns the same way
+    batch = {"jobs": [job(f"heavy {i}") for i in range(30)]}
+    answer = await client.post("/jobs/batch", json=batch, headers=bearer(HEAVY))
+    assert answer.status_code == 202
     stub.release()
     await wait_for(lambda: len(prompts_seen(stub)) == 60)
     order = [p.split()[0] for p in prompts_seen(stub)]
