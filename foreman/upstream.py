@@ -97,6 +97,20 @@ def response_headers(headers: httpx.Headers) -> Headers:
     )
 
 
+_NOT_RELAYED = frozenset(name.encode() for name in HOP_HEADERS | SERVER_HEADERS)
+
+
+def relayed_headers(headers: httpx.Headers) -> list[tuple[bytes, bytes]]:
+    """`response_headers` as the bytes Ollama sent (names lowercased), for an answer
+    written straight to the ASGI server: nothing decoded to be encoded again."""
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in headers.raw:
+        lower = name.lower()
+        if lower not in _NOT_RELAYED:
+            out.append((lower, value))
+    return out
+
+
 def error_message(body: bytes, status: int) -> str:
     """Ollama's `error` text from an error body, or a description of the status."""
     try:

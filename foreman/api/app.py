@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from foreman.api import auth, dashboard, jobs, ollama, openai, ops
 from foreman.api.errors import error_for, http_error
+from foreman.api.lean import BODY_TIMEOUT, LeanRelay
 from foreman.api.request_target import TargetCheck
 from foreman.api.services import Services
 from foreman.queue import (
@@ -32,11 +33,14 @@ def create_app(services: Services) -> QuartTrio:
         MAX_CONTENT_LENGTH=services.settings.max_body,
         # a queued request may wait (and a stream may run) far longer than Quart's 60 s
         RESPONSE_TIMEOUT=None,
-        BODY_TIMEOUT=120,
+        BODY_TIMEOUT=BODY_TIMEOUT,
         PROVIDE_AUTOMATIC_OPTIONS=False,
     )
     # before routing and authorisation: the path they see is the path relayed to Ollama
-    app.asgi_app = TargetCheck(app.asgi_app)  # type: ignore[method-assign,assignment]
+    # and in front of the framework, the lean path for the routes that only relay
+    routes = (*ollama.RELAYED_ROUTES, *openai.RELAYED_ROUTES)
+    lean_path = LeanRelay(services, app.asgi_app, routes)
+    app.asgi_app = TargetCheck(lean_path)  # type: ignore[method-assign,assignment]
     max_body = services.settings.max_body
 
     @app.before_request

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import attrs
 from quart import Response, g, request
 
 from foreman.api.errors import error_for
@@ -63,33 +64,65 @@ def _matches(secret: str | None, presented: str | None) -> bool:
     return secret is not None and presented is not None and same_secret(secret, presented)
 
 
-async def authorise(services: Services) -> Response | None:
-    """None to let the request through; otherwise the 401 or 403 to answer with."""
-    g.api_key = None
-    path = request.path
-    needed = required_scopes(request.method, path)
+@attrs.frozen
+class Refusal:
+    """Why a request may not go on: its status, message and headers (401 or 403)."""
+
+    status: int
+    message: str
+    headers: dict[str, str] | None = None
+    # the key that was presented, when it was known but may not call the route
+    key: ApiKey | None = None
+
+
+def decide(
+    services: Services,
+    method: str,
+    path: str,
+    authorization: str | None,
+    service_key: str | None,
+) -> ApiKey | Refusal | None:
+    """The key a request to `method path` authenticated with (None: it needs none, or
+    keys are off), or its refusal (counted in the metrics). The one decision both the
+    app's hook and the lean path (`lean.py`) take, from the request's first
+    `Authorization` and `X-Service-Key` headers."""
+    needed = required_scopes(method, path)
     if needed is None:
         return None
     ring = services.keys.ring
     token = services.settings.metrics_token
     if not ring.enabled and (path != "/metrics" or token is None):
         return None
-    presented = presented_key(
-        request.headers.get("Authorization"), request.headers.get("X-Service-Key")
-    )
+    presented = presented_key(authorization, service_key)
     if path == "/metrics" and _matches(token, presented):
         return None
     key = ring.authenticate(presented)
     if key is None:
         services.metrics.reject("unauthorized")
         message = "missing API key" if presented is None else "unknown API key"
-        return error_for(path, 401, message, {"WWW-Authenticate": 'Bearer realm="foreman"'})
-    g.api_key = key
-    note(key=key.name)
+        return Refusal(401, message, {"WWW-Authenticate": 'Bearer realm="foreman"'})
     if not key.allows(needed):
         services.metrics.reject("forbidden")
         scopes = " or ".join(sorted(s.value for s in needed if s is not Scope.ADMIN) or ["admin"])
-        return error_for(
-            path, 403, f"key {key.name!r} may not call {request.method} {path} (needs {scopes})"
-        )
+        message = f"key {key.name!r} may not call {method} {path} (needs {scopes})"
+        return Refusal(403, message, key=key)
+    return key
+
+
+async def authorise(services: Services) -> Response | None:
+    """None to let the request through; otherwise the 401 or 403 to answer with."""
+    g.api_key = None
+    path = request.path
+    headers = request.headers
+    decided = decide(
+        services, request.method, path, headers.get("Authorization"), headers.get("X-Service-Key")
+    )
+    if isinstance(decided, Refusal):
+        if decided.key is not None:
+            g.api_key = decided.key
+            note(key=decided.key.name)
+        return error_for(path, decided.status, decided.message, decided.headers)
+    if decided is not None:
+        g.api_key = decided
+        note(key=decided.name)
     return None

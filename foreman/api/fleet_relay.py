@@ -3,8 +3,7 @@
 Each route chooses its upstream(s) with `foreman.choose` and relays through
 `proxy`: model lists and loaded models are gathered from every healthy upstream at
 once; questions any upstream can answer go to the first healthy one, questions about a
-model to one that lists it; embeddings to where their model is loaded, else to the least
-busy upstream that has it, once more elsewhere if the connection fails; admin routes to
+model to one that lists it (embeddings are served by `lean`); admin routes to
 every upstream in turn, or to the one an `X-Foreman-Upstream` header names. With a
 single upstream every route relays to it byte for byte, as before the fleet.
 """
@@ -23,20 +22,15 @@ from foreman import choose
 from foreman.api.errors import error_for
 from foreman.api.proxy import (
     declared_length,
-    model_of,
     named,
     passthrough,
     passthrough_for,
-    relay_answer,
     relay_target,
-    send_current,
 )
 from foreman.api.responses import build_response, json_response, request_body
 from foreman.api.services import Services
 from foreman.fleet import Fleet, Member
 from foreman.metrics import Metrics
-from foreman.residency import normalise_model
-from foreman.retry import FailureKind
 from foreman.upstream import UpstreamError, error_message, request_headers, response_headers
 
 # names the one upstream an admin request goes to (never forwarded to Ollama)
@@ -153,62 +147,6 @@ async def _ask_each(members: Sequence[Member], path: str) -> list[Any]:
         for index, member in enumerate(members):
             nursery.start_soon(ask, index, member)
     return answers
-
-
-async def embedding(services: Services) -> Response:
-    """/api/embed, /api/embeddings, /v1/embeddings: past the queue, to the upstream
-    `choose.for_embedding` names; when it cannot be reached, once more on another."""
-    started = trio.current_time()
-    fleet = services.fleet
-    metrics = services.metrics
-    body = await request_body()
-    model = model_of(body)
-    key = normalise_model(model) if model is not None else None
-    member = choose.for_embedding(fleet, key)
-    if member is None:
-        return _none_up(fleet)
-    label = member.name if len(fleet) > 1 else None
-    try:
-        return await _embed_on(member, services, body, started, model, label)
-    except httpx.InvalidURL:
-        return error_for(request.path, 400, "the request path is not a valid URL path")
-    except UpstreamError as err:
-        metrics.upstream_error(err.metric_kind)
-        failed = err
-    if failed.kind is FailureKind.OUTAGE:
-        other = choose.for_embedding(fleet, key, avoid=member)
-        if other is not None:
-            try:
-                return await _embed_on(other, services, body, started, model, other.name)
-            except UpstreamError as err:
-                metrics.upstream_error(err.metric_kind)
-                message = f"{named(label, str(failed))}; {named(other.name, str(err))}"
-                return error_for(request.path, 502, message)
-    return error_for(request.path, 502, named(label, str(failed)))
-
-
-async def _embed_on(
-    member: Member,
-    services: Services,
-    body: bytes,
-    started: float,
-    model: str | None,
-    label: str | None,
-) -> Response:
-    """Relay the embedding request to `member`, counted in its embeddings in flight until
-    its answer is read; a 2xx answer records that the model is loaded there. Raises
-    UpstreamError when the request cannot be sent."""
-
-    def answered(key: str) -> None:
-        member.embedding_models[key] = trio.current_time()
-        services.board.embedding_used(key)
-
-    member.embeddings_in_flight += 1
-    try:
-        response = await send_current(member.relay, body)
-        return await relay_answer(response, started, services.metrics, model, answered, label=label)
-    finally:
-        member.embeddings_in_flight -= 1
 
 
 async def admin(services: Services) -> Response:

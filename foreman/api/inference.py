@@ -64,6 +64,8 @@ CLEANUP_SECONDS = 30
 HEARTBEAT_HEADER = "X-Foreman-Heartbeat"
 # the header's old name, still read and sent for one release
 OLD_HEARTBEAT_HEADER = "X-Foreman-Keepalive"
+# the most a stream's waiting parts are joined into before one write to the client
+COALESCE_BYTES = 64 * 1024
 
 
 async def submit_and_answer(services: Services, endpoint: Endpoint) -> Response:
@@ -222,14 +224,35 @@ def _whole(job: Job, message: Reply | Failed) -> Reply:
 
 async def _stream_rest(job: Job, start: StreamStart, ticket: Ticket) -> AsyncGenerator[bytes, None]:
     """A stream's first part, then each chunk the worker relays, until the last (a
-    failure's in-band line, if the stream failed)."""
+    failure's in-band line, if the stream failed). Parts already waiting when the client's
+    socket is ready go out together, one write for many lines (`waiting_parts`)."""
     yield start.first
-    async for message in ticket.receive_channel:
-        if isinstance(message, Failed):
-            yield failure_line(job.endpoint, message)
-            continue
-        assert isinstance(message, Chunk)
-        yield message.data
+    channel = ticket.receive_channel
+    async for message in channel:
+        yield _part(job, message) + waiting_parts(job, channel)
+
+
+def waiting_parts(job: Job, channel: trio.MemoryReceiveChannel[Message]) -> bytes:
+    """Every part already in `channel`, joined, without waiting for more (up to
+    COALESCE_BYTES, so a fast stream still reaches the client in pieces)."""
+    parts: list[bytes] = []
+    size = 0
+    while size < COALESCE_BYTES:
+        try:
+            message = channel.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            break
+        part = _part(job, message)
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts)
+
+
+def _part(job: Job, message: Message) -> bytes:
+    if isinstance(message, Failed):
+        return failure_line(job.endpoint, message)
+    assert isinstance(message, Chunk)
+    return message.data
 
 
 async def _delivered(

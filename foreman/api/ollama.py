@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from quart import Blueprint, Response
 
-from foreman.api import fleet_relay, inference, proxy
+from foreman.api import fleet_relay, inference, lean, proxy
 from foreman.api.services import Services
 from foreman.jobs import Endpoint
 
@@ -23,8 +23,8 @@ RELAYED_ROUTES = (
     ("/api/delete", ("DELETE",), fleet_relay.admin),
     ("/api/blobs/<digest>", ("HEAD", "POST"), fleet_relay.admin),
     # embeddings bypass the queue: relayed at once, concurrently, never stored
-    ("/api/embed", ("POST",), fleet_relay.embedding),
-    ("/api/embeddings", ("POST",), fleet_relay.embedding),
+    ("/api/embed", ("POST",), lean.embedding_route),
+    ("/api/embeddings", ("POST",), lean.embedding_route),
 )
 
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from quart import Blueprint, Response
 
-from foreman.api import fleet_relay, inference, proxy
+from foreman.api import fleet_relay, inference, lean, proxy
 from foreman.api.services import Services
 from foreman.jobs import Endpoint
 
 RELAYED_ROUTES = (
     # embeddings bypass the queue, as /api/embed does
-    ("/v1/embeddings", ("POST",), fleet_relay.embedding),
+    ("/v1/embeddings", ("POST",), lean.embedding_route),
     ("/v1/models", ("GET",), fleet_relay.openai_models),
     ("/v1/models/<path:model>", ("GET",), fleet_relay.openai_model),
 )
