@@ -781,5 +781,10 @@ def _notes() -> list[str]:
         "- The stub, foreman and the load generator share the machine's cores; a busy"
         " machine (see the load average above) makes every figure worse, foreman's more than"
         " the stub's.",
+        "- After writing this page, `make bench` compares every figure a target stands on"
+        " with the committed docs/benchmarks.json (`scripts/bench/guard.py`) and fails when"
+        " one is more than 30% worse, in its own direction (a rate lower, a latency or a cost"
+        " ratio higher; an added latency must also have moved by more than 0.5 ms)."
+        " `BENCH_ACCEPT=1 make bench` reports and passes, for a deliberate change.",
         "",
     ]
