@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser test check lint format demo run stub fuzz crash bench bench-quick clean
+.PHONY: install browser test check lint format demo run stub fuzz crash bench bench-quick \
+	bench-peers clean
 
 install: $(STAMP)
 
@@ -64,14 +65,34 @@ crash: $(STAMP)
 	  tests/fuzz/test_crash.py
 
 # the whole suite (under 15 minutes on 2 cores): writes docs/benchmarks.md and .json;
-# one section alone: make bench BENCH_ARGS="--only fleet" (names: python -m scripts.bench -h)
+# one section alone: make bench BENCH_ARGS="--only fleet" (names: python -m scripts.bench -h).
+# Then it fails if a figure is more than 30% worse than the committed docs/benchmarks.json;
+# BENCH_ACCEPT=1 reports and passes (a deliberate change: commit the new figures)
 bench: $(STAMP)
 	$(BIN)/pip install --quiet py-spy
 	$(BIN)/python -m scripts.bench $(BENCH_ARGS)
 
-# smaller workloads, one repetition (under 3 minutes); writes to .bench/
+# smaller workloads, one repetition (under 3 minutes); writes to .bench/ and reports changes
+# against the previous quick run there, without failing
 bench-quick: $(STAMP)
 	$(BIN)/python -m scripts.bench --quick --out .bench $(BENCH_ARGS)
 
+# foreman beside LiteLLM's proxy on the same stub: installs the pinned LiteLLM into a
+# virtualenv of its own (never foreman's) and writes docs/benchmarks-peers.md and .json;
+# PEERS_ARGS=--quick for a smaller run
+PEERS := .bench-peers
+LITELLM := litellm[proxy]==1.81.13
+
+$(PEERS)/venv/.installed:
+	rm -rf $(PEERS)/venv
+	$(PYTHON) -m venv $(PEERS)/venv
+	$(PEERS)/venv/bin/pip install --quiet '$(LITELLM)' || { \
+	  echo "bench-peers: could not install $(LITELLM) into $(PEERS)/venv (is PyPI reachable?)" >&2; \
+	  exit 1; }
+	touch $@
+
+bench-peers: $(STAMP) $(PEERS)/venv/.installed
+	$(BIN)/python -m scripts.bench.peers --litellm $(PEERS)/venv/bin/litellm $(PEERS_ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .bench
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .bench $(PEERS)

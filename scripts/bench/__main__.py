@@ -8,6 +8,9 @@ directly, and write docs/benchmarks.md and docs/benchmarks.json.
 
 Everything runs on loopback against the stub Ollama, in real processes. Each figure is
 the median of its repetitions, with min and max.
+
+After writing, the run is compared with the committed docs/benchmarks.json (guard.py): a
+figure more than 30% worse fails it, unless --accept or BENCH_ACCEPT=1.
 """
 
 from __future__ import annotations
@@ -23,7 +26,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import dashboard, durability, fleet, overhead, profile, report, scale, streams, swap
+from . import (
+    dashboard,
+    durability,
+    fleet,
+    guard,
+    overhead,
+    profile,
+    report,
+    scale,
+    streams,
+    swap,
+)
 from .common import ROOT, aggregate, machine
 
 SECTIONS = (
@@ -296,11 +310,20 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated sections, of: {', '.join(SECTIONS)}",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "docs", help="where to write")
+    parser.add_argument(
+        "--accept",
+        action="store_true",
+        default=os.environ.get("BENCH_ACCEPT", "") not in ("", "0"),
+        help="report figures more than 30%% worse than the baseline, but do not fail"
+        " (also BENCH_ACCEPT=1)",
+    )
     args = parser.parse_args(argv)
     only = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = set(only) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
+    # the regression guard's baseline: read before this run overwrites it
+    baseline = guard.load_baseline(args.out / "benchmarks.json", ROOT)
     started = time.perf_counter()
     results: dict[str, Any] = {"machine": machine(), "mode": "quick" if args.quick else "full"}
     with tempfile.TemporaryDirectory(prefix="foreman-bench-") as tmp:
@@ -314,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "benchmarks.md").write_text(report.render(results))
     log(f"done in {results['elapsed_s']:.0f}s: {args.out / 'benchmarks.md'}")
     print(report.headline(results))
-    return 0
+    status, verdict = guard.check(results, baseline, args.accept)
+    print("\n" + verdict, file=sys.stderr if status else sys.stdout, flush=True)
+    return status
 
 
 if __name__ == "__main__":

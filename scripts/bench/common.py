@@ -7,6 +7,7 @@ import os
 import platform
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -123,6 +124,21 @@ def stack(
         yield s
     finally:
         s.stop()
+
+
+@contextmanager
+def floor_relay(s: Stack) -> Iterator[str]:
+    """The bare Quart-Trio + httpx relay (floor.py) in front of the stack's stub: what the
+    HTTP stack alone costs, measured beside foreman on the same stub."""
+    relay = Process(
+        [sys.executable, "-m", "scripts.bench.floor", "--upstream", s.stub_url],
+        s.work / "floor.log",
+    )
+    try:
+        yield relay.start()
+    finally:
+        if relay.alive:
+            relay.terminate(timeout=15)
 
 
 def memory_kb(pid: int) -> dict[str, int]:

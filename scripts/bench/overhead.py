@@ -13,7 +13,7 @@ from typing import Any
 
 import trio
 
-from .common import ms, percentile, stack, stub_control
+from .common import floor_relay, ms, percentile, stack, stub_control
 from .loadgen import Answer, Connection
 
 INSTANT = ("--tokens", "8")
@@ -29,7 +29,7 @@ def check(answer: Answer, what: str) -> Answer:
     return answer
 
 
-async def _serial(url: str, requests: int, start: int, stream: bool) -> list[Answer]:
+async def serial(url: str, requests: int, start: int, stream: bool) -> list[Answer]:
     conn = Connection(url)
     try:
         return [
@@ -40,25 +40,34 @@ async def _serial(url: str, requests: int, start: int, stream: bool) -> list[Ans
         await conn.aclose()
 
 
-async def _latency(url: str, stub_url: str, requests: int, stream: bool) -> dict[str, Any]:
-    """Serial requests, direct and through foreman in alternating blocks (so drift in the
-    machine's speed hits both alike); latency is to the whole answer, or to the first
-    chunk of a stream."""
+async def _latency(
+    stub_url: str, relays: dict[str, str], requests: int, stream: bool
+) -> dict[str, Any]:
+    """Serial requests from one client, straight to the stub and through each relay (by
+    name: foreman, the bare-relay floor) in alternating blocks, so drift in the machine's
+    speed hits all alike; latency is to the whole answer, or to the first chunk of a
+    stream. A relay's added latency is its percentile less the direct one."""
     block = 50
-    direct: list[float] = []
-    through: list[float] = []
-    await _serial(stub_url, 20, 0, stream)  # warm up: the load, connections
-    await _serial(url, 20, 0, stream)
+    targets = {"direct": stub_url, **relays}
+    samples: dict[str, list[float]] = {name: [] for name in targets}
+    for url in targets.values():  # warm up: the load, connections
+        await serial(url, 20, 0, stream)
     for b in range(max(1, requests // block)):
-        for target, sink in ((stub_url, direct), (url, through)):
-            for answer in await _serial(target, block, 1000 + b * block, stream):
-                sink.append((answer.first if stream else answer.done) - answer.sent)
-    out: dict[str, Any] = {"requests": len(through)}
+        for name, url in targets.items():
+            for answer in await serial(url, block, 1000 + b * block, stream):
+                samples[name].append((answer.first if stream else answer.done) - answer.sent)
+    out: dict[str, Any] = {"requests": len(samples["direct"])}
     for q in (50, 99):
-        d, f = percentile(direct, q), percentile(through, q)
-        out[f"direct_p{q}_ms"] = ms(d)
-        out[f"foreman_p{q}_ms"] = ms(f)
-        out[f"added_p{q}_ms"] = ms(f - d)
+        direct = percentile(samples["direct"], q)
+        out[f"direct_p{q}_ms"] = ms(direct)
+        for name in relays:
+            # foreman's figures keep their plain names (added_p50_ms, ...)
+            prefix = "" if name == "foreman" else f"{name}_"
+            mine = percentile(samples[name], q)
+            out[f"{name}_p{q}_ms"] = ms(mine)
+            out[f"{prefix}added_p{q}_ms"] = ms(mine - direct)
+    if "floor" in relays:
+        out["over_floor_p50_ms"] = out["added_p50_ms"] - out["floor_added_p50_ms"]
     return out
 
 
@@ -138,7 +147,7 @@ async def _async_throughput(url: str, stub_url: str, requests: int) -> dict[str,
     return {"jobs": requests, "jobs_per_s": requests / elapsed}
 
 
-async def _stream_rate(url: str, tokens: int) -> float:
+async def stream_rate(url: str, tokens: int) -> float:
     """NDJSON lines per second over one long stream."""
     conn = Connection(url)
     try:
@@ -154,20 +163,26 @@ async def _stream_rate(url: str, tokens: int) -> float:
 def overhead(work: Path, quick: bool) -> dict[str, Any]:
     """One repetition of every overhead figure, on one stub and one foreman."""
     requests = 300 if quick else 600
-    with stack(work, "overhead", INSTANT) as s:
+    with stack(work, "overhead", INSTANT) as s, floor_relay(s) as floor:
 
         async def main() -> dict[str, Any]:
             out: dict[str, Any] = {}
-            out["non_streamed"] = await _latency(s.url, s.stub_url, requests, stream=False)
-            out["streamed_first_chunk"] = await _latency(s.url, s.stub_url, requests // 2, True)
+            # the floor relays whole answers only: it stands beside foreman on the
+            # non-streamed figure, where the goal is measured against it
+            out["non_streamed"] = await _latency(
+                s.stub_url, {"foreman": s.url, "floor": floor}, requests, stream=False
+            )
+            out["streamed_first_chunk"] = await _latency(
+                s.stub_url, {"foreman": s.url}, requests // 2, stream=True
+            )
             out["worker_sync"] = await _sync_throughput(s.url, requests * 2, 32)
             out["worker_async"] = await _async_throughput(s.url, s.stub_url, requests * 2)
             direct = await _sync_throughput(s.stub_url, requests, 1)
             out["stub_alone_jobs_per_s"] = direct["jobs_per_s"]
             tokens = 5000 if quick else 20_000
             await stub_control(s.stub_url, "POST", "/_stub/config", {"tokens": tokens})
-            direct_rate = await _stream_rate(s.stub_url, tokens)
-            relayed = await _stream_rate(s.url, tokens)
+            direct_rate = await stream_rate(s.stub_url, tokens)
+            relayed = await stream_rate(s.url, tokens)
             out["relay"] = {
                 "chunks": tokens,
                 "direct_chunks_per_s": direct_rate,
@@ -182,7 +197,7 @@ def overhead(work: Path, quick: bool) -> dict[str, Any]:
 # -- embeddings -----------------------------------------------------------------------------
 
 
-async def _embed_load(url: str, seconds: float, clients: int, tag: str) -> dict[str, Any]:
+async def embed_load(url: str, seconds: float, clients: int, tag: str) -> dict[str, Any]:
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
 
@@ -224,15 +239,16 @@ def embeddings(work: Path, quick: bool) -> dict[str, Any]:
             # ~20 ms per chat job: enough queued to outlast both phases
             backlog = int(2 * seconds / 0.02) + 200
             await submit_jobs(s.url, backlog, 8, first=90_000)
-            await _embed_load(s.stub_url, 0.5, 4, "warm")
-            direct = await _embed_load(s.stub_url, seconds, 32, "direct")
-            through = await _embed_load(s.url, seconds, 32, "foreman")
+            await embed_load(s.stub_url, 0.5, 4, "warm")
+            direct = await embed_load(s.stub_url, seconds, 32, "direct")
+            through = await embed_load(s.url, seconds, 32, "foreman")
             state = (await Connection(s.url).send("GET", "/jobs?state=queued&limit=1")).json()
             return {
                 "clients": 32,
                 "direct": direct,
                 "foreman": through,
                 "ratio_requests_per_s": through["requests_per_s"] / direct["requests_per_s"],
+                "ratio_p99": through["p99_ms"] / direct["p99_ms"],
                 "chat_queue_busy_throughout": bool(state["jobs"]),
             }
 

@@ -1,4 +1,5 @@
-"""Where foreman's CPU goes, sampled with py-spy while it accepts and then runs jobs.
+"""Where foreman's CPU goes, sampled with py-spy in one workload per target: accepting
+jobs, running them, relaying serial requests, relaying embeddings, relaying a stream.
 
 `make bench` installs py-spy; the section is skipped (and says so) where it cannot attach.
 Samples are grouped by the code running at the moment of the sample (the innermost frame),
@@ -12,13 +13,14 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from .common import stack, stub_control
-from .overhead import submit_jobs, wait_done
+from .overhead import embed_load, serial, stream_rate, submit_jobs, wait_done
 
 # by the module path py-spy shows for the innermost frame ("hypercorn/protocol/h11.py")
 LAYERS = (
@@ -80,44 +82,76 @@ def digest(raw: Path) -> dict[str, Any]:
     }
 
 
+# each phase is one workload that a target in the report stands on (section 7 of the report
+# shows them side by side; "What the missed targets are made of" points at them)
+PHASES = ("accepting", "running", "relaying", "embeddings", "streaming")
+
+
+def _sample(spy: str, pid: int, raw: Path, work: Callable[[], None]) -> None:
+    sampler = subprocess.Popen(
+        [
+            *(spy, "record", "--pid", str(pid), "--format", "raw"),
+            *("--output", str(raw), "--rate", "250", "--nonblocking"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)  # let it attach
+    try:
+        work()
+    finally:
+        sampler.send_signal(2)
+        try:
+            sampler.wait(30)
+        except subprocess.TimeoutExpired:
+            sampler.kill()
+
+
 def profile(work: Path, quick: bool) -> dict[str, Any]:
     spy = _py_spy()
     if spy is None:
         return {"skipped": "py-spy is not installed (make bench installs it)"}
     jobs = 1000 if quick else 3000
-    out: dict[str, Any] = {"jobs": jobs}
+    requests = 500 if quick else 1500
+    seconds = 2.0 if quick else 4.0
+    lines = 10_000 if quick else 40_000
+    out: dict[str, Any] = {
+        "jobs": jobs,
+        "requests": requests,
+        "embed_seconds": seconds,
+        "stream_lines": lines,
+    }
     with stack(work, "profile", ("--tokens", "8")) as s:
-        for phase in ("accepting", "running"):
+        ids: list[str] = []
+
+        async def accepting() -> None:
+            await stub_control(s.stub_url, "POST", "/_stub/hold")
+            ids.extend((await submit_jobs(s.url, jobs, 32))[0])
+
+        async def running() -> None:
+            await stub_control(s.stub_url, "POST", "/_stub/release")
+            await wait_done(s.url, ids[-1])
+
+        async def relaying() -> None:
+            await serial(s.url, requests, 0, False)
+
+        async def embeddings() -> None:
+            await embed_load(s.url, seconds, 32, "profile")
+
+        async def streaming() -> None:
+            await stub_control(s.stub_url, "POST", "/_stub/config", {"tokens": lines})
+            await stream_rate(s.url, lines)
+
+        actions: dict[str, Callable[[], Awaitable[None]]] = {
+            "accepting": accepting,
+            "running": running,
+            "relaying": relaying,
+            "embeddings": embeddings,
+            "streaming": streaming,
+        }
+        for phase in PHASES:
             raw = s.work / f"{phase}.txt"
-            sampler = subprocess.Popen(
-                [
-                    *(spy, "record", "--pid", str(s.foreman_pid), "--format", "raw"),
-                    *("--output", str(raw), "--rate", "250", "--nonblocking"),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            time.sleep(1.0)  # let it attach
-            if phase == "accepting":
-
-                async def accept() -> list[str]:
-                    await stub_control(s.stub_url, "POST", "/_stub/hold")
-                    ids, _ = await submit_jobs(s.url, jobs, 32)
-                    return ids
-
-                ids = trio.run(accept)
-            else:
-
-                async def run(last: str) -> None:
-                    await stub_control(s.stub_url, "POST", "/_stub/release")
-                    await wait_done(s.url, last)
-
-                trio.run(run, ids[-1])
-            sampler.send_signal(2)
-            try:
-                sampler.wait(30)
-            except subprocess.TimeoutExpired:
-                sampler.kill()
+            _sample(spy, s.foreman_pid, raw, lambda a=actions[phase]: trio.run(a))
             if not raw.exists():
                 return {"skipped": "py-spy could not attach to foreman (permissions?)"}
             out[phase] = digest(raw)

@@ -1,0 +1,360 @@
+"""The targets the report holds foreman to, each computed from figures of one run.
+
+Each row says what it measures, its goal, whether it was met, and the numbers it stands on
+(`Figure`s): the regression guard (guard.py) compares those numbers between runs, so a row
+and its guard never disagree about what a figure is or which way is better.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+# issue 14, "the lean path": foreman's own cost down to the floor of its stack
+LEAN = "issue 14"
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One number a target stands on. `slack` is an absolute change, in the figure's own
+    unit, too small to mean anything on a shared machine (the guard ignores it)."""
+
+    key: str
+    label: str
+    value: float
+    higher_is_better: bool
+    slack: float = 0.0
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str
+    figure: str
+    goal: str
+    shown: str
+    met: bool | None  # None: not measured in this run
+    note: str = ""
+    # the profile's workload (section 7) that shows what this figure is made of
+    phase: str = ""
+    figures: tuple[Figure, ...] = field(default=())
+
+
+def med(entry: Any) -> float:
+    """A figure's median over repetitions (or the figure itself, for one value)."""
+    if isinstance(entry, dict) and "median" in entry:
+        return float(entry["median"])
+    return float(entry)
+
+
+def _n(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _yes(met: bool) -> str:
+    return "met" if met else "missed"
+
+
+def _swap(r: dict[str, Any]) -> list[Target]:
+    inter = r["swap"]["interleaved"]
+    loads = med(inter["foreman"]["loads"])
+    bound = inter["lower_bound"]["loads"]
+    ratio = float(inter["makespan_ratio"])
+    return [
+        Target(
+            "swap_loads",
+            "loads on the interleaved burst",
+            f"= lower bound ({bound})",
+            _n(loads),
+            loads <= bound,
+            figures=(Figure("swap_loads", "swap: loads, interleaved burst", loads, False),),
+        ),
+        Target(
+            "swap_makespan_ratio",
+            "makespan, first-come-first-served / foreman",
+            "≥ 3x",
+            f"{ratio:.1f}x",
+            ratio >= 3,
+            figures=(Figure("swap_makespan_ratio", "swap: makespan FCFS / foreman", ratio, True),),
+        ),
+    ]
+
+
+def _latency(r: dict[str, Any]) -> list[Target]:
+    o = r["overhead"]
+    n = o["non_streamed"]
+    added = med(n["added_p50_ms"])
+    figures = [Figure("added_p50_ms", "added latency p50, non-streamed (ms)", added, False, 0.5)]
+    if "floor_added_p50_ms" in n:
+        floor = med(n["floor_added_p50_ms"])
+        gap = added - floor
+        shown = f"{added:.2f} ms (floor {floor:.2f} ms, +{gap:.2f})"
+        strict, lean = added <= 2 and gap <= 1, added <= 3 and gap <= 1
+        figures.append(
+            Figure("over_floor_p50_ms", "added latency p50 over the floor (ms)", gap, False, 0.5)
+        )
+    else:  # a run from before the floor was measured beside foreman
+        shown = f"{added:.2f} ms"
+        strict, lean = added <= 2, added <= 3
+    first = med(o["streamed_first_chunk"]["added_p50_ms"])
+    return [
+        Target(
+            "added_p50_ms",
+            "added latency p50, non-streamed",
+            "≤ 2 ms, and ≤ the bare-relay floor + 1 ms",
+            shown,
+            strict,
+            note=f"{LEAN} asks ≤ 3 ms and ≤ floor + 1 ms ({_yes(lean)}); the earlier"
+            " ≤ 2 ms is stricter and kept",
+            phase="relaying",
+            figures=tuple(figures),
+        ),
+        Target(
+            "first_chunk_added_p50_ms",
+            "added latency p50, first streamed chunk",
+            "≤ 3 ms",
+            f"{first:.2f} ms",
+            first <= 3,
+            note=LEAN,
+            phase="relaying",
+            figures=(
+                Figure(
+                    "first_chunk_added_p50_ms",
+                    "added latency p50, first streamed chunk (ms)",
+                    first,
+                    False,
+                    0.5,
+                ),
+            ),
+        ),
+    ]
+
+
+def _embeddings(r: dict[str, Any]) -> list[Target]:
+    e = r["embeddings"]
+    ratio = med(e["ratio_requests_per_s"])
+    if "ratio_p99" in e:
+        p99 = med(e["ratio_p99"])
+    else:  # a run from before the ratio was kept per repetition
+        p99 = med(e["foreman"]["p99_ms"]) / med(e["direct"]["p99_ms"])
+    clients = int(med(e["clients"]))
+    return [
+        Target(
+            "embeddings_ratio",
+            f"embeddings relay rate / direct ({clients} clients, chat queue busy)",
+            "≥ 0.6x, p99 ≤ 3x direct",
+            f"{ratio:.2f}x, p99 {p99:.1f}x",
+            ratio >= 0.6 and p99 <= 3,
+            note=LEAN,
+            phase="embeddings",
+            figures=(
+                Figure("embeddings_ratio", "embeddings rate, foreman / direct", ratio, True),
+                Figure("embeddings_p99_ratio", "embeddings p99, foreman / direct", p99, False),
+            ),
+        )
+    ]
+
+
+def _relay(r: dict[str, Any]) -> list[Target]:
+    ratio = med(r["overhead"]["relay"]["ratio"])
+    return [
+        Target(
+            "stream_relay_ratio",
+            "stream relay, lines/s through foreman / direct",
+            "≥ 0.7x",
+            f"{ratio:.2f}x",
+            ratio >= 0.7,
+            note=LEAN,
+            phase="streaming",
+            figures=(
+                Figure("stream_relay_ratio", "stream relay lines/s, foreman / direct", ratio, True),
+            ),
+        )
+    ]
+
+
+def _worker(r: dict[str, Any]) -> list[Target]:
+    rate = med(r["overhead"]["worker_async"]["jobs_per_s"])
+    return [
+        Target(
+            "worker_jobs_per_s",
+            "jobs/s through one worker (instant upstream)",
+            "≥ 400",
+            _n(rate),
+            rate >= 400,
+            note=f"{LEAN}; replaces the earlier ≥ 300",
+            phase="running",
+            figures=(Figure("worker_jobs_per_s", "jobs/s through one worker", rate, True),),
+        )
+    ]
+
+
+def _enqueue(r: dict[str, Any]) -> list[Target]:
+    rate = med(r["scale"]["enqueue"]["jobs_per_s"])
+    return [
+        Target(
+            "enqueue_jobs_per_s",
+            "jobs/s accepted, single POST /jobs",
+            "≥ 1,000",
+            _n(rate),
+            rate >= 1000,
+            note=f"{LEAN} asks ≥ 700 ({_yes(rate >= 700)}); the earlier ≥ 1,000 is stricter"
+            " and kept",
+            phase="accepting",
+            figures=(Figure("enqueue_jobs_per_s", "jobs/s accepted by POST /jobs", rate, True),),
+        )
+    ]
+
+
+def _batch(r: dict[str, Any]) -> list[Target]:
+    """jobs/s accepted by a batch submission (many jobs in one request, one commit), as
+    `scale.batch_enqueue_rate` measures it; "not measured" when a run left it out."""
+    batch = r["scale"].get("batch_enqueue")
+    if not batch:
+        return [
+            Target(
+                "batch_jobs_per_s",
+                "jobs/s accepted, batch submission",
+                "≥ 3,000",
+                "not measured",
+                None,
+                note=LEAN,
+                phase="accepting",
+            )
+        ]
+    rate = med(batch["jobs_per_s"])
+    return [
+        Target(
+            "batch_jobs_per_s",
+            "jobs/s accepted, batch submission",
+            "≥ 3,000",
+            _n(rate),
+            rate >= 3000,
+            note=LEAN,
+            phase="accepting",
+            figures=(Figure("batch_jobs_per_s", "jobs/s accepted by a batch", rate, True),),
+        )
+    ]
+
+
+def _scale(r: dict[str, Any]) -> list[Target]:
+    s = r["scale"]
+    ratio = float(s["claim_ratio_p50"])
+    sizes = list(s["claim"])
+    rss = med(s["memory"]["rss_queued_mb"])
+    return [
+        Target(
+            "claim_ratio",
+            f"claim latency, {int(sizes[-1]):,} / {int(sizes[0]):,} queued",
+            "≤ 2x",
+            f"{ratio:.2f}x",
+            ratio <= 2,
+            figures=(
+                Figure("claim_ratio", "claim latency, largest / smallest queue", ratio, False),
+            ),
+        ),
+        Target(
+            "rss_queued_mb",
+            "resident memory, 100k queued",
+            "< 150 MB",
+            f"{rss:.0f} MB",
+            rss < 150,
+            figures=(Figure("rss_queued_mb", "resident memory, 100k queued (MB)", rss, False),),
+        ),
+    ]
+
+
+def _streams(r: dict[str, Any]) -> list[Target]:
+    s = r["streams"]
+    ratio, goal = med(s["ratio"]), med(s["goal_ratio"])
+    readers = int(med(s["readers_200"]["readers"]))
+    return [
+        Target(
+            "event_readers_ratio",
+            f"drain time, {readers} readers on /jobs/events / none",
+            f"≤ {goal:g}x",
+            f"{ratio:.2f}x",
+            ratio <= goal,
+            figures=(
+                Figure("event_readers_ratio", "drain time with event readers / none", ratio, False),
+            ),
+        )
+    ]
+
+
+def _fleet(r: dict[str, Any]) -> list[Target]:
+    f = r["fleet"]
+    out: list[Target] = []
+    for name, label in (("interleaved", "burst"), ("arriving", "arriving")):
+        w = f.get(name)
+        if not w:
+            continue
+        rows = (
+            ("round_robin_ratio", "makespan, round-robin / foreman", "≥ 3x", 3.0, True),
+            ("loaded_first_ratio", "makespan, loaded-first / foreman", "≥ 1.5x", 1.5, True),
+            ("bound_ratio", "makespan, foreman / lower bound", "≤ 1.3x", 1.3, False),
+        )
+        for key, what, goal, bound, higher in rows:
+            value = float(w[key])
+            shown = f"{value:.1f}x" if higher else f"{value:.2f}x"
+            met = value >= bound if higher else value <= bound
+            fkey = f"fleet_{name}_{key}"
+            figure = Figure(fkey, f"fleet {label}: {what}", value, higher)
+            out.append(Target(fkey, f"fleet {label}: {what}", goal, shown, met, figures=(figure,)))
+    slots = f.get("slots")
+    if slots:
+        n = slots["params"]["parallel"]
+        ratio = float(slots["ratio"])
+        out.append(
+            Target(
+                "slots_ratio",
+                f"throughput, slots = {n} / slots = 1",
+                "≥ 2.5x",
+                f"{ratio:.1f}x",
+                ratio >= 2.5,
+                figures=(Figure("slots_ratio", f"throughput, slots = {n} / 1", ratio, True),),
+            )
+        )
+    return out
+
+
+# (the section a row needs, its rows), in the order of the report's table
+ROWS: tuple[tuple[str, Callable[[dict[str, Any]], list[Target]]], ...] = (
+    ("swap", _swap),
+    ("overhead", _latency),
+    ("embeddings", _embeddings),
+    ("overhead", _relay),
+    ("overhead", _worker),
+    ("scale", _enqueue),
+    ("scale", _batch),
+    ("scale", _scale),
+    ("streams", _streams),
+    ("fleet", _fleet),
+)
+
+
+def targets(results: dict[str, Any], lenient: bool = False) -> list[Target]:
+    """Every target the run measured. `lenient` skips a row the results cannot build (an
+    older run's JSON, read as the guard's baseline, may lack a figure)."""
+    out: list[Target] = []
+    for section, rows in ROWS:
+        if not results.get(section):
+            continue
+        try:
+            out += rows(results)
+        except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError):
+            if not lenient:
+                raise
+    return out
+
+
+def figures(results: dict[str, Any], lenient: bool = False) -> dict[str, Figure]:
+    """The numbers every target stands on, by key; a figure that is not a finite number
+    (a run that measured nothing) is left out."""
+    return {
+        f.key: f
+        for t in targets(results, lenient)
+        for f in t.figures
+        if isinstance(f.value, float | int) and math.isfinite(f.value)
+    }
