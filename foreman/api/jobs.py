@@ -429,10 +429,12 @@ class _Watch:
         """A `position` event if the job's standing changed (a position, or an estimate
         moved by a second or more), at most once per `REFRESH_SECONDS`."""
         now = trio.current_time()
-        if now < self.next_check or not self.standings.changed_since(self.version):
+        if now < self.next_check:
+            return None
+        self.next_check = now + REFRESH_SECONDS
+        if not self.standings.changed_since(self.version):
             return None
         self.version = self.standings.version
-        self.next_check = now + REFRESH_SECONDS
         standing = await self.standings.of(job)
         if standing is None:
             return None
