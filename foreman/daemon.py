@@ -29,6 +29,7 @@ from foreman.keys import KEY_FILE_POLL, KeyFile, watch_key_file
 from foreman.metrics import JobTally, Metrics
 from foreman.queue import JobQueue, run_janitor
 from foreman.serving import ServerConfig, serve  # hypercorn's, with its connections mended
+from foreman.standing import Standings
 from foreman.status import Status
 from foreman.store import Store
 from foreman.supervisor import supervise
@@ -229,6 +230,7 @@ async def _assemble(
         settings=settings,
         queue=queue,
         fleet=fleet,
+        standings=Standings(store, fleet, tally, queue.now),
         keys=keys,
         metrics=metrics,
         board=board,

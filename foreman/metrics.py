@@ -26,6 +26,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from foreman.jobs import RUNNING_STATES, Job, JobState
+from foreman.policy import model_of
 from foreman.status import Status, idle
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -46,6 +47,8 @@ class Entry:
     started: float | None = None
     # the name of the API key that made the job (None without keys)
     owner: str | None = None
+    # its residency key (model and runner options)
+    key: str = ""
 
 
 class JobTally:
@@ -59,25 +62,44 @@ class JobTally:
         self._queued = 0
         # unfinished jobs by the API key that made them (the keys' `max_queued`)
         self._owned: collections.Counter[str] = collections.Counter()
+        # queued jobs by residency key (what a forecast of the queue reads)
+        self._queued_by_key: collections.Counter[str] = collections.Counter()
+        # goes up with every change taken in: a reader can tell whether anything moved
+        self.version = 0
 
     def load(self, rows: Iterable[tuple[str, JobState, str, str | None]]) -> None:
         """Start from the database's unfinished jobs (at start, before any request)."""
         now = self._clock()
         self._jobs = {
-            job_id: Entry(state, model, now, now if state in RUNNING_STATES else None, owner)
-            for job_id, state, model, owner in rows
+            job_id: Entry(
+                state,
+                model_of(key),
+                now,
+                now if state in RUNNING_STATES else None,
+                owner,
+                key,
+            )
+            for job_id, state, key, owner in rows
         }
         self._queued = sum(1 for e in self._jobs.values() if e.state is JobState.QUEUED)
         self._owned = collections.Counter(
             e.owner for e in self._jobs.values() if e.owner is not None
         )
+        self._queued_by_key = collections.Counter(
+            e.key for e in self._jobs.values() if e.state is JobState.QUEUED
+        )
+        self.version += 1
 
     def record(self, job: Job) -> tuple[Entry | None, Entry | None]:
         """Take in a committed change; returns the job's entry before and after it."""
         now = self._clock()
+        self.version += 1
         before = self._jobs.get(job.id)
         if before is not None and before.state is JobState.QUEUED:
             self._queued -= 1
+            self._queued_by_key[before.key] -= 1
+            if not self._queued_by_key[before.key]:
+                del self._queued_by_key[before.key]
         if before is None and not job.state.terminal and job.key_name is not None:
             self._owned[job.key_name] += 1
         if job.state.terminal:
@@ -87,14 +109,14 @@ class JobTally:
                 if not self._owned[before.owner]:
                     del self._owned[before.owner]
             return before, None
-        model = job.model_key.split(" ", 1)[0]
         started = before.started if before is not None else None
         if job.state in RUNNING_STATES and started is None:
             started = now
         if job.state is JobState.QUEUED:
             started = None
             self._queued += 1
-        after = Entry(job.state, model, now, started, job.key_name)
+            self._queued_by_key[job.model_key] += 1
+        after = Entry(job.state, model_of(job.model_key), now, started, job.key_name, job.model_key)
         self._jobs[job.id] = after
         return before, after
 
@@ -104,6 +126,10 @@ class JobTally:
     @property
     def queued(self) -> int:
         return self._queued
+
+    def queued_by_key(self) -> dict[str, int]:
+        """Queued jobs per residency key, in O(keys)."""
+        return dict(self._queued_by_key)
 
     def unfinished_of(self, owner: str) -> int:
         """Unfinished jobs the API key named `owner` made, in O(1)."""

@@ -88,6 +88,21 @@ def first_in_turn(candidates: Iterable[Candidate], key: str, priority: int) -> C
     )
 
 
+def ahead_of(candidates: Iterable[Candidate], job: Candidate) -> int:
+    """How many queued jobs of `job`'s key run before it in the key's order: those of a
+    higher priority, and those of its priority whose turn comes first (then older).
+    Its store twin is `SyncStore.ahead_in_key`."""
+    return sum(
+        1
+        for c in candidates
+        if c.model_key == job.model_key
+        and (
+            c.priority > job.priority
+            or (c.priority == job.priority and fair_order(c) < fair_order(job))
+        )
+    )
+
+
 def age_order(c: Candidate) -> tuple[float, str]:
     """Oldest first; the id breaks ties so the order is total and deterministic."""
     return (c.enqueued_at, c.id)

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import attrs
+import trio
 from quart import Blueprint, Response, request
 
 from foreman.api.auth import caller, key_check, note, owner_filter
@@ -30,10 +31,12 @@ from foreman.api.responses import (
 )
 from foreman.api.services import Services
 from foreman.events import StreamSlot, TooManyStreams
+from foreman.forecast import Standing
 from foreman.jobs import Job, JobState, NewJob
 from foreman.keys import ApiKey
 from foreman.queue import BatchNeverFits, IdempotencyConflict, JobQueue, NotTerminal
 from foreman.residency import normalise_model
+from foreman.standing import REFRESH_SECONDS, Standings
 from foreman.timefmt import rfc3339
 from foreman.validate import (
     BatchItem,
@@ -97,6 +100,15 @@ def job_json(job: Job) -> dict[str, Any]:
     return out
 
 
+def standing_json(job: Job, standing: Standing | None, start: float | None) -> dict[str, Any]:
+    """Where a job stands: its `position` (jobs that start before it) and
+    `estimated_start`, both null unless it is queued (see foreman/standing.py)."""
+    return {
+        "position": standing.position if standing is not None else None,
+        "estimated_start": timestamp(start),
+    }
+
+
 def request_hash(*parts: Any) -> str:
     """What an idempotency key stands for."""
     digest = hashlib.sha256()
@@ -124,10 +136,18 @@ def blueprint(services: Services) -> Blueprint:
     bp = Blueprint("jobs", __name__)
     queue = services.queue
     settings = services.settings
+    standings = services.standings
 
     @bp.errorhandler(InvalidRequest)
     async def invalid(exc: InvalidRequest) -> Response:
         return ollama_error(400, str(exc))
+
+    async def detailed(job: Job) -> dict[str, Any]:
+        """A job's JSON with where it stands (the single-job views; a list leaves the
+        standing out, since each costs a count of the jobs ahead)."""
+        standing = await standings.of(job)
+        start = standings.start_time(standing) if standing is not None else None
+        return job_json(job) | standing_json(job, standing, start)
 
     async def find(job_id: str) -> Job:
         job = await queue.get(job_id)
@@ -161,7 +181,7 @@ def blueprint(services: Services) -> Blueprint:
             return ollama_error(409, str(exc))
         job = submitted.job
         note(job=job.id)
-        return json_response(job_json(job), 202, {"Location": f"/jobs/{job.id}"})
+        return json_response(await detailed(job), 202, {"Location": f"/jobs/{job.id}"})
 
     @bp.route("/jobs/batch", methods=["POST"])
     async def submit_batch() -> Response:
@@ -222,24 +242,24 @@ def blueprint(services: Services) -> Blueprint:
     @bp.route("/jobs/events", methods=["GET"])
     async def all_events() -> Response:
         slot = services.streams.take(key_name())
-        return _event_stream(queue, None, key_check(services), slot, owner_filter())
+        return _event_stream(queue, key_check(services), slot, owner_filter())
 
     @bp.route("/jobs/<job_id>", methods=["GET"])
     async def show(job_id: str) -> Response:
         raw = request.args.get("wait")
         if raw is None:
-            return json_response(job_json(await find(job_id)))
+            return json_response(await detailed(await find(job_id)))
         seconds = min(number_arg("wait", raw, default=0.0), MAX_WAIT)
         job = await queue.wait(job_id, seconds, visible=_visible)
         if job is None:
             raise NotFound(job_id)
-        return json_response(job_json(job))
+        return json_response(await detailed(job))
 
     @bp.route("/jobs/<job_id>/events", methods=["GET"])
     async def job_events(job_id: str) -> Response:
         await find(job_id)
         slot = services.streams.take(key_name())
-        return _event_stream(queue, job_id, key_check(services), slot)
+        return _job_stream(queue, standings, job_id, key_check(services), slot)
 
     @bp.route("/jobs/<job_id>/cancel", methods=["POST"])
     async def cancel(job_id: str) -> Response:
@@ -261,7 +281,7 @@ def blueprint(services: Services) -> Blueprint:
             return ollama_error(
                 409, f"only a failed or cancelled job can be retried (it is {before.state.value})"
             )
-        return json_response(job_json(job))
+        return json_response(await detailed(job))
 
     @bp.route("/jobs/<job_id>", methods=["DELETE"])
     async def delete(job_id: str) -> Response:
@@ -301,47 +321,88 @@ def _visible(job: Job) -> bool:
 
 def _event_stream(
     queue: JobQueue,
-    job_id: str | None,
     still_valid: Callable[[], bool],
     slot: StreamSlot,
     owner: str | None = None,
 ) -> Response:
-    """Server-sent events: one `job` event per change, starting with the current state
-    (a single job) and ending after its terminal state, or when the caller's key is
-    revoked. Holds `slot` until it ends.
+    """Server-sent events of the whole queue (or a key's jobs): one `job` event per
+    change, until the caller's key is revoked. Holds `slot` until it ends.
 
-    A queue-wide stream gathers the changes of `batch_seconds` into one write: with
-    hundreds of streams open, a write per change per stream would crowd the worker out of
-    the loop it shares with them. Each change is still sent, once and in order,
-    and encoded once for every stream that sends it."""
+    The stream gathers the changes of `batch_seconds` into one write: with hundreds of
+    streams open, a write per change per stream would crowd the worker out of the loop it
+    shares with them. Each change is still sent, once and in order, and encoded once for
+    every stream that sends it."""
 
     def gather() -> float:
         return batch_seconds(queue.events.watching_all())
 
-    # a job's own stream writes at once: it carries a few changes in all
-    wait_to_gather = gather if job_id is None else None
-
     async def events() -> AsyncIterator[bytes]:
-        # subscribed before reading the job, so no change falls between the two; the
-        # finally (not a with block) is what runs when the client leaves mid-yield
-        feed = queue.events.open_feed(job_id, owner)
+        # the finally (not a with block) is what runs when the client leaves mid-yield
+        feed = queue.events.open_feed(None, owner)
         try:
-            if job_id is None:
-                # a comment, so the client knows it hears every change from here on
-                yield b": listening\n\n"
-            else:
-                current = await queue.get(job_id)
-                if current is None:
-                    return
-                yield _sse(current)
-                if current.state.terminal:
-                    return
+            # a comment, so the client knows it hears every change from here on
+            yield b": listening\n\n"
             while True:
-                batch = await feed.next_batch(SSE_KEEPALIVE, wait_to_gather, still_valid)
+                batch = await feed.next_batch(SSE_KEEPALIVE, gather, still_valid)
                 if batch.changes:
                     yield b"".join(c.encoded(_sse) for c in batch.changes)
                 elif not batch.ended:
                     yield KEEP_ALIVE_COMMENT
+                if batch.ended:
+                    # the client fell too far behind (it reconnects and catches up), the
+                    # key no longer stands, or foreman is shutting down
+                    return
+        finally:
+            feed.stop()
+            slot.release()
+
+    return event_stream(events())
+
+
+def _job_stream(
+    queue: JobQueue,
+    standings: Standings,
+    job_id: str,
+    still_valid: Callable[[], bool],
+    slot: StreamSlot,
+) -> Response:
+    """Server-sent events of one job: a `job` event per change, starting with its current
+    state and ending after its terminal state (or when the caller's key is revoked); and
+    while it is queued, a `position` event whenever its position or estimated start
+    changes, at most once a second. Holds `slot` until it ends. Each change of the job is
+    written at once: a job's stream carries a few in all."""
+
+    async def events() -> AsyncIterator[bytes]:
+        # subscribed before reading the job, so no change falls between the two; the
+        # finally (not a with block) is what runs when the client leaves mid-yield
+        feed = queue.events.open_feed(job_id)
+        try:
+            current = await queue.get(job_id)
+            if current is None:
+                return
+            yield _sse(current)
+            if current.state.terminal:
+                return
+            watch = _Watch(standings, job_id)
+            quiet_until = trio.current_time() + SSE_KEEPALIVE
+            while True:
+                if current.state is JobState.QUEUED:
+                    shown = await watch.check(current)
+                    if shown is not None:
+                        yield shown
+                        quiet_until = trio.current_time() + SSE_KEEPALIVE
+                now = trio.current_time()
+                wait = quiet_until - now
+                if current.state is JobState.QUEUED:
+                    wait = min(wait, max(0.0, watch.next_check - now))
+                batch = await feed.next_batch(max(0.0, wait), None, still_valid)
+                if batch.changes:
+                    current = batch.changes[-1].job
+                    yield b"".join(c.encoded(_sse) for c in batch.changes)
+                    quiet_until = trio.current_time() + SSE_KEEPALIVE
+                elif not batch.ended and trio.current_time() >= quiet_until:
+                    yield KEEP_ALIVE_COMMENT
+                    quiet_until = trio.current_time() + SSE_KEEPALIVE
                 if batch.ended:
                     # the job ended, the client fell too far behind (it reconnects and
                     # catches up), the key no longer stands, or foreman is shutting down
@@ -351,6 +412,41 @@ def _event_stream(
             slot.release()
 
     return event_stream(events())
+
+
+class _Watch:
+    """A queued job's standing as its stream last sent it, and when to look again."""
+
+    def __init__(self, standings: Standings, job_id: str) -> None:
+        self.standings = standings
+        self.job_id = job_id
+        self.next_check = trio.current_time()
+        self.version = -1
+        self.position: int | None = None
+        self.start: float | None = None
+
+    async def check(self, job: Job) -> bytes | None:
+        """A `position` event if the job's standing changed (a position, or an estimate
+        moved by a second or more), at most once per `REFRESH_SECONDS`."""
+        now = trio.current_time()
+        if now < self.next_check:
+            return None
+        self.next_check = now + REFRESH_SECONDS
+        if not self.standings.changed_since(self.version):
+            return None
+        self.version = self.standings.version
+        standing = await self.standings.of(job)
+        if standing is None:
+            return None
+        start = self.standings.start_time(standing)
+        moved = (start is None) != (self.start is None) or (
+            start is not None and self.start is not None and abs(start - self.start) >= 1.0
+        )
+        if standing.position == self.position and not moved:
+            return None
+        self.position, self.start = standing.position, start
+        body = {"id": self.job_id} | standing_json(job, standing, start)
+        return sse_event("position", body, self.job_id)
 
 
 def batch_seconds(streams: int) -> float:

@@ -236,10 +236,12 @@ def spec() -> dict[str, Any]:
         },
         "/jobs/{id}/events": {
             "get": {
-                "summary": "Server-sent events for one job, ending after its terminal state",
+                "summary": "Server-sent events for one job, ending after its terminal state;"
+                " while it is queued, `position` events as its position or estimated start"
+                " changes (at most one a second)",
                 "parameters": [_id_param()],
                 "responses": {
-                    "200": {"description": "text/event-stream of `job` events"},
+                    "200": {"description": "text/event-stream of `job` and `position` events"},
                     "404": _error("no such job"),
                     **_STREAM_REFUSALS,
                 },
@@ -383,6 +385,19 @@ def spec() -> dict[str, Any]:
                             "type": ["string", "null"],
                             "description": "the name of the upstream that ran the latest"
                             " attempt; null before the first",
+                        },
+                        "position": {
+                            "type": ["integer", "null"],
+                            "description": "a queued job: how many jobs start before it,"
+                            " across every upstream (single-job views only; null unless"
+                            " queued)",
+                        },
+                        "estimated_start": {
+                            "type": ["string", "null"],
+                            "format": "date-time",
+                            "description": "a queued job: when it is expected to start,"
+                            " from measured job and load times; null until its model's jobs"
+                            " have been measured, or unless queued",
                         },
                         "result": {"description": "the upstream's answer, once done"},
                     },

@@ -15,6 +15,7 @@ from foreman.fleet import Fleet
 from foreman.keys import KeyFile
 from foreman.metrics import Metrics
 from foreman.queue import JobQueue
+from foreman.standing import Standings
 
 
 @attrs.frozen
@@ -28,6 +29,8 @@ class Services:
     # every upstream, as the workers know them, with each one's connection pools for
     # relayed routes and for probes (which a flood of relayed calls cannot take)
     fleet: Fleet
+    # where each queued job stands (position, estimated start)
+    standings: Standings
     # the open event streams, against the caps in the settings
     streams: StreamSlots = attrs.field(
         default=attrs.Factory(

@@ -17,7 +17,7 @@ import trio
 
 from foreman.jobs import Job, JobState, NewJob
 from foreman.lockfile import DatabaseLock, LockHeld
-from foreman.policy import Lane, LoadCosts
+from foreman.policy import Candidate, Lane, LoadCosts
 from foreman.store.errors import StoreError, StoreUnwritable, unwritable_reason
 from foreman.store.schema import connect
 from foreman.store.sql import Activity, Overview, SyncStore, wall_clock
@@ -269,6 +269,12 @@ class Store:
 
     async def unfinished(self) -> list[tuple[str, JobState, str, str | None]]:
         return await self._read(self.sync.unfinished)
+
+    async def ahead_in_key(self, job: Job) -> int:
+        return await self._read(self.sync.ahead_in_key, job)
+
+    async def forecast_reads(self, now: float) -> tuple[list[Candidate], list[Job]]:
+        return await self._read(self.sync.forecast_reads, now)
 
     async def overview(self, running_ids: Sequence[str] = (), swaps: int = 40) -> Overview:
         return await self._read(self.sync.overview, running_ids, swaps)

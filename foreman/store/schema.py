@@ -97,10 +97,13 @@ MIGRATIONS: tuple[str, ...] = (
     # 7: fair turns: a queued job's turn among the queued jobs of its key and priority
     # (`policy.turn_for`); a key's jobs are taken in turn order, and a new job finds the
     # front of its group and its owner's last turn there in one seek each. Jobs queued
-    # before this have turn 0: among themselves they keep their order by age.
+    # before this have turn 0: among themselves they keep their order by age. `state`
+    # closes the turn index so that counting the jobs ahead of one (its position) reads
+    # the index alone, never the rows.
     """
     ALTER TABLE jobs ADD COLUMN turn INTEGER NOT NULL DEFAULT 0;
-    CREATE INDEX jobs_queue_turn ON jobs (model_key, priority DESC, turn, enqueued_at, id)
+    CREATE INDEX jobs_queue_turn
+        ON jobs (model_key, priority DESC, turn, enqueued_at, id, state)
         WHERE state = 'queued';
     CREATE INDEX jobs_queue_owner ON jobs (model_key, priority, key_name, turn)
         WHERE state = 'queued';

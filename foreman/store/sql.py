@@ -119,6 +119,17 @@ _REQUEUED_TURN = (
     " WHERE q.state = 'queued' AND q.model_key = jobs.model_key"
     " AND q.priority = jobs.priority), turn))"
 )
+# the queued jobs of a job's key ahead of it (`SyncStore.ahead_in_key`): three counts,
+# each a range of the turn index (which holds every column they read)
+_AHEAD_IN_KEY = (
+    "SELECT (SELECT count(*) FROM jobs INDEXED BY jobs_queue_turn WHERE state = 'queued'"
+    " AND model_key = :key AND priority > :prio)"
+    " + (SELECT count(*) FROM jobs INDEXED BY jobs_queue_turn WHERE state = 'queued'"
+    " AND model_key = :key AND priority = :prio AND turn < :turn)"
+    " + (SELECT count(*) FROM jobs INDEXED BY jobs_queue_turn WHERE state = 'queued'"
+    " AND model_key = :key AND priority = :prio AND turn = :turn"
+    " AND (enqueued_at, id) < (:at, :id))"
+)
 # every statement `SyncStore.pick` runs, with parameters of the right types, so a test
 # can read each one's query plan (`SyncStore.explain_pick`)
 PICK_STATEMENTS: tuple[tuple[str, tuple[Any, ...]], ...] = (
@@ -766,6 +777,33 @@ class SyncStore:
             (backlog,) = self.conn.execute(_KEY_BACKLOG, (key, now, BACKLOG_CAP)).fetchone()
             yield key, int(backlog), head
 
+    def ahead_in_key(self, job: Job) -> int:
+        """How many queued jobs of `job`'s key come before it in the key's order: a higher
+        priority, or its priority and an earlier turn (then older). Counted on the turn
+        index alone, in time proportional to the count."""
+        (ahead,) = self.conn.execute(
+            _AHEAD_IN_KEY,
+            {
+                "key": job.model_key,
+                "prio": job.priority,
+                "turn": job.turn,
+                "at": job.enqueued_at,
+                "id": job.id,
+            },
+        ).fetchone()
+        return int(ahead)
+
+    def key_heads(self, now: float) -> list[Candidate]:
+        """Each queued key's best runnable job by priority then age (what orders the keys
+        no upstream holds), one seek per key."""
+        heads = (self._key_head(k, now) for k in self._queued_keys())
+        return [h for h in heads if h is not None]
+
+    def forecast_reads(self, now: float) -> tuple[list[Candidate], list[Job]]:
+        """What a forecast of the queue reads, in one trip: each queued key's head
+        (`key_heads`) and every running job."""
+        return self.key_heads(now), self.running()
+
     def next_not_before(self) -> float | None:
         """When the earliest job in retry backoff becomes runnable, if any is waiting."""
         (value,) = self.conn.execute(
@@ -836,10 +874,10 @@ class SyncStore:
         return [_row_to_job(r) for r in rows]
 
     def unfinished(self) -> list[tuple[str, JobState, str, str | None]]:
-        """(id, state, model name, key name) of every job not yet finished (for the live
-        tally)."""
+        """(id, state, residency key, key name) of every job not yet finished (for the
+        live tally)."""
         rows = self.conn.execute(
-            f"SELECT id, state, model_name, key_name FROM jobs WHERE state NOT IN {TERMINAL_SQL}"
+            f"SELECT id, state, model_key, key_name FROM jobs WHERE state NOT IN {TERMINAL_SQL}"
         ).fetchall()
         return [(job_id, JobState(state), model, owner) for job_id, state, model, owner in rows]
 

@@ -35,6 +35,7 @@ from . import (
     profile,
     report,
     scale,
+    standing,
     streams,
     swap,
 )
@@ -48,6 +49,7 @@ SECTIONS = (
     "durability",
     "dashboard",
     "streams",
+    "standing",
     "profile",
     "fleet",
 )
@@ -196,6 +198,16 @@ def dashboard_section(work: Path, quick: bool) -> dict[str, Any]:
     return out
 
 
+def standing_section(work: Path, quick: bool) -> dict[str, Any]:
+    reps = 1 if quick else 3
+    queued = 20_000 if quick else 100_000
+    log(f"standing: a position lookup with {queued:,} queued")
+    out: dict[str, Any] = {"lookup": repeat(1, lambda: standing.lookup_cost(work, queued))}
+    log(f"standing: worker throughput with {standing.WATCHED} positions watched x{reps}")
+    out["watched"] = repeat(reps, lambda: standing.throughput_watched(work, quick))
+    return out
+
+
 def streams_section(work: Path, quick: bool) -> dict[str, Any]:
     reps = 1 if quick else 3
     log(f"event streams: {streams.JOBS} jobs with 0 and {streams.READERS} readers x{reps}")
@@ -295,6 +307,7 @@ RUNNERS: dict[str, Callable[[Path, bool], dict[str, Any]]] = {
     "scale": scale_section,
     "durability": durability_section,
     "dashboard": dashboard_section,
+    "standing": standing_section,
     "streams": streams_section,
     "profile": profile_section,
     "fleet": fleet_section,

@@ -118,6 +118,8 @@ def render(results: dict[str, Any]) -> str:
         out += _streams(results["streams"])
     if "fleet" in results:
         out += _fleet(results["fleet"])
+    if "standing" in results:
+        out += _standing(results["standing"])
     out += _missed(results)
     out += _notes()
     return "\n".join(out) + "\n"
@@ -472,6 +474,29 @@ def _dashboard(d: dict[str, Any]) -> list[str]:
         f" {fig(v['viewers_5']['jobs_per_s'], 0)} jobs/s with five pages on /queue/events"
         f" ({fig(v['ratio'], 2)}x), each page receiving"
         f" {fig(v['viewers_5']['kb_per_viewer_per_job'], 2)} KB per job.",
+        "",
+    ]
+
+
+def _standing(s: dict[str, Any]) -> list[str]:
+    lk, w = s["lookup"], s["watched"]
+    return [
+        "## 10. Where a job stands",
+        "",
+        f"**A position lookup**, as GET /jobs/{{id}} makes it, with {int(med(lk['queued'])):,}"
+        " jobs queued over four models and three priorities: counting the jobs of its model"
+        " ahead of the last one of a model (every other job of the model is ahead:"
+        f" {int(med(lk['ahead_of_last'])):,}) takes {fig(lk['lookup_last_p50_ms'], 2)} ms"
+        f" at the median ({fig(lk['lookup_last_p99_ms'], 2)} ms p99); halfway along,"
+        f" {fig(lk['lookup_middle_p50_ms'], 2)} ms. The forecast every lookup shares (made"
+        f" again at most once a second) reads and plays the queue in"
+        f" {fig(lk['forecast_p50_ms'], 2)} ms.",
+        "",
+        f"**The worker with positions watched.** {fig(w['jobs'], 0)} queued jobs drained by"
+        " the worker against an instant stub: "
+        f"{fig(w['watched_0']['jobs_per_s'], 0)} jobs/s with no stream open,"
+        f" {fig(w['watched_100']['jobs_per_s'], 0)} jobs/s with the last 100 jobs' event"
+        f" streams open, each sending its `position` as it moves ({fig(w['ratio'], 2)}x).",
         "",
     ]
 

@@ -14,6 +14,7 @@ from typing import Any
 
 # issue 14, "the lean path": foreman's own cost down to the floor of its stack
 LEAN = "issue 14"
+FAIR = "issue 15"
 
 
 @dataclass(frozen=True)
@@ -319,6 +320,35 @@ def _fleet(r: dict[str, Any]) -> list[Target]:
     return out
 
 
+def _standing(r: dict[str, Any]) -> list[Target]:
+    lk, w = r["standing"]["lookup"], r["standing"]["watched"]
+    queued = int(med(lk["queued"]))
+    lookup = med(lk["lookup_last_p50_ms"])
+    ratio = med(w["ratio"])
+    return [
+        Target(
+            "position_lookup_ms",
+            f"position lookup, {queued:,} queued (the longest count)",
+            "< 5 ms" if queued >= 100_000 else "< 5 ms at 100,000 queued",
+            f"{lookup:.2f} ms",
+            lookup < 5 if queued >= 100_000 else None,
+            note=FAIR,
+            phase="",
+            figures=(Figure("position_lookup_ms", "position lookup (ms)", lookup, False, 1.0),),
+        ),
+        Target(
+            "watched_ratio",
+            "worker throughput, 100 positions watched / none",
+            "≥ 0.9x",
+            f"{ratio:.2f}x",
+            ratio >= 0.9,
+            note=FAIR,
+            phase="running",
+            figures=(Figure("watched_ratio", "throughput with positions watched", ratio, True),),
+        ),
+    ]
+
+
 # (the section a row needs, its rows), in the order of the report's table
 ROWS: tuple[tuple[str, Callable[[dict[str, Any]], list[Target]]], ...] = (
     ("swap", _swap),
@@ -331,6 +361,7 @@ ROWS: tuple[tuple[str, Callable[[dict[str, Any]], list[Target]]], ...] = (
     ("scale", _scale),
     ("streams", _streams),
     ("fleet", _fleet),
+    ("standing", _standing),
 )
 
 

@@ -17,6 +17,7 @@ from foreman.policy import (
     Candidate,
     Lane,
     LoadCosts,
+    ahead_of,
     is_starved,
     pick_next,
     place,
@@ -26,7 +27,16 @@ from foreman.policy import (
 )
 from foreman.store import SyncStore, connect
 
-from ._strategies import CANDIDATE_LISTS, COSTS, LANES, MAX_WAITS, NOWS, OTHER_LANES, RESIDENTS
+from ._strategies import (
+    CANDIDATE_LISTS,
+    COSTS,
+    LANES,
+    MAX_WAITS,
+    NOWS,
+    OTHER_LANES,
+    RESIDENTS,
+    ROWS,
+)
 from .test_store_agrees_with_policy import load
 
 NEVER_STARVES = 1e9
@@ -329,3 +339,13 @@ def test_the_oldest_job_chooses_the_model_and_the_turn_chooses_its_job(store):
     # the starvation bound goes by age alone
     assert place(cands, lane, (), 10.0, 8.5, LoadCosts()) == old_late_turn
     assert store.place(lane, (), 10.0, 8.5, LoadCosts()) == old_late_turn
+
+
+@given(rows=ROWS)
+def test_the_store_counts_the_jobs_ahead_as_the_pure_rule_does(store, rows):
+    load(store, rows)
+    queued = [c for c, state in rows if state is JobState.QUEUED]
+    for c in queued:
+        job = store.get(c.id)
+        assert job is not None
+        assert store.ahead_in_key(job) == ahead_of(queued, c)
