@@ -143,8 +143,9 @@ def blueprint(services: Services) -> Blueprint:
         return ollama_error(400, str(exc))
 
     async def detailed(job: Job) -> dict[str, Any]:
-        """A job's JSON with where it stands (the single-job views; a list leaves the
-        standing out, since each costs a count of the jobs ahead)."""
+        """A job's JSON with where it stands, for a read of one job. Lists and the answers
+        to submissions leave the standing out: each costs a count of the jobs ahead, which
+        a caller sending thousands of jobs should not pay per job."""
         standing = await standings.of(job)
         start = standings.start_time(standing) if standing is not None else None
         return job_json(job) | standing_json(job, standing, start)
@@ -181,7 +182,7 @@ def blueprint(services: Services) -> Blueprint:
             return ollama_error(409, str(exc))
         job = submitted.job
         note(job=job.id)
-        return json_response(await detailed(job), 202, {"Location": f"/jobs/{job.id}"})
+        return json_response(job_json(job), 202, {"Location": f"/jobs/{job.id}"})
 
     @bp.route("/jobs/batch", methods=["POST"])
     async def submit_batch() -> Response:
@@ -281,7 +282,7 @@ def blueprint(services: Services) -> Blueprint:
             return ollama_error(
                 409, f"only a failed or cancelled job can be retried (it is {before.state.value})"
             )
-        return json_response(await detailed(job))
+        return json_response(job_json(job))
 
     @bp.route("/jobs/<job_id>", methods=["DELETE"])
     async def delete(job_id: str) -> Response:

@@ -389,7 +389,7 @@ def spec() -> dict[str, Any]:
                         "position": {
                             "type": ["integer", "null"],
                             "description": "a queued job: how many jobs start before it,"
-                            " across every upstream (single-job views only; null unless"
+                            " across every upstream (GET /jobs/{id} only; null unless"
                             " queued)",
                         },
                         "estimated_start": {
