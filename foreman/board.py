@@ -5,12 +5,14 @@ worker's progress through `poke`, and hands both on to the dashboard's event str
 of which has its own channel (`Feed`). A stream sends job changes in small batches and a
 fresh `summary` at most once per `spacing` seconds; the summary is read from the
 database once per change and shared by every viewer, and the spacing grows with what the
-read costs, so open dashboards cannot crowd the worker out of the store.
+read costs, so open dashboards cannot crowd the worker out of the store. The per-owner
+table is not read from the database at all: it comes from the in-memory tally of
+unfinished jobs and the keys in force.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -18,6 +20,7 @@ import trio
 
 from foreman import events
 from foreman.jobs import Job
+from foreman.keys import KeyRing
 from foreman.residency import split_key
 from foreman.status import Status, WorkerStatistics, idle
 from foreman.store import Activity, Overview, Store, Swap
@@ -160,12 +163,19 @@ class Board:
         max_wait: float,
         status: Callable[[], Status] | None = None,
         clock: Callable[[], float] | None = None,
+        owners: Callable[[], Mapping[tuple[str, str], int]] | None = None,
+        keys: Callable[[], KeyRing] | None = None,
     ) -> None:
         self.store = store
         self.max_wait = max_wait
         # the present: each upstream's resident model, running jobs, tokens and health,
         # and whether jobs are taken (set by the daemon once the parts exist)
         self.status: Callable[[], Status] = status or idle
+        # unfinished jobs by (owner, "queued" or "running"), kept in memory as jobs move
+        # (`JobTally.by_owner`), and the keys in force: the per-owner table, read fresh
+        # for each summary without touching the database
+        self._owners = owners or dict
+        self._keys = keys or KeyRing
         self._clock = clock or store.now
         self._viewers: set[_Viewer] = set()
         self._closed = False
@@ -329,6 +339,7 @@ class Board:
                 for w in waiting
             ],
             "queued": sum(w.count for w in waiting),
+            "owners": owner_rows(self._owners(), self._keys()),
             "swaps": [
                 {
                     "model": split_key(s.model_key)[0],
@@ -395,6 +406,43 @@ class Board:
                 for job in running
             ],
         }
+
+
+def owner_rows(counts: Mapping[tuple[str, str], int], ring: KeyRing) -> list[dict[str, Any]]:
+    """The per-owner table: every key in force (idle ones too, so an operator sees each
+    key's share and cap), every other name that still has unfinished jobs (a key since
+    removed), and last, while it has any, the jobs made without a key (owner None). Only
+    names: a key itself never reaches the tally."""
+    queued: dict[str, int] = {}
+    running: dict[str, int] = {}
+    for (owner, kind), n in counts.items():
+        into = queued if kind == "queued" else running
+        into[owner] = into.get(owner, 0) + n
+    configured = {key.name: key for key in ring.keys}
+    named = sorted((set(configured) | set(queued) | set(running)) - {""})
+    rows = []
+    for name in named:
+        key = configured.get(name)
+        rows.append(
+            {
+                "owner": name,
+                "queued": queued.get(name, 0),
+                "running": running.get(name, 0),
+                "weight": key.weight if key is not None else None,
+                "max_queued": key.max_queued if key is not None else None,
+            }
+        )
+    if queued.get("") or running.get(""):
+        rows.append(
+            {
+                "owner": None,
+                "queued": queued.get("", 0),
+                "running": running.get("", 0),
+                "weight": None,
+                "max_queued": None,
+            }
+        )
+    return rows
 
 
 def swap_lane(swap: Swap, first: str) -> str:

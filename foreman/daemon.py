@@ -191,7 +191,7 @@ async def _assemble(
     events.subscribe(None, metrics.on_job_change)
     await _put_back_interrupted(store)
     tally.load(await store.unfinished())
-    board = Board(store, settings.max_wait)
+    board = Board(store, settings.max_wait, owners=tally.by_owner, keys=lambda: keys.ring)
     events.subscribe(None, board.on_job_change)
     fleet = build_fleet(settings, pools)
     workers = tuple(

@@ -139,8 +139,8 @@ def _dispatch(args: argparse.Namespace, client: httpx.Client, out: TextIO) -> in
         _print(out, args.json, job, lambda: _details(job))
         return 0 if job["state"] != "failed" else 1
     elif command == "watch":
-        for job in _follow(client, args.id):
-            _print(out, args.json, job, lambda j=job: [_line(j)])
+        for kind, data in _follow(client, args.id):
+            _print(out, args.json, data, lambda k=kind, d=data: [_line(k, d)])
             out.flush()
     return 0
 
@@ -173,15 +173,22 @@ def _submit(args: argparse.Namespace, client: httpx.Client) -> Any:
     return _check(client.post("/jobs", json=payload, headers=headers))
 
 
-def _follow(client: httpx.Client, job_id: str | None) -> Iterator[dict[str, Any]]:
+def _follow(client: httpx.Client, job_id: str | None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each event of a job stream as (its kind, its data): `job` for a change, `position`
+    for a queued job's new place in line."""
     path = f"/jobs/{job_id}/events" if job_id else "/jobs/events"
     with client.stream("GET", path, timeout=httpx.Timeout(10, read=None)) as response:
         if not response.is_success:
             response.read()
             _check(response)
+        kind = "message"
         for line in response.iter_lines():
-            if line.startswith("data: "):
-                yield json.loads(line[6:])
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                yield kind, json.loads(line[6:])
+            elif not line:
+                kind = "message"
 
 
 def _print(out: TextIO, as_json: bool, data: Any, lines: Any) -> None:
@@ -192,16 +199,22 @@ def _print(out: TextIO, as_json: bool, data: Any, lines: Any) -> None:
             print(line, file=out)
 
 
+def _moment(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def _span(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.0f}h"
+
+
 def _since(stamp: str | None) -> str:
     if not stamp:
         return "-"
-    moment = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-    seconds = max(0.0, time.time() - moment)
-    if seconds < 120:
-        return f"{seconds:.0f}s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m ago"
-    return f"{seconds / 3600:.0f}h ago"
+    return f"{_span(max(0.0, time.time() - _moment(stamp)))} ago"
 
 
 def _duration(job: dict[str, Any]) -> str:
@@ -236,8 +249,17 @@ def _table(jobs: Sequence[dict[str, Any]]) -> list[str]:
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
 
-def _details(job: dict[str, Any]) -> list[str]:
-    lines = [f"{k:12s} {job.get(k)}" for k in job if k != "result" and job.get(k) is not None]
+# a queued job's place in line, shown in words after its state (see `_place`)
+_PLACE = ("position", "estimated_start")
+
+
+def _details(job: dict[str, Any], now: float | None = None) -> list[str]:
+    lines = []
+    for k in job:
+        if k not in ("result", *_PLACE) and job.get(k) is not None:
+            lines.append(f"{k:12s} {job.get(k)}")
+            if k == "state":
+                lines.extend(_place(job, time.time() if now is None else now))
     result = job.get("result")
     if isinstance(result, dict):
         text = (result.get("message") or {}).get("content") or result.get("response")
@@ -248,6 +270,32 @@ def _details(job: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _line(job: dict[str, Any]) -> str:
-    error = f" error={job['error']!r}" if job.get("error") else ""
-    return f"{job['id']} {job['state']:9s} {job['model']} attempt {job['attempts']}{error}"
+def _place(job: dict[str, Any], now: float) -> list[str]:
+    """Where a queued job stands, when foreman says (a foreman that does not, or a job
+    that is not queued, shows nothing): how many jobs start before it, and the estimated
+    start, unknown while foreman has measured nothing."""
+    position = job.get("position")
+    if job.get("state") != "queued" or not isinstance(position, int):
+        return []
+    ahead = "next to start" if position == 0 else f"{position} before it"
+    return [f"{'position':12s} {position} ({ahead})", f"{'starts':12s} {_start(job, now)}"]
+
+
+def _start(job: dict[str, Any], now: float) -> str:
+    stamp = job.get("estimated_start")
+    if not isinstance(stamp, str):
+        return "unknown (nothing measured yet)"
+    try:
+        seconds = _moment(stamp) - now
+    except ValueError:
+        return stamp
+    return f"{stamp} ({f'in about {_span(seconds)}' if seconds >= 1 else 'any moment'})"
+
+
+def _line(kind: str, data: dict[str, Any]) -> str:
+    """One event of `jobs watch`: a job's change, or its new place in line."""
+    if kind == "position":
+        start = data.get("estimated_start") or "unknown"
+        return f"{data.get('id')} position {data.get('position')}, estimated start {start}"
+    error = f" error={data['error']!r}" if data.get("error") else ""
+    return f"{data['id']} {data['state']:9s} {data['model']} attempt {data['attempts']}{error}"

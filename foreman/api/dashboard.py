@@ -4,9 +4,9 @@
 comes from /queue (one JSON document) and /queue/events (server-sent events: `hello`
 says who the caller is and whether it may act, `snapshot` gives the summary and the
 recent jobs, then `job` events as jobs change and a fresh `summary` after each burst of
-changes). Any valid key may watch; a non-admin key sees only its own jobs, and the
-actions on the page (cancel, retry, purge) are the job API's routes, which refuse a key
-without the scope they need.
+changes). Any valid key may watch; a non-admin key sees only its own jobs (and only its
+own row of the per-owner table), and the actions on the page (cancel, retry, purge)
+are the job API's routes, which refuse a key without the scope they need.
 """
 
 from __future__ import annotations
@@ -123,10 +123,12 @@ def _you(services: Services) -> dict[str, Any]:
 
 def visible_summary(summary: dict[str, Any], owner: str | None) -> dict[str, Any]:
     """The summary as a key that sees only its own jobs may see it: the counts, models
-    and timings stay; another key's job ids, refs and errors go."""
+    and timings stay; another key's job ids, refs and errors go, and of the per-owner
+    table only its own row."""
     if owner is None:
         return summary
     out = dict(summary)
+    out["owners"] = [row for row in summary.get("owners", ()) if row["owner"] == owner]
     running = summary.get("running")
     if running is not None:
         out["running"] = _seen_by(running, owner)

@@ -406,6 +406,40 @@ function renderWaiting() {
   $('waiting-table').tBodies[0].replaceChildren(...trs);
 }
 
+// the per-key table: an older foreman sends none; with keys off it is worth showing only
+// if some job still carries a key's name
+function ownerRows() {
+  const list = state.summary && state.summary.owners;
+  return Array.isArray(list)
+    ? list.filter((r) => r && (typeof r.owner === 'string' || r.owner === null)) : [];
+}
+
+function renderOwners() {
+  const rows = ownerRows();
+  const you = state.you;
+  const keyed = Boolean(you && you.keys_enabled) || rows.some((r) => r.owner !== null);
+  $('owners').hidden = !keyed || rows.length === 0;
+  $('owners-hint').textContent = you && !you.can_act && you.name
+    ? 'Your key’s jobs. Among queued jobs for one model, keys take turns by weight.'
+    : 'Among queued jobs for one model, keys take turns by weight: a key of weight 2 gets two turns for each turn of a key of weight 1.';
+  const count = (n) => (isNum(n) ? n.toLocaleString() : '0');
+  const optional = (n) => (isNum(n) ? n.toLocaleString() : '—');
+  $('owners-table').tBodies[0].replaceChildren(...rows.map((r) => {
+    const keyless = r.owner === null;
+    const idle = !r.queued && !r.running;
+    return h('tr', {
+      'data-owner': keyless ? '' : r.owner,
+      'data-keyless': keyless ? 'true' : 'false',
+      'data-idle': idle ? 'true' : 'false',
+    },
+    h('th', { scope: 'row', class: 'owner' }, keyless ? '(no key)' : r.owner),
+    h('td', { class: 'queued num' }, count(r.queued)),
+    h('td', { class: 'running num' }, count(r.running)),
+    h('td', { class: 'weight num' }, optional(r.weight)),
+    h('td', { class: 'max-queued num' }, optional(r.max_queued)));
+  }));
+}
+
 function sortedJobs() {
   // ULIDs: string order is creation order
   return [...state.jobs.values()].sort((a, b) => (a.id < b.id ? 1 : a.id > b.id ? -1 : 0));
@@ -425,6 +459,30 @@ function durationTicker(job, cell) {
       : null;
   }
   return null;
+}
+
+// a time from the job API (RFC 3339) or the dashboard (epoch seconds), as epoch seconds
+function epoch(t) {
+  if (isNum(t)) return t;
+  if (typeof t !== 'string') return null;
+  const ms = Date.parse(t);
+  return Number.isFinite(ms) ? ms / 1000 : null;
+}
+
+// where a queued job stands, when its row carries it: how many start before it, and
+// about when it starts (ticking, as the estimate is a moment, not a span)
+function placeInLine(job, ticks) {
+  if (job.state !== 'queued' || !isNum(job.position)) return null;
+  const ahead = job.position === 0 ? 'next in line' : `${plural(job.position, 'job')} ahead`;
+  const place = h('small', { class: 'place', 'data-position': String(job.position) }, ahead);
+  const at = epoch(job.estimated_start);
+  if (at !== null) {
+    place.title = `estimated start ${clock(at)}`;
+    ticks.push((now) => {
+      place.textContent = `${ahead} · ${at > now ? `starts in ~${span(at - now)}` : 'starts soon'}`;
+    });
+  }
+  return place;
 }
 
 function endedDuration(job) {
@@ -462,7 +520,7 @@ function jobRow(job, withActions, ticks) {
 
   const attempts = isNum(job.max_attempts) ? `${job.attempts}/${job.max_attempts}` : String(job.attempts);
   tr.append(
-    h('td', { class: 'state' }, badge(job.state)),
+    h('td', { class: 'state' }, badge(job.state), placeInLine(job, ticks)),
     h('td', { class: 'model' }, h('span', null, job.model || '—'),
       h('small', { class: 'meta', title: job.id }, meta)),
     h('td', { class: 'priority num' }, String(job.priority ?? '—')),
@@ -625,6 +683,7 @@ const renderers = {
   resident: renderResident,
   running: renderRunning,
   waiting: renderWaiting,
+  owners: renderOwners,
   jobs: renderJobs,
   swaps: renderSwaps,
 };
@@ -636,7 +695,7 @@ function setSummary(summary) {
   state.summary = summary;
   // every age on the page is measured on the server's clock, not this browser's
   if (isNum(summary.now)) state.offset = summary.now - Date.now() / 1000;
-  invalidate('headline', 'resident', 'running', 'waiting', 'swaps');
+  invalidate('headline', 'resident', 'running', 'waiting', 'owners', 'swaps');
 }
 
 function trimJobs() {
@@ -834,7 +893,7 @@ function onEvent(name, text) {
   }
   if (name === 'hello') {
     state.you = data;
-    invalidate('header', 'jobs');
+    invalidate('header', 'owners', 'jobs');
   } else if (name === 'snapshot') {
     replaceAll(data.summary, data.jobs);
     retries = 0;  // a full snapshot means the connection really works

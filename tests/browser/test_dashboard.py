@@ -74,6 +74,8 @@ def test_jobs_go_queued_running_done_with_one_swap_per_model_and_cancel_from_the
     expect(page.locator('#waiting tr[data-model="llama3:latest"] .count')).to_have_text("1")
     expect(page.locator("#resident-chat")).to_contain_text("llama3:latest")
     expect(page.locator("#queued-total .stat-value")).to_have_text("4")
+    # without keys everyone is one owner: no per-key table
+    expect(page.locator("#owners")).to_be_hidden()
     shoot(page, "02-queued")
 
     # cancel a queued job from the page; the API agrees
@@ -376,3 +378,102 @@ def test_two_upstreams_each_show_their_model_slots_running_job_and_swap_lane(
             http.close()
         foreman.stop()
         second.terminate()
+
+
+BULK = "bulk-key-0123456789abcdef"
+PERSON = "person-key-0123456789abcdef"
+
+
+def sign_in(page: Any, url: str, key: str) -> None:
+    page.goto(f"{url}/ui")
+    page.fill("#key", key)
+    page.locator("#key-form button[type=submit]").click()
+    wait_live(page)
+
+
+def owner_cells(page: Any, owner: str) -> list[str]:
+    cells = page.locator(f'#owners tr[data-owner="{owner}"] td')
+    return [cells.nth(i).inner_text() for i in range(4)]
+
+
+def test_the_per_key_table_shows_each_keys_jobs_and_share_and_a_queued_job_its_place(
+    browser: Any,
+    page: Any,
+    stub: Process,
+    make_foreman: Callable[..., Foreman],
+    api: Callable[..., httpx.Client],
+    tmp_path: Path,
+    shoot: Any,
+) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(
+        f"ops {ADMIN} admin\nbulk {BULK} jobs max_queued=50\nperson {PERSON} jobs weight=3\n"
+    )
+    foreman = make_foreman("--api-keys-file", str(keys))
+    control = api(stub.url)
+    bulk = api(foreman.url, BULK)
+    person = api(foreman.url, PERSON)
+    control.post("/_stub/hold").raise_for_status()
+    running = submit(bulk, "llama3", "runs")
+    for i in range(2):
+        submit(bulk, "llama3", f"bulk {i}")
+    mine = submit(person, "llama3", "mine")
+
+    sign_in(page, foreman.url, ADMIN)
+    expect(page.locator("#owners")).to_be_visible()
+    expect(page.locator("#owners tbody tr")).to_have_count(3)
+    expect(page.locator('#owners tr[data-owner="bulk"] .queued')).to_have_text("2")
+    expect(page.locator('#owners tr[data-owner="bulk"] .running')).to_have_text("1")
+    assert owner_cells(page, "bulk") == ["2", "1", "1", "50"]
+    assert owner_cells(page, "person") == ["1", "0", "3", "—"]
+    assert owner_cells(page, "ops") == ["0", "0", "1", "—"]
+    expect(page.locator('#owners tr[data-owner="ops"]')).to_have_attribute("data-idle", "true")
+    for key in (ADMIN, BULK, PERSON):
+        assert key not in page.content()
+    shoot(page, "01-admin-sees-every-key")
+
+    # a key that sees only its own jobs sees only its own row
+    other = browser.new_context()
+    try:
+        theirs = other.new_page()
+        theirs.set_default_timeout(TIMEOUT_MS)
+        sign_in(theirs, foreman.url, PERSON)
+        expect(theirs.locator("#owners tbody tr")).to_have_count(1)
+        expect(theirs.locator('#owners tr[data-owner="person"] .queued')).to_have_text("1")
+        expect(theirs.locator("#owners-hint")).to_contain_text("Your key")
+        shoot(theirs, "02-a-key-sees-its-own-row")
+    finally:
+        other.close()
+
+    # a queued job's row shows its place in line and estimated start when its data
+    # carries them (handed to the page as the stream would), and nothing when it does not
+    expect(row(page, mine)).to_have_attribute("data-state", "queued")
+    assert row(page, mine).locator(".place").count() == 0
+    rows = {j["id"]: j for j in api(foreman.url, ADMIN).get("/queue").json()["jobs"]}
+    client_job = rows[mine]
+    soon = page.evaluate("new Date(Date.now() + 90000).toISOString()")
+    page.evaluate(
+        "([job, at]) => onEvent('job', JSON.stringify({...job, position: 2, estimated_start: at}))",
+        [client_job, soon],
+    )
+    place = row(page, mine).locator(".place")
+    expect(place).to_have_attribute("data-position", "2")
+    expect(place).to_contain_text("2 jobs ahead")
+    expect(place).to_contain_text("starts in ~1 min")
+    page.evaluate(
+        "(job) => onEvent('job', JSON.stringify({...job, position: 0, estimated_start: null}))",
+        client_job,
+    )
+    expect(place).to_have_text("next in line")
+    shoot(page, "03-place-in-line")
+    page.evaluate("(job) => onEvent('job', JSON.stringify(job))", client_job)
+    expect(row(page, mine).locator(".place")).to_have_count(0)
+    # a running job has no place in line, whatever its data says
+    expect(row(page, running)).to_have_attribute("data-state", "working")
+    page.evaluate("(job) => onEvent('job', JSON.stringify({...job, position: 1}))", rows[running])
+    expect(row(page, running).locator(".place")).to_have_count(0)
+
+    control.post("/_stub/release").raise_for_status()
+    expect(page.locator('#owners tr[data-owner="bulk"] .queued')).to_have_text("0")
+    expect(page.locator('#owners tr[data-owner="bulk"] .running')).to_have_text("0")
+    expect(page.locator('#owners tr[data-owner="person"] .queued')).to_have_text("0")
