@@ -19,9 +19,10 @@ import attrs
 import trio
 
 from foreman import events
-from foreman.jobs import Job
+from foreman.jobs import Job, JobState
 from foreman.keys import KeyRing
 from foreman.residency import split_key
+from foreman.standing import Standings
 from foreman.status import Status, WorkerStatistics, idle
 from foreman.store import Activity, Overview, Store, Swap
 
@@ -40,6 +41,8 @@ ACTIVITY_COST_FACTOR = 20.0
 SWAPS_PER_UPSTREAM = 40
 # the longest error text a dashboard row carries
 ERROR_CHARS = 500
+# how many of the newest queued jobs a summary says the place of
+PLACES = 50
 # how long a stream gathers changes after the first before it writes them (a person
 # cannot tell)
 BATCH_SECONDS = 0.1
@@ -186,6 +189,9 @@ class Board:
         self._activity_version = -1
         self._activity_at = 0.0
         self._activity_every = ACTIVITY_REFRESH
+        # where the newest queued jobs stand, read with the overview (see `_places`)
+        self.standings: Standings | None = None
+        self._places: dict[str, dict[str, Any]] = {}
         self._lock = trio.Lock()
         self.spacing = MIN_SPACING
         # the embedding model last relayed, and when (embeddings bypass the queue)
@@ -277,6 +283,7 @@ class Board:
                 running = [job_id for u in status.upstreams for job_id in u.running]
                 recent = SWAPS_PER_UPSTREAM * max(1, len(status.upstreams))
                 self._overview = await self.store.overview(running, recent)
+                self._places = await self._read_places()
                 cost = trio.current_time() - began
                 self.spacing = min(MAX_SPACING, max(MIN_SPACING, cost * COST_FACTOR))
                 self._overview_version = version
@@ -290,7 +297,25 @@ class Board:
                 cost = self._activity_at - began
                 self._activity_every = max(ACTIVITY_REFRESH, cost * ACTIVITY_COST_FACTOR)
                 self._activity_version = version
-            return self._render(self._overview, self._activity, status)
+            return self._render(self._overview, self._activity, status) | {"places": self._places}
+
+    async def _read_places(self) -> dict[str, dict[str, Any]]:
+        """Where the newest `PLACES` queued jobs stand (position and estimated start, as
+        epoch seconds), by job id: the rows the page shows first. Each costs a count of the
+        jobs ahead of it, paid once per summary however many pages are open."""
+        standings = self.standings
+        if standings is None:
+            return {}
+        places: dict[str, dict[str, Any]] = {}
+        for job in await self.store.list_jobs(state=JobState.QUEUED, limit=PLACES):
+            standing = await standings.of(job)
+            if standing is not None:
+                places[job.id] = {
+                    "position": standing.position,
+                    "estimated_start": standings.start_time(standing),
+                    "owner": job.key_name,
+                }
+        return places
 
     def refresh_due(self) -> float | None:
         """When (trio time) a summary would bring a headline newer than the last one, or

@@ -226,11 +226,13 @@ async def _assemble(
     # a reload may have revoked a key: its open streams end now, not at their next event
     keys.on_reload(events.wake_all)
     keys.on_reload(board.poke)
+    standings = Standings(store, fleet, tally, queue.now)
+    board.standings = standings
     services = Services(
         settings=settings,
         queue=queue,
         fleet=fleet,
-        standings=Standings(store, fleet, tally, queue.now),
+        standings=standings,
         keys=keys,
         metrics=metrics,
         board=board,

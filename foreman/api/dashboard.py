@@ -124,7 +124,7 @@ def _you(services: Services) -> dict[str, Any]:
 def visible_summary(summary: dict[str, Any], owner: str | None) -> dict[str, Any]:
     """The summary as a key that sees only its own jobs may see it: the counts, models
     and timings stay; another key's job ids, refs and errors go, and of the per-owner
-    table only its own row."""
+    table and the queued jobs' places only its own."""
     if owner is None:
         return summary
     out = dict(summary)
@@ -137,6 +137,11 @@ def visible_summary(summary: dict[str, Any], owner: str | None) -> dict[str, Any
         for lane in summary.get("upstreams", ())
     ]
     out["swaps"] = [{**s, "job_id": None} for s in summary.get("swaps", ())]
+    out["places"] = {
+        job_id: place
+        for job_id, place in summary.get("places", {}).items()
+        if place.get("owner") == owner
+    }
     return out
 
 

@@ -519,8 +519,11 @@ function jobRow(job, withActions, ticks) {
   }
 
   const attempts = isNum(job.max_attempts) ? `${job.attempts}/${job.max_attempts}` : String(job.attempts);
+  // the row's own fields, else the place the latest summary gives for it
+  const places = (state.summary && state.summary.places) || {};
+  const place = isNum(job.position) ? job : { ...job, ...(places[job.id] || {}) };
   tr.append(
-    h('td', { class: 'state' }, badge(job.state), placeInLine(job, ticks)),
+    h('td', { class: 'state' }, badge(job.state), placeInLine(place, ticks)),
     h('td', { class: 'model' }, h('span', null, job.model || '—'),
       h('small', { class: 'meta', title: job.id }, meta)),
     h('td', { class: 'priority num' }, String(job.priority ?? '—')),
@@ -695,7 +698,7 @@ function setSummary(summary) {
   state.summary = summary;
   // every age on the page is measured on the server's clock, not this browser's
   if (isNum(summary.now)) state.offset = summary.now - Date.now() / 1000;
-  invalidate('headline', 'resident', 'running', 'waiting', 'owners', 'swaps');
+  invalidate('headline', 'resident', 'running', 'waiting', 'owners', 'swaps', 'jobs');
 }
 
 function trimJobs() {

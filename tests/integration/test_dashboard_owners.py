@@ -96,3 +96,27 @@ async def test_an_admin_sees_every_owners_row_and_another_key_only_its_own(
         "ops": (0, 0),
         "person": (0, 0),
     }
+
+
+async def test_the_summary_places_the_newest_queued_jobs_each_key_seeing_its_own(
+    clients: dict[str, httpx.AsyncClient], stub: StubOllama
+) -> None:
+    stub.hold()
+    await submit(clients["bulk"], "llama3", "runs")
+    await stub.wait_until(lambda: stub.inflight_inference == 1)
+    bulk = [await submit(clients["bulk"], "llama3", f"bulk {i}") for i in range(3)]
+    person = await submit(clients["person"], "llama3", "person")
+
+    places = (await overview(clients["admin"]))["summary"]["places"]
+    # the person's job takes its turn after the bulk key's front job
+    assert {job_id: p["position"] for job_id, p in places.items()} == {
+        bulk[0]: 0,
+        person: 1,
+        bulk[1]: 2,
+        bulk[2]: 3,
+    }
+    # nothing measured yet: no estimate
+    assert {p["estimated_start"] for p in places.values()} == {None}
+    assert set((await overview(clients["person"]))["summary"]["places"]) == {person}
+    assert set((await overview(clients["bulk"]))["summary"]["places"]) == set(bulk)
+    stub.release()
