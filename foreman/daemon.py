@@ -28,6 +28,7 @@ from foreman.fleet import Fleet, Member
 from foreman.keys import KEY_FILE_POLL, KeyFile, watch_key_file
 from foreman.metrics import JobTally, Metrics
 from foreman.queue import JobQueue, run_janitor
+from foreman.relay_client import RelayPool
 from foreman.serving import ServerConfig, serve  # hypercorn's, with its connections mended
 from foreman.standing import Standings
 from foreman.status import Status
@@ -35,6 +36,7 @@ from foreman.store import Store
 from foreman.supervisor import supervise
 from foreman.tickets import Tickets
 from foreman.upstream import (
+    LEAN_RELAY_CONNECTIONS,
     PROBE_CONNECTIONS,
     RELAY_CONNECTIONS,
     Upstream,
@@ -158,6 +160,8 @@ class UpstreamPools:
     relay: httpx.AsyncClient
     worker: httpx.AsyncClient
     probe: httpx.AsyncClient
+    # the relay's hot path (embeddings, read-only routes): plain http upstreams only
+    lean: RelayPool | None = None
 
 
 def build_fleet(settings: Settings, pools: list[UpstreamPools]) -> Fleet:
@@ -165,7 +169,7 @@ def build_fleet(settings: Settings, pools: list[UpstreamPools]) -> Fleet:
         tuple(
             Member(
                 p.spec,
-                relay=Upstream(p.relay, settings.read_timeout),
+                relay=Upstream(p.relay, settings.read_timeout, lean=p.lean),
                 probes=Upstream(p.probe, settings.read_timeout),
             )
             for p in pools
@@ -240,6 +244,16 @@ async def _assemble(
     return Parts(workers, queue, tickets, board, AccessLog(create_app(services)))
 
 
+def _lean_pool(clients: contextlib.AsyncExitStack, url: str) -> RelayPool | None:
+    """The lean relay's pool for an upstream at `url`, closed with the other pools; none
+    for https (the relay's httpx pool serves it)."""
+    if not url.startswith("http://"):
+        return None
+    pool = RelayPool(url, LEAN_RELAY_CONNECTIONS)
+    clients.callback(pool.close)
+    return pool
+
+
 async def _put_back_interrupted(store: Store) -> None:
     for job in await store.recover_interrupted():
         log.warning(
@@ -301,6 +315,7 @@ async def run(
                     probe=await clients.enter_async_context(
                         default_client(spec.url, PROBE_CONNECTIONS)
                     ),
+                    lean=_lean_pool(clients, spec.url),
                 )
                 for spec in settings.upstreams
             ]

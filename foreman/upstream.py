@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from contextlib import aclosing, asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import httpx
 
 from foreman.jobs import Endpoint
+from foreman.relay_client import RelayPool
 from foreman.retry import FailureKind, classify_status
 from foreman.target import TargetRefused, checked_path
 
@@ -71,7 +72,7 @@ class UpstreamError(Exception):
         return self.message
 
 
-def request_headers(incoming: Iterable[tuple[bytes, bytes]]) -> httpx.Headers:
+def forwarded_headers(incoming: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """The client's headers that may go to Ollama, as the bytes the client sent.
 
     `incoming` is the header list of the request as it arrived (the ASGI scope's): the
@@ -84,7 +85,12 @@ def request_headers(incoming: Iterable[tuple[bytes, bytes]]) -> httpx.Headers:
         if lower in HOP_HEADERS or lower in PRIVATE_HEADERS or lower.startswith("x-foreman-"):
             continue
         out.append((bytes(name), bytes(value)))
-    return httpx.Headers(out)
+    return out
+
+
+def request_headers(incoming: Iterable[tuple[bytes, bytes]]) -> httpx.Headers:
+    """`forwarded_headers` for httpx."""
+    return httpx.Headers(forwarded_headers(incoming))
 
 
 def response_headers(headers: httpx.Headers) -> Headers:
@@ -100,11 +106,14 @@ def response_headers(headers: httpx.Headers) -> Headers:
 _NOT_RELAYED = frozenset(name.encode() for name in HOP_HEADERS | SERVER_HEADERS)
 
 
-def relayed_headers(headers: httpx.Headers) -> list[tuple[bytes, bytes]]:
+def relayed_headers(
+    headers: httpx.Headers | Iterable[tuple[bytes, bytes]],
+) -> list[tuple[bytes, bytes]]:
     """`response_headers` as the bytes Ollama sent (names lowercased), for an answer
     written straight to the ASGI server: nothing decoded to be encoded again."""
     out: list[tuple[bytes, bytes]] = []
-    for name, value in headers.raw:
+    raw = headers.raw if isinstance(headers, httpx.Headers) else headers
+    for name, value in raw:
         lower = name.lower()
         if lower not in _NOT_RELAYED:
             out.append((lower, value))
@@ -142,6 +151,8 @@ WRITE_TIMEOUT = 60.0
 # (its jobs, with their loads and unloads) and the readiness probe (which anyone may
 # call). A flood of slow relayed requests waits for the relay's pool, not the worker.
 RELAY_CONNECTIONS = 64
+# the lean relay's own pool (`relay_client`), beside the relay's httpx pool
+LEAN_RELAY_CONNECTIONS = RELAY_CONNECTIONS
 WORKER_CONNECTIONS = 4
 PROBE_CONNECTIONS = 4
 
@@ -155,7 +166,9 @@ def worker_connections(slots: int) -> int:
 
 def upstream_connections(slots: int) -> int:
     """Every connection foreman may open to an upstream with `slots`."""
-    return RELAY_CONNECTIONS + worker_connections(slots) + PROBE_CONNECTIONS
+    return (
+        RELAY_CONNECTIONS + LEAN_RELAY_CONNECTIONS + worker_connections(slots) + PROBE_CONNECTIONS
+    )
 
 
 def default_client(base_url: str, max_connections: int = RELAY_CONNECTIONS) -> httpx.AsyncClient:
@@ -175,15 +188,77 @@ def default_client(base_url: str, max_connections: int = RELAY_CONNECTIONS) -> h
     )
 
 
+class RelayedAnswer(Protocol):
+    """An answer relayed on the hot path, whichever client fetched it: its head, and its
+    body to read once (raising httpx.HTTPError when the connection fails)."""
+
+    status_code: int
+    # as Ollama sent them, names lowercased
+    headers: list[tuple[bytes, bytes]]
+
+    def header(self, name: bytes) -> bytes | None: ...
+    def aiter_raw(self) -> AsyncIterator[bytes]: ...
+    async def aread(self) -> bytes: ...
+    async def aclose(self) -> None: ...
+
+
+class _HttpxAnswer:
+    """An httpx answer as a `RelayedAnswer` (an upstream without a lean pool: https)."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.status_code = response.status_code
+        self.headers = [(name.lower(), value) for name, value in response.headers.raw]
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def aiter_raw(self) -> AsyncIterator[bytes]:
+        return self.response.aiter_raw()
+
+    async def aread(self) -> bytes:
+        return await self.response.aread()
+
+    async def aclose(self) -> None:
+        await self.response.aclose()
+
+
 class Upstream:
     """`read_timeout` is the longest silence accepted where Ollama should keep talking:
     small calls (version, ps, show, unload) and streamed jobs. Loads, non-streamed jobs
     and relayed requests wait as long as they take (the job timeout, or the client,
-    bounds them)."""
+    bounds them). `lean`, when given, carries the relay's hot path (`relay`)."""
 
-    def __init__(self, client: httpx.AsyncClient, read_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        read_timeout: float | None = None,
+        lean: RelayPool | None = None,
+    ) -> None:
         self.client = client
         self.read_timeout = read_timeout
+        self.lean = lean
+
+    async def relay(
+        self, method: str, path: str, *, body: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> RelayedAnswer:
+        """`send` for the relay's hot path: the same target (`url`, which checks it) and
+        headers (the client's `forwarded_headers`; Ollama's own Host), with no read
+        timeout, on the lean pool when there is one. The caller reads the body and must
+        close the answer. Raises UpstreamError, and httpx.InvalidURL for a bad target."""
+        if self.lean is None:
+            response = await self.send(
+                method, path, body=body or None, headers=httpx.Headers(headers)
+            )
+            return _HttpxAnswer(response)
+        target = self.url(path).raw_path
+        try:
+            return await self.lean.send(method, target, headers, body)
+        except httpx.HTTPError as exc:
+            raise _network_error(exc, f"{method} {path}") from None
 
     @asynccontextmanager
     async def open(

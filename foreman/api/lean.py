@@ -33,7 +33,13 @@ from foreman.api.services import Services
 from foreman.fleet import Member
 from foreman.residency import normalise_model
 from foreman.retry import FailureKind
-from foreman.upstream import Upstream, UpstreamError, relayed_headers, request_headers
+from foreman.upstream import (
+    RelayedAnswer,
+    Upstream,
+    UpstreamError,
+    forwarded_headers,
+    relayed_headers,
+)
 
 log = logging.getLogger("foreman.api")
 
@@ -157,14 +163,14 @@ class Exchange:
             target += "?" + bytes(query).decode("latin-1")
         return target
 
-    async def ask(self, upstream: Upstream) -> httpx.Response:
-        """Send the request to `upstream`: the answer's head. Raises UpstreamError and
-        httpx.InvalidURL as `Upstream.send` does."""
-        return await upstream.send(
+    async def ask(self, upstream: Upstream) -> RelayedAnswer:
+        """Send the request to `upstream` (on its lean pool): the answer's head. Raises
+        UpstreamError and httpx.InvalidURL as `Upstream.relay` does."""
+        return await upstream.relay(
             self.method,
             self.target(),
-            body=self.body or None,
-            headers=request_headers(self.scope.get("headers") or ()),
+            body=self.body,
+            headers=forwarded_headers(self.scope.get("headers") or ()),
         )
 
     def error(self, status: int, message: str) -> Answer:
@@ -303,7 +309,7 @@ async def _plain(exchange: Exchange) -> Answer | None:
     except UpstreamError as err:
         services.metrics.upstream_error(err.metric_kind)
         return exchange.error(502, str(err))
-    if exchange.method == "HEAD" or "content-length" in response.headers:
+    if exchange.method == "HEAD" or response.header(b"content-length") is not None:
         try:
             data = await response.aread()
         except httpx.HTTPError as exc:
@@ -317,7 +323,7 @@ async def _plain(exchange: Exchange) -> Answer | None:
     return None
 
 
-async def _relay_chunks(exchange: Exchange, response: httpx.Response) -> None:
+async def _relay_chunks(exchange: Exchange, response: RelayedAnswer) -> None:
     """An answer without a length, chunk by chunk as it comes; a connection that breaks
     ends the answer where it broke, as the app's relay does."""
     send = exchange.send
@@ -342,10 +348,10 @@ async def _relay_chunks(exchange: Exchange, response: httpx.Response) -> None:
             await response.aclose()
 
 
-def _declared_length(response: httpx.Response) -> int | None:
+def _declared_length(response: RelayedAnswer) -> int | None:
     try:
-        return int(response.headers["content-length"])
-    except (KeyError, ValueError):
+        return int(response.header(b"content-length") or b"")
+    except ValueError:
         return None
 
 
