@@ -55,7 +55,7 @@ from foreman.residency import normalise_model, split_key
 from foreman.resident import Resident
 from foreman.retry import BACKOFF_CAP, FailureKind, backoff_delay
 from foreman.status import WorkerStatistics
-from foreman.store import Store, StoreUnwritable
+from foreman.store import Ended, Store, StoreUnwritable
 from foreman.store_backoff import StoreBackoff
 from foreman.tickets import Chunk, Ending, Failed, Message, Reply, StreamStart, Ticket, Tickets
 from foreman.upstream import (
@@ -598,14 +598,27 @@ class Worker:
 
     async def _end(self, running: Running, new: JobState, fields: dict[str, Any]) -> Job | None:
         """Write the job's end, and with it (one transaction, one synced commit, one trip
-        to the store's thread) the claim of the next job for the slot it frees, when the
-        claim may be made here: see `_end_and_claim`. Otherwise, or when that write
-        cannot be made now, the end alone (waited out like any move)."""
+        to the store's thread) the claim of the next job for the slot it frees, under the
+        claim lock, when the claim may be made here. Otherwise, or when that write cannot
+        be made now (nothing was written), the end alone, waited out like any move."""
         if new is JobState.DONE and self._may_claim_with_end(running):
-            try:
-                return await self._end_and_claim(running, new, fields)
-            except StoreUnwritable:
-                pass  # nothing was written: the end alone waits for the database
+            async with self.fleet.claim_lock:
+                # the placement sees the lane with this job's slot free
+                lane = attrs.evolve(self._lane(), running=max(0, self.member.running - 1))
+                others = [
+                    self.fleet.lane(m) for m in self.fleet if m is not self.member and m.online
+                ]
+                claim = (lane, others, self.settings.max_wait, self.fleet.costs)
+                armed = self.wakeup.arm()
+                try:
+                    ended = await self.store.end_and_claim(
+                        running.job_id, running.state, new, fields, claim
+                    )
+                except StoreUnwritable:
+                    pass  # nothing was written: the end alone waits for the database
+                else:
+                    self.store_backoff.succeeded()
+                    return await self._ended_and_claimed(running, new, ended, armed)
         return await self._move(running, new, **fields)
 
     def _may_claim_with_end(self, running: Running) -> bool:
@@ -618,43 +631,40 @@ class Worker:
         now = trio.current_time()
         return not self.member.tags_due(now) and not self.fleet.costs_due(now)
 
-    async def _end_and_claim(
-        self, running: Running, new: JobState, fields: dict[str, Any]
+    async def _ended_and_claimed(
+        self, running: Running, new: JobState, ended: Ended, armed: trio.Event
     ) -> Job | None:
-        """The end and the next claim in one write, under the claim lock (the placement
-        sees the lane with this job's slot free). The claimed job is held at once and
-        runs next in this slot (`Running.following`); when none was, what the write saw
-        saves the loop its own look (`Running.look`). Raises StoreUnwritable when the
-        write cannot be made (nothing was written)."""
-        async with self.fleet.claim_lock:
-            lane = attrs.evolve(self._lane(), running=max(0, self.member.running - 1))
-            others = [self.fleet.lane(m) for m in self.fleet if m is not self.member and m.online]
-            claim = (lane, others, self.settings.max_wait, self.fleet.costs)
-            armed = self.wakeup.arm()
-            ended = await self.store.end_and_claim(
-                running.job_id, running.state, new, fields, claim
+        """After the end and the claim were written (the claim lock held): the claimed job
+        is held at once and runs next in this slot (`Running.following`); when none was
+        claimed, what the write saw spares the loop its own look (`Running.look`)."""
+        if ended.claim_error is not None:
+            log.warning(
+                "job %s: the claim made with its end failed (%s); claiming apart",
+                running.job_id,
+                ended.claim_error,
             )
-            self.store_backoff.succeeded()
-            if ended.claim_error is not None:
-                log.warning(
-                    "job %s: the claim made with its end failed (%s); claiming apart",
-                    running.job_id,
-                    ended.claim_error,
-                )
-            moved = self._moved(running, new, ended.moved)
-            claimed = ended.claimed
-            if claimed is not None and self.stopping:
-                # shutdown began while the claim was being written: put it back
+        moved = self._moved(running, new, ended.moved)
+        claimed = ended.claimed
+        if claimed is not None and self.stopping:
+            # shutdown began while the claim was being written: put it back
+            try:
                 await self.store.transition(
                     claimed.id, claimed.state, JobState.QUEUED, attempts_delta=-1
                 )
-            elif claimed is not None:
-                following = self._hold(claimed)
-                self._occupy(claimed, following)
-                running.following = (claimed, following)
-            elif ended.looked:
-                running.look = Look(armed, ended.retry_at)
-            return moved
+            except StoreUnwritable as exc:
+                log.warning(
+                    "job %s: %s; left %s for the next start to put back",
+                    claimed.id,
+                    exc,
+                    claimed.state.value,
+                )
+        elif claimed is not None:
+            following = self._hold(claimed)
+            self._occupy(claimed, following)
+            running.following = (claimed, following)
+        elif ended.looked:
+            running.look = Look(armed, ended.retry_at)
+        return moved
 
     async def _swap(self, job: Job, running: Running) -> Job | None:
         if running.unload:

@@ -159,3 +159,30 @@ async def test_a_claim_that_fails_in_the_ends_write_leaves_the_end_and_claims_ap
     ]
     assert sync.calls[:3] == ["claim_on", "end_and_claim", "claim_on"]
     assert "the claim made with its end failed" in caplog.text
+
+
+async def test_a_job_claimed_with_an_end_as_shutdown_begins_goes_back_to_the_queue(
+    db_path: Path, virtual_clock: trio.testing.MockClock
+) -> None:
+    async with open_rig(db_path, virtual_clock, sync=CountingStore) as rig:
+        sync = _counting(rig)
+        first = await rig.submit(chat(text="first"))
+        second = await rig.submit(chat(text="second"))
+        ticket = rig.worker.tickets.attach(first.id)
+        real = sync.end_and_claim
+
+        def stop_meanwhile(*args: Any) -> Any:
+            rig.worker.stopping = True  # shutdown begins while the write is made
+            return real(*args)
+
+        sync.end_and_claim = stop_meanwhile  # type: ignore[method-assign]
+        rig.start()
+        await rig.until_state(first.id, JobState.DONE)
+        await rig.worker.wait_quiet()
+        back = sync.get(second.id)
+
+    assert isinstance(ticket.receive_channel.receive_nowait(), Reply)
+    assert back is not None
+    assert back.state is JobState.QUEUED
+    assert back.attempts == 0
+    assert rig.ollama.times("job") == [0.0]
