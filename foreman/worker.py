@@ -55,7 +55,7 @@ from foreman.residency import normalise_model, split_key
 from foreman.resident import Resident
 from foreman.retry import BACKOFF_CAP, FailureKind, backoff_delay
 from foreman.status import WorkerStatistics
-from foreman.store import Store, StoreUnwritable
+from foreman.store import Ended, Store, StoreUnwritable
 from foreman.store_backoff import StoreBackoff
 from foreman.tickets import Chunk, Ending, Failed, Message, Reply, StreamStart, Ticket, Tickets
 from foreman.upstream import (
@@ -131,6 +131,21 @@ class Running:
     # the end decided for the job while its write is still waiting (a full disk): the
     # state, the client's last message and the fields (see `Worker._attempt`)
     ending: tuple[JobState, Message | None, dict[str, Any]] | None = None
+    # the job claimed for this slot in the same write as this job's end: the slot task
+    # runs it next (`Worker._end`)
+    following: tuple[Job, Running] | None = None
+    # that write found nothing to claim: what it saw, for the loop's next look
+    look: Look | None = None
+
+
+@attrs.frozen
+class Look:
+    """A look for work that found none, made in the write of a job's end: until anything
+    wakes the workers again (`armed` fires), looking again would find none either; the
+    earliest job in retry backoff becomes runnable at `retry_at`."""
+
+    armed: trio.Event
+    retry_at: float | None
 
 
 class Worker:
@@ -180,6 +195,8 @@ class Worker:
         self.store_backoff = StoreBackoff()
         # when the upstream last answered (trio time): a probe, or a job's end
         self._heard_at = 0.0
+        # the last job's end looked for work and found none (see `Look`)
+        self._look: Look | None = None
 
     # the fleet's view of this upstream, which the placement of every worker reads
     @property
@@ -218,10 +235,16 @@ class Worker:
                     await self._wait_for_ollama()
                     continue
                 armed = self.wakeup.arm()
+                look, self._look = self._look, None
                 if not self._lane().free:
                     # every slot is taken: a job's end wakes the workers
                     with trio.move_on_after(self.settings.idle_poll):
                         await armed.wait()
+                    continue
+                if look is not None and look.armed is armed:
+                    # the end of the last job looked already, and nothing woke the
+                    # workers since: wait as that look says
+                    await self._idle(armed, look)
                     continue
                 try:
                     claimed = await self._claim()
@@ -303,6 +326,7 @@ class Worker:
         """After a crash: the jobs this worker held are the store's to put back, and what
         the upstream holds is unknown."""
         self.jobs.clear()
+        self._look = None
         self.resident = None
         self.member.running = 0
         self.member.loading = False
@@ -349,9 +373,9 @@ class Worker:
             running.scope.cancel()
         return bool(self.jobs)
 
-    async def _idle(self, armed: trio.Event) -> None:
+    async def _idle(self, armed: trio.Event, look: Look | None = None) -> None:
         delay = self.settings.idle_poll
-        next_retry = await self.store.next_not_before()
+        next_retry = await self.store.next_not_before() if look is None else look.retry_at
         if next_retry is not None:
             delay = min(delay, max(0.0, next_retry - self.store.now()) + 0.005)
         checking = len(self.fleet) > 1
@@ -382,19 +406,36 @@ class Worker:
     # -- one job --------------------------------------------------------------------------
 
     async def _execute(self, job: Job, running: Running) -> None:
-        """One job in one slot, from its claim to its end (or its return to the queue)."""
+        """One slot's jobs: this one, then each claimed in the write of the previous one's
+        end, until an end claims nothing."""
+        following: tuple[Job, Running] | None = (job, running)
+        while following is not None:
+            following = await self._execute_one(*following)
+
+    async def _execute_one(self, job: Job, running: Running) -> tuple[Job, Running] | None:
+        """One job, from its claim to its end (or its return to the queue); returns the
+        job claimed with its end, if any."""
+        done = False
         try:
             with running.scope:
                 await self._attempt(job, running)
             if running.scope.cancelled_caught:
                 await self._cancelled(job, running)
+            done = True
         finally:
-            if running.state in RUNNING_STATES and self.stopping:
-                # foreman is exiting at once (a second signal): the job goes back to
-                # the queue, its attempt refunded, before the database closes
-                with trio.move_on_after(PUT_BACK_SECONDS, shield=True):
-                    await self._put_back(job, running)
-            self._let_go(running)
+            exiting = [(job, running)]
+            if not done and running.following is not None:
+                # the slot task itself is cancelled: the job claimed with the end never
+                # starts here
+                exiting.append(running.following)
+            for one_job, one in exiting:
+                if one.state in RUNNING_STATES and self.stopping:
+                    # foreman is exiting at once (a second signal): the job goes back to
+                    # the queue, its attempt refunded, before the database closes
+                    with trio.move_on_after(PUT_BACK_SECONDS, shield=True):
+                        await self._put_back(one_job, one)
+                self._let_go(one)
+        return running.following
 
     def _hold(self, job: Job) -> Running:
         """Take the job (and its client's ticket, if it has one) as the running one."""
@@ -473,7 +514,14 @@ class Worker:
             self.member.loading = False
             self.member.loading_key = None
         self._update_quiet()
+        # nothing woke the workers between the end's look for work and now: the loop's
+        # next look may rely on it, until the next wake (armed after this one)
+        look = running.look
+        fresh = look is not None and not look.armed.is_set()
         self.wakeup.notify()
+        if fresh:
+            assert look is not None
+            self._look = attrs.evolve(look, armed=self.wakeup.arm())
         if running.ticket is not None:
             # a job sent back by its upstream's outage runs again: its client waits for it
             aborted = running.scope.cancel_called and not running.outage
@@ -494,6 +542,10 @@ class Worker:
 
     async def _move(self, running: Running, new: JobState, **fields: Any) -> Job | None:
         moved = await self._write_transition(running, new, fields)
+        return self._moved(running, new, moved)
+
+    def _moved(self, running: Running, new: JobState, moved: Job | None) -> Job | None:
+        """The worker's move as written (None: the job had left its state first)."""
         if moved is None:
             log.info("job %s left %s before the worker moved it", running.job_id, running.state)
             return None
@@ -539,10 +591,80 @@ class Worker:
         """End the job: commit first, then give the waiting client its last message, so a
         client that has its answer can always read the finished job."""
         running.ending = (new, last, fields)
-        moved = await self._move(running, new, **fields)
+        moved = await self._end(running, new, fields)
         running.ending = None
         if moved is not None and last is not None and running.ticket is not None:
             await running.ticket.send(last)
+
+    async def _end(self, running: Running, new: JobState, fields: dict[str, Any]) -> Job | None:
+        """Write the job's end, and with it (one transaction, one synced commit, one trip
+        to the store's thread) the claim of the next job for the slot it frees, under the
+        claim lock, when the claim may be made here. Otherwise, or when that write cannot
+        be made now (nothing was written), the end alone, waited out like any move."""
+        if new is JobState.DONE and self._may_claim_with_end(running):
+            async with self.fleet.claim_lock:
+                # the placement sees the lane with this job's slot free
+                lane = attrs.evolve(self._lane(), running=max(0, self.member.running - 1))
+                others = [
+                    self.fleet.lane(m) for m in self.fleet if m is not self.member and m.online
+                ]
+                claim = (lane, others, self.settings.max_wait, self.fleet.costs)
+                armed = self.wakeup.arm()
+                try:
+                    ended = await self.store.end_and_claim(
+                        running.job_id, running.state, new, fields, claim
+                    )
+                except StoreUnwritable:
+                    pass  # nothing was written: the end alone waits for the database
+                else:
+                    self.store_backoff.succeeded()
+                    return await self._ended_and_claimed(running, new, ended, armed)
+        return await self._move(running, new, **fields)
+
+    def _may_claim_with_end(self, running: Running) -> bool:
+        """Whether the end of `running` may claim the next job: the worker claims, its
+        upstream answers, and the placement needs no refresh first (`_claim` does it)."""
+        if self.stopping or not self.online or running.state is not JobState.WORKING:
+            return False
+        if len(self.fleet) < 2:
+            return True
+        now = trio.current_time()
+        return not self.member.tags_due(now) and not self.fleet.costs_due(now)
+
+    async def _ended_and_claimed(
+        self, running: Running, new: JobState, ended: Ended, armed: trio.Event
+    ) -> Job | None:
+        """After the end and the claim were written (the claim lock held): the claimed job
+        is held at once and runs next in this slot (`Running.following`); when none was
+        claimed, what the write saw spares the loop its own look (`Running.look`)."""
+        if ended.claim_error is not None:
+            log.warning(
+                "job %s: the claim made with its end failed (%s); claiming apart",
+                running.job_id,
+                ended.claim_error,
+            )
+        moved = self._moved(running, new, ended.moved)
+        claimed = ended.claimed
+        if claimed is not None and self.stopping:
+            # shutdown began while the claim was being written: put it back
+            try:
+                await self.store.transition(
+                    claimed.id, claimed.state, JobState.QUEUED, attempts_delta=-1
+                )
+            except StoreUnwritable as exc:
+                log.warning(
+                    "job %s: %s; left %s for the next start to put back",
+                    claimed.id,
+                    exc,
+                    claimed.state.value,
+                )
+        elif claimed is not None:
+            following = self._hold(claimed)
+            self._occupy(claimed, following)
+            running.following = (claimed, following)
+        elif ended.looked:
+            running.look = Look(armed, ended.retry_at)
+        return moved
 
     async def _swap(self, job: Job, running: Running) -> Job | None:
         if running.unload:

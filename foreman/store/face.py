@@ -20,7 +20,7 @@ from foreman.lockfile import DatabaseLock, LockHeld
 from foreman.policy import Candidate, Lane, LoadCosts
 from foreman.store.errors import StoreError, StoreUnwritable, unwritable_reason
 from foreman.store.schema import connect
-from foreman.store.sql import Activity, Overview, SyncStore, wall_clock
+from foreman.store.sql import Activity, Ended, Overview, SyncStore, wall_clock
 
 T = TypeVar("T")
 
@@ -245,6 +245,27 @@ class Store:
         for gone in expired:
             self._on_change(gone)
         return self._notify(job)
+
+    async def end_and_claim(
+        self,
+        job_id: str,
+        old: JobState,
+        new: JobState,
+        fields: dict[str, Any],
+        claim: tuple[Lane, Sequence[Lane], float, LoadCosts],
+    ) -> Ended:
+        """`SyncStore.end_and_claim`: a job's end and the claim for the slot it frees
+        (`claim`: the lane, the others, the starvation bound, the costs), in one trip to
+        the store's thread and one synced commit. Listeners hear of the end first."""
+        lane, others, max_wait, costs = claim
+        ended = await self._write(
+            self.sync.end_and_claim, job_id, old, new, fields, lane, others, max_wait, costs
+        )
+        self._notify(ended.moved)
+        for gone in ended.expired:
+            self._on_change(gone)
+        self._notify(ended.claimed)
+        return ended
 
     async def measured_costs(self, since: float) -> LoadCosts:
         return await self._read(self.sync.measured_costs, since)

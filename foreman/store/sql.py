@@ -210,12 +210,34 @@ class Overview:
     running: list[Job]
 
 
+@attrs.frozen
+class Ended:
+    """What `SyncStore.end_and_claim` committed: the ended job (None when it had left the
+    state it was ended from), the job claimed for the freed slot and the queued jobs its
+    claim found past their deadline (failed), whether the claim was looked for at all
+    (False: it failed and was undone), and, when nothing was claimed, when the earliest
+    job in retry backoff becomes runnable."""
+
+    moved: Job | None
+    claimed: Job | None = None
+    expired: list[Job] = attrs.field(factory=list)
+    looked: bool = False
+    retry_at: float | None = None
+    # why the claim was undone, when it was
+    claim_error: str | None = None
+
+
 def wall_clock() -> float:
     """The one source of wall-clock time for stored timestamps."""
     return time.time()
 
 
-def _row_to_job(row: Sequence[Any]) -> Job:
+_READ = object()
+
+
+def _row_to_job(row: Sequence[Any], result: Any = _READ) -> Job:
+    """A job from its row (`_COLUMNS`); `result`, when given, is the value of the result
+    column as it was written, so its JSON need not be parsed back."""
     return Job(
         id=row[0],
         endpoint=Endpoint(row[1]),
@@ -234,7 +256,7 @@ def _row_to_job(row: Sequence[Any]) -> Job:
         started_at=_float(row[13]),
         finished_at=_float(row[14]),
         error=row[15],
-        result=_result(row[16]),
+        result=_result(row[16]) if result is _READ else result,
         queue_ms=row[17],
         ref=row[18],
         idempotency_key=row[19],
@@ -517,7 +539,10 @@ class SyncStore:
             f"UPDATE jobs SET {', '.join(sets)} WHERE id = ? AND state = ? RETURNING {_COLUMNS}",
             params,
         ).fetchone()
-        return _row_to_job(row) if row is not None else None
+        if row is None:
+            return None
+        # a result just written is the value in hand: not parsed back from its JSON
+        return _row_to_job(row, fields["result"]) if "result" in fields else _row_to_job(row)
 
     def transition(
         self, job_id: str, old: JobState, new: JobState, *, loaded: bool = False, **fields: Any
@@ -531,8 +556,10 @@ class SyncStore:
         """
         if new.terminal:
             fields.setdefault("finished_at", self.clock())
-        # synced unless the move is one recovery would redo (see `_unsynced`)
+        # synced unless the move is one recovery would redo (see `_unsynced`); BEGIN, since
+        # the connection is in autocommit mode and the swap's row belongs to the same commit
         with self._unsynced(not (new.terminal or old.terminal)), self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
             moved = self._transition_sql(job_id, old, new, fields)
             if moved is not None and loaded and old is JobState.LOADING:
                 self.conn.execute(
@@ -547,6 +574,45 @@ class SyncStore:
                     ),
                 )
             return moved
+
+    def end_and_claim(
+        self,
+        job_id: str,
+        old: JobState,
+        new: JobState,
+        fields: dict[str, Any],
+        lane: Lane,
+        others: Sequence[Lane],
+        max_wait: float,
+        costs: LoadCosts,
+    ) -> Ended:
+        """A job's end and the next claim for the slot it frees (`claim_on` on `lane`), in
+        one transaction: one commit, synced as an end must be, for both.
+
+        The claim runs inside a savepoint after the end: if it fails (a bug, a row the
+        driver refuses), only the claim is undone and the end still commits
+        (`Ended.looked` is then False, and the caller claims the usual way). When
+        nothing is claimed, the earliest retry (`next_not_before`) is read in the same
+        trip, so an idle worker needs no further read before it waits.
+        """
+        check_transition(old, new)
+        if not new.terminal:
+            raise ValueError(f"end_and_claim ends a job; {new.value} is not an end")
+        now = self.clock()
+        fields.setdefault("finished_at", now)
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            moved = self._transition_sql(job_id, old, new, fields)
+            self.conn.execute("SAVEPOINT claim")
+            try:
+                claimed, expired = self._claim_on(lane, others, max_wait, costs, now)
+                retry_at = self.next_not_before() if claimed is None else None
+            except Exception as exc:
+                self.conn.execute("ROLLBACK TO claim")
+                self.conn.execute("RELEASE claim")
+                return Ended(moved, claim_error=f"{type(exc).__name__}: {exc}")
+            self.conn.execute("RELEASE claim")
+        return Ended(moved, claimed, expired, True, retry_at)
 
     def claim(self, resident: str | None, max_wait: float) -> Job | None:
         """Pick the next job by the scheduling rule and mark it started, in one write.
@@ -577,11 +643,17 @@ class SyncStore:
         now = self.clock()
         with self._unsynced(), self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
-            expired = self._expire(now)
-            picked = self.place(lane, others, now, max_wait, costs)
-            if picked is None:
-                return None, expired
-            return self._start(picked, lane.resident, now, lane.name), expired
+            return self._claim_on(lane, others, max_wait, costs, now)
+
+    def _claim_on(
+        self, lane: Lane, others: Sequence[Lane], max_wait: float, costs: LoadCosts, now: float
+    ) -> tuple[Job | None, list[Job]]:
+        """`claim_on`'s work inside a transaction the caller holds."""
+        expired = self._expire(now)
+        picked = self.place(lane, others, now, max_wait, costs)
+        if picked is None:
+            return None, expired
+        return self._start(picked, lane.resident, now, lane.name), expired
 
     def _start(
         self, picked: Candidate, resident: str | None, now: float, upstream: str | None

@@ -144,6 +144,10 @@ class FullDiskStore(SyncStore):
         self._fail()
         return super().transition(*args, **kwargs)
 
+    def end_and_claim(self, *args: Any, **kwargs: Any) -> Any:
+        self._fail()
+        return super().end_and_claim(*args, **kwargs)
+
 
 class Ollama:
     """Just enough of Ollama, in memory: every generate answers at once."""
@@ -226,16 +230,26 @@ async def test_an_answer_whose_end_cannot_be_written_is_kept_not_run_again(
     sync, worker, http = await full_disk_worker(db_path, ollama)
     job = sync.enqueue(generate("kept"))
     real_transition = sync.transition
+    real_end_and_claim = sync.end_and_claim
     failed_ends: list[JobState] = []
 
-    def fill_at_the_end(job_id: str, old: JobState, new: JobState, **fields: Any) -> Any:
+    def filling(new: JobState) -> None:
         if new is JobState.DONE and not failed_ends:
             sync.full = True  # the disk fills while Ollama answers
         if sync.full:
             failed_ends.append(new)
+
+    def fill_at_the_end(job_id: str, old: JobState, new: JobState, **fields: Any) -> Any:
+        filling(new)
         return real_transition(job_id, old, new, **fields)
 
+    def fill_at_the_end_and_claim(job_id: str, old: JobState, new: JobState, *rest: Any) -> Any:
+        filling(new)
+        return real_end_and_claim(job_id, old, new, *rest)
+
+    # the end is written with the next claim when it can be, else alone
     monkeypatch.setattr(sync, "transition", fill_at_the_end)
+    monkeypatch.setattr(sync, "end_and_claim", fill_at_the_end_and_claim)
     async with http, trio.open_nursery() as nursery:
         nursery.start_soon(supervise, worker)
         await until(lambda: len(failed_ends) >= 3)
