@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # Makes sure PostgreSQL's server programs (initdb, pg_ctl, postgres) are on this machine,
-# for the tests that start a throwaway cluster of their own. Looks on PATH, then under
-# Debian's /usr/lib/postgresql/*/bin; installs Debian's `postgresql` when they are missing
-# and we may (root with apt-get); otherwise says why the PostgreSQL tests will skip.
+# for the tests that start a throwaway cluster of their own. Looks in the directory
+# FOREMAN_POSTGRES_BINDIR names if set, else on PATH, then under Debian's
+# /usr/lib/postgresql/*/bin; installs Debian's `postgresql` when they are missing and we
+# may (root with apt-get); otherwise says why the PostgreSQL tests will skip.
 # With FOREMAN_REQUIRE_POSTGRES=1 (CI) a missing server is an error instead.
 # No cluster is created or started here: the tests start their own.
 set -uo pipefail
 
 found() {
     local dir
+    if [ -n "${FOREMAN_POSTGRES_BINDIR:-}" ]; then
+        dir=$FOREMAN_POSTGRES_BINDIR
+        [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ] && [ -x "$dir/postgres" ]
+        return
+    fi
     if command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1 \
         && command -v postgres >/dev/null 2>&1; then
         return 0
