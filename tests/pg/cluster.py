@@ -2,23 +2,23 @@
 
 `postgres_cluster` starts one cluster per session, the first time a test asks for it (a run
 that never asks pays nothing): `initdb` into a fresh temporary directory, listening only on
-a Unix socket in that directory (no TCP port, so nothing else on the machine can reach it),
-with fsync off since its data are thrown away. It is stopped and removed when the session
-ends, whether the tests passed or not. `postgres_url` hands each test a database of its own,
-created for it and dropped after it.
+a Unix socket in that directory (no TCP port), with fsync off since its data are thrown
+away. It is stopped and removed when the session ends, whether the tests passed or not; a
+run killed before then leaves it to the next run, which stops and removes it.
+`postgres_url` hands each test a database of its own, created for it and dropped after it.
 
 PostgreSQL refuses to run as root; a root test run starts the server as `nobody`, which then
 owns the cluster's directory.
 
 The server programs come from the system's packages (`make postgres` installs Debian's):
 initdb, pg_ctl and postgres on PATH or under /usr/lib/postgresql/*/bin, or in the directory
-FOREMAN_POSTGRES_BINDIR names. Without them the
-tests that need the cluster skip, unless FOREMAN_REQUIRE_POSTGRES=1 (set by CI), where they
-fail instead.
+FOREMAN_POSTGRES_BINDIR names. Without them the tests that need the cluster skip, unless
+FOREMAN_REQUIRE_POSTGRES=1 (set by CI), where they fail instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import pwd
@@ -35,6 +35,10 @@ import attrs
 import pytest
 
 PROGRAMS = ("initdb", "pg_ctl", "postgres")
+# a cluster's directory, in the system's temporary directory, and the file in it that names
+# the test run (its process) the cluster belongs to
+PREFIX = "foreman-pg-"
+OWNER_FILE = "owner.pid"
 # the user a root test run starts the server as
 UNPRIVILEGED_USER = "nobody"
 SUPERUSER = "postgres"
@@ -191,6 +195,48 @@ class PostgresCluster:
             pass
 
 
+def new_cluster(
+    bindir: Path, user: pwd.struct_passwd | None, owner_pid: int | None = None
+) -> PostgresCluster:
+    """A cluster in a fresh temporary directory (not started yet), which records the test
+    run it belongs to (`owner_pid`, this process by default)."""
+    root = Path(tempfile.mkdtemp(prefix=PREFIX))
+    if user is not None:
+        os.chown(root, user.pw_uid, user.pw_gid)
+    (root / OWNER_FILE).write_text(str(os.getpid() if owner_pid is None else owner_pid))
+    return PostgresCluster(root=root, bindir=bindir, user=user)
+
+
+def sweep_abandoned(bindir: Path) -> list[Path]:
+    """Stops and removes the clusters of earlier test runs that were killed before their
+    teardown (their owner process is gone), so such runs do not leave servers behind;
+    returns the directories removed. Clusters of runs still going are left alone."""
+    swept = []
+    for root in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
+        try:
+            owner = int((root / OWNER_FILE).read_text())
+            uid = root.stat().st_uid
+        except (OSError, ValueError):
+            continue  # not one of ours, or one being created
+        if _alive(owner) or (os.geteuid() != 0 and uid != os.geteuid()):
+            continue
+        user = pwd.getpwuid(uid) if os.geteuid() == 0 else None
+        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+            PostgresCluster(root=root, bindir=bindir, user=user).stop()
+        swept.append(root)
+    return swept
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _server_environment() -> dict[str, str]:
     """The test run's environment without libpq's PG* variables, which could point the
     programs at another server or directory."""
@@ -226,10 +272,8 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
                 f"running as root and there is no user {UNPRIVILEGED_USER!r} to run "
                 "PostgreSQL as (it refuses to run as root)"
             )
-    root = Path(tempfile.mkdtemp(prefix="foreman-pg-"))
-    if user is not None:
-        os.chown(root, user.pw_uid, user.pw_gid)
-    cluster = PostgresCluster(root=root, bindir=bindir, user=user)
+    sweep_abandoned(bindir)
+    cluster = new_cluster(bindir, user)
     try:
         cluster.start()
         yield cluster

@@ -7,6 +7,7 @@ Every call goes through a trio worker thread, as foreman's stores call their dri
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -17,7 +18,7 @@ import pytest
 import trio
 from psycopg import errors
 
-from tests.pg.cluster import PostgresCluster
+from tests.pg.cluster import PostgresCluster, new_cluster, sweep_abandoned
 
 T = TypeVar("T")
 # generous: a loaded machine must never fail a test by taking its time
@@ -73,6 +74,27 @@ async def test_a_dropped_database_is_gone_even_with_a_connection_left_open(
             await one(left_open, "SELECT 1")
     async with connection(postgres_cluster.url()) as admin:
         assert await one(admin, "SELECT count(*) FROM pg_database WHERE datname = %s", name) == 0
+
+
+def test_a_cluster_left_by_a_killed_run_is_removed_by_the_next(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    abandoned = new_cluster(postgres_cluster.bindir, postgres_cluster.user, ended.pid)
+    try:
+        abandoned.start()
+        psycopg.connect(abandoned.url()).close()
+        swept = sweep_abandoned(postgres_cluster.bindir)
+        assert abandoned.root in swept
+        assert not abandoned.root.exists()
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(abandoned.url()).close()
+        # the clusters of runs still going (this one's) are left alone
+        assert postgres_cluster.root not in swept
+        psycopg.connect(postgres_cluster.url()).close()
+    finally:
+        abandoned.stop()
 
 
 async def test_claims_from_two_sessions_skip_each_others_rows(postgres_url: str) -> None:
