@@ -46,6 +46,14 @@ SUPERUSER = "postgres"
 PORT = 5432
 # generous: a loaded machine must not fail a run by taking its time
 START_TIMEOUT_S = 120
+# trust: only the cluster's owner (and root) can reach its socket
+INITDB_OPTIONS = (
+    *("--username", SUPERUSER, "--auth", "trust"),
+    *("--encoding", "UTF8", "--locale", "C", "--no-sync"),
+)
+WAITING = ("--wait", "--timeout", str(START_TIMEOUT_S))
+# the data are thrown away: no need for a clean shutdown
+STOP_OPTIONS = ("--mode", "immediate", *WAITING)
 # a throwaway cluster: durability buys nothing, and each flush costs time
 SETTINGS = {
     "listen_addresses": "''",
@@ -142,50 +150,24 @@ class PostgresCluster:
             )
 
     def start(self) -> None:
-        self.run(
-            "initdb",
-            "--pgdata",
-            self.data,
-            "--username",
-            SUPERUSER,
-            "--auth",
-            "trust",
-            "--encoding",
-            "UTF8",
-            "--locale",
-            "C",
-            "--no-sync",
-            "--no-instructions",
-        )
+        self.run("initdb", "--pgdata", self.data, *INITDB_OPTIONS)
         # settings go into the configuration file (pg_ctl -o would go through a shell)
         settings = dict(SETTINGS, unix_socket_directories=f"'{self.root}'")
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
-        self.run("pg_ctl", "start", "--pgdata", self.data, "--log", self.log, *self._waiting())
+        self.run("pg_ctl", "start", "--pgdata", self.data, "--log", self.log, *WAITING)
 
     def stop(self) -> None:
-        """Stops the server (the data are thrown away, so at once), then removes it all."""
+        """Stops the server at once, then removes it all."""
         try:
             if (self.data / "postmaster.pid").exists():
                 try:
-                    self.run(
-                        "pg_ctl",
-                        "stop",
-                        "--pgdata",
-                        self.data,
-                        "--mode",
-                        "immediate",
-                        *self._waiting(),
-                    )
+                    self.run("pg_ctl", "stop", "--pgdata", self.data, *STOP_OPTIONS)
                 except (RuntimeError, subprocess.TimeoutExpired):
                     self._kill_postmaster()
                     raise
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
-
-    @staticmethod
-    def _waiting() -> tuple[str, ...]:
-        return ("--wait", "--timeout", str(START_TIMEOUT_S))
 
     def _kill_postmaster(self) -> None:
         try:
