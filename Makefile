@@ -4,8 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser test check lint format demo run stub fuzz crash bench bench-quick \
-	bench-peers clean
+.PHONY: install browser postgres test check lint format demo run stub fuzz crash bench \
+	bench-quick bench-peers clean
 
 install: $(STAMP)
 
@@ -19,7 +19,13 @@ $(STAMP): pyproject.toml constraints.txt
 browser:
 	scripts/install-browser.sh
 
-# the whole suite; the browser tests skip without a Chromium (`make browser` installs one)
+# PostgreSQL's server programs from the system's packages, for the tests that start a
+# throwaway cluster of their own (nothing is started here)
+postgres:
+	scripts/install-postgres.sh
+
+# the whole suite; the browser tests skip without a Chromium (`make browser` installs one),
+# the PostgreSQL tests without PostgreSQL's server programs (`make postgres`)
 test: $(STAMP)
 	$(BIN)/pytest -q
 

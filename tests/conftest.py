@@ -1,4 +1,5 @@
-"""Settings for the whole suite: hypothesis profiles.
+"""Settings for the whole suite: hypothesis profiles, and the throwaway PostgreSQL cluster
+(tests/pg/cluster.py) for any test that asks for it.
 
 `ci` (the default, and what `make test` runs) is derandomized: the same examples every
 run, so CI never fails by chance and a failure reproduces. `fuzz` (`make fuzz`) explores
@@ -10,6 +11,8 @@ from __future__ import annotations
 import os
 
 from hypothesis import settings
+
+pytest_plugins = ["tests.pg.cluster"]
 
 settings.register_profile(
     "ci",
