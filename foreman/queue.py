@@ -133,28 +133,11 @@ class JobQueue:
         concurrent submissions cannot overshoot the limit; the store's broadcast counts
         the job as queued before its admission is released.
         """
-        if not self.accepting:
-            raise ShuttingDown("foreman is shutting down; try again shortly", 30)
-        if self.max_queue is not None and self.tally.queued + self._admitted >= self.max_queue:
-            raise QueueFull(BUSY_MESSAGE, 10)
         owner = new.key_name
-        if max_queued is not None and owner is not None:
-            held = self.tally.unfinished_of(owner) + self._admitted_by_key[owner]
-            if held >= max_queued:
-                raise KeyQueueFull(
-                    f"key {owner} has {held} unfinished jobs, as many as it may"
-                    f" (max_queued={max_queued}); try again when some have finished",
-                    KEY_QUEUE_RETRY_AFTER,
-                )
-        moved = self.store.file_problem()
-        if moved is not None:
-            log.warning("refusing a new job: %s", moved)
-            raise DatabaseUnwritable(unwritable_message(moved), UNWRITABLE_RETRY_AFTER)
+        self._check_room(1, owner, max_queued)
         job_id = str(ULID())
         ticket = self.tickets.attach(job_id) if attach else None
-        self._admitted += 1
-        if owner is not None:
-            self._admitted_by_key[owner] += 1
+        self._admit(1, owner)
         try:
             job, created = await self.store.submit(new, job_id)
         except Exception as exc:
@@ -172,11 +155,7 @@ class JobQueue:
                 ticket.release()
             raise
         finally:
-            self._admitted -= 1
-            if owner is not None:
-                self._admitted_by_key[owner] -= 1
-                if not self._admitted_by_key[owner]:
-                    del self._admitted_by_key[owner]
+            self._release(1, owner)
         if not created:
             if ticket is not None:
                 ticket.release()
@@ -198,40 +177,12 @@ class JobQueue:
         An idempotency conflict raises IdempotencyConflict with its item's `index`.
         """
         count = len(news)
-        if not self.accepting:
-            raise ShuttingDown("foreman is shutting down; try again shortly", 30)
-        if self.max_queue is not None:
-            if count > self.max_queue:
-                raise BatchNeverFits(
-                    f"a batch of {count} jobs can never fit the queue's limit"
-                    f" (max_queue={self.max_queue}); split it"
-                )
-            if self.tally.queued + self._admitted + count > self.max_queue:
-                raise QueueFull(BUSY_MESSAGE, 10)
-        if max_queued is not None and owner is not None:
-            if count > max_queued:
-                raise BatchNeverFits(
-                    f"a batch of {count} jobs can never fit key {owner}'s limit"
-                    f" (max_queued={max_queued}); split it"
-                )
-            held = self.tally.unfinished_of(owner) + self._admitted_by_key[owner]
-            if held + count > max_queued:
-                raise KeyQueueFull(
-                    f"key {owner} has {held} unfinished jobs; {count} more would pass"
-                    f" its max_queued={max_queued}; try again when some have finished",
-                    KEY_QUEUE_RETRY_AFTER,
-                )
-        moved = self.store.file_problem()
-        if moved is not None:
-            log.warning("refusing a batch of %d jobs: %s", count, moved)
-            raise DatabaseUnwritable(unwritable_message(moved), UNWRITABLE_RETRY_AFTER)
+        self._check_room(count, owner, max_queued)
         # ids in item order, so that listings and the scheduling rule's ties keep the
         # order the jobs were given in (sorted: within one millisecond, ULIDs are only
         # monotonic under some versions of the library)
         ids = sorted(str(ULID()) for _ in range(count))
-        self._admitted += count
-        if owner is not None:
-            self._admitted_by_key[owner] += count
+        self._admit(count, owner)
         try:
             answers = await self.store.submit_all(list(zip(news, ids, strict=True)))
         except Exception as exc:
@@ -243,16 +194,61 @@ class JobQueue:
                 unwritable_message(down.reason), UNWRITABLE_RETRY_AFTER
             ) from exc
         finally:
-            self._admitted -= count
-            if owner is not None:
-                self._admitted_by_key[owner] -= count
-                if not self._admitted_by_key[owner]:
-                    del self._admitted_by_key[owner]
+            self._release(count, owner)
         created = sum(1 for _, made in answers if made)
         log.info("batch of %d jobs stored (%d new)", count, created)
         if created:
             self.wakeup.notify()
         return [Submitted(job, None, made) for job, made in answers]
+
+    def _check_room(self, count: int, owner: str | None, max_queued: int | None) -> None:
+        """Refuse `count` new jobs of `owner` that the limits have no room for: the queue's
+        `max_queue` and the key's `max_queued`, each counting the submissions admitted
+        and not yet stored; a batch that could never fit either is BatchNeverFits (there
+        is nothing to wait for). Also refused: shutdown, and a database file that moved."""
+        if not self.accepting:
+            raise ShuttingDown("foreman is shutting down; try again shortly", 30)
+        if self.max_queue is not None:
+            if count > 1 and count > self.max_queue:
+                raise BatchNeverFits(
+                    f"a batch of {count} jobs can never fit the queue's limit"
+                    f" (max_queue={self.max_queue}); split it"
+                )
+            if self.tally.queued + self._admitted + count > self.max_queue:
+                raise QueueFull(BUSY_MESSAGE, 10)
+        if max_queued is not None and owner is not None:
+            if count > 1 and count > max_queued:
+                raise BatchNeverFits(
+                    f"a batch of {count} jobs can never fit key {owner}'s limit"
+                    f" (max_queued={max_queued}); split it"
+                )
+            held = self.tally.unfinished_of(owner) + self._admitted_by_key[owner]
+            if held + count > max_queued:
+                more = "as many as it may" if count == 1 else f"{count} more would pass"
+                raise KeyQueueFull(
+                    f"key {owner} has {held} unfinished jobs, {more}"
+                    f" (max_queued={max_queued}); try again when some have finished",
+                    KEY_QUEUE_RETRY_AFTER,
+                )
+        moved = self.store.file_problem()
+        if moved is not None:
+            what = "a new job" if count == 1 else f"a batch of {count} jobs"
+            log.warning("refusing %s: %s", what, moved)
+            raise DatabaseUnwritable(unwritable_message(moved), UNWRITABLE_RETRY_AFTER)
+
+    def _admit(self, count: int, owner: str | None) -> None:
+        """Count `count` jobs of `owner` against the limits until they are stored."""
+        self._admitted += count
+        if owner is not None:
+            self._admitted_by_key[owner] += count
+
+    def _release(self, count: int, owner: str | None) -> None:
+        """The admitted jobs are stored (the tally counts them now) or refused."""
+        self._admitted -= count
+        if owner is not None:
+            self._admitted_by_key[owner] -= count
+            if not self._admitted_by_key[owner]:
+                del self._admitted_by_key[owner]
 
     async def get(self, job_id: str) -> Job | None:
         return await self.store.get(job_id)
