@@ -10,12 +10,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import trio
 
@@ -263,3 +264,27 @@ def machine() -> dict[str, Any]:
         "commit": _commit(),
         "load_average": os.getloadavg()[0],
     }
+
+
+async def watch_stream(
+    url: str,
+    path: str,
+    received: list[int],
+    ready: trio.Event,
+    count: Callable[[bytes], int] = len,
+) -> None:
+    """Read an event stream as fast as it comes and throw it away, adding `count` of each
+    read to `received[0]` (its bytes, unless told otherwise); `ready` once it answers."""
+    parts = urlsplit(url)
+    stream = await trio.open_tcp_stream(parts.hostname or "127.0.0.1", parts.port or 80)
+    async with stream:
+        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode())
+        first = True
+        while True:
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            received[0] += count(data)
+            if first:
+                ready.set()
+                first = False

@@ -6,13 +6,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import trio
 
 from foreman.store import SyncStore, connect
 
-from .common import ms, percentile, stack, stub_control
+from .common import ms, percentile, stack, stub_control, watch_stream
 from .overhead import submit_jobs, wait_done
 from .scale import fill_queue
 
@@ -53,25 +52,6 @@ def summary_cost(work: Path, queued: int, finished: int, reads: int = 20) -> dic
     }
 
 
-async def _watch(url: str, received: list[int], ready: trio.Event) -> None:
-    """One page's live stream, read and thrown away as fast as it comes."""
-    parts = urlsplit(url)
-    stream = await trio.open_tcp_stream(parts.hostname or "127.0.0.1", parts.port or 80)
-    async with stream:
-        await stream.send_all(
-            f"GET /queue/events HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode()
-        )
-        first = True
-        while True:
-            data = await stream.receive_some(65536)
-            if not data:
-                return
-            received[0] += len(data)
-            if first:
-                ready.set()
-                first = False
-
-
 async def _drain(url: str, stub_url: str, jobs: int, viewers: int) -> dict[str, Any]:
     """Queue `jobs` while the stub holds, then time the worker draining them with
     `viewers` dashboard streams open."""
@@ -79,7 +59,7 @@ async def _drain(url: str, stub_url: str, jobs: int, viewers: int) -> dict[str, 
     async with trio.open_nursery() as nursery:
         for _ in range(viewers):
             ready = trio.Event()
-            nursery.start_soon(_watch, url, received, ready)
+            nursery.start_soon(watch_stream, url, "/queue/events", received, ready)
             await ready.wait()
         await stub_control(stub_url, "POST", "/_stub/hold")
         ids, _ = await submit_jobs(url, jobs, 32, first=viewers * 100_000)

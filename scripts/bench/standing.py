@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import trio
 
@@ -14,7 +13,7 @@ from foreman.forecast import Backlog, Upstream, forecast
 from foreman.policy import LoadCosts
 from foreman.store import SyncStore, connect
 
-from .common import ms, percentile, stack, stub_control
+from .common import ms, percentile, stack, stub_control, watch_stream
 from .overhead import submit_jobs, wait_done
 from .scale import MODELS, fill_queue
 
@@ -83,25 +82,6 @@ def lookup_cost(work: Path, queued: int, lookups: int = 50) -> dict[str, Any]:
     }
 
 
-async def _watch(url: str, job_id: str, received: list[int], ready: trio.Event) -> None:
-    """One job's event stream, read and thrown away as it comes."""
-    parts = urlsplit(url)
-    stream = await trio.open_tcp_stream(parts.hostname or "127.0.0.1", parts.port or 80)
-    async with stream:
-        await stream.send_all(
-            f"GET /jobs/{job_id}/events HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode()
-        )
-        first = True
-        while True:
-            data = await stream.receive_some(65536)
-            if not data:
-                return
-            received[0] += data.count(b"event: position")
-            if first:
-                ready.set()
-                first = False
-
-
 async def _drain(url: str, stub_url: str, jobs: int, watched: int) -> dict[str, Any]:
     """Queue `jobs` while the stub holds, open `watched` streams on the last of them, then
     time the worker draining the queue."""
@@ -111,7 +91,9 @@ async def _drain(url: str, stub_url: str, jobs: int, watched: int) -> dict[str, 
     async with trio.open_nursery() as nursery:
         for job_id in ids[len(ids) - watched :]:
             ready = trio.Event()
-            nursery.start_soon(_watch, url, job_id, received, ready)
+            nursery.start_soon(
+                watch_stream, url, f"/jobs/{job_id}/events", received, ready, _positions
+            )
             await ready.wait()
         await stub_control(stub_url, "POST", "/_stub/release")
         started = time.perf_counter()
@@ -125,6 +107,10 @@ async def _drain(url: str, stub_url: str, jobs: int, watched: int) -> dict[str, 
         "jobs_per_s": jobs / elapsed,
         "position_events": received[0],
     }
+
+
+def _positions(data: bytes) -> int:
+    return data.count(b"event: position")
 
 
 def throughput_watched(work: Path, quick: bool) -> dict[str, Any]:
