@@ -247,9 +247,10 @@ async def _assemble(
 
 
 def _lean_pool(clients: contextlib.AsyncExitStack, url: str, connections: int) -> RelayPool | None:
-    """A lean pool for an upstream at `url`, closed with the other pools; none for https
-    (the httpx pool beside it serves it)."""
-    if not url.startswith("http://"):
+    """A lean pool for an upstream at `url`, closed with the other pools; none for https,
+    nor for a URL with credentials (user:password@), which httpx sends as Basic auth: the
+    httpx pool beside it serves those."""
+    if not url.startswith("http://") or httpx.URL(url).userinfo:
         return None
     pool = RelayPool(url, connections)
     clients.callback(pool.close)

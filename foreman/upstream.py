@@ -321,7 +321,7 @@ class Upstream:
         through the lean pool when there is one (the same request, byte for byte)."""
         response: StreamedAnswer
         if lean and self.lean is not None and body:
-            response = await self._send_lean(method, path, body, headers, read_timeout)
+            response = await self._send_lean(self.lean, method, path, body, headers, read_timeout)
         else:
             response = await self.send(
                 method, path, body=body, headers=headers, read_timeout=read_timeout
@@ -370,6 +370,7 @@ class Upstream:
 
     async def _send_lean(
         self,
+        pool: RelayPool,
         method: str,
         path: str,
         body: bytes,
@@ -377,11 +378,10 @@ class Upstream:
         read_timeout: float | None,
     ) -> _LeanAnswer:
         """`send` on the lean pool: the same target, head and body, the same failures."""
-        assert self.lean is not None
         target = self.url(path).raw_path
         head = self._lean_head(method, headers, len(body))
         try:
-            response = await self.lean.send_head(method, target, head, body, read_timeout)
+            response = await pool.send_head(method, target, head, body, read_timeout)
         except httpx.HTTPError as exc:
             raise _network_error(exc, f"{method} {path}") from None
         return _LeanAnswer(response)

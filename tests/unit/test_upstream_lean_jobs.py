@@ -4,6 +4,7 @@ alike, so the two cannot drift apart. And `iter_lines`, chunk boundaries anywher
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
+from foreman.daemon import _lean_pool
 from foreman.relay_client import RelayPool
 from foreman.retry import FailureKind, classify_status
 from foreman.stub import StubConfig, StubOllama
@@ -276,3 +278,19 @@ async def test_any_chunking_gives_the_lines_of_the_whole(body: bytes, cuts: list
     tail = body.split(b"\n")[-1]
     expected = whole + ([tail] if tail.strip() else [])
     assert await lines_of(chunks) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "lean"),
+    [
+        ("http://127.0.0.1:11434", True),
+        ("https://ollama.example", False),
+        # httpx sends the credentials as Basic auth; the lean pool would not
+        ("http://user:secret@127.0.0.1:11434", False),
+    ],
+)
+async def test_only_a_plain_http_upstream_without_credentials_gets_lean_pools(
+    url: str, lean: bool
+) -> None:
+    async with contextlib.AsyncExitStack() as clients:
+        assert (_lean_pool(clients, url, 4) is not None) is lean
