@@ -162,6 +162,8 @@ class UpstreamPools:
     probe: httpx.AsyncClient
     # the relay's hot path (embeddings, read-only routes): plain http upstreams only
     lean: RelayPool | None = None
+    # the worker's jobs (chat, generate): plain http upstreams only
+    worker_lean: RelayPool | None = None
 
 
 def build_fleet(settings: Settings, pools: list[UpstreamPools]) -> Fleet:
@@ -201,7 +203,7 @@ async def _assemble(
     workers = tuple(
         Worker(
             store,
-            Upstream(p.worker, settings.read_timeout),
+            Upstream(p.worker, settings.read_timeout, lean=p.worker_lean),
             tickets,
             wakeup,
             WorkerSettings.from_settings(settings),
@@ -244,12 +246,13 @@ async def _assemble(
     return Parts(workers, queue, tickets, board, AccessLog(create_app(services)))
 
 
-def _lean_pool(clients: contextlib.AsyncExitStack, url: str) -> RelayPool | None:
-    """The lean relay's pool for an upstream at `url`, closed with the other pools; none
-    for https (the relay's httpx pool serves it)."""
-    if not url.startswith("http://"):
+def _lean_pool(clients: contextlib.AsyncExitStack, url: str, connections: int) -> RelayPool | None:
+    """A lean pool for an upstream at `url`, closed with the other pools; none for https,
+    nor for a URL with credentials (user:password@), which httpx sends as Basic auth: the
+    httpx pool beside it serves those."""
+    if not url.startswith("http://") or httpx.URL(url).userinfo:
         return None
-    pool = RelayPool(url, LEAN_RELAY_CONNECTIONS)
+    pool = RelayPool(url, connections)
     clients.callback(pool.close)
     return pool
 
@@ -315,7 +318,8 @@ async def run(
                     probe=await clients.enter_async_context(
                         default_client(spec.url, PROBE_CONNECTIONS)
                     ),
-                    lean=_lean_pool(clients, spec.url),
+                    lean=_lean_pool(clients, spec.url, LEAN_RELAY_CONNECTIONS),
+                    worker_lean=_lean_pool(clients, spec.url, worker_connections(spec.slots)),
                 )
                 for spec in settings.upstreams
             ]

@@ -82,6 +82,18 @@ class RelayPool:
         head: Head = [(b"host", self.authority), *headers]
         if body or method in _BODY_METHODS:
             head.append((b"content-length", str(len(body)).encode()))
+        return await self.send_head(method, target, head, body, read_timeout)
+
+    async def send_head(
+        self,
+        method: str,
+        target: bytes,
+        head: Head,
+        body: bytes = b"",
+        read_timeout: float | None = None,
+    ) -> RelayResponse:
+        """`send` with the request's whole head as given, Host and framing included: for a
+        caller that must send exactly the head another client would have."""
         await self._slots.acquire()
         try:
             connection, reused = await self._take()

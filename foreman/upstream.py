@@ -17,7 +17,7 @@ import attrs
 import httpx
 
 from foreman.jobs import Endpoint
-from foreman.relay_client import RelayPool
+from foreman.relay_client import Head, RelayPool, RelayResponse
 from foreman.retry import FailureKind, classify_status
 from foreman.target import TargetRefused, checked_path
 
@@ -166,8 +166,12 @@ def worker_connections(slots: int) -> int:
 
 def upstream_connections(slots: int) -> int:
     """Every connection foreman may open to an upstream with `slots`."""
+    # the worker's pool, and its lean pool for its jobs
     return (
-        RELAY_CONNECTIONS + LEAN_RELAY_CONNECTIONS + worker_connections(slots) + PROBE_CONNECTIONS
+        RELAY_CONNECTIONS
+        + LEAN_RELAY_CONNECTIONS
+        + 2 * worker_connections(slots)
+        + PROBE_CONNECTIONS
     )
 
 
@@ -226,11 +230,48 @@ class _HttpxAnswer:
         await self.response.aclose()
 
 
+class StreamedAnswer(Protocol):
+    """An answer `Upstream.open` gives, whichever client fetched it: httpx's own, or the
+    lean pool's as `_LeanAnswer`."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def headers(self) -> httpx.Headers: ...
+    def aiter_raw(self) -> AsyncIterator[bytes]: ...
+    async def aread(self) -> bytes: ...
+    async def aclose(self) -> None: ...
+
+
+class _LeanAnswer:
+    """A lean pool's answer as httpx would have given it: its headers as `httpx.Headers`
+    (decoded as httpx decodes them), its whole body decoded by its Content-Encoding."""
+
+    def __init__(self, response: RelayResponse) -> None:
+        self.response = response
+        self.status_code = response.status_code
+        self.headers = httpx.Headers(response.headers)
+
+    def aiter_raw(self) -> AsyncIterator[bytes]:
+        return self.response.aiter_raw()
+
+    async def aread(self) -> bytes:
+        raw = await self.response.aread()
+        if self.response.header(b"content-encoding") is None:
+            return raw
+        # rare (Ollama does not compress), so httpx's own decoders do it
+        return httpx.Response(self.status_code, headers=self.headers, content=raw).content
+
+    async def aclose(self) -> None:
+        await self.response.aclose()
+
+
 class Upstream:
     """`read_timeout` is the longest silence accepted where Ollama should keep talking:
     small calls (version, ps, show, unload) and streamed jobs. Loads, non-streamed jobs
     and relayed requests wait as long as they take (the job timeout, or the client,
-    bounds them). `lean`, when given, carries the relay's hot path (`relay`)."""
+    bounds them). `lean`, when given, carries the relay's hot path (`relay`) and the
+    worker's jobs (`open` with `lean`)."""
 
     def __init__(
         self,
@@ -241,6 +282,8 @@ class Upstream:
         self.client = client
         self.read_timeout = read_timeout
         self.lean = lean
+        # the head httpx would send, by method and headers (see `_lean_head`)
+        self._heads: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[Head, int]] = {}
 
     async def relay(
         self, method: str, path: str, *, body: bytes, headers: list[tuple[bytes, bytes]]
@@ -270,13 +313,19 @@ class Upstream:
         headers: Mapping[str, str] | None = None,
         check: bool = True,
         read_timeout: float | None = None,
-    ) -> AsyncIterator[httpx.Response]:
+        lean: bool = False,
+    ) -> AsyncIterator[StreamedAnswer]:
         """A streamed response. With `check`, any status but 2xx raises UpstreamError
         (its body read in full); the response is closed on exit, which aborts the
-        request at Ollama if it has not finished."""
-        response = await self.send(
-            method, path, body=body, headers=headers, read_timeout=read_timeout
-        )
+        request at Ollama if it has not finished. With `lean`, a request with a body goes
+        through the lean pool when there is one (the same request, byte for byte)."""
+        response: StreamedAnswer
+        if lean and self.lean is not None and body:
+            response = await self._send_lean(self.lean, method, path, body, headers, read_timeout)
+        else:
+            response = await self.send(
+                method, path, body=body, headers=headers, read_timeout=read_timeout
+            )
         try:
             if check and not 200 <= response.status_code < 300:
                 try:
@@ -318,6 +367,42 @@ class Upstream:
             return await self.client.send(request, stream=True)
         except httpx.HTTPError as exc:
             raise _network_error(exc, f"{method} {path}") from None
+
+    async def _send_lean(
+        self,
+        pool: RelayPool,
+        method: str,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str] | None,
+        read_timeout: float | None,
+    ) -> _LeanAnswer:
+        """`send` on the lean pool: the same target, head and body, the same failures."""
+        target = self.url(path).raw_path
+        head = self._lean_head(method, headers, len(body))
+        try:
+            response = await pool.send_head(method, target, head, body, read_timeout)
+        except httpx.HTTPError as exc:
+            raise _network_error(exc, f"{method} {path}") from None
+        return _LeanAnswer(response)
+
+    def _lean_head(self, method: str, headers: Mapping[str, str] | None, length: int) -> Head:
+        """The head httpx builds for this request (its own Host, Accept, User-Agent...,
+        in its order and case), built by httpx once per method and headers, with this
+        body's Content-Length."""
+        key = (method, tuple((headers or {}).items()))
+        known = self._heads.get(key)
+        if known is None:
+            request = self.client.build_request(
+                method, self.url("/"), content=b"-", headers=headers
+            )
+            raw = list(request.headers.raw)
+            at = next(i for i, (name, _) in enumerate(raw) if name.lower() == b"content-length")
+            known = self._heads[key] = (raw, at)
+        template, at = known
+        head = template.copy()
+        head[at] = (template[at][0], str(length).encode())
+        return head
 
     def url(self, path: str) -> httpx.URL:
         """The configured Ollama base URL with `path` (and query) appended.
@@ -409,35 +494,45 @@ def _keep_alive_value(raw: str) -> str | int:
         return raw
 
 
-async def read_body(response: httpx.Response) -> bytes:
+async def read_body(response: StreamedAnswer) -> bytes:
     try:
         return await response.aread()
     except httpx.HTTPError as exc:
         raise _network_error(exc, "reading the answer") from None
 
 
-async def iter_lines(response: httpx.Response) -> AsyncGenerator[bytes, None]:
+async def iter_lines(response: StreamedAnswer) -> AsyncGenerator[bytes, None]:
     """The NDJSON lines of a streamed answer, exactly as sent, each with its newline.
 
-    A connection that breaks mid-stream raises a transient UpstreamError.
+    Each chunk is scanned once from where its last line ended, and a line that spans
+    chunks is joined once when its end arrives: no byte is copied twice, however large
+    the chunks or the lines. A connection that breaks mid-stream raises a transient
+    UpstreamError.
     """
-    pending = b""
+    # the pieces of a line begun in earlier chunks
+    parts: list[bytes] = []
     try:
         async for chunk in response.aiter_raw():
-            pending += chunk
-            while True:
-                cut = pending.find(b"\n")
-                if cut < 0:
-                    break
-                line, pending = pending[: cut + 1], pending[cut + 1 :]
+            start = 0
+            while (cut := chunk.find(b"\n", start)) >= 0:
+                if parts:
+                    parts.append(chunk[start : cut + 1])
+                    line = b"".join(parts)
+                    parts.clear()
+                else:
+                    line = chunk[start : cut + 1]
                 yield line
+                start = cut + 1
+            if start < len(chunk):
+                parts.append(chunk[start:] if start else chunk)
     except httpx.HTTPError as exc:
         raise _network_error(exc, "reading the stream") from None
-    if pending.strip():
-        yield pending
+    rest = b"".join(parts)
+    if rest.strip():
+        yield rest
 
 
-async def iter_events(response: httpx.Response) -> AsyncGenerator[bytes, None]:
+async def iter_events(response: StreamedAnswer) -> AsyncGenerator[bytes, None]:
     """The Server-Sent Events of a streamed answer, exactly as sent: each event's lines
     with the blank line that ends it.
 

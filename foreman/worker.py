@@ -703,6 +703,7 @@ class Worker:
             # a stream should keep talking; a non-streamed answer says nothing until it
             # is whole, however long that takes (the job timeout bounds it)
             read_timeout=self.upstream.read_timeout if job.stream else None,
+            lean=True,
         ) as response:
             headers = response_headers(response.headers)
             queue_ms = job.queue_ms or 0
