@@ -288,6 +288,9 @@ class SyncStore:
     `Store` runs these on a worker thread; tests and tools may call them directly.
     """
 
+    # what the connection's driver raises for a statement the database refused
+    driver_errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+
     def __init__(self, conn: sqlite3.Connection, clock: Callable[[], float] = wall_clock):
         self.conn = conn
         self.clock = clock
@@ -357,7 +360,7 @@ class SyncStore:
                 self.conn.execute("BEGIN IMMEDIATE")
                 for new, job_id in batch:
                     out.append(self._insert_alone(new, job_id))
-        except sqlite3.Error:
+        except self.driver_errors:
             if len(batch) == 1:
                 raise
             out = []
