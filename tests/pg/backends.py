@@ -17,6 +17,10 @@ from tests.pg.cluster import PostgresCluster
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
+# a test of what only SQLite has (its file, plans, pragmas), in a module whose `store`
+# fixture runs on both backends
+sqlite_only = pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+
 
 def open_store(
     request: pytest.FixtureRequest,

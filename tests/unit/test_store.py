@@ -26,7 +26,7 @@ from foreman.store import (
     connect,
     migrate,
 )
-from tests.pg.backends import BACKENDS, open_store
+from tests.pg.backends import BACKENDS, open_store, sqlite_only
 
 from ._helpers import FakeClock, new_job
 
@@ -35,9 +35,6 @@ from ._helpers import FakeClock, new_job
 def store(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> SyncStore:
     """The store on each backend; a SQLite-only test says `@sqlite_only`."""
     return open_store(request, request.param, tmp_path / "state", clock)
-
-
-sqlite_only = pytest.mark.parametrize("store", ["sqlite"], indirect=True)
 
 
 def _duplicate_key_error(store: SyncStore) -> type[Exception]:
