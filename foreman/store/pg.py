@@ -240,11 +240,15 @@ class PgSyncStore(SyncStore):
     def file_problem(self) -> str | None:
         return None
 
-    def explain_pick(self) -> list[str]:
-        """The query plans of `pick`'s and `place`'s statements, one line per plan node."""
+    def explain_pick(self, key: str = "m") -> list[str]:
+        """The query plans of `pick`'s and `place`'s statements, one line per plan node.
+
+        PostgreSQL plans for the values given: `key` stands in for the statements' model
+        key, so that a test on a filled table asks about a key it holds."""
         plans = []
         for sql, params in dict.fromkeys(PICK_STATEMENTS + PLACE_STATEMENTS):
             query = "EXPLAIN " + render(sql)
-            rows = self.pg.raw.execute(query, tuple(params) or None).fetchall()
+            values = tuple(key if p == "m" else p for p in params)
+            rows = self.pg.raw.execute(query, values or None).fetchall()
             plans.append(" | ".join(str(r[0]).strip() for r in rows))
         return plans

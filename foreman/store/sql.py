@@ -99,10 +99,12 @@ _KEY_STARVED_AT_PRIORITY = (
     f"{_CANDIDATE} INDEXED BY jobs_queue_model WHERE state = 'queued' AND model_key = ?"
     f" AND priority = ? AND enqueued_at < ? AND not_before <= ? {_OLDEST_FIRST}"
 )
-# a key's runnable jobs, counted up to a cap (`policy.BACKLOG_CAP`)
+# a key's runnable jobs, counted up to a cap (`policy.BACKLOG_CAP`); in the index's order,
+# so that a planner that chooses by cost (PostgreSQL's) walks the key's rows alone
 _KEY_BACKLOG = (
     "SELECT count(*) FROM (SELECT 1 FROM jobs INDEXED BY jobs_queue_model"
-    " WHERE state = 'queued' AND model_key = ? AND not_before <= ? LIMIT ?)"
+    " WHERE state = 'queued' AND model_key = ? AND not_before <= ?"
+    " ORDER BY priority DESC, enqueued_at, id LIMIT ?)"
 )
 # a new job's turn (`policy.turn_for`): behind its owner's last queued job of its key and
 # priority, else at the front of that group, else 0; each subquery one seek
