@@ -24,6 +24,7 @@ from typing import Any
 import psycopg
 from psycopg import pq
 
+from foreman.jobs import Job, NewJob
 from foreman.store.errors import StoreError
 from foreman.store.sql import PICK_STATEMENTS, PLACE_STATEMENTS, SyncStore, wall_clock
 
@@ -230,6 +231,28 @@ class PgSyncStore(SyncStore):
     @contextmanager
     def _unsynced(self, unsynced: bool = True) -> Iterator[None]:
         yield
+
+    def _insert(self, new: NewJob, job_id: str | None) -> tuple[Job, bool]:
+        """`SyncStore._insert`, also when another connection inserts the same idempotency
+        key at once: the unique index makes this insert wait for that one's commit and
+        fail; the lookup made again then finds that job (or the conflict with it)."""
+        if new.idempotency_key is None:
+            return super()._insert(new, job_id)
+        self.conn.execute("SAVEPOINT keyed")
+        try:
+            answer = super()._insert(new, job_id)
+        except psycopg.errors.UniqueViolation as exc:
+            self.conn.execute("ROLLBACK TO keyed")
+            self.conn.execute("RELEASE keyed")
+            if exc.diag.constraint_name != "jobs_idempotency":
+                raise
+            return super()._insert(new, job_id)
+        except BaseException:
+            self.conn.execute("ROLLBACK TO keyed")
+            self.conn.execute("RELEASE keyed")
+            raise
+        self.conn.execute("RELEASE keyed")
+        return answer
 
     def probe_write(self) -> None:
         """Commit a write that changes nothing (the schema version as it is)."""

@@ -5,11 +5,14 @@ locked (two processes on one database never start the same job)."""
 from __future__ import annotations
 
 import random
+import threading
+import time
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 
+from foreman.jobs import Job
 from foreman.policy import TURN, Lane, LoadCosts
 from foreman.store import StoreError
 from foreman.store.pg import PG_SCHEMA_VERSION, PgSyncStore, pg_connect
@@ -144,3 +147,49 @@ def test_the_statements_that_pick_a_job_to_start_lock_it_skipping_locked_rows(
     locking = [p for p in big_store.explain_pick() if "LockRows" in p]
     # the starved, top, per-model and per-key lookups each return a row to start
     assert len(locking) == 6, locking
+
+
+def test_one_key_submitted_on_two_connections_at_once_makes_one_job(
+    store: PgSyncStore, postgres_url: str
+) -> None:
+    """The second submission waits on the unique index for the first one's commit, then
+    answers with the job it made, as if it had come second (replicas share one database)."""
+    other = PgSyncStore(pg_connect(postgres_url), clock=FakeClock())
+    new = new_job(idempotency_key="k", request_hash="h")
+    answers: list[tuple[Job, bool] | BaseException] = []
+
+    def second() -> None:
+        try:
+            answers.append(other.submit(new))
+        except BaseException as exc:  # the test reads it
+            answers.append(exc)
+
+    try:
+        with store.conn:
+            store.conn.execute("BEGIN")
+            first, created = store._insert(new, None)
+            thread = threading.Thread(target=second)
+            thread.start()
+            _wait_until_blocked(postgres_url, other)
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+    finally:
+        other.conn.close()
+    assert created
+    assert answers == [(first, False)]
+    assert store.list_jobs() == [first]
+
+
+def _wait_until_blocked(url: str, store: PgSyncStore) -> None:
+    """Until `store`'s connection waits for a lock (a generous deadline)."""
+    pid = store.pg.raw.info.backend_pid
+    deadline = time.monotonic() + 30
+    with psycopg.connect(url, autocommit=True) as watcher:
+        while time.monotonic() < deadline:
+            row = watcher.execute(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)
+            ).fetchone()
+            if row is not None and row[0] == "Lock":
+                return
+            time.sleep(0.01)
+    raise AssertionError("the second submission never waited for the first")
