@@ -136,9 +136,14 @@ class PgConnection:
 
     def __init__(self, raw: psycopg.Connection[Any]):
         self.raw = raw
+        # the next transactions commit without waiting for the WAL's flush (`_unsynced`)
+        self.unsynced = False
 
     def execute(self, sql: str, params: Any = None) -> psycopg.Cursor[Any]:
         query = render(sql)
+        if query == "BEGIN" and self.unsynced:
+            self.raw.execute(query)
+            return self.raw.execute("SET LOCAL synchronous_commit TO off")
         if params is not None and not isinstance(params, dict):
             params = tuple(params)
         return self.raw.execute(query, params if params else None, prepare=False)
@@ -212,9 +217,8 @@ def _first_line(exc: BaseException) -> str:
 class PgSyncStore(SyncStore):
     """`SyncStore` on PostgreSQL: the same methods and answers, on one connection.
 
-    What only a SQLite file has (the unsynced commits of the worker's own moves, the
-    file's identity) is absent here: every commit is synced, and the database is never
-    a file foreman could lose under it.
+    What only a SQLite file has (its identity, its plans' checks) is absent here: the
+    database is never a file foreman could lose under it.
     """
 
     driver_errors: tuple[type[Exception], ...] = (psycopg.Error,)
@@ -230,7 +234,18 @@ class PgSyncStore(SyncStore):
 
     @contextmanager
     def _unsynced(self, unsynced: bool = True) -> Iterator[None]:
-        yield
+        """The worker's own moves commit without waiting for the WAL's flush, for the
+        reason SQLite's do (see `SyncStore._unsynced`): a crash of the database server may
+        undo one, which leaves the job queued or running, as recovery makes it anyway.
+        `synchronous_commit` is set for each such transaction alone."""
+        if not unsynced:
+            yield
+            return
+        self.pg.unsynced = True
+        try:
+            yield
+        finally:
+            self.pg.unsynced = False
 
     def _insert(self, new: NewJob, job_id: str | None) -> tuple[Job, bool]:
         """`SyncStore._insert`, also when another connection inserts the same idempotency

@@ -8,11 +8,12 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
 
-from foreman.jobs import Job
+from foreman.jobs import Job, JobState
 from foreman.policy import TURN, Lane, LoadCosts
 from foreman.store import StoreError
 from foreman.store.pg import PG_SCHEMA_VERSION, PgSyncStore, pg_connect
@@ -193,3 +194,46 @@ def _wait_until_blocked(url: str, store: PgSyncStore) -> None:
                 return
             time.sleep(0.01)
     raise AssertionError("the second submission never waited for the first")
+
+
+class _Recording:
+    """A psycopg connection that records each statement it is given."""
+
+    def __init__(self, raw: psycopg.Connection[Any]) -> None:
+        self.raw = raw
+        self.statements: list[str] = []
+
+    def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        self.statements.append(str(query))
+        return self.raw.execute(query, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+
+def test_the_workers_own_moves_commit_unsynced_and_what_someone_is_told_synced(
+    store: PgSyncStore,
+) -> None:
+    # as on a server that syncs (the test cluster does not)
+    store.pg.raw.execute("SET synchronous_commit TO on")
+    job = store.enqueue(new_job("a:latest"))
+    recording = _Recording(store.pg.raw)
+    store.pg.raw = recording  # type: ignore[assignment]
+    unsynced = "SET LOCAL synchronous_commit TO off"
+    try:
+        claimed = store.claim(None, 1e9)
+        assert claimed is not None
+        assert recording.statements[:2] == ["BEGIN", unsynced]
+        recording.statements.clear()
+        store.transition(job.id, JobState.LOADING, JobState.WORKING, loaded=True)
+        assert unsynced in recording.statements
+        recording.statements.clear()
+        store.transition(job.id, JobState.WORKING, JobState.DONE, result={"r": 1})
+        assert unsynced not in recording.statements
+        store.enqueue(new_job("a:latest"))
+        assert unsynced not in recording.statements
+    finally:
+        store.pg.raw = recording.raw
+    # the setting was the transaction's alone
+    row = store.pg.raw.execute("SHOW synchronous_commit").fetchone()
+    assert row == ("on",)
