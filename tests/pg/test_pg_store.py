@@ -237,3 +237,34 @@ def test_the_workers_own_moves_commit_unsynced_and_what_someone_is_told_synced(
     # the setting was the transaction's alone
     row = store.pg.raw.execute("SHOW synchronous_commit").fetchone()
     assert row == ("on",)
+
+
+@pytest.fixture
+def dictionary_ordered_url(postgres_cluster: PostgresCluster) -> Iterator[str]:
+    """A database whose text sorts as a dictionary does (ICU's en-US: 'a' before 'B'), as
+    a server set up for people's languages would; the test cluster's own sorts bytes."""
+    name = "dictionary_order"
+    with psycopg.connect(postgres_cluster.url(), autocommit=True) as admin:
+        admin.execute(
+            "CREATE DATABASE dictionary_order TEMPLATE template0"
+            " LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C'"
+        )
+    try:
+        yield postgres_cluster.url(name)
+    finally:
+        postgres_cluster.drop_database(name)
+
+
+def test_ids_and_keys_sort_by_their_bytes_whatever_the_database_sorts_by(
+    dictionary_ordered_url: str,
+) -> None:
+    conn = pg_connect(dictionary_ordered_url)
+    try:
+        store = PgSyncStore(conn, clock=FakeClock())
+        for job_id in ("B", "a"):
+            store.enqueue(new_job(), job_id=job_id)
+        # as SQLite orders them (and as ULIDs, all capitals and digits, order anyway)
+        assert [j.id for j in store.list_jobs()] == ["a", "B"]
+        assert [j.id for j in store.list_jobs(before="a")] == ["B"]
+    finally:
+        conn.close()
