@@ -7,7 +7,9 @@ time (a CapacityLimiter of 1), in WAL mode. Its bands, each importing only those
 - `schema`: the forward migrations, `connect` and `backup`;
 - `sql`: `SyncStore`, every query as a blocking call, and the records it reads;
 - `face`: `Store`, the Trio face that runs them on a worker thread, shielded, with
-  group commit.
+  group commit;
+- `pg`: `PgSyncStore`, `SyncStore` on PostgreSQL (not exported here, so that a foreman
+  on SQLite never loads PostgreSQL's driver; no setting selects it yet).
 
 Import from here (`from foreman.store import Store`); the bands are its inside.
 """

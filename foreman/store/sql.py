@@ -99,10 +99,12 @@ _KEY_STARVED_AT_PRIORITY = (
     f"{_CANDIDATE} INDEXED BY jobs_queue_model WHERE state = 'queued' AND model_key = ?"
     f" AND priority = ? AND enqueued_at < ? AND not_before <= ? {_OLDEST_FIRST}"
 )
-# a key's runnable jobs, counted up to a cap (`policy.BACKLOG_CAP`)
+# a key's runnable jobs, counted up to a cap (`policy.BACKLOG_CAP`); in the index's order,
+# so that a planner that chooses by cost (PostgreSQL's) walks the key's rows alone
 _KEY_BACKLOG = (
     "SELECT count(*) FROM (SELECT 1 FROM jobs INDEXED BY jobs_queue_model"
-    " WHERE state = 'queued' AND model_key = ? AND not_before <= ? LIMIT ?)"
+    " WHERE state = 'queued' AND model_key = ? AND not_before <= ?"
+    " ORDER BY priority DESC, enqueued_at, id LIMIT ?)"
 )
 # a new job's turn (`policy.turn_for`): behind its owner's last queued job of its key and
 # priority, else at the front of that group, else 0; each subquery one seek
@@ -288,6 +290,9 @@ class SyncStore:
     `Store` runs these on a worker thread; tests and tools may call them directly.
     """
 
+    # what the connection's driver raises for a statement the database refused
+    driver_errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+
     def __init__(self, conn: sqlite3.Connection, clock: Callable[[], float] = wall_clock):
         self.conn = conn
         self.clock = clock
@@ -357,7 +362,7 @@ class SyncStore:
                 self.conn.execute("BEGIN IMMEDIATE")
                 for new, job_id in batch:
                     out.append(self._insert_alone(new, job_id))
-        except sqlite3.Error:
+        except self.driver_errors:
             if len(batch) == 1:
                 raise
             out = []

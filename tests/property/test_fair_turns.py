@@ -25,7 +25,8 @@ from foreman.policy import (
     turn_for,
     turn_step,
 )
-from foreman.store import SyncStore, connect
+from foreman.store import SyncStore
+from tests.pg.backends import BACKENDS, open_store
 
 from ._strategies import (
     CANDIDATE_LISTS,
@@ -246,12 +247,11 @@ def test_turn_steps_are_exact_for_weights_up_to_sixteen():
 # -- the store gives the same turns ------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncStore]:
-    conn = connect(tmp_path_factory.mktemp("turns") / "foreman.db")
-    conn.execute("PRAGMA synchronous = OFF")
-    yield SyncStore(conn)
-    conn.close()
+@pytest.fixture(scope="module", params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> SyncStore:
+    # one database for the module, emptied by each example; durability is not what these
+    # tests are about, so SQLite skips fsync (the test cluster never syncs)
+    return open_store(request, request.param, tmp_path_factory.mktemp("turns"), fast=True)
 
 
 STEPS = st.lists(

@@ -3,8 +3,6 @@ single-upstream rule, and the store's indexed twin (`SyncStore.place`) on a real
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import attrs
 import pytest
 from hypothesis import event, given
@@ -22,7 +20,8 @@ from foreman.policy import (
     place,
     rank,
 )
-from foreman.store import SyncStore, connect
+from foreman.store import SyncStore
+from tests.pg.backends import BACKENDS, open_store
 
 from ._strategies import (
     CANDIDATE_LISTS,
@@ -38,12 +37,11 @@ from ._strategies import (
 from .test_store_agrees_with_policy import load
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncStore]:
-    conn = connect(tmp_path_factory.mktemp("place") / "foreman.db")
-    conn.execute("PRAGMA synchronous = OFF")
-    yield SyncStore(conn)
-    conn.close()
+@pytest.fixture(scope="module", params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> SyncStore:
+    # one database for the module, emptied by each example; durability is not what these
+    # tests are about, so SQLite skips fsync (the test cluster never syncs)
+    return open_store(request, request.param, tmp_path_factory.mktemp("place"), fast=True)
 
 
 def _runnable(cands: list[Candidate], serves: frozenset[str], now: float) -> list[Candidate]:

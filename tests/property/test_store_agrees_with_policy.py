@@ -1,8 +1,9 @@
-"""The store's indexed pick implements exactly the pure rule, on a real SQLite file."""
+"""The store's indexed pick implements exactly the pure rule, on a real SQLite file and on
+PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import event, given
@@ -11,18 +12,17 @@ from hypothesis import strategies as st
 from foreman.jobs import JobState
 from foreman.policy import Candidate, is_starved, pick_next
 from foreman.residency import split_key
-from foreman.store import SyncStore, connect
+from foreman.store import SyncStore
+from tests.pg.backends import BACKENDS, open_store
 
 from ._strategies import MAX_WAITS, NOWS, RESIDENTS, ROWS
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncStore]:
-    conn = connect(tmp_path_factory.mktemp("agree") / "foreman.db")
-    # durability is not what these tests are about; skipping fsync keeps them quick
-    conn.execute("PRAGMA synchronous = OFF")
-    yield SyncStore(conn)
-    conn.close()
+@pytest.fixture(scope="module", params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> SyncStore:
+    # one database for the module, emptied by each example; durability is not what these
+    # tests are about, so SQLite skips fsync (the test cluster never syncs)
+    return open_store(request, request.param, tmp_path_factory.mktemp("agree"), fast=True)
 
 
 def load(store: SyncStore, rows: Sequence[tuple[Candidate, JobState]]) -> None:
@@ -33,12 +33,13 @@ def load(store: SyncStore, rows: Sequence[tuple[Candidate, JobState]]) -> None:
         store.conn.executemany(
             "INSERT INTO jobs (id, endpoint, model, model_key, body, stream, state, priority,"
             " attempts, max_attempts, not_before, enqueued_at, created_at, turn)"
-            " VALUES (?, '/api/chat', ?, ?, x'7b7d', 1, ?, ?, 0, 5, ?, ?, ?, ?)",
+            " VALUES (?, '/api/chat', ?, ?, ?, 1, ?, ?, 0, 5, ?, ?, ?, ?)",
             [
                 (
                     c.id,
                     split_key(c.model_key)[0],
                     c.model_key,
+                    b"{}",
                     state.value,
                     c.priority,
                     c.not_before,

@@ -1,4 +1,5 @@
-"""The job store on a real SQLite file: writes, the claim, recovery, schema and plans."""
+"""The job store on a real SQLite file and on PostgreSQL: writes, the claim, recovery;
+on SQLite also its schema, file and plans."""
 
 from __future__ import annotations
 
@@ -25,8 +26,25 @@ from foreman.store import (
     connect,
     migrate,
 )
+from tests.pg.backends import BACKENDS, open_store, sqlite_only
 
 from ._helpers import FakeClock, new_job
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> SyncStore:
+    """The store on each backend; a SQLite-only test says `@sqlite_only`."""
+    return open_store(request, request.param, tmp_path / "state", clock)
+
+
+def _duplicate_key_error(store: SyncStore) -> type[Exception]:
+    """What the backend's driver raises for a row whose primary key is taken."""
+    if store.driver_errors == (sqlite3.Error,):
+        return sqlite3.IntegrityError
+    import psycopg
+
+    return psycopg.errors.UniqueViolation
+
 
 # -- enqueue and get --------------------------------------------------------------------------
 
@@ -84,7 +102,7 @@ def test_enqueue_keeps_a_given_id(store):
 
 def test_enqueue_with_a_taken_id_fails_and_keeps_the_first_job(store):
     first = store.enqueue(new_job("a:latest"), job_id="dup")
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(_duplicate_key_error(store)):
         store.enqueue(new_job("b:latest"), job_id="dup")
     assert store.get("dup") == first
     assert not store.conn.in_transaction
@@ -355,11 +373,13 @@ def test_running_lists_loading_and_working_jobs(store):
 # -- schema and file --------------------------------------------------------------------------
 
 
+@sqlite_only
 def test_database_is_in_wal_mode(store):
     (mode,) = store.conn.execute("PRAGMA journal_mode").fetchone()
     assert mode == "wal"
 
 
+@sqlite_only
 def test_schema_version_counts_the_migrations(store):
     (version,) = store.conn.execute("PRAGMA user_version").fetchone()
     assert version == SCHEMA_VERSION == len(MIGRATIONS)
@@ -444,6 +464,7 @@ def _uses_indexes(plan: str) -> bool:
     return not any("TEMP B-TREE" in step for step in steps)
 
 
+@sqlite_only
 def test_plan_checker_rejects_a_full_scan(store):
     rows = store.conn.execute("EXPLAIN QUERY PLAN SELECT * FROM jobs WHERE error = 'x'").fetchall()
     plan = " | ".join(str(r[-1]) for r in rows)

@@ -12,8 +12,16 @@ import pytest
 from foreman.jobs import Job, JobState
 from foreman.policy import Lane, LoadCosts
 from foreman.store import SyncStore
+from tests.pg.backends import BACKENDS, open_store, sqlite_only
 
 from ._helpers import FakeClock, new_job
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> SyncStore:
+    """The store on each backend; a SQLite-only test says `@sqlite_only`."""
+    return open_store(request, request.param, tmp_path / "state", clock)
+
 
 LANE = Lane("only", 1, "m:latest")
 
@@ -44,6 +52,7 @@ def _end(store: SyncStore, job_id: str) -> Any:
     )
 
 
+@sqlite_only
 def test_the_end_and_the_next_claim_commit_together(store: SyncStore, clock: FakeClock) -> None:
     first = _running(store)
     second = store.enqueue(new_job())
@@ -84,6 +93,7 @@ def test_with_nothing_to_claim_it_says_when_the_next_retry_is_due(
     assert ended.retry_at == clock.now + 5
 
 
+@sqlite_only
 def test_a_claim_that_fails_is_undone_and_the_end_still_commits(
     store: SyncStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -138,6 +148,7 @@ def test_only_an_end_may_be_written_with_a_claim(store: SyncStore) -> None:
     assert _get(store, first).state is JobState.WORKING
 
 
+@sqlite_only
 def test_the_swap_row_and_the_end_of_the_load_are_one_commit(store: SyncStore) -> None:
     """A swap that cannot be recorded leaves the job loading: the move and its row are
     one transaction, not two commits."""

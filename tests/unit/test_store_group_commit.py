@@ -18,14 +18,15 @@ from hypothesis import strategies as st
 
 from foreman.jobs import Job, JobState
 from foreman.store import IdempotencyConflict, Store, SyncStore, connect
+from tests.pg.backends import BACKENDS, open_store, sqlite_only
 
 from ._helpers import FakeClock, new_job
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> Any:
+@pytest.fixture(params=BACKENDS)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     changes: list[Job] = []
-    store = Store(SyncStore(connect(tmp_path / "foreman.db"), FakeClock()), changes.append)
+    store = Store(open_store(request, request.param, tmp_path, FakeClock()), changes.append)
     store.changes = changes  # type: ignore[attr-defined]
     yield store
     await store.close()
@@ -148,6 +149,7 @@ async def test_a_submission_the_database_rejects_fails_alone(store) -> None:
         assert await store.get(job.id) == job
 
 
+@sqlite_only
 async def test_a_row_the_driver_cannot_bind_fails_alone_inside_the_one_transaction(
     store,
 ) -> None:
