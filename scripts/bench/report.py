@@ -747,9 +747,10 @@ def _why(results: dict[str, Any], t: Target) -> str:
             " what the same HTTP stack adds to a bare relay with no store, queue or worker"
             f" (section 2, measured beside it); the remaining {max(0.0, added - bare):.1f} ms"
             " is foreman's: the submission's commit, waking the worker, the claim's commit,"
-            " the end's commit, each a hand-off to the store's thread and back, and handing"
-            " the answer from the worker to the waiting request. On two shared cores every"
-            " hand-off also waits for a core."
+            " the end's commit (two of them synced: the submission and the end, which"
+            " durability requires before the 202 and the answer), each a hand-off to the"
+            " store's thread and back, and handing the answer from the worker to the waiting"
+            " request. On two shared cores every hand-off also waits for a core."
         )
     if t.key == "first_chunk_added_p50_ms":
         first = med(over["streamed_first_chunk"]["added_p50_ms"])
@@ -761,23 +762,29 @@ def _why(results: dict[str, Any], t: Target) -> str:
         e = results["embeddings"]
         return (
             f"{med(e['foreman']['requests_per_s']):,.0f} against"
-            f" {med(e['direct']['requests_per_s']):,.0f} requests/s direct (section 3): every"
-            " embedding request goes through the web framework's request and response and"
-            " an httpx request, in the one Python process that also runs the worker."
+            f" {med(e['direct']['requests_per_s']):,.0f} requests/s direct (section 3). The"
+            " embeddings take the lean path (no web framework) and foreman's own keep-alive"
+            " client to Ollama; what is left is the HTTP server and trio's scheduling, in the"
+            " one Python process that also runs the worker: its thread is busy nearly all"
+            " the time, so one process cannot go much further (the GIL). Serving the"
+            " stateless routes from more than one process (workers sharing the port with"
+            " SO_REUSEPORT) is what would pass it, on a machine with cores to spare."
         )
     if t.key == "stream_relay_ratio":
         relay = over["relay"]
         return (
             f"{med(relay['foreman_chunks_per_s']):,.0f} against"
             f" {med(relay['direct_chunks_per_s']):,.0f} lines/s direct (section 2): every"
-            " line is received from httpx and written to the client by the server."
+            " line is read from Ollama by the worker (foreman's own HTTP client), handed to"
+            " the waiting request and written by the server, the lines waiting together in"
+            " one write; trio's scheduling and the HTTP server are most of the cost."
         )
     if t.key == "worker_jobs_per_s":
         worker = med(over["worker_async"]["jobs_per_s"])
         return (
-            f"{worker:,.0f} jobs/s is {1000 / worker:.1f} ms per job, serial: a claim, an"
-            " HTTP request to Ollama through httpx, an end committed with an fsync, each"
-            " store call a thread hop."
+            f"{worker:,.0f} jobs/s is {1000 / worker:.1f} ms per job, serial: an HTTP"
+            " request to Ollama, then the job's end and the next claim committed together"
+            " with an fsync, one thread hop."
         )
     if t.key in ("enqueue_jobs_per_s", "batch_jobs_per_s") and "stack_floor" in scale:
         enqueue = med(scale["enqueue"]["jobs_per_s"])
