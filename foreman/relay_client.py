@@ -24,7 +24,8 @@ import trio
 
 Head = list[tuple[bytes, bytes]]
 
-# as httpx: how long to wait for a connection and for each write, how large a head may be
+# how long to wait for a connection and for each write (both clients to Ollama, this and
+# httpx, use these), and how large a head may be (as httpx)
 CONNECT_TIMEOUT = 10.0
 WRITE_TIMEOUT = 60.0
 MAX_HEAD = 100 * 1024

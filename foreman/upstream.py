@@ -17,7 +17,13 @@ import attrs
 import httpx
 
 from foreman.jobs import Endpoint
-from foreman.relay_client import Head, RelayPool, RelayResponse
+from foreman.relay_client import (
+    CONNECT_TIMEOUT,
+    WRITE_TIMEOUT,
+    Head,
+    RelayPool,
+    RelayResponse,
+)
 from foreman.retry import FailureKind, classify_status
 from foreman.target import TargetRefused, checked_path
 
@@ -140,10 +146,6 @@ def _network_error(exc: httpx.HTTPError, what: str) -> UpstreamError:
     return UpstreamError(
         FailureKind.TRANSIENT, f"connection to ollama failed ({what}): {exc!r}", broken=True
     )
-
-
-CONNECT_TIMEOUT = 10.0
-WRITE_TIMEOUT = 60.0
 
 
 # Connections to Ollama, in separate pools so that no one use can take them all: relayed
