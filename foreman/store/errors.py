@@ -86,7 +86,7 @@ def database_lost(exc: BaseException) -> DatabaseLost | None:
     if isinstance(exc, DatabaseLost):
         return exc
     psycopg = sys.modules.get("psycopg")
-    if psycopg is None or not isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+    if psycopg is None or not isinstance(exc, psycopg.OperationalError):
         return None
     state = exc.sqlstate
     # no SQLSTATE: the client side saw the socket close, or the connection is closed
