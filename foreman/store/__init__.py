@@ -7,7 +7,7 @@ time (a CapacityLimiter of 1), in WAL mode. Its bands, each importing only those
 - `schema`: the forward migrations, `connect` and `backup`;
 - `sql`: `SyncStore`, every query as a blocking call, and the records it reads;
 - `face`: `Store`, the Trio face that runs them on a worker thread, shielded, with
-  group commit;
+  group commit (`Store.open` for a SQLite file, `Store.open_url` for PostgreSQL);
 - `pg`: `PgSyncStore`, `SyncStore` on PostgreSQL (not exported here, so that a foreman
   on SQLite never loads PostgreSQL's driver; no setting selects it yet).
 
@@ -15,6 +15,7 @@ Import from here (`from foreman.store import Store`); the bands are its inside.
 """
 
 from foreman.store.errors import (
+    DatabaseLost,
     IdempotencyConflict,
     NotTerminal,
     StoreError,
@@ -41,6 +42,7 @@ __all__ = [
     "PLACE_STATEMENTS",
     "SCHEMA_VERSION",
     "Activity",
+    "DatabaseLost",
     "Ended",
     "IdempotencyConflict",
     "NotTerminal",

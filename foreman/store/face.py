@@ -2,7 +2,8 @@
 
 Every write runs inside a shielded cancel scope: cancellation can delay it, never tear it.
 A write the database cannot take now comes out as `StoreUnwritable`. Concurrent
-submissions are committed together (group commit).
+submissions are committed together (group commit). `Store.open` opens a SQLite file;
+`Store.open_url` a PostgreSQL database (no setting selects one yet).
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ import trio
 from foreman.jobs import Job, JobState, NewJob
 from foreman.lockfile import DatabaseLock, LockHeld
 from foreman.policy import Candidate, Lane, LoadCosts
-from foreman.store.errors import StoreError, StoreUnwritable, unwritable_reason
+from foreman.store.errors import (
+    StoreError,
+    StoreUnwritable,
+    database_lost,
+    first_line,
+    unwritable_reason,
+)
 from foreman.store.schema import connect
 from foreman.store.sql import Activity, Ended, Overview, SyncStore, wall_clock
 
@@ -87,6 +94,30 @@ class Store:
             raise StoreError(f"cannot open database {path}: {exc}") from None
         return cls(SyncStore(conn, clock), on_change, lock)
 
+    @classmethod
+    async def open_url(
+        cls,
+        url: str,
+        *,
+        clock: Callable[[], float] = wall_clock,
+        on_change: Callable[[Job], None] | None = None,
+    ) -> Store:
+        """Connect to the PostgreSQL database at `url` (a libpq URL), bring its schema up
+        to date and test-write it.
+
+        Raises StoreError with one line when the server cannot be reached or the schema is
+        from a newer foreman, and StoreUnwritable when the server refuses writes (a
+        read-only standby, a full disk). The URL is never quoted: it may hold a password.
+
+        No lock here, unlike SQLite's lock file: several foremen sharing one database is
+        what PostgreSQL is for. Which of them drives an upstream, runs recovery or the
+        janitor is for leases (advisory locks held by each one's session) to decide; until
+        they exist, nothing stops two foremen on one database, so nothing may select this
+        backend yet.
+        """
+        sync = await trio.to_thread.run_sync(_open_url, url, clock)
+        return cls(sync, on_change)
+
     def now(self) -> float:
         """The wall clock the store stamps rows with: a caller that compares a time with
         a stored one (a retry's `not_before`, a purge's cutoff) must read this one."""
@@ -96,36 +127,50 @@ class Store:
         self._on_change = on_change
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        """Run a read; a lost connection to PostgreSQL comes out as DatabaseLost."""
+        try:
+            return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        except self.sync.driver_errors as exc:
+            lost = database_lost(exc)
+            if lost is None:
+                raise
+            raise lost from exc
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a write, shielded; a failure that says the database cannot take writes now
-        (a full disk, ...) comes out as StoreUnwritable, which callers wait out."""
+        (a full disk, ..., a lost connection) comes out as StoreUnwritable, which callers
+        wait out."""
         with trio.CancelScope(shield=True):
             try:
                 result = await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
-            except sqlite3.Error as exc:
-                reason = unwritable_reason(exc)
-                if reason is None:
+            except self.sync.driver_errors as exc:
+                down = self.unwritable(exc)
+                if down is None:
                     raise
-                raise StoreUnwritable(self.sync.path, reason) from exc
+                raise down from exc
         return result
 
     def unwritable(self, exc: BaseException) -> StoreUnwritable | None:
         """`exc` (from any store call, a submission included) as StoreUnwritable when it
-        says the database cannot take writes now; None for any other failure."""
+        says the database cannot take writes now (DatabaseLost when the connection to
+        PostgreSQL is gone); None for any other failure."""
         if isinstance(exc, StoreUnwritable):
             return exc
+        lost = database_lost(exc)
+        if lost is not None:
+            return lost
         reason = unwritable_reason(exc)
         return StoreUnwritable(self.sync.path, reason) if reason is not None else None
 
     def file_problem(self) -> str | None:
-        """`SyncStore.file_problem`: a stat of the database's path, no database access."""
+        """`SyncStore.file_problem`: a stat of the database's path, no database access
+        (always None on PostgreSQL, whose files are the server's business)."""
         return self.sync.file_problem()
 
     async def write_problem(self) -> str | None:
         """Why the database cannot take writes now, or None: its file is gone or replaced,
-        the write lock cannot be had, or a probe write fails (a full disk)."""
+        the write lock cannot be had, or a probe write fails (a full disk, a read-only
+        PostgreSQL server, a lost connection)."""
         problem = self.file_problem()
         if problem is not None:
             return problem
@@ -326,3 +371,31 @@ def _open_locked(path: Path, lock: DatabaseLock) -> sqlite3.Connection:
         lock.release()
         raise
     return conn
+
+
+def _open_url(url: str, clock: Callable[[], float]) -> SyncStore:
+    """`Store.open_url`'s blocking part. PostgreSQL's driver is imported here, so that a
+    foreman on SQLite never loads it."""
+    from foreman.store.pg import PgSyncStore, pg_connect
+
+    try:
+        sync = PgSyncStore(pg_connect(url), clock)
+    except PgSyncStore.driver_errors as exc:  # the migration failed
+        raise _opening_error(exc) from None
+    try:
+        sync.probe_write()
+    except PgSyncStore.driver_errors as exc:
+        sync.conn.close()
+        raise _opening_error(exc) from None
+    return sync
+
+
+def _opening_error(exc: Exception) -> StoreError:
+    """A driver's error while opening PostgreSQL's store, in one line."""
+    lost = database_lost(exc)
+    if lost is not None:
+        return lost
+    reason = unwritable_reason(exc)
+    if reason is not None:
+        return StoreUnwritable(None, reason)
+    return StoreError(f"cannot open the database: {first_line(exc)}")

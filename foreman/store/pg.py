@@ -25,7 +25,7 @@ import psycopg
 from psycopg import pq
 
 from foreman.jobs import Job, NewJob
-from foreman.store.errors import StoreError
+from foreman.store.errors import StoreError, first_line
 from foreman.store.sql import PICK_STATEMENTS, PLACE_STATEMENTS, SyncStore, wall_clock
 
 # Forward migrations; the one row of `foreman_schema` is the number applied. Version 1 is
@@ -199,7 +199,7 @@ def pg_connect(url: str) -> PgConnection:
     try:
         raw = psycopg.connect(url, autocommit=True)
     except psycopg.Error as exc:
-        raise StoreError(f"cannot connect to the database: {_first_line(exc)}") from None
+        raise StoreError(f"cannot connect to the database: {first_line(exc)}") from None
     conn = PgConnection(raw)
     try:
         pg_migrate(conn)
@@ -207,11 +207,6 @@ def pg_connect(url: str) -> PgConnection:
         conn.close()
         raise
     return conn
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class PgSyncStore(SyncStore):

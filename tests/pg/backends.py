@@ -1,17 +1,20 @@
 """The store's two backends for tests that run on both (`SQLite` and `PostgreSQL`).
 
 `BACKENDS` is the parameter list of a `store` fixture; `open_store` opens a `SyncStore`
-of either kind; `clear` empties one between examples of a property test.
+of either kind; `clear` empties one between examples of a property test. For the Trio
+face (`Store`), `database` names where a test's store lives (a SQLite path or a
+PostgreSQL URL) and `open_face` opens it there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from foreman.store import SyncStore, connect
+from foreman.store import Store, SyncStore, connect
 from foreman.store.pg import PgSyncStore, pg_connect
 from tests.pg.cluster import PostgresCluster
 
@@ -52,6 +55,22 @@ def open_store(
 
     request.addfinalizer(close)
     return PgSyncStore(pg, **extra)
+
+
+def database(request: pytest.FixtureRequest, backend: str, path: Path) -> Path | str:
+    """Where a test's `Store` lives: SQLite's file at `path`, or (PostgreSQL) the URL of a
+    new database on the test cluster, dropped at the end of the test."""
+    if backend == "sqlite":
+        return path
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+async def open_face(where: Path | str, **options: Any) -> Store:
+    """`Store.open` for a SQLite path, `Store.open_url` for a PostgreSQL URL."""
+    if isinstance(where, Path):
+        return await Store.open(where, **options)
+    return await Store.open_url(where, **options)
 
 
 def clear(store: SyncStore) -> None:

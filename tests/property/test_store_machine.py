@@ -4,6 +4,10 @@ A synchronous state machine: enqueue (some jobs with deadlines), claim, finish, 
 with backoff, fail, cancel, retry, stale and illegal writes, and restarts (reopening the
 file and recovering). Every single state change must be a legal transition, and every
 claim must fail exactly the overdue jobs and take the job the pure rule picks.
+
+It runs on SQLite (`TestStoreMachine`) and on PostgreSQL (`PgStoreMachine`, one database
+for all the examples, emptied before each; a restart closes the connection and opens a
+new one).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from hypothesis.stateful import (
     initialize,
     invariant,
     rule,
+    run_state_machine_as_test,
 )
 
 from foreman.jobs import (
@@ -35,6 +40,8 @@ from foreman.policy import Candidate, pick_next
 from foreman.residency import split_key
 from foreman.retry import backoff_delay
 from foreman.store import SyncStore, connect
+from foreman.store.pg import PgSyncStore, pg_connect
+from tests.pg.backends import clear
 
 from ._strategies import MODEL_KEYS
 
@@ -45,6 +52,24 @@ CREATE TEMP TRIGGER log_insert AFTER INSERT ON main.jobs
     BEGIN INSERT INTO state_log (id, old, new) VALUES (new.id, NULL, new.state); END;
 CREATE TEMP TRIGGER log_update AFTER UPDATE OF state ON main.jobs
     BEGIN INSERT INTO state_log (id, old, new) VALUES (new.id, old.state, new.state); END;
+"""
+# the same log on PostgreSQL: a table and a trigger function in the test's own database
+PG_STATE_LOG = """
+CREATE TABLE state_log (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, id TEXT, old TEXT, new TEXT
+);
+CREATE FUNCTION log_state() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO state_log (id, old, new) VALUES (NEW.id, NULL, NEW.state);
+    ELSE
+        INSERT INTO state_log (id, old, new) VALUES (NEW.id, OLD.state, NEW.state);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER log_insert AFTER INSERT ON jobs FOR EACH ROW EXECUTE FUNCTION log_state();
+CREATE TRIGGER log_update AFTER UPDATE OF state ON jobs
+    FOR EACH ROW EXECUTE FUNCTION log_state();
 """
 # three models, two of them one name with different runner options
 KEYS = (MODEL_KEYS[0], MODEL_KEYS[2], MODEL_KEYS[3])
@@ -64,10 +89,8 @@ BATCHES = st.lists(
 class StoreMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.tmp = tempfile.TemporaryDirectory()
-        self.path = Path(self.tmp.name) / "foreman.db"
         self.now = 1000.0
-        self.store = self.open()
+        self.store = self.first_open()
         self.resident: str | None = None
         self.running: str | None = None
 
@@ -76,6 +99,11 @@ class StoreMachine(RuleBasedStateMachine):
         self.tmp.cleanup()
 
     # -- helpers --------------------------------------------------------------------------
+
+    def first_open(self) -> SyncStore:
+        self.tmp = tempfile.TemporaryDirectory()
+        self.path = Path(self.tmp.name) / "foreman.db"
+        return self.open()
 
     def open(self) -> SyncStore:
         """The store, with every insert and state write logged by temporary triggers, so
@@ -321,3 +349,34 @@ class StoreMachine(RuleBasedStateMachine):
 
 
 TestStoreMachine = StoreMachine.TestCase
+
+
+class PgStoreMachine(StoreMachine):
+    """The same machine on PostgreSQL: `url` names a database whose state log is set up
+    (`PG_STATE_LOG`); each example starts by emptying it."""
+
+    url = ""
+
+    def teardown(self) -> None:
+        self.store.conn.close()
+
+    def first_open(self) -> SyncStore:
+        store = self.open()
+        clear(store)
+        store.conn.execute("DELETE FROM state_log")
+        return store
+
+    def open(self) -> SyncStore:
+        return PgSyncStore(pg_connect(self.url), clock=lambda: self.now)
+
+
+@pytest.mark.postgres
+def test_store_machine_on_postgresql(postgres_url: str) -> None:
+    setup = pg_connect(postgres_url)
+    setup.raw.execute(PG_STATE_LOG.encode())
+    setup.close()
+
+    class OnThisDatabase(PgStoreMachine):
+        url = postgres_url
+
+    run_state_machine_as_test(OnThisDatabase)

@@ -26,7 +26,7 @@ from foreman.store import (
     connect,
     migrate,
 )
-from tests.pg.backends import BACKENDS, open_store, sqlite_only
+from tests.pg.backends import BACKENDS, database, open_face, open_store, sqlite_only
 
 from ._helpers import FakeClock, new_job
 
@@ -721,9 +721,15 @@ def changes() -> list[Job]:
     return []
 
 
+@pytest.fixture(params=BACKENDS)
+def where(request: pytest.FixtureRequest, db_path: Path) -> Path | str:
+    """Where the async store lives: SQLite's file, or a PostgreSQL database's URL."""
+    return database(request, request.param, db_path)
+
+
 @pytest.fixture
-async def async_store(db_path, clock, changes):
-    store = await Store.open(db_path, clock=clock, on_change=changes.append)
+async def async_store(where, clock, changes):
+    store = await open_face(where, clock=clock, on_change=changes.append)
     yield store
     await store.close()
 
@@ -747,7 +753,7 @@ async def test_writes_under_a_cancelled_scope_still_commit(async_store, changes)
     ]
 
 
-async def test_a_write_cancelled_while_running_finishes_and_returns_its_job(db_path):
+async def test_a_write_cancelled_while_running_finishes_and_returns_its_job(where):
     """The cancel arrives while the write is on its thread: the caller still gets the
     committed job back, so it can tell its listeners."""
     entered = trio.Event()
@@ -759,7 +765,7 @@ async def test_a_write_cancelled_while_running_finishes_and_returns_its_job(db_p
         return 1_000.0
 
     changes: list[Job] = []
-    store = await Store.open(db_path, clock=slow_clock, on_change=changes.append)
+    store = await open_face(where, clock=slow_clock, on_change=changes.append)
     results: list[Job] = []
 
     async def write() -> None:

@@ -6,6 +6,7 @@ import sqlite3
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 
 from foreman.jobs import Job, JobState
 from foreman.store import IdempotencyConflict, Store, SyncStore, connect
-from tests.pg.backends import BACKENDS, open_store, sqlite_only
+from tests.pg.backends import BACKENDS, clear, open_store, sqlite_only
 
 from ._helpers import FakeClock, new_job
 
@@ -297,17 +298,42 @@ _KINDS = {
 }
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.sampled_from(sorted(_KINDS)), min_size=1, max_size=12))
-def test_in_any_batch_exactly_the_good_submissions_are_stored(kinds: list[str]) -> None:
+@pytest.fixture(scope="module", params=BACKENDS)
+def empty_store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[], AbstractContextManager[SyncStore]]:
+    """An empty store for each example: a new SQLite file, or on PostgreSQL the module's
+    one database, emptied (a database for each example would cost a second each)."""
+    if request.param == "sqlite":
+        return _new_sqlite_store
+    shared = open_store(request, request.param, tmp_path_factory.mktemp("batches"), FakeClock())
+
+    @contextmanager
+    def emptied() -> Iterator[SyncStore]:
+        clear(shared)
+        yield shared
+
+    return emptied
+
+
+@contextmanager
+def _new_sqlite_store() -> Iterator[SyncStore]:
     with tempfile.TemporaryDirectory() as folder:
         conn = connect(Path(folder) / "foreman.db")
         try:
-            store = SyncStore(conn, FakeClock())
-            answers = store.submit_many([(_KINDS[kind](), None) for kind in kinds])
-            stored = {job.id for job in store.list_jobs(limit=100)}
+            yield SyncStore(conn, FakeClock())
         finally:
             conn.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(sorted(_KINDS)), min_size=1, max_size=12))
+def test_in_any_batch_exactly_the_good_submissions_are_stored(
+    empty_store: Callable[[], AbstractContextManager[SyncStore]], kinds: list[str]
+) -> None:
+    with empty_store() as store:
+        answers = store.submit_many([(_KINDS[kind](), None) for kind in kinds])
+        stored = {job.id for job in store.list_jobs(limit=100)}
 
     for kind, answer in zip(kinds, answers, strict=True):
         if kind == "good":

@@ -12,11 +12,10 @@ from foreman.store import (
     MIGRATIONS,
     IdempotencyConflict,
     NotTerminal,
-    Store,
     SyncStore,
     connect,
 )
-from tests.pg.backends import BACKENDS, open_store, sqlite_only
+from tests.pg.backends import BACKENDS, database, open_face, open_store, sqlite_only
 
 from ._helpers import FakeClock, new_job
 
@@ -25,6 +24,12 @@ from ._helpers import FakeClock, new_job
 def store(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> SyncStore:
     """The store on each backend; a SQLite-only test says `@sqlite_only`."""
     return open_store(request, request.param, tmp_path / "state", clock)
+
+
+@pytest.fixture(params=BACKENDS)
+def where(request: pytest.FixtureRequest, db_path: Path) -> Path | str:
+    """Where an async store lives: SQLite's file, or a PostgreSQL database's URL."""
+    return database(request, request.param, db_path)
 
 
 def finish(store: SyncStore, job_id: str, state: JobState = JobState.DONE) -> None:
@@ -217,9 +222,9 @@ def test_expire_overdue_fails_only_queued_jobs_past_their_deadline(store, clock)
     assert [j.id for j in store.running()] == [started.id]
 
 
-async def test_async_claim_reports_expired_jobs_to_the_listener(db_path, clock):
+async def test_async_claim_reports_expired_jobs_to_the_listener(where, clock):
     changes: list[Job] = []
-    store = await Store.open(db_path, clock=clock, on_change=changes.append)
+    store = await open_face(where, clock=clock, on_change=changes.append)
     late = await store.enqueue(new_job(deadline=clock.now + 1))
     clock.advance(2)
 
