@@ -137,14 +137,20 @@ async def _async_throughput(url: str, stub_url: str, requests: int) -> dict[str,
     """Queue jobs while the stub is held, then time the worker draining them."""
     await stub_control(stub_url, "POST", "/_stub/hold")
     ids, _ = await submit_jobs(url, requests, 32, first=50_000)
+    # the worker drains one model's queue oldest first, so the last job ends last
+    elapsed = await drain_time(url, stub_url, ids[-1])
+    return {"jobs": requests, "jobs_per_s": requests / elapsed}
+
+
+async def drain_time(url: str, stub_url: str, last_id: str) -> float:
+    """Release the held stub and time the worker until job `last_id` is done (seconds)."""
     await stub_control(stub_url, "POST", "/_stub/release")
     started = time.perf_counter()
-    # the worker drains one model's queue oldest first, so the last job ends last
-    last = await wait_done(url, ids[-1])
+    last = await wait_done(url, last_id)
     elapsed = time.perf_counter() - started
     if last["state"] != "done":
         raise RuntimeError(f"job {last['id']} ended {last['state']}: {last['error']}")
-    return {"jobs": requests, "jobs_per_s": requests / elapsed}
+    return elapsed
 
 
 async def stream_rate(url: str, tokens: int) -> float:

@@ -14,7 +14,7 @@ from foreman.policy import LoadCosts
 from foreman.store import SyncStore, connect
 
 from .common import ms, percentile, stack, stub_control, watch_stream
-from .overhead import submit_jobs, wait_done
+from .overhead import drain_time, submit_jobs
 from .scale import MODELS, fill_queue
 
 INSTANT = ("--tokens", "8")
@@ -95,13 +95,8 @@ async def _drain(url: str, stub_url: str, jobs: int, watched: int) -> dict[str, 
                 watch_stream, url, f"/jobs/{job_id}/events", received, ready, _positions
             )
             await ready.wait()
-        await stub_control(stub_url, "POST", "/_stub/release")
-        started = time.perf_counter()
-        last = await wait_done(url, ids[-1])
-        elapsed = time.perf_counter() - started
+        elapsed = await drain_time(url, stub_url, ids[-1])
         nursery.cancel_scope.cancel()
-    if last["state"] != "done":
-        raise RuntimeError(f"job {last['id']} ended {last['state']}: {last['error']}")
     return {
         "watched": watched,
         "jobs_per_s": jobs / elapsed,
