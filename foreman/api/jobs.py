@@ -100,7 +100,7 @@ def job_json(job: Job) -> dict[str, Any]:
     return out
 
 
-def standing_json(job: Job, standing: Standing | None, start: float | None) -> dict[str, Any]:
+def standing_json(standing: Standing | None, start: float | None) -> dict[str, Any]:
     """Where a job stands: its `position` (jobs that start before it) and
     `estimated_start`, both null unless it is queued (see foreman/standing.py)."""
     return {
@@ -148,7 +148,7 @@ def blueprint(services: Services) -> Blueprint:
         a caller sending thousands of jobs should not pay per job."""
         standing = await standings.of(job)
         start = standings.start_time(standing) if standing is not None else None
-        return job_json(job) | standing_json(job, standing, start)
+        return job_json(job) | standing_json(standing, start)
 
     async def find(job_id: str) -> Job:
         job = await queue.get(job_id)
@@ -446,7 +446,7 @@ class _Watch:
         if standing.position == self.position and not moved:
             return None
         self.position, self.start = standing.position, start
-        body = {"id": self.job_id} | standing_json(job, standing, start)
+        body = {"id": self.job_id} | standing_json(standing, start)
         return sse_event("position", body, self.job_id)
 
 
