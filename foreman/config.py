@@ -20,6 +20,7 @@ import math
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,40 @@ def parse_path(raw: str) -> Path:
     if not raw.strip():
         raise ValueError("must not be empty")
     return Path(raw).expanduser()
+
+
+# the URL schemes that select PostgreSQL (libpq's); anything else names a SQLite file
+DATABASE_URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_database_url(raw: str) -> bool:
+    return raw.strip().lower().startswith(DATABASE_URL_SCHEMES)
+
+
+def parse_db(raw: str) -> Path | str:
+    """A SQLite file's path, or a PostgreSQL URL (kept as given, checked for its shape
+    only: whether the server answers is checked at start)."""
+    if not is_database_url(raw):
+        return parse_path(raw)
+    url = raw.strip()
+    parts = urllib.parse.urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ValueError("the database URL's port must be a number") from None
+    if any(c.isspace() for c in url):
+        raise ValueError("a database URL has no spaces")
+    return url
+
+
+def masked_url(url: str) -> str:
+    """A database URL fit for a log line: its password replaced by ***."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = parts.username or ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
 
 
 def parse_non_negative_float(raw: str) -> float:
@@ -196,9 +231,10 @@ SETTINGS: tuple[Setting, ...] = (
         "db",
         "--db",
         "FOREMAN_DB",
-        parse_path,
+        parse_db,
         None,
-        "SQLite database file (default: ~/.local/state/foreman/foreman.db)",
+        "SQLite database file (default: ~/.local/state/foreman/foreman.db), or a"
+        " postgresql:// URL: replicas sharing one queue (docs/operations.md)",
     ),
     Setting(
         "max_wait",
@@ -405,6 +441,9 @@ class Settings:
     port: int = default_of("port")
     # the table has none: it depends on the environment, read when Settings is made
     db: Path = attrs.field(factory=lambda: default_db_path(os.environ))
+    # a postgresql:// URL given as `db`: this foreman is a replica on that database, and
+    # `db` (a SQLite file) is not used
+    database_url: str | None = attrs.field(default=None, repr=False)
     max_wait: float = default_of("max_wait")
     keep_alive: str = default_of("keep_alive")
     retry_backoff: float = default_of("retry_backoff")
@@ -547,6 +586,9 @@ def resolve_all(flags: Flags, env: Mapping[str, str]) -> Resolved:
     if "db" not in values:
         values["db"] = default_db_path(env)
         sources["db"] = "default"
+    elif isinstance(values["db"], str):
+        values["database_url"] = values["db"]
+        values["db"] = default_db_path(env)
     _resolve_upstreams(values, sources, config_file, file_path)
     return Resolved(values, sources, tuple(deprecations))
 
@@ -649,6 +691,8 @@ def render(values: Mapping[str, Any], sources: Mapping[str, str]) -> str:
             continue
         value = values[s.name]
         source = sources.get(s.name, "default")
+        if s.name == "db" and values.get("database_url"):
+            value = masked_url(values["database_url"])
         if s.name == "ollama_url" and upstreams:
             lines.append(f"# {s.name} is {_quoted(value)}: the [[upstream]] tables below")
             continue

@@ -21,19 +21,20 @@ import trio
 from foreman.api import Services, create_app
 from foreman.api.access import AccessLog
 from foreman.board import Board
-from foreman.config import Settings
+from foreman.config import Settings, masked_url
 from foreman.connections import AcceptFailureThrottle, connection_cap, raise_open_file_limit
 from foreman.events import JobEvents, Wakeup
 from foreman.fleet import Fleet, Member
 from foreman.keys import KEY_FILE_POLL, KeyFile, watch_key_file
+from foreman.leases import LEASE_POLL, LeaseKeeper, sweep_orphans
 from foreman.metrics import JobTally, Metrics
 from foreman.queue import JobQueue, run_janitor
 from foreman.relay_client import RelayPool
 from foreman.serving import ServerConfig, serve  # hypercorn's, with its connections mended
 from foreman.standing import Standings
-from foreman.status import Status
+from foreman.status import LeaseStatus, Status
 from foreman.store import Store
-from foreman.supervisor import supervise
+from foreman.supervisor import supervise, take_over
 from foreman.tickets import Tickets
 from foreman.upstream import (
     LEAN_RELAY_CONNECTIONS,
@@ -81,6 +82,10 @@ class Control:
         self.stop_requested = trio.Event()
         self.keys: KeyFile | None = None
         self.workers: tuple[Worker, ...] = ()
+        # a replica's leases (None on SQLite), and how often it tries the free ones (tests
+        # of failover shorten it rather than wait)
+        self.leases: LeaseKeeper | None = None
+        self.lease_poll = LEASE_POLL
 
     @property
     def worker(self) -> Worker | None:
@@ -126,16 +131,21 @@ def with_connection_cap(settings: Settings) -> Settings:
 
 
 def status_reader(
-    workers: Sequence[Worker], queue: JobQueue, tickets: Tickets
+    workers: Sequence[Worker],
+    queue: JobQueue,
+    tickets: Tickets,
+    leases: Callable[[], LeaseStatus] | None = None,
 ) -> Callable[[], Status]:
     """How the board and /metrics read the present: every worker's statistics, with whether
-    the queue takes jobs and how many clients hold a ticket (see `Status`)."""
+    the queue takes jobs, how many clients hold a ticket and, for a replica, its leases
+    (see `Status`)."""
 
     def read() -> Status:
         return Status(
             tuple(w.statistics() for w in workers),
             accepting=queue.accepting,
             waiters=len(tickets),
+            leases=leases() if leases is not None else None,
         )
 
     return read
@@ -150,6 +160,9 @@ class Parts:
     tickets: Tickets
     board: Board
     app: AccessLog
+    fleet: Fleet
+    # replicas on PostgreSQL: what decides which upstreams this one drives
+    leases: LeaseKeeper | None = None
 
 
 @attrs.frozen
@@ -185,6 +198,7 @@ async def _assemble(
     events: JobEvents,
     keys: KeyFile,
     pools: list[UpstreamPools],
+    lease_poll: float = LEASE_POLL,
 ) -> Parts:
     """foreman's parts, each handed what it reads and whom it tells. The tickets and
     /metrics listen before the jobs a crash left running are put back, so they hear those
@@ -195,7 +209,10 @@ async def _assemble(
     metrics = Metrics(tally)
     events.subscribe(None, tickets.on_job_change)
     events.subscribe(None, metrics.on_job_change)
-    await _put_back_interrupted(store)
+    replicated = store.url is not None
+    if not replicated:
+        # a replica puts back only the jobs of an upstream whose lease it takes
+        await _put_back_interrupted(store)
     tally.load(await store.unfinished())
     board = Board(store, settings.max_wait, owners=tally.by_owner, keys=lambda: keys.ring)
     events.subscribe(None, board.on_job_change)
@@ -228,7 +245,18 @@ async def _assemble(
         max_queue=settings.max_queue,
         on_removed=board.jobs_removed,
     )
-    metrics.status = board.status = status_reader(workers, queue, tickets)
+    leases = None
+    if replicated:
+        leases = LeaseKeeper(
+            store,
+            fleet,
+            {w.member.name: partial(take_over, w) for w in workers},
+            janitor=partial(_replica_janitor, queue, settings.retention, [m.name for m in fleet]),
+            poll=lease_poll,
+        )
+    metrics.status = board.status = status_reader(
+        workers, queue, tickets, leases.status if leases is not None else None
+    )
     # a reload may have revoked a key: its open streams end now, not at their next event
     keys.on_reload(events.wake_all)
     keys.on_reload(board.poke)
@@ -243,7 +271,15 @@ async def _assemble(
         metrics=metrics,
         board=board,
     )
-    return Parts(workers, queue, tickets, board, AccessLog(create_app(services)))
+    return Parts(workers, queue, tickets, board, AccessLog(create_app(services)), fleet, leases)
+
+
+async def _replica_janitor(queue: JobQueue, retention: float, upstreams: list[str]) -> None:
+    """The janitor of a replica holding the janitor's lease: the usual rounds, and the
+    jobs left running on upstreams no replica here drives."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_janitor, queue, retention)
+        nursery.start_soon(sweep_orphans, queue.store, upstreams)
 
 
 def _lean_pool(clients: contextlib.AsyncExitStack, url: str, connections: int) -> RelayPool | None:
@@ -278,7 +314,7 @@ def _listening(settings: Settings, binds: list[str]) -> str:
         "foreman listening on %s, upstreams %s, database %s, at most %d client connections",
         address,
         upstreams,
-        settings.db,
+        masked_url(settings.database_url) if settings.database_url else settings.db,
         settings.max_connections,
     )
     return address
@@ -302,7 +338,10 @@ async def run(
     accept_failures = logging.getLogger("trio.serve_listeners")
     throttle = AcceptFailureThrottle()
     events = JobEvents()
-    store = await Store.open(settings.db, on_change=events.publish)
+    if settings.database_url is not None:
+        store = await Store.open_url(settings.database_url, on_change=events.publish)
+    else:
+        store = await Store.open(settings.db, on_change=events.publish)
     accept_failures.addFilter(throttle)
     try:
         async with contextlib.AsyncExitStack() as clients:
@@ -323,13 +362,17 @@ async def run(
                 )
                 for spec in settings.upstreams
             ]
-            parts = await _assemble(settings, store, events, keys, pools)
+            parts = await _assemble(settings, store, events, keys, pools, control.lease_poll)
             control.workers = parts.workers
             server_stop = trio.Event()
+            control.leases = parts.leases
             async with trio.open_nursery() as nursery:
-                for worker in parts.workers:
-                    nursery.start_soon(supervise, worker)
-                nursery.start_soon(run_janitor, parts.queue, settings.retention)
+                if parts.leases is not None:
+                    await nursery.start(parts.leases.run)
+                else:
+                    for worker in parts.workers:
+                        nursery.start_soon(supervise, worker)
+                    nursery.start_soon(run_janitor, parts.queue, settings.retention)
                 nursery.start_soon(watch_key_file, keys, key_file_poll)
                 async with trio.open_nursery() as server:
                     config = hypercorn_config(settings)
@@ -338,9 +381,14 @@ async def run(
                     )
                     task_status.started(_listening(settings, binds))
                     await control.stop_requested.wait()
+                    if parts.leases is not None:
+                        parts.leases.stop_taking()
                     await drain(
                         parts.workers, parts.queue, parts.tickets, events, settings.shutdown_grace
                     )
+                    if parts.leases is not None:
+                        # the others take this replica's upstreams now, not at its exit
+                        await parts.leases.release_all()
                     parts.board.close_all()
                     server_stop.set()
                 log.info("foreman stopped; closing the database")

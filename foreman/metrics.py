@@ -353,6 +353,17 @@ class _Present:
             "1 while new jobs are taken (0 once shutdown began)",
             value=int(status.accepting),
         )
+        if status.leases is not None:
+            leases = GaugeMetricFamily(
+                "foreman_leases",
+                "Replicas on PostgreSQL: 1 for each upstream this replica drives (holds"
+                ' the lease of), 0 for the others; lease "janitor": it runs the janitor',
+                labels=["lease"],
+            )
+            for u in status.upstreams:
+                leases.add_metric([f"upstream:{u.name}"], int(u.name in status.leases.upstreams))
+            leases.add_metric(["janitor"], int(status.leases.janitor))
+            yield leases
 
 
 __all__ = ["CONTENT_TYPE", "JobTally", "Metrics"]

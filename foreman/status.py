@@ -33,6 +33,14 @@ class WorkerStatistics:
 
 
 @attrs.frozen
+class LeaseStatus:
+    """What a replica on PostgreSQL holds: the upstreams it drives, and the janitor."""
+
+    upstreams: tuple[str, ...] = ()
+    janitor: bool = False
+
+
+@attrs.frozen
 class Status:
     """Every upstream worker's statistics and the two present facts that are no worker's.
 
@@ -49,6 +57,8 @@ class Status:
     upstreams: tuple[WorkerStatistics, ...] = ()
     accepting: bool = True
     waiters: int = 0
+    # replicas on PostgreSQL: this replica's leases (None: one foreman on SQLite)
+    leases: LeaseStatus | None = None
 
     @property
     def worker(self) -> WorkerStatistics:

@@ -55,3 +55,32 @@ async def _requeue_in_flight(worker: Worker, why: str) -> None:
         worker.store_backoff.succeeded()
         worker.wakeup.notify()
         return
+
+
+async def take_over(worker: Worker) -> None:
+    """Drive an upstream whose lease this replica just took (replicas on PostgreSQL): the
+    jobs a previous holder left loading or working there go back to the queue (or fail on
+    their last attempt), as after a restart, then the worker runs under `supervise`.
+
+    The worker starts from nothing known of its upstream: it probes it before claiming."""
+    worker.forget_jobs()
+    worker.online = False
+    name = worker.member.name
+    while True:
+        try:
+            jobs = await worker.store.recover_interrupted(name)
+        except StoreUnwritable as exc:
+            await worker.store_backoff.pause(exc, "the worker")
+            continue
+        break
+    for job in jobs:
+        log.warning(
+            "job %s model=%s was running on upstream %s under its previous holder; now %s",
+            job.id,
+            job.model,
+            name,
+            job.state.value,
+        )
+    if jobs:
+        worker.wakeup.notify()
+    await supervise(worker)

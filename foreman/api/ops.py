@@ -4,12 +4,14 @@
 supervisor can call it as often as it likes. /ready says whether foreman can do its
 work: the database takes a write (a probe that changes nothing, so a full disk shows) and
 is still the file foreman opened, at least one upstream answers (each is named, up or
-down), and shutdown has not begun.
+down), and shutdown has not begun. A replica on PostgreSQL also names the upstreams whose
+lease it holds (the ones it drives) and whether it runs the janitor.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import trio
 from quart import Blueprint, Response
@@ -18,6 +20,7 @@ from foreman.api.responses import JSON, compact_json
 from foreman.api.services import Services
 from foreman.fleet import Fleet, Member
 from foreman.metrics import CONTENT_TYPE
+from foreman.status import LeaseStatus
 from foreman.upstream import UpstreamError
 
 log = logging.getLogger("foreman.api")
@@ -52,9 +55,10 @@ def blueprint(services: Services) -> Blueprint:
         else:
             reasons += [f"upstream {name} is unreachable" for name in down]
         upstreams = {name: "up" if answers else "down" for name, answers in up.items()}
+        leases = services.metrics.status().leases
         if unready:
-            return _json(_document("unready", reasons, upstreams), 503)
-        return _json(_document("ready", reasons, upstreams), 200)
+            return _json(_document("unready", reasons, upstreams, leases), 503)
+        return _json(_document("ready", reasons, upstreams, leases), 200)
 
     @bp.route("/metrics", methods=["GET"])
     async def metrics() -> Response:
@@ -82,8 +86,16 @@ async def _probe_all(fleet: Fleet) -> dict[str, bool]:
     return up
 
 
-def _document(status: str, reasons: list[str], upstreams: dict[str, str]) -> str:
-    return compact_json({"status": status, "reasons": reasons, "upstreams": upstreams})
+def _document(
+    status: str, reasons: list[str], upstreams: dict[str, str], leases: LeaseStatus | None
+) -> str:
+    document: dict[str, Any] = {"status": status, "reasons": reasons, "upstreams": upstreams}
+    if leases is not None:
+        # a replica: the database is shared, and these are the parts it runs
+        document["database"] = "postgresql"
+        document["leases"] = list(leases.upstreams)
+        document["janitor"] = leases.janitor
+    return compact_json(document)
 
 
 def _json(body: str, status: int) -> Response:

@@ -9,7 +9,8 @@ time (a CapacityLimiter of 1), in WAL mode. Its bands, each importing only those
 - `face`: `Store`, the Trio face that runs them on a worker thread, shielded, with
   group commit (`Store.open` for a SQLite file, `Store.open_url` for PostgreSQL);
 - `pg`: `PgSyncStore`, `SyncStore` on PostgreSQL (not exported here, so that a foreman
-  on SQLite never loads PostgreSQL's driver; no setting selects it yet).
+  on SQLite never loads PostgreSQL's driver), selected by a postgresql:// `--db`;
+- `pg_leases`: the advisory locks that say which replica drives which upstream.
 
 Import from here (`from foreman.store import Store`); the bands are its inside.
 """
@@ -23,6 +24,7 @@ from foreman.store.errors import (
     unwritable_reason,
 )
 from foreman.store.face import Store
+from foreman.store.pg_leases import JANITOR, UpstreamView, janitor_key, upstream_key
 from foreman.store.schema import MIGRATIONS, SCHEMA_VERSION, backup, connect, migrate
 from foreman.store.sql import (
     PICK_STATEMENTS,
@@ -37,6 +39,7 @@ from foreman.store.sql import (
 )
 
 __all__ = [
+    "JANITOR",
     "MIGRATIONS",
     "PICK_STATEMENTS",
     "PLACE_STATEMENTS",
@@ -52,10 +55,13 @@ __all__ = [
     "StoreUnwritable",
     "Swap",
     "SyncStore",
+    "UpstreamView",
     "Waiting",
     "backup",
     "connect",
+    "janitor_key",
     "migrate",
     "unwritable_reason",
+    "upstream_key",
     "wall_clock",
 ]

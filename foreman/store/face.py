@@ -8,10 +8,11 @@ submissions are committed together (group commit). `Store.open` opens a SQLite f
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import trio
@@ -28,6 +29,9 @@ from foreman.store.errors import (
 )
 from foreman.store.schema import connect
 from foreman.store.sql import Activity, Ended, Overview, SyncStore, wall_clock
+
+if TYPE_CHECKING:
+    from foreman.store.pg_leases import UpstreamView
 
 T = TypeVar("T")
 
@@ -68,6 +72,8 @@ class Store:
         self._leading = False
         # held until `close`: one foreman per database
         self._lock = lock
+        # PostgreSQL's URL, to open a new session after the connection is lost
+        self.url: str | None = None
 
     @classmethod
     async def open(
@@ -116,7 +122,9 @@ class Store:
         backend yet.
         """
         sync = await trio.to_thread.run_sync(_open_url, url, clock)
-        return cls(sync, on_change)
+        store = cls(sync, on_change)
+        store.url = url
+        return store
 
     def now(self) -> float:
         """The wall clock the store stamps rows with: a caller that compares a time with
@@ -315,8 +323,8 @@ class Store:
     async def measured_costs(self, since: float) -> LoadCosts:
         return await self._read(self.sync.measured_costs, since)
 
-    async def recover_interrupted(self) -> list[Job]:
-        jobs = await self._write(self.sync.recover_interrupted)
+    async def recover_interrupted(self, upstream: str | None = None) -> list[Job]:
+        jobs = await self._write(self.sync.recover_interrupted, upstream)
         for job in jobs:
             self._on_change(job)
         return jobs
@@ -350,6 +358,49 @@ class Store:
 
     async def prune_swaps(self, started_before: float) -> int:
         return await self._write(self.sync.prune_swaps, started_before)
+
+    # -- replicas (PostgreSQL only: see `foreman.store.pg_leases`) -------------------------
+
+    async def try_leases(self, keys: Sequence[int]) -> list[int]:
+        """Take whichever of the leases `keys` are free; a lost connection raises
+        DatabaseLost (every lease went with it)."""
+        from foreman.store import pg_leases
+
+        return await self._read(pg_leases.try_leases, self.sync, keys)
+
+    async def release_lease(self, key: int) -> bool:
+        from foreman.store import pg_leases
+
+        return await self._read(pg_leases.release_lease, self.sync, key)
+
+    async def upstream_views(self, names: Sequence[str]) -> list[UpstreamView]:
+        from foreman.store import pg_leases
+
+        return await self._read(pg_leases.upstream_views, self.sync, names)
+
+    async def running_upstreams(self) -> list[str]:
+        from foreman.store import pg_leases
+
+        return await self._read(pg_leases.running_upstreams, self.sync)
+
+    async def reconnect(self) -> None:
+        """A new session on PostgreSQL after the old one was lost (it held no lease any
+        more: the caller has stopped everything that relied on one). Raises StoreError
+        while the server cannot be reached."""
+        assert self.url is not None, "only a store opened by URL reconnects"
+        url = self.url
+
+        def reopen() -> None:
+            from foreman.store.pg import pg_connect
+
+            fresh = pg_connect(url)
+            old = self.sync.conn
+            self.sync.conn = self.sync.pg = fresh  # type: ignore[assignment,attr-defined]
+            with contextlib.suppress(Exception):  # it is gone already: this tidies up
+                old.close()
+
+        async with self._limiter:
+            await trio.to_thread.run_sync(reopen)
 
 
 def _open_locked(path: Path, lock: DatabaseLock) -> sqlite3.Connection:

@@ -194,14 +194,33 @@ def pg_migrate(conn: PgConnection) -> int:
     return version
 
 
+# A dead peer is noticed within seconds rather than hours, on both sides of a TCP
+# connection (a Unix socket needs none of it): this replica's side (libpq's keepalives),
+# so a call on a dead network fails and the replica stops what its leases ran; and the
+# server's, so the session of a replica whose machine died ends, freeing its leases for
+# the others (about idle + interval x count seconds: 11).
+CLIENT_KEEPALIVES: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
+SESSION_SETTINGS = (
+    "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2;"
+    " SET tcp_keepalives_count = 3; SET tcp_user_timeout = 11000;"
+    " SET application_name = 'foreman'"
+)
+
+
 def pg_connect(url: str) -> PgConnection:
     """Connect to the database at `url` (a libpq URL) and bring its schema up to date."""
     try:
-        raw = psycopg.connect(url, autocommit=True)
+        raw = psycopg.connect(url, autocommit=True, **CLIENT_KEEPALIVES)
     except psycopg.Error as exc:
         raise StoreError(f"cannot connect to the database: {first_line(exc)}") from None
     conn = PgConnection(raw)
     try:
+        raw.execute(SESSION_SETTINGS)
         pg_migrate(conn)
     except Exception:
         conn.close()

@@ -682,8 +682,9 @@ class SyncStore:
             )
         return claimed
 
-    def recover_interrupted(self) -> list[Job]:
-        """Put jobs a crash left in loading/working back in the queue (run at start).
+    def recover_interrupted(self, upstream: str | None = None) -> list[Job]:
+        """Put jobs a crash left in loading/working back in the queue (run at start;
+        with `upstream`, only the jobs on that upstream: a replica taking over its lease).
 
         A job that has used all its attempts fails instead, so a request that crashes
         foreman every time cannot crash it forever.
@@ -691,9 +692,16 @@ class SyncStore:
         out: list[Job] = []
         with self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
-            rows = self.conn.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE state IN ('loading', 'working')"
-            ).fetchall()
+            if upstream is None:
+                rows = self.conn.execute(
+                    f"SELECT {_COLUMNS} FROM jobs WHERE state IN ('loading', 'working')"
+                ).fetchall()
+            else:
+                rows = self.conn.execute(
+                    f"SELECT {_COLUMNS} FROM jobs"
+                    " WHERE state IN ('loading', 'working') AND upstream = ?",
+                    (upstream,),
+                ).fetchall()
             for row in rows:
                 job = _row_to_job(row)
                 if job.attempts >= job.max_attempts:

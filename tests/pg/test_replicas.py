@@ -1,0 +1,136 @@
+"""Replicas: several foremen, in this process, sharing one PostgreSQL queue.
+
+Each replica is a whole `run` (its own store session, workers, HTTP server) over the same
+stub upstreams; what they share is the database alone, as replicas on two machines would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import httpx
+import trio
+
+from foreman.config import Settings
+from foreman.daemon import Control, run
+from foreman.stub import StubConfig, StubOllama
+from tests.integration.conftest import fleet_specs, wait_for
+
+LEASE_POLL = 0.05
+
+
+def replica_settings(url: str, stubs: tuple[StubOllama, ...]) -> Settings:
+    upstreams = fleet_specs([s.url for s in stubs], [1] * len(stubs))
+    return Settings(
+        ollama_url=",".join(u.url for u in upstreams),
+        port=0,
+        retry_backoff=0.05,
+        upstreams=upstreams,
+        database_url=url,
+    )
+
+
+@attrs.define
+class Replica:
+    url: str
+    control: Control
+    scope: trio.CancelScope
+
+    @property
+    def leases(self) -> tuple[str, ...]:
+        assert self.control.leases is not None
+        return self.control.leases.upstreams
+
+
+async def start_replica(
+    nursery: trio.Nursery, settings: Settings, *, poll: float = LEASE_POLL
+) -> Replica:
+    control = Control()
+    control.lease_poll = poll
+    scope = trio.CancelScope()
+
+    async def serve(task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        with scope:
+            await run(settings, control=control, task_status=task_status)
+
+    url: str = await nursery.start(serve)
+    return Replica(url, control, scope)
+
+
+async def stubs_for(nursery: trio.Nursery, n: int, **config: Any) -> tuple[StubOllama, ...]:
+    config.setdefault("chat_models", ("m0", "m1", "m2"))
+    stubs = tuple(StubOllama(StubConfig(**config)) for _ in range(n))
+    for stub in stubs:
+        await nursery.start(stub.serve)
+    return stubs
+
+
+def every_upstream_driven_once(replicas: list[Replica], names: list[str]) -> Callable[[], bool]:
+    def check() -> bool:
+        held = [name for r in replicas for name in r.leases]
+        return sorted(held) == sorted(names)
+
+    return check
+
+
+async def test_each_upstream_is_driven_by_one_replica_and_a_survivor_takes_them_all(
+    nursery: trio.Nursery, postgres_url: str
+) -> None:
+    stubs = await stubs_for(nursery, 3)
+    settings = replica_settings(postgres_url, stubs)
+    first = await start_replica(nursery, settings)
+    second = await start_replica(nursery, settings)
+    names = ["gpu0", "gpu1", "gpu2"]
+    await wait_for(every_upstream_driven_once([first, second], names))
+    # exactly one janitor
+    janitors = [r for r in (first, second) if r.control.leases and r.control.leases.janitor]
+    assert len(janitors) == 1
+
+    first.scope.cancel()
+    await wait_for(lambda: sorted(second.leases) == names)
+    assert second.control.leases is not None
+    await wait_for(lambda: second.control.leases is not None and second.control.leases.janitor)
+
+
+async def test_jobs_sent_to_either_replica_all_complete(
+    nursery: trio.Nursery, postgres_url: str
+) -> None:
+    stubs = await stubs_for(nursery, 2)
+    settings = replica_settings(postgres_url, stubs)
+    replicas = [await start_replica(nursery, settings) for _ in range(2)]
+    await wait_for(every_upstream_driven_once(replicas, ["gpu0", "gpu1"]))
+    async with (
+        httpx.AsyncClient(base_url=replicas[0].url, timeout=60) as a,
+        httpx.AsyncClient(base_url=replicas[1].url, timeout=60) as b,
+    ):
+        ids = []
+        for i in range(20):
+            client = a if i % 2 else b
+            model = f"m{i % 3}"
+            body = {"model": model, "messages": [{"role": "user", "content": str(i)}]}
+            r = await client.post("/jobs", json={"endpoint": "/api/chat", "body": body})
+            assert r.status_code == 202, r.text
+            ids.append(r.json()["id"])
+
+        async def states() -> list[str]:
+            return [(await a.get(f"/jobs/{job_id}")).json()["state"] for job_id in ids]
+
+        with trio.fail_after(60):
+            while set(await states()) != {"done"}:  # noqa: ASYNC110 - another process's writes
+                await trio.sleep(0.05)
+
+
+async def test_ready_and_metrics_name_the_leases(nursery: trio.Nursery, postgres_url: str) -> None:
+    stubs = await stubs_for(nursery, 2)
+    replica = await start_replica(nursery, replica_settings(postgres_url, stubs))
+    await wait_for(lambda: sorted(replica.leases) == ["gpu0", "gpu1"])
+    async with httpx.AsyncClient(base_url=replica.url, timeout=60) as client:
+        ready = (await client.get("/ready")).json()
+        assert ready["database"] == "postgresql"
+        assert ready["leases"] == ["gpu0", "gpu1"]
+        assert ready["janitor"] is True
+        metrics = (await client.get("/metrics")).text
+        assert 'foreman_leases{lease="upstream:gpu0"} 1.0' in metrics
+        assert 'foreman_leases{lease="janitor"} 1.0' in metrics
