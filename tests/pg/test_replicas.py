@@ -6,7 +6,9 @@ stub upstreams; what they share is the database alone, as replicas on two machin
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -17,6 +19,8 @@ from foreman.config import Settings
 from foreman.daemon import Control, run
 from foreman.stub import StubConfig, StubOllama
 from tests.integration.conftest import fleet_specs, wait_for
+from tests.pg.cluster import PostgresCluster
+from tests.pg.test_pg_face import administer
 
 LEASE_POLL = 0.05
 
@@ -134,3 +138,41 @@ async def test_ready_and_metrics_name_the_leases(nursery: trio.Nursery, postgres
         metrics = (await client.get("/metrics")).text
         assert 'foreman_leases{lease="upstream:gpu0"} 1.0' in metrics
         assert 'foreman_leases{lease="janitor"} 1.0' in metrics
+
+
+async def test_a_replica_whose_session_ends_stops_its_workers_and_takes_its_leases_again(
+    nursery: trio.Nursery, postgres_url: str, postgres_cluster: PostgresCluster
+) -> None:
+    stubs = await stubs_for(nursery, 1, token_delay=0.05)
+    replica = await start_replica(nursery, replica_settings(postgres_url, stubs))
+    await wait_for(lambda: replica.leases == ("gpu0",))
+    keeper = replica.control.leases
+    assert keeper is not None
+    async with httpx.AsyncClient(base_url=replica.url, timeout=60) as client:
+        body = {"model": "m0", "messages": [{"role": "user", "content": "hi"}]}
+        r = await client.post("/jobs", json={"endpoint": "/api/chat", "body": body})
+        job_id = r.json()["id"]
+        await wait_for(lambda: stubs[0].inflight_inference == 1)
+        pid = keeper.store.sync.conn.raw.info.backend_pid  # type: ignore[attr-defined]
+        administer(postgres_cluster, f"SELECT pg_terminate_backend({pid})")
+        # the leases went with the session: the worker stops, a new session takes them
+        await wait_for(lambda: keeper.store.sync.conn.raw.info.backend_pid != pid)  # type: ignore[attr-defined]
+        await wait_for(lambda: replica.leases == ("gpu0",))
+        # the job the lost session was running is put back and runs to its end
+        with trio.fail_after(60):
+            while (await client.get(f"/jobs/{job_id}")).json()["state"] != "done":  # noqa: ASYNC110
+                await trio.sleep(0.05)
+
+
+async def test_serve_on_an_unreachable_database_fails_with_one_line(tmp_path: Path) -> None:
+    url = f"postgresql://nobody@/nothing?host={tmp_path}&port=1"
+    done = await trio.run_process(
+        [sys.executable, "-m", "foreman", "serve", "--port", "0", "--db", url],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert done.returncode != 0
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "cannot connect to the database" in lines[0]
