@@ -8,6 +8,8 @@ time (a CapacityLimiter of 1), in WAL mode. Its bands, each importing only those
 - `sql`: `SyncStore`, every query as a blocking call, and the records it reads;
 - `face`: `Store`, the Trio face that runs them on a worker thread, shielded, with
   group commit (`Store.open` for a SQLite file, `Store.open_url` for PostgreSQL);
+- `pg_copy`: `copy_to_postgres`, a SQLite database's jobs and swaps into PostgreSQL
+  (`foreman migrate-db`);
 - `pg`: `PgSyncStore`, `SyncStore` on PostgreSQL (not exported here, so that a foreman
   on SQLite never loads PostgreSQL's driver; no setting selects it yet).
 
@@ -23,6 +25,7 @@ from foreman.store.errors import (
     unwritable_reason,
 )
 from foreman.store.face import Store
+from foreman.store.pg_copy import Copied, copy_to_postgres
 from foreman.store.schema import MIGRATIONS, SCHEMA_VERSION, backup, connect, migrate
 from foreman.store.sql import (
     PICK_STATEMENTS,
@@ -42,6 +45,7 @@ __all__ = [
     "PLACE_STATEMENTS",
     "SCHEMA_VERSION",
     "Activity",
+    "Copied",
     "DatabaseLost",
     "Ended",
     "IdempotencyConflict",
@@ -55,6 +59,7 @@ __all__ = [
     "Waiting",
     "backup",
     "connect",
+    "copy_to_postgres",
     "migrate",
     "unwritable_reason",
     "wall_clock",
