@@ -1,6 +1,7 @@
 """The command line: `foreman serve` runs the daemon, `foreman stub` a fake Ollama,
 `foreman config` prints the effective configuration, `foreman backup` copies the
-database while foreman runs, `foreman jobs` talks to the job API."""
+database while foreman runs, `foreman jobs` talks to the job API, `foreman migrate-db`
+copies a SQLite database into PostgreSQL."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import trio
 
-from foreman import __version__, jobs_cli, logs
+from foreman import __version__, jobs_cli, logs, migrate_db
 from foreman.config import (
     ConfigError,
     Settings,
@@ -42,6 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     saver.add_argument("path", metavar="PATH", help="the copy to write (must not exist)")
     add_arguments(saver)
+    mover = commands.add_parser(
+        "migrate-db",
+        help="copy the jobs and swap history of a SQLite database into an empty PostgreSQL one"
+        " (stop foreman first)",
+    )
+    mover.add_argument("source", metavar="SQLITE_PATH", help="the SQLite database to copy")
+    mover.add_argument(
+        "url", metavar="URL", help="the PostgreSQL database (postgresql://...) to copy into"
+    )
     commands.add_parser(
         "stub", help="run the stub Ollama (see `foreman stub --help`)", add_help=False
     )
@@ -66,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "jobs":
         return jobs_cli.run(args, os.environ)
+    if args.command == "migrate-db":
+        return migrate_db.run(Path(args.source).expanduser(), args.url)
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "path")}
     try:
         resolved = resolve_all(flags, os.environ)
@@ -76,8 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         settings = resolved.settings
         if args.command == "backup":
-            backup(settings.db, Path(args.path).expanduser())
-            print(f"foreman: backed up {settings.db} to {args.path}")
+            source = migrate_db.backup_source(settings.database_url or settings.db)
+            backup(source, Path(args.path).expanduser())
+            print(f"foreman: backed up {source} to {args.path}")
             return 0
         # a bad keys file stops foreman here, before anything starts, with one line
         KeyFile(settings.api_keys_file).load()

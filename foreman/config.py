@@ -106,11 +106,16 @@ def parse_path(raw: str) -> Path:
 
 
 # the URL schemes that select PostgreSQL (libpq's); anything else names a SQLite file
-DATABASE_URL_SCHEMES = ("postgresql://", "postgres://")
+DATABASE_URL_SCHEMES = ("postgresql", "postgres")
+# what a database URL's password is shown as
+MASK = "***"
 
 
-def is_database_url(raw: str) -> bool:
-    return raw.strip().lower().startswith(DATABASE_URL_SCHEMES)
+def is_database_url(db: str | Path) -> bool:
+    """Whether `--db` names a PostgreSQL database rather than a SQLite file. A URL that
+    went through `Path` has lost one of its slashes, so the scheme alone decides."""
+    text = str(db).strip()
+    return ":" in text and text.partition(":")[0].lower() in DATABASE_URL_SCHEMES
 
 
 def parse_db(raw: str) -> Path | str:
@@ -119,24 +124,26 @@ def parse_db(raw: str) -> Path | str:
     if not is_database_url(raw):
         return parse_path(raw)
     url = raw.strip()
-    parts = urllib.parse.urlsplit(url)
-    try:
-        parts.port  # noqa: B018 - raises on a port that is not a number
-    except ValueError:
-        raise ValueError("the database URL's port must be a number") from None
     if any(c.isspace() for c in url):
         raise ValueError("a database URL has no spaces")
+    try:
+        urllib.parse.urlsplit(url).port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ValueError("the database URL's port must be a number") from None
     return url
 
 
-def masked_url(url: str) -> str:
-    """A database URL fit for a log line: its password replaced by ***."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = parts.username or ""
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+def mask_password(url: str) -> str:
+    """`url` with its password (in the user part or a `password=` parameter) replaced by
+    `***`; the rest is kept, so the operator still sees which server and database."""
+    try:
+        netloc = urllib.parse.urlsplit(url).netloc
+    except ValueError:  # not even a URL: show its scheme alone
+        return f"{url.partition(':')[0]}://{MASK}"
+    user, at, host = netloc.rpartition("@")
+    if at and ":" in user:
+        url = url.replace(netloc, f"{user.partition(':')[0]}:{MASK}@{host}", 1)
+    return re.sub(r"(?i)([?&]password=)[^&#]*", rf"\1{MASK}", url)
 
 
 def parse_non_negative_float(raw: str) -> float:
@@ -692,7 +699,7 @@ def render(values: Mapping[str, Any], sources: Mapping[str, str]) -> str:
         value = values[s.name]
         source = sources.get(s.name, "default")
         if s.name == "db" and values.get("database_url"):
-            value = masked_url(values["database_url"])
+            value = mask_password(values["database_url"])
         if s.name == "ollama_url" and upstreams:
             lines.append(f"# {s.name} is {_quoted(value)}: the [[upstream]] tables below")
             continue

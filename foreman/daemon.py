@@ -21,7 +21,7 @@ import trio
 from foreman.api import Services, create_app
 from foreman.api.access import AccessLog
 from foreman.board import Board
-from foreman.config import Settings, masked_url
+from foreman.config import Settings, mask_password
 from foreman.connections import AcceptFailureThrottle, connection_cap, raise_open_file_limit
 from foreman.events import JobEvents, Wakeup
 from foreman.fleet import Fleet, Member
@@ -314,7 +314,7 @@ def _listening(settings: Settings, binds: list[str]) -> str:
         "foreman listening on %s, upstreams %s, database %s, at most %d client connections",
         address,
         upstreams,
-        masked_url(settings.database_url) if settings.database_url else settings.db,
+        mask_password(settings.database_url) if settings.database_url else settings.db,
         settings.max_connections,
     )
     return address

@@ -8,6 +8,8 @@ time (a CapacityLimiter of 1), in WAL mode. Its bands, each importing only those
 - `sql`: `SyncStore`, every query as a blocking call, and the records it reads;
 - `face`: `Store`, the Trio face that runs them on a worker thread, shielded, with
   group commit (`Store.open` for a SQLite file, `Store.open_url` for PostgreSQL);
+- `pg_copy`: `copy_to_postgres`, a SQLite database's jobs and swaps into PostgreSQL
+  (`foreman migrate-db`);
 - `pg`: `PgSyncStore`, `SyncStore` on PostgreSQL (not exported here, so that a foreman
   on SQLite never loads PostgreSQL's driver), selected by a postgresql:// `--db`;
 - `pg_leases`: the advisory locks that say which replica drives which upstream.
@@ -24,6 +26,7 @@ from foreman.store.errors import (
     unwritable_reason,
 )
 from foreman.store.face import Store
+from foreman.store.pg_copy import Copied, copy_to_postgres
 from foreman.store.pg_leases import JANITOR, UpstreamView, janitor_key, upstream_key
 from foreman.store.schema import MIGRATIONS, SCHEMA_VERSION, backup, connect, migrate
 from foreman.store.sql import (
@@ -45,6 +48,7 @@ __all__ = [
     "PLACE_STATEMENTS",
     "SCHEMA_VERSION",
     "Activity",
+    "Copied",
     "DatabaseLost",
     "Ended",
     "IdempotencyConflict",
@@ -59,6 +63,7 @@ __all__ = [
     "Waiting",
     "backup",
     "connect",
+    "copy_to_postgres",
     "janitor_key",
     "migrate",
     "unwritable_reason",

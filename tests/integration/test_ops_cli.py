@@ -62,6 +62,17 @@ def test_bad_keys_or_config_files_stop_foreman_with_one_line(tmp_path: Path) -> 
         assert "secret-key" not in done.stderr
 
 
+def test_foreman_backup_of_a_postgresql_database_points_at_pg_dump(tmp_path: Path) -> None:
+    copy = tmp_path / "copy.db"
+    done = run_cli("backup", str(copy), "--db", "postgresql://foreman:s3cret@db.invalid/q")
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("foreman: error: foreman backup copies a SQLite file")
+    assert "pg_dump" in done.stderr
+    assert "s3cret" not in done.stderr + done.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
 async def test_foreman_backup_copies_a_live_database(stub: StubOllama, tmp_path: Path) -> None:
     db = tmp_path / "foreman.db"
     proc = foreman_process(db, stub.url, tmp_path / "foreman.log")
