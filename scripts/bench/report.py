@@ -806,7 +806,8 @@ def _replica_processes(p: dict[str, Any]) -> list[str]:
         f" {fig(thr['replicas_1']['jobs_per_s'], 0)} jobs/s, two replicas"
         f" {fig(thr['replicas_2']['jobs_per_s'], 0)} jobs/s ({fig(thr['ratio'], 2)}x).",
         "",
-        "**Failover.** Two replicas, two stub upstreams, a job submitted every 20 ms"
+        "**Failover.** Two replicas, two stub upstreams (about 50 ms a job), a job submitted"
+        " every 40 ms"
         " alternating between the replicas; the replica holding the lease of upstream"
         f" `{fo['upstream']}` is killed with SIGKILL. A job completed on that upstream again"
         f" {fig(fo['failover_s'], 2)} s later (goal < 5 s); the survivor's /ready listed the"
