@@ -193,9 +193,11 @@ def throughput(work: Path, make_db: Any, quick: bool) -> dict[str, Any]:
                 with running(procs) as urls:
                     for url in urls:
                         trio.run(wait_ready, url)
-                    trio.run(all_leased, urls, 2)
+                    held = trio.run(all_leased, urls, 2)
                     out[f"replicas_{count}"] = {
-                        "jobs_per_s": trio.run(_drain, db_url, urls, stub_urls, jobs)
+                        "jobs_per_s": trio.run(_drain, db_url, urls, stub_urls, jobs),
+                        # how the upstreams' leases fell: upstreams driven by each replica
+                        "leases": " + ".join(str(list(held.values()).count(url)) for url in urls),
                     }
         finally:
             for proc in stub_procs:

@@ -804,7 +804,8 @@ def _replica_processes(p: dict[str, Any]) -> list[str]:
         f"**Throughput.** {fig(thr['jobs'], 0)} jobs queued with POST /jobs (half through each"
         " replica) on two instant stub upstreams, then drained: one replica"
         f" {fig(thr['replicas_1']['jobs_per_s'], 0)} jobs/s, two replicas"
-        f" {fig(thr['replicas_2']['jobs_per_s'], 0)} jobs/s ({fig(thr['ratio'], 2)}x).",
+        f" {fig(thr['replicas_2']['jobs_per_s'], 0)} jobs/s ({fig(thr['ratio'], 2)}x; upstreams"
+        f" driven by each replica: {thr['replicas_2'].get('leases', 'n/a')}).",
         "",
         "**Failover.** Two replicas, two stub upstreams (about 50 ms a job), a job submitted"
         " every 40 ms"

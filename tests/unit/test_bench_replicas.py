@@ -45,7 +45,7 @@ def processes(failover_s: float = 2.0, lost: int = 0) -> dict[str, Any]:
         "throughput": {
             "jobs": spread(2000),
             "replicas_1": {"jobs_per_s": spread(300)},
-            "replicas_2": {"jobs_per_s": spread(450)},
+            "replicas_2": {"jobs_per_s": spread(450), "leases": "1 + 1"},
             "ratio": spread(1.5),
         },
         "failover": {
@@ -156,6 +156,7 @@ def test_failover_is_met_under_five_seconds_with_nothing_lost() -> None:
     assert by_key(measured(processes(failover_s=2.0, lost=1)))["failover_s"].met is False
     page = render(measured(processes()))
     assert "Of 200 jobs accepted, 200 ended done and 0 were lost" in page
+    assert "two replicas 450 jobs/s (1.50x; upstreams driven by each replica: 1 + 1)" in page
     assert "| foreman on PostgreSQL | 5.00 | 4.60 | 12.00 | 11.00 |" in page
 
 
