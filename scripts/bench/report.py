@@ -727,12 +727,16 @@ def _replicas(r: dict[str, Any]) -> list[str]:
                 ]
             )
     out += _table(["queued", "", "claim p50", "claim p99", "end p50", "end p99"], rows)
-    counts = [c["postgres"].get("statements_per_claim_and_end") for c in r["claim"].values()]
+    counts = [
+        fig(c["postgres"]["statements_per_claim_and_end"], 0)
+        for c in r["claim"].values()
+        if "statements_per_claim_and_end" in c["postgres"]
+    ]
     out += [
         "",
-        "On PostgreSQL a claim and its end send"
-        f" {' and '.join(fig(n, 0) for n in counts if n is not None)} statements (at each"
-        " queue length; BEGIN and COMMIT included), each a round trip to the server over its"
+        f"On PostgreSQL a claim and its end send {' and '.join(dict.fromkeys(counts))}"
+        f" statements ({'at every queue length' if len(set(counts)) == 1 else 'by queue length'};"
+        " BEGIN and COMMIT included), each a round trip to the server over its"
         " socket: that, not the queue's length, is what the claim's latency is made of. On"
         " SQLite the same statements are calls into the library, in the process.",
         "",
@@ -744,7 +748,10 @@ def _replicas(r: dict[str, Any]) -> list[str]:
         f" to the arrival; rate: {fig(note['burst'], 0)} messages sent back to back from one"
         " thread, each its own statement. Two senders in alternating blocks: one whose"
         " session commits synchronously (the server's setting), one with synchronous_commit"
-        " off for its session.",
+        " off for its session. They should cost the same: a transaction that only notifies"
+        " has written no data before its commit, and PostgreSQL does not wait for the WAL's"
+        " flush to commit such a transaction, whatever synchronous_commit says; a"
+        " notification is no more durable than the stream it carries.",
         "",
         *_table(
             ["sender", "p50 ms", "p99 ms", "messages/s"],
