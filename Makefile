@@ -72,6 +72,8 @@ crash: $(STAMP)
 
 # the whole suite (under 15 minutes on 2 cores): writes docs/benchmarks.md and .json;
 # one section alone: make bench BENCH_ARGS="--only fleet" (names: python -m scripts.bench -h).
+# The replicas section starts a throwaway PostgreSQL of its own (`make postgres` installs the
+# server programs); without them it says so in one line and is skipped.
 # Then it fails if a figure is more than 30% worse than the committed docs/benchmarks.json;
 # BENCH_ACCEPT=1 reports and passes (a deliberate change: commit the new figures)
 bench: $(STAMP)

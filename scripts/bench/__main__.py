@@ -31,8 +31,12 @@ from . import (
     durability,
     fleet,
     guard,
+    notify,
     overhead,
+    pgserver,
     profile,
+    replica_procs,
+    replicas,
     report,
     scale,
     standing,
@@ -52,6 +56,7 @@ SECTIONS = (
     "standing",
     "profile",
     "fleet",
+    "replicas",
 )
 
 
@@ -295,6 +300,45 @@ def fleet_section(work: Path, quick: bool) -> dict[str, Any]:
     return out
 
 
+def replicas_section(work: Path, quick: bool) -> dict[str, Any]:
+    reason = pgserver.missing()
+    if reason is not None:
+        log(f"replicas on PostgreSQL: skipped: {reason}")
+        return {"skipped": reason}
+    reps = 1 if quick else 3
+    out: dict[str, Any] = {"measured": machine()}
+    with pgserver.durable_cluster() as cluster:
+        out |= replicas.store_figures(work, cluster, quick, repeat, log)
+        log(f"replicas: NOTIFY round trips between two connections x{reps}")
+        with pgserver.database(cluster) as url:
+            out["notify"] = repeat(reps, lambda: notify.round_trips(url, quick))
+        out["processes"] = replica_processes(work, cluster, quick)
+    return out
+
+
+def replica_processes(work: Path, cluster: Any, quick: bool) -> dict[str, Any]:
+    """The figures of whole replicas, or the one line saying why this build cannot run
+    `foreman serve` on PostgreSQL."""
+    with pgserver.database(cluster) as url:
+        reason = replica_procs.refusal(url)
+    if reason is not None:
+        log(f"replicas, whole processes: skipped: {reason}")
+        return {"skipped": reason}
+    out: dict[str, Any] = {}
+    log("replicas: added latency, foreman on PostgreSQL beside foreman on SQLite")
+    with pgserver.database(cluster) as url:
+        out["latency"] = repeat(1, lambda: replica_procs.added_latency(work, url, quick))
+    log("replicas: throughput of one replica, then two")
+    out["throughput"] = repeat(
+        1, lambda: replica_procs.throughput(work, lambda: pgserver.database(cluster), quick)
+    )
+    log("replicas: failover after kill -9 of the replica holding an upstream's lease")
+    out["failover"] = repeat(
+        1, lambda: replica_procs.failover(work, lambda: pgserver.database(cluster), quick)
+    )
+    return out
+
+
 def profile_section(work: Path, quick: bool) -> dict[str, Any]:
     log("profile: where foreman's CPU goes (py-spy)")
     return profile.profile(work, quick)
@@ -311,6 +355,7 @@ RUNNERS: dict[str, Callable[[Path, bool], dict[str, Any]]] = {
     "streams": streams_section,
     "profile": profile_section,
     "fleet": fleet_section,
+    "replicas": replicas_section,
 }
 
 

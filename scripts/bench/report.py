@@ -45,12 +45,15 @@ def headline(results: dict[str, Any]) -> str:
     lines = ["", "met  target: measured (goal)"]
     for t in targets(results):
         mark = "yes" if t.met else ("NO" if t.met is not None else "-")
+        mark = "vs" if t.comparison else mark
         lines.append(f"{mark:4s} {t.figure}: {t.shown} ({t.goal})")
     return "\n".join(lines)
 
 
-def _met_cell(met: bool | None) -> str:
-    return "not measured" if met is None else ("yes" if met else "**no**")
+def _met_cell(t: Target) -> str:
+    if t.comparison:
+        return "compared"
+    return "not measured" if t.met is None else ("yes" if t.met else "**no**")
 
 
 def render(results: dict[str, Any]) -> str:
@@ -93,7 +96,7 @@ def render(results: dict[str, Any]) -> str:
         "",
         *_table(
             ["figure", "target", "measured", "met", "whose goal"],
-            [[t.figure, t.goal, t.shown, _met_cell(t.met), t.note] for t in targets(results)],
+            [[t.figure, t.goal, t.shown, _met_cell(t), t.note] for t in targets(results)],
         ),
         "",
         "Against other proxies (LiteLLM's proxy on the same stub, side by side with foreman):"
@@ -120,6 +123,8 @@ def render(results: dict[str, Any]) -> str:
         out += _fleet(results["fleet"])
     if "standing" in results:
         out += _standing(results["standing"])
+    if "replicas" in results:
+        out += _replicas(results["replicas"])
     out += _missed(results)
     out += _notes()
     return "\n".join(out) + "\n"
@@ -666,6 +671,160 @@ def _fleet(f: dict[str, Any]) -> list[str]:
         "",
     ]
     return out
+
+
+def _replicas(r: dict[str, Any]) -> list[str]:
+    out = ["## 11. Replicas on PostgreSQL", ""]
+    if "skipped" in r:
+        return [*out, f"Not measured: {r['skipped']}.", ""]
+    m = r["measured"]
+    enq, note = r["enqueue"], r["notify"]
+    reps = len(enq["ratio"]["runs"])
+    out += [
+        "One foreman's store on PostgreSQL beside the same store on SQLite, through the"
+        " `Store` face foreman uses (its worker thread, its group commit), measured in one run"
+        f" on {m['date']} (load average {m['load_average']:.2f} at the start; the machine's"
+        " two cores are shared, so these figures are noisy: compare the columns, not the"
+        " runs). PostgreSQL is a throwaway cluster of its own"
+        " (`scripts/bench/pgserver.py`) on the same disk, over a Unix socket, with fsync,"
+        " synchronous_commit and full_page_writes on: a synced commit waits for the WAL's"
+        " flush as SQLite's waits for the file's. The worker's own moves (a claim) commit"
+        " unsynced on both, as foreman makes them.",
+        "",
+        f"**Enqueue rate.** {fig(enq['jobs'], 0)} jobs from {fig(enq['submitters'], 0)}"
+        " concurrent callers of `Store.submit`, committed together (group commit), each durable"
+        " before its caller hears back; a fresh database for each run, the two backends"
+        f" alternating (and which goes first). Repetitions: {reps}.",
+        "",
+        *_table(
+            ["", "jobs/s"],
+            [
+                ["SQLite", fig(enq["sqlite"]["jobs_per_s"], 0)],
+                ["PostgreSQL", fig(enq["postgres"]["jobs_per_s"], 0)],
+                ["PostgreSQL / SQLite", fig(enq["ratio"], 2)],
+            ],
+        ),
+        "",
+        "**Claim latency.** `Store.claim_on` for an idle upstream of one slot holding the"
+        " model of its last job (drain-by-model picks the next job of that model), then the"
+        " job's end (`Store.transition` to done, a synced commit), with that many jobs queued"
+        " over four models and three priorities; both stores open side by side, blocks of 25"
+        " claims alternating between them. In ms:",
+        "",
+    ]
+    rows = []
+    for queued, c in r["claim"].items():
+        for backend, label in (("sqlite", "SQLite"), ("postgres", "PostgreSQL")):
+            b = c[backend]
+            rows.append(
+                [
+                    f"{int(queued):,}",
+                    label,
+                    fig(b["claim_p50_ms"], 2),
+                    fig(b["claim_p99_ms"], 2),
+                    fig(b["end_p50_ms"], 2),
+                    fig(b["end_p99_ms"], 2),
+                ]
+            )
+    out += _table(["queued", "", "claim p50", "claim p99", "end p50", "end p99"], rows)
+    counts = [
+        fig(c["postgres"]["statements_per_claim_and_end"], 0)
+        for c in r["claim"].values()
+        if "statements_per_claim_and_end" in c["postgres"]
+    ]
+    out += [
+        "",
+        f"On PostgreSQL a claim and its end send {' and '.join(dict.fromkeys(counts))}"
+        f" statements ({'at every queue length' if len(set(counts)) == 1 else 'by queue length'};"
+        " BEGIN and COMMIT included), each a round trip to the server over its"
+        " socket: that, not the queue's length, is what the claim's latency is made of. On"
+        " SQLite the same statements are calls into the library, in the process.",
+        "",
+        f"**NOTIFY round trips** (the per-token cost of an answer relayed between replicas):"
+        f" one connection sends `pg_notify` with a {fig(note['payload_bytes'], 0)}-byte"
+        " payload (one streamed line of an answer) from a Trio worker thread; another LISTENs,"
+        " and Trio reads its socket (`wait_readable`, libpq's `consume_input` and `notifies`,"
+        f" no thread). Latency: {fig(note['pings'], 0)} messages, one in flight, from the send"
+        f" to the arrival; rate: {fig(note['burst'], 0)} messages sent back to back from one"
+        " thread, each its own statement. Two senders in alternating blocks: one whose"
+        " session commits synchronously (the server's setting), one with synchronous_commit"
+        " off for its session. They should cost the same: a transaction that only notifies"
+        " has written no data before its commit, and PostgreSQL does not wait for the WAL's"
+        " flush to commit such a transaction, whatever synchronous_commit says; a"
+        " notification is no more durable than the stream it carries.",
+        "",
+        *_table(
+            ["sender", "p50 ms", "p99 ms", "messages/s"],
+            [
+                [
+                    label,
+                    fig(note[mode]["p50_ms"], 3),
+                    fig(note[mode]["p99_ms"], 3),
+                    fig(note[mode]["messages_per_s"], 0),
+                ]
+                for mode, label in (
+                    ("synced", "synchronous_commit on"),
+                    ("unsynced", "synchronous_commit off"),
+                )
+            ],
+        ),
+        "",
+    ]
+    return out + _replica_processes(r["processes"])
+
+
+def _replica_processes(p: dict[str, Any]) -> list[str]:
+    out = ["### Whole replicas", ""]
+    if "skipped" in p:
+        return [
+            *out,
+            "Added latency of one foreman on PostgreSQL against one on SQLite, two replicas'"
+            " throughput against one, and the failover after kill -9"
+            f" (`scripts/bench/replica_procs.py`): not measured: {p['skipped']}.",
+            "",
+        ]
+    lat, thr, fo = p["latency"], p["throughput"], p["failover"]
+    return [
+        *out,
+        "**Added latency.** Serial non-streamed requests from one client, in alternating"
+        " blocks straight to an instant stub, through foreman on SQLite and through foreman"
+        " on PostgreSQL (the same stub):",
+        "",
+        *_table(
+            ["", "p50 ms", "added p50 ms", "p99 ms", "added p99 ms"],
+            [
+                [
+                    label,
+                    fig(lat[f"{key}_p50_ms"], 2),
+                    fig(lat.get(f"{key}_added_p50_ms", ""), 2),
+                    fig(lat[f"{key}_p99_ms"], 2),
+                    fig(lat.get(f"{key}_added_p99_ms", ""), 2),
+                ]
+                for key, label in (
+                    ("direct", "direct"),
+                    ("sqlite", "foreman on SQLite"),
+                    ("postgres", "foreman on PostgreSQL"),
+                )
+            ],
+        ),
+        "",
+        f"**Throughput.** {fig(thr['jobs'], 0)} jobs queued with POST /jobs (half through each"
+        " replica) on two instant stub upstreams, then drained: one replica"
+        f" {fig(thr['replicas_1']['jobs_per_s'], 0)} jobs/s, two replicas"
+        f" {fig(thr['replicas_2']['jobs_per_s'], 0)} jobs/s ({fig(thr['ratio'], 2)}x; upstreams"
+        f" driven by each replica: {thr['replicas_2'].get('leases', 'n/a')}).",
+        "",
+        "**Failover.** Two replicas, two stub upstreams (about 50 ms a job), a job submitted"
+        " every 40 ms"
+        " alternating between the replicas; the replica holding the lease of upstream"
+        f" `{fo['upstream']}` is killed with SIGKILL. A job completed on that upstream again"
+        f" {fig(fo['failover_s'], 2)} s later (goal < 5 s); the survivor's /ready listed the"
+        f" lease after {fig(fo['lease_seen_s'], 2)} s. Of {fig(fo['accepted'], 0)} jobs"
+        f" accepted, {fig(fo['done'], 0)} ended done and {fig(fo['lost'], 0)} were lost"
+        f" ({fig(fo['refused_while_down'], 0)} submissions to the dead replica were refused"
+        " and sent to the other).",
+        "",
+    ]
 
 
 def _met(met: bool) -> str:

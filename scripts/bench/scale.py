@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,41 +21,68 @@ from .overhead import check, submit_jobs, wait_done
 MODELS = ("llama3:latest", "qwen2.5:7b", "mistral:latest", "phi3:latest")
 
 
+# the columns `queue_rows` fills, in its order
+QUEUE_COLUMNS = (
+    "id",
+    "endpoint",
+    "model",
+    "model_key",
+    "model_name",
+    "body",
+    "stream",
+    "state",
+    "priority",
+    "attempts",
+    "max_attempts",
+    "not_before",
+    "enqueued_at",
+    "created_at",
+    "finished_at",
+)
+QUEUE_BODY = b'{"model":"llama3","prompt":"summarise the attached note in one line"}'
+
+
+def queue_rows(count: int, state: str, offset: int, now: float) -> Iterator[tuple[Any, ...]]:
+    """`count` jobs in `state` (four models; three priorities when queued), numbered from
+    `offset`, as rows of `QUEUE_COLUMNS`: one filling for both stores' benchmarks."""
+    for i in range(offset, offset + count):
+        model = MODELS[i % 4]
+        yield (
+            f"{i:026d}",
+            "/api/generate",
+            model.split(":")[0],
+            model,
+            model.split(":")[0],
+            QUEUE_BODY,
+            0,
+            state,
+            (i % 3) - 1 if state == "queued" else 0,
+            0,
+            5,
+            0,
+            now - 3600 + i * 1e-4,
+            now - 3600 + i * 1e-4,
+            now if state == "done" else None,
+        )
+
+
 def fill_queue(db: Path, queued: int, finished: int = 0) -> float:
     """Bulk-insert `queued` queued jobs (four models, three priorities) and `finished`
     done ones; returns the seconds it took."""
     conn = connect(db)
     started = time.perf_counter()
     now = time.time()
-    body = b'{"model":"llama3","prompt":"summarise the attached note in one line"}'
-
-    def rows(count: int, state: str, offset: int) -> Any:
-        for i in range(offset, offset + count):
-            model = MODELS[i % 4]
-            yield (
-                f"{i:026d}",
-                model.split(":")[0],
-                model,
-                model.split(":")[0],
-                body,
-                state,
-                (i % 3) - 1 if state == "queued" else 0,
-                now - 3600 + i * 1e-4,
-                now - 3600 + i * 1e-4,
-                now if state == "done" else None,
-            )
-
     sql = (
-        "INSERT INTO jobs (id, endpoint, model, model_key, model_name, body, stream, state,"
-        " priority, attempts, max_attempts, not_before, enqueued_at, created_at, finished_at)"
-        " VALUES (?, '/api/generate', ?, ?, ?, ?, 0, ?, ?, 0, 5, 0, ?, ?, ?)"
+        f"INSERT INTO jobs ({', '.join(QUEUE_COLUMNS)})"
+        f" VALUES ({', '.join('?' * len(QUEUE_COLUMNS))})"
     )
     try:
         for state, count, offset in (("done", finished, 0), ("queued", queued, finished)):
             for start in range(offset, offset + count, 100_000):
+                size = min(100_000, offset + count - start)
                 with conn:
                     conn.execute("BEGIN")
-                    conn.executemany(sql, rows(min(100_000, offset + count - start), state, start))
+                    conn.executemany(sql, queue_rows(size, state, start, now))
         conn.execute("ANALYZE")
     finally:
         conn.close()

@@ -40,6 +40,8 @@ class Target:
     # the profile's workload (section 7) that shows what this figure is made of
     phase: str = ""
     figures: tuple[Figure, ...] = field(default=())
+    # a comparison reported side by side, with no goal to meet
+    comparison: bool = False
 
 
 def med(entry: Any) -> float:
@@ -349,6 +351,116 @@ def _standing(r: dict[str, Any]) -> list[Target]:
     ]
 
 
+REPLICAS = "issue 16"
+
+
+def _compared(key: str, figure: str, shown: str, *figures: Figure) -> Target:
+    return Target(
+        key, figure, "side by side", shown, None, note=REPLICAS, figures=figures, comparison=True
+    )
+
+
+def _unmeasured(key: str, figure: str, goal: str) -> Target:
+    return Target(key, figure, goal, "not measured (section 11 says why)", None, note=REPLICAS)
+
+
+def _replicas(r: dict[str, Any]) -> list[Target]:
+    rep = r["replicas"]
+    if "skipped" in rep:
+        return [
+            _unmeasured("replicas_store", "replicas: PostgreSQL beside SQLite", "side by side"),
+            _unmeasured("failover_s", "replicas: failover after kill -9", "< 5 s, nothing lost"),
+        ]
+    enq = rep["enqueue"]
+    pg_rate, lite_rate = med(enq["postgres"]["jobs_per_s"]), med(enq["sqlite"]["jobs_per_s"])
+    out = [
+        _compared(
+            "replicas_enqueue_ratio",
+            f"enqueue through the Store ({int(med(enq['submitters']))} submitters),"
+            " PostgreSQL / SQLite",
+            f"{_n(pg_rate)} / {_n(lite_rate)} jobs/s ({pg_rate / lite_rate:.2f}x)",
+            # SQLite's group commits swing with the disk's moods on a shared machine
+            Figure(
+                "replicas_enqueue_ratio",
+                "enqueue, PostgreSQL / SQLite",
+                pg_rate / lite_rate,
+                True,
+                0.05,
+            ),
+        )
+    ]
+    for queued, c in rep["claim"].items():
+        pg, lite = med(c["postgres"]["claim_p50_ms"]), med(c["sqlite"]["claim_p50_ms"])
+        pg99, lite99 = med(c["postgres"]["claim_p99_ms"]), med(c["sqlite"]["claim_p99_ms"])
+        figures: tuple[Figure, ...] = ()
+        if int(queued) >= 100_000:
+            label = f"claim p50, {int(queued):,} queued, PostgreSQL / SQLite"
+            figures = (Figure("replicas_claim_ratio", label, pg / lite, False),)
+        out.append(
+            _compared(
+                f"replicas_claim_{queued}",
+                f"claim latency, {int(queued):,} queued, PostgreSQL / SQLite",
+                f"p50 {pg:.2f} / {lite:.2f} ms ({pg / lite:.1f}x),"
+                f" p99 {pg99:.2f} / {lite99:.2f} ms",
+                *figures,
+            )
+        )
+    note = rep["notify"]["synced"]
+    p50 = med(note["p50_ms"])
+    out.append(
+        _compared(
+            "replicas_notify",
+            "NOTIFY round trip between two connections (per relayed token)",
+            f"p50 {p50:.2f} ms, p99 {med(note['p99_ms']):.2f} ms,"
+            f" {_n(med(note['messages_per_s']))} messages/s",
+            Figure("replicas_notify_p50_ms", "NOTIFY round trip p50 (ms)", p50, False, 0.5),
+        )
+    )
+    return out + _replica_processes(rep["processes"])
+
+
+def _replica_processes(p: dict[str, Any]) -> list[Target]:
+    if "skipped" in p:
+        return [
+            _unmeasured(
+                "replicas_added_ms",
+                "added latency p50, foreman on PostgreSQL - on SQLite",
+                "side by side",
+            ),
+            _unmeasured("replicas_throughput", "throughput, two replicas / one", "side by side"),
+            _unmeasured("failover_s", "failover after kill -9", "< 5 s, nothing lost"),
+        ]
+    lat, thr, fo = p["latency"], p["throughput"], p["failover"]
+    gap = med(lat["postgres_over_sqlite_p50_ms"])
+    ratio = med(thr["ratio"])
+    seconds, lost = med(fo["failover_s"]), int(med(fo["lost"]))
+    return [
+        _compared(
+            "replicas_added_ms",
+            "added latency p50, foreman on PostgreSQL - on SQLite",
+            f"{med(lat['postgres_added_p50_ms']):.2f} - {med(lat['sqlite_added_p50_ms']):.2f}"
+            f" = {gap:+.2f} ms",
+            Figure("replicas_added_ms", "added latency, PostgreSQL - SQLite (ms)", gap, False, 0.5),
+        ),
+        _compared(
+            "replicas_throughput",
+            "throughput, two replicas / one (two instant upstreams)",
+            f"{_n(med(thr['replicas_2']['jobs_per_s']))}"
+            f" / {_n(med(thr['replicas_1']['jobs_per_s']))} jobs/s ({ratio:.2f}x)",
+            Figure("replicas_throughput_ratio", "throughput, two replicas / one", ratio, True),
+        ),
+        Target(
+            "failover_s",
+            "failover after kill -9 (until a job completes on its upstream again)",
+            "< 5 s, nothing lost",
+            f"{seconds:.2f} s, {lost} lost of {int(med(fo['accepted']))}",
+            seconds < 5 and lost == 0,
+            note=REPLICAS,
+            figures=(Figure("failover_s", "failover after kill -9 (s)", seconds, False, 1.0),),
+        ),
+    ]
+
+
 # (the section a row needs, its rows), in the order of the report's table
 ROWS: tuple[tuple[str, Callable[[dict[str, Any]], list[Target]]], ...] = (
     ("swap", _swap),
@@ -362,6 +474,7 @@ ROWS: tuple[tuple[str, Callable[[dict[str, Any]], list[Target]]], ...] = (
     ("streams", _streams),
     ("fleet", _fleet),
     ("standing", _standing),
+    ("replicas", _replicas),
 )
 
 

@@ -26,7 +26,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, LiteralString, NoReturn
 from urllib.parse import quote
@@ -95,6 +95,8 @@ class PostgresCluster:
     bindir: Path
     user: pwd.struct_passwd | None
     names: Iterator[int] = attrs.field(factory=itertools.count)
+    # the server's settings (`SETTINGS`, unless the cluster was made with others)
+    settings: Mapping[str, str] = attrs.field(factory=lambda: dict(SETTINGS))
 
     @property
     def data(self) -> Path:
@@ -152,7 +154,7 @@ class PostgresCluster:
     def start(self) -> None:
         self.run("initdb", "--pgdata", self.data, *INITDB_OPTIONS)
         # settings go into the configuration file (pg_ctl -o would go through a shell)
-        settings = dict(SETTINGS, unix_socket_directories=f"'{self.root}'")
+        settings = dict(self.settings, unix_socket_directories=f"'{self.root}'")
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
         self.run("pg_ctl", "start", "--pgdata", self.data, "--log", self.log, *WAITING)
@@ -178,15 +180,22 @@ class PostgresCluster:
 
 
 def new_cluster(
-    bindir: Path, user: pwd.struct_passwd | None, owner_pid: int | None = None
+    bindir: Path,
+    user: pwd.struct_passwd | None,
+    owner_pid: int | None = None,
+    settings: Mapping[str, str] | None = None,
 ) -> PostgresCluster:
     """A cluster in a fresh temporary directory (not started yet), which records the test
-    run it belongs to (`owner_pid`, this process by default)."""
+    run it belongs to (`owner_pid`, this process by default). `settings` override
+    `SETTINGS` one by one: a benchmark that compares commits with SQLite's synced ones
+    turns fsync and synchronous_commit back on."""
     root = Path(tempfile.mkdtemp(prefix=PREFIX))
     if user is not None:
         os.chown(root, user.pw_uid, user.pw_gid)
     (root / OWNER_FILE).write_text(str(os.getpid() if owner_pid is None else owner_pid))
-    return PostgresCluster(root=root, bindir=bindir, user=user)
+    return PostgresCluster(
+        root=root, bindir=bindir, user=user, settings={**SETTINGS, **(settings or {})}
+    )
 
 
 def sweep_abandoned(bindir: Path) -> list[Path]:

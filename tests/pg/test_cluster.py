@@ -97,6 +97,34 @@ def test_a_cluster_left_by_a_killed_run_is_removed_by_the_next(
         abandoned.stop()
 
 
+def test_a_cluster_made_with_settings_of_its_own_runs_with_them_over_the_defaults(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    durable = new_cluster(
+        postgres_cluster.bindir,
+        postgres_cluster.user,
+        settings={"fsync": "on", "synchronous_commit": "on"},
+    )
+    try:
+        durable.start()
+        with psycopg.connect(durable.url()) as conn:
+            shown: dict[str, str] = dict(
+                conn.execute(
+                    "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
+                    (["fsync", "synchronous_commit", "full_page_writes", "listen_addresses"],),
+                ).fetchall()
+            )
+        # the ones given, and the defaults for the rest
+        assert shown == {
+            "fsync": "on",
+            "synchronous_commit": "on",
+            "full_page_writes": "off",
+            "listen_addresses": "",
+        }
+    finally:
+        durable.stop()
+
+
 async def test_claims_from_two_sessions_skip_each_others_rows(postgres_url: str) -> None:
     async with connection(postgres_url) as setup:
         await in_thread(setup.execute, "CREATE TABLE jobs (id int PRIMARY KEY, claimed_by text)")
