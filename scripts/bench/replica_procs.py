@@ -56,11 +56,8 @@ def refusal(url: str) -> str | None:
         settings = resolve({"db": url}, {})
     except ConfigError as exc:
         return f"`foreman serve --db postgresql://...` is refused: {exc}"
-    if isinstance(getattr(settings, "db", None), Path):
-        return (
-            "`foreman serve --db` takes only a SQLite path in this build (a postgresql:// URL"
-            " would be read as a file name): the replicas' wiring has not landed"
-        )
+    if settings.database_url is None:
+        return "`foreman serve --db` read the postgresql:// URL as a SQLite file name"
     return None
 
 
