@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 import httpx
+import psycopg
 import trio
 
 from foreman.config import Settings
@@ -176,3 +177,31 @@ async def test_serve_on_an_unreachable_database_fails_with_one_line(tmp_path: Pa
     lines = done.stderr.decode().strip().splitlines()
     assert len(lines) == 1, lines
     assert "cannot connect to the database" in lines[0]
+
+
+async def test_one_idempotency_key_sent_to_both_replicas_at_once_makes_one_job(
+    nursery: trio.Nursery, postgres_url: str
+) -> None:
+    stubs = await stubs_for(nursery, 1)
+    settings = replica_settings(postgres_url, stubs)
+    replicas = [await start_replica(nursery, settings) for _ in range(2)]
+    body = {"model": "m0", "messages": [{"role": "user", "content": "once"}]}
+    job = {"endpoint": "/api/chat", "body": body}
+    for attempt in range(10):
+        key = {"Idempotency-Key": f"both-{attempt}"}
+        answers: list[httpx.Response] = []
+
+        async def submit(
+            base: str, key: dict[str, str] = key, answers: list[httpx.Response] = answers
+        ) -> None:
+            async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+                answers.append(await client.post("/jobs", json=job, headers=key))
+
+        async with trio.open_nursery() as both:
+            for r in replicas:
+                both.start_soon(submit, r.url)
+        assert sorted(a.status_code for a in answers) in ([200, 202], [202, 202]), answers
+        assert len({a.json()["id"] for a in answers}) == 1
+    with psycopg.connect(postgres_url) as conn:
+        (count,) = conn.execute("SELECT count(*) FROM jobs").fetchone() or (0,)
+    assert count == 10
