@@ -46,6 +46,11 @@ SILENT_MESSAGE = (
     "collect the job's answer with GET /jobs/{id}"
 )
 
+LEAVING_MESSAGE = (
+    "foreman is shutting down; job {id} goes on running on another foreman replica: "
+    "collect its answer with GET /jobs/{id}"
+)
+
 
 @attrs.define
 class _Inbound:
@@ -125,6 +130,17 @@ class AnswerInbox:
             self._wake = trio.Event()
             with trio.move_on_at(min(deadlines, default=math.inf)):
                 await self._wake.wait()
+
+    def close_all(self) -> int:
+        """This replica shuts down: the clients whose answer comes from another replica
+        are told where to collect it (their jobs run on there). Returns how many."""
+        closed = 0
+        for job_id, inbound in list(self._jobs.items()):
+            ticket = self._open(job_id)
+            if ticket is not None and inbound.remote:
+                self._cut_off(ticket, LEAVING_MESSAGE)
+                closed += 1
+        return closed
 
     def _open(self, job_id: str) -> Ticket | None:
         """The job's ticket while it takes messages (else its state here is dropped)."""

@@ -11,7 +11,14 @@ import pytest
 import trio
 import trio.testing
 
-from foreman.answer_inbox import GRACE, LOST_MESSAGE, SILENT_MESSAGE, SLOW_MESSAGE, AnswerInbox
+from foreman.answer_inbox import (
+    GRACE,
+    LEAVING_MESSAGE,
+    LOST_MESSAGE,
+    SILENT_MESSAGE,
+    SLOW_MESSAGE,
+    AnswerInbox,
+)
 from foreman.jobs import Endpoint, Job, JobState
 from foreman.remote_answers import AnswerSender, RemoteTicket, answers_channel
 from foreman.tickets import (
@@ -299,3 +306,22 @@ async def test_a_worker_answers_a_client_waiting_on_another_replica(
     assert isinstance(heard, Reply)
     assert heard.status == 200
     assert _state(ticket) is TicketState.CLOSED
+
+
+async def test_a_replica_shutting_down_tells_clients_answered_from_elsewhere_where_to_look() -> (
+    None
+):
+    ticket, remote, inbox, _ = _replicas()
+    remote.take()
+    await remote.send(StreamStart(200, (), b"s\n"))
+    waiting = inbox.tickets.attach("other")
+
+    assert inbox.close_all() == 1
+
+    assert _read(ticket) == [
+        StreamStart(200, (), b"s\n"),
+        Failed(Ending.PUT_BACK, LEAVING_MESSAGE.format(id=JOB)),
+    ]
+    assert _state(ticket) is TicketState.CLOSED
+    # a client whose job nobody runs now is `Tickets.close_waiting`'s
+    assert _state(waiting) is TicketState.WAITING
