@@ -60,6 +60,9 @@ class AnswerSender:
         self._pause = RETRY_PAUSE[0]
         # payloads dropped after a failed statement (their clients were cut off)
         self.dropped = 0
+        # set after each statement (made anew): `flushed` waits on it
+        self._sent = trio.Event()
+        self._in_flight = 0
 
     def ticket(self, job_id: str, waiter: str) -> RemoteTicket:
         """The stand-in for a client of replica `waiter`, for one run of its job."""
@@ -83,6 +86,12 @@ class AnswerSender:
                 self._room = trio.Event()
             await self._room.wait()
 
+    async def flushed(self) -> None:
+        """Every payload queued so far is sent (or dropped): at shutdown, after the
+        workers' last words and before `run` is cancelled."""
+        while self._pending or self._in_flight:
+            await self._sent.wait()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Send what is queued until cancelled; connects when there is something to send."""
         task_status.started()
@@ -93,7 +102,11 @@ class AnswerSender:
                     await self._more.wait()
                 batch = [self._pending.popleft() for _ in range(min(BATCH, len(self._pending)))]
                 self._room.set()
+                self._in_flight = len(batch)
                 sent = await trio.to_thread.run_sync(self._send, batch, abandon_on_cancel=True)
+                self._in_flight = 0
+                self._sent.set()
+                self._sent = trio.Event()
                 if sent:
                     self._pause = RETRY_PAUSE[0]
                 else:

@@ -239,3 +239,17 @@ async def test_a_job_that_ended_on_a_replica_that_went_silent_ends_its_clients_w
         Chunk(b"0\n"),
         Failed(Ending.PUT_BACK, SILENT_MESSAGE.format(id="01SILENT")),
     ]
+
+
+async def test_the_sender_says_when_everything_queued_has_gone_out(postgres_url: str) -> None:
+    async with _replicas(postgres_url) as halves:
+        client = halves.client("01FLUSH")
+        remote = halves.sender.ticket("01FLUSH", "a")
+        remote.take()
+        for n in range(300):
+            remote.offer(Chunk(b"%d\n" % n))
+        with trio.fail_after(PATIENCE):
+            await halves.sender.flushed()
+        assert not halves.sender._pending
+        # sent means in the database's hands: the client hears it all
+        await halves.until(lambda: client.receive_channel.statistics().current_buffer_used == 300)
