@@ -125,6 +125,8 @@ class Job:
     upstream: str | None = None
     # its place among the queued jobs of its key and priority (`policy.turn_for`)
     turn: int = 0
+    # the token of the replica whose client waits for its answer (None without replicas)
+    waiter: str | None = None
 
 
 @attrs.frozen
@@ -147,3 +149,5 @@ class NewJob:
     key_name: str | None = None
     # that key's share of turns against other keys' jobs for one model (`weight=N`)
     weight: int = 1
+    # the token of the replica whose client waits for the answer (None without replicas)
+    waiter: str | None = None

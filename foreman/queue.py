@@ -105,6 +105,8 @@ class JobQueue:
         tally: JobTally | None = None,
         max_queue: int | None = None,
         on_removed: Callable[[], None] | None = None,
+        *,
+        replica: str | None = None,
     ) -> None:
         self.store = store
         self.tickets = tickets
@@ -120,6 +122,9 @@ class JobQueue:
         # submissions admitted but not yet stored (they count against the limits)
         self._admitted = 0
         self._admitted_by_key: collections.Counter[str] = collections.Counter()
+        # this replica's token (None without replicas): a job whose client waits here says
+        # so, so that the replica that runs it sends the answer here
+        self.replica = replica
 
     async def submit(
         self, new: NewJob, *, attach: bool = False, max_queued: int | None = None
@@ -137,6 +142,8 @@ class JobQueue:
         self._check_room(1, owner, max_queued)
         job_id = str(ULID())
         ticket = self.tickets.attach(job_id) if attach else None
+        if attach and self.replica is not None:
+            new = attrs.evolve(new, waiter=self.replica)
         self._admit(1, owner)
         try:
             job, created = await self.store.submit(new, job_id)

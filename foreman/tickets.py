@@ -13,6 +13,8 @@ result remains.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
+from typing import Protocol
 
 import attrs
 import trio
@@ -79,6 +81,9 @@ Message = Reply | StreamStart | Chunk | Failed
 
 # Lines buffered between the worker and a slow client before the worker waits for it.
 BUFFER = 64
+# ... when the worker may be on another replica: it cannot wait for this client, so a
+# client that falls this far behind is cut off (see `foreman.answer_inbox`)
+REMOTE_BUFFER = 1024
 
 
 class TicketState(enum.Enum):
@@ -177,20 +182,62 @@ class Ticket:
             self.state = TicketState.STREAMING
 
 
-class Tickets:
-    """The tickets of the clients waiting now, one per job at most."""
+class HeldTicket(Protocol):
+    """What the worker holds of a job's client: a `Ticket`, or the stand-in of a client
+    waiting on another replica (`foreman.remote_answers.RemoteTicket`)."""
 
-    def __init__(self) -> None:
+    @property
+    def job_id(self) -> str: ...
+
+    @property
+    def streamed(self) -> bool: ...
+
+    @property
+    def in_worker(self) -> bool: ...
+
+    def take(self) -> None: ...
+
+    def let_go(self, ended: bool) -> None: ...
+
+    async def send(self, message: Message) -> bool: ...
+
+    def offer(self, message: Message) -> bool: ...
+
+
+class Tickets:
+    """The tickets of the clients waiting now, one per job at most.
+
+    With replicas, `token` is this replica's, and `remote(job_id, waiter)` makes the
+    stand-in the worker holds for a client that waits on the replica `waiter`."""
+
+    def __init__(
+        self,
+        token: str | None = None,
+        remote: Callable[[str, str], HeldTicket] | None = None,
+    ) -> None:
         self._tickets: dict[str, Ticket] = {}
+        self.token = token
+        self._remote = remote
 
     def attach(self, job_id: str) -> Ticket:
-        send, receive = trio.open_memory_channel[Message](BUFFER)
+        buffer = BUFFER if self.token is None else REMOTE_BUFFER
+        send, receive = trio.open_memory_channel[Message](buffer)
         ticket = Ticket(job_id, send, receive, self)
         self._tickets[job_id] = ticket
         return ticket
 
     def get(self, job_id: str) -> Ticket | None:
         return self._tickets.get(job_id)
+
+    def for_job(self, job: Job) -> HeldTicket | None:
+        """What the worker starting `job` holds of its client: the client's ticket here,
+        else the stand-in of one waiting on another replica, else None (nobody waits)."""
+        ticket = self._tickets.get(job.id)
+        if ticket is not None:
+            return ticket
+        if self._remote is None or job.waiter is None or job.waiter == self.token:
+            return None
+        return self._remote(job.id, job.waiter)
 
     def forget(self, ticket: Ticket) -> None:
         """Drop a released ticket (not a newer one for the same job)."""
@@ -202,8 +249,19 @@ class Tickets:
         at a restart): its client learns that no answer is coming."""
         if job.state.terminal:
             ticket = self._tickets.get(job.id)
-            if ticket is not None and not ticket.in_worker:
-                ticket.close()
+            if ticket is None or ticket.in_worker:
+                return
+            if self.answered_elsewhere(job):
+                # another replica ran it: its last messages may still be on their way
+                # here, and `AnswerInbox` closes the ticket once they came (or never will)
+                return
+            ticket.close()
+
+    def answered_elsewhere(self, job: Job) -> bool:
+        """A replica's client whose job has run (anywhere): a worker elsewhere may be
+        sending its answer."""
+        ran = job.attempts > 0 or job.started_at is not None
+        return self.token is not None and job.waiter == self.token and ran
 
     def close_waiting(self, reason: str) -> int:
         """End the wait of every client whose job is not running (shutdown): their jobs
@@ -222,9 +280,11 @@ class Tickets:
 __all__ = [
     "BUFFER",
     "INTERRUPTED_MESSAGE",
+    "REMOTE_BUFFER",
     "Chunk",
     "Ending",
     "Failed",
+    "HeldTicket",
     "Message",
     "Reply",
     "StreamStart",

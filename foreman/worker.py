@@ -57,7 +57,16 @@ from foreman.retry import BACKOFF_CAP, FailureKind, backoff_delay
 from foreman.status import WorkerStatistics
 from foreman.store import Ended, Store, StoreUnwritable
 from foreman.store_backoff import StoreBackoff
-from foreman.tickets import Chunk, Ending, Failed, Message, Reply, StreamStart, Ticket, Tickets
+from foreman.tickets import (
+    Chunk,
+    Ending,
+    Failed,
+    HeldTicket,
+    Message,
+    Reply,
+    StreamStart,
+    Tickets,
+)
 from foreman.upstream import (
     Upstream,
     UpstreamError,
@@ -114,7 +123,7 @@ class Running:
     job_id: str
     scope: trio.CancelScope
     state: JobState
-    ticket: Ticket | None = None
+    ticket: HeldTicket | None = None
     # Ollama's own in-band error line (or event), relayed as it is when the client is
     # streaming
     error_line: bytes | None = None
@@ -438,8 +447,9 @@ class Worker:
         return running.following
 
     def _hold(self, job: Job) -> Running:
-        """Take the job (and its client's ticket, if it has one) as the running one."""
-        ticket = self.tickets.get(job.id)
+        """Take the job (and its client's ticket, if it has one, here or on another
+        replica) as the running one."""
+        ticket = self.tickets.for_job(job)
         log.info(
             "job %s model=%s state=%s attempt=%d/%d",
             job.id,

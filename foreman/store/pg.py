@@ -96,6 +96,11 @@ PG_MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX swaps_started ON swaps (started_at);
     CREATE INDEX swaps_upstream ON swaps (upstream, id);
     """,
+    # 3: the token of the replica whose client waits for the job's answer (NULL when no
+    # client waits)
+    """
+    ALTER TABLE jobs ADD COLUMN waiter TEXT;
+    """,
 )
 
 PG_SCHEMA_VERSION = len(PG_MIGRATIONS)

@@ -108,6 +108,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_queue_owner ON jobs (model_key, priority, key_name, turn)
         WHERE state = 'queued';
     """,
+    # 8: replicas: the token of the replica whose client waits for the job's answer
+    # (NULL without replicas, or when no client waits)
+    """
+    ALTER TABLE jobs ADD COLUMN waiter TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

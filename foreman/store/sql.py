@@ -41,7 +41,7 @@ from foreman.store.errors import IdempotencyConflict, NotTerminal
 _COLUMNS = (
     "id, endpoint, model, model_key, body, stream, state, priority, attempts, max_attempts,"
     " not_before, enqueued_at, created_at, started_at, finished_at, error, result, queue_ms, ref,"
-    " idempotency_key, deadline, key_name, upstream, turn"
+    " idempotency_key, deadline, key_name, upstream, turn, waiter"
 )
 
 TERMINAL_SQL = "('done', 'failed', 'cancelled')"
@@ -266,6 +266,7 @@ def _row_to_job(row: Sequence[Any], result: Any = _READ) -> Job:
         key_name=row[21],
         upstream=row[22],
         turn=row[23],
+        waiter=row[24],
     )
 
 
@@ -422,10 +423,10 @@ class SyncStore:
         row = self.conn.execute(
             f"INSERT INTO jobs (id, endpoint, model, model_key, model_name, body, stream,"
             f" state, priority, attempts, max_attempts, not_before, enqueued_at, created_at,"
-            f" ref, deadline, idempotency_key, request_hash, key_name, turn)"
+            f" ref, deadline, idempotency_key, request_hash, key_name, turn, waiter)"
             f" VALUES (:id, :endpoint, :model, :key, :name, :body, :stream, 'queued', :prio,"
             f" 0, :max_attempts, 0, :now, :now, :ref, :deadline, :idem, :hash, :owner,"
-            f" {_NEW_TURN}) RETURNING {_COLUMNS}",
+            f" {_NEW_TURN}, :waiter) RETURNING {_COLUMNS}",
             {
                 "id": job_id,
                 "endpoint": new.endpoint.value,
@@ -443,6 +444,7 @@ class SyncStore:
                 "hash": new.request_hash,
                 "owner": new.key_name,
                 "step": turn_step(new.weight),
+                "waiter": new.waiter,
             },
         ).fetchone()
         return _row_to_job(row), True
