@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import trio
 
@@ -44,7 +45,8 @@ class RemoteChanges:
     is cancelled here if a local worker runs it (`cancel_running`: it was cancelled
     through another replica). Jobs deleted, or gone by the time they are read, call
     `on_removed`. After a resync the workers look for work and `reload` rereads what
-    the replica keeps of the queue (its tally, its board).
+    the replica keeps of the queue (its tally, its board). The publishing happens
+    within `remote()` (`Metrics.remote`: counted in the tally, not in the counters).
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class RemoteChanges:
         cancel_running: Callable[[str], object],
         on_removed: Callable[[], None],
         reload: Callable[[], Awaitable[None]],
+        remote: Callable[[], AbstractContextManager[None]] = nullcontext,
     ) -> None:
         self._store = store
         self._events = events
@@ -63,6 +66,7 @@ class RemoteChanges:
         self._cancel_running = cancel_running
         self._on_removed = on_removed
         self._reload = reload
+        self._remote = remote
         # the ids told and not yet read, in the order told; whether jobs were deleted;
         # whether notifications may have been missed
         self._pending: dict[str, None] = {}
@@ -125,8 +129,10 @@ class RemoteChanges:
         # published in the order its store committed them, and a job read here was read
         # in that same order (one connection, one call at a time), so no listener sees
         # a job go back to a state it left
+        with self._remote():
+            for job in jobs:
+                self._events.publish(job)
         for job in jobs:
-            self._events.publish(job)
             if job.state is JobState.QUEUED:
                 self._wakeup.notify()
             elif job.state.terminal:
