@@ -352,3 +352,21 @@ async def test_after_its_listener_reconnects_a_replica_reloads_and_looks_for_wor
         with trio.fail_after(DEADLINE_S):
             await woken.wait()
         await signal.until(lambda: a.reloads == 1)
+
+
+async def test_a_job_gone_before_it_is_read_counts_as_removed(postgres_url: str) -> None:
+    signal = Signal()
+    async with (
+        replica(postgres_url, signal) as a,
+        replica(postgres_url, signal, start_changes=False) as b,
+    ):
+        job = await a.store.enqueue(new_job())
+        await a.store.transition(job.id, JobState.QUEUED, JobState.CANCELLED)
+        assert await a.store.delete(job.id)
+        await signal.until(lambda: b.heard == [job.id, job.id, "-"])
+        assert b.nursery is not None
+        assert b.changes is not None
+        await b.nursery.start(b.changes.run)
+        # once for the delete, once for the job it cannot find
+        await signal.until(lambda: b.removed == 2)
+        assert b.published == []
