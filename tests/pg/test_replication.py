@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
 import psycopg
+import pytest
 import trio
 
 from foreman.events import JobEvents, Wakeup
 from foreman.jobs import Job, JobState
 from foreman.metrics import JobTally, Metrics
 from foreman.replication import JOBS_CHANNEL, RemoteChanges
-from foreman.store import Store
+from foreman.store import Store, StoreError
 from foreman.store.pg_listen import PgListener
 from tests.unit._helpers import new_job
 
@@ -92,6 +94,21 @@ async def test_the_listener_delivers_another_sessions_notification_with_its_send
         await signal.until(lambda: len(heard) >= 2)
         assert heard == [("hello", sender), ("o:x", second)]
         nursery.cancel_scope.cancel()
+    assert listener.conn is None
+
+
+async def test_a_listener_that_cannot_connect_at_first_says_so_in_one_line(
+    tmp_path: Path,
+) -> None:
+    url = f"postgresql://secret:hunter2@/foreman?host={tmp_path}"
+    listener = PgListener(url)
+    listener.listen("jobs", lambda payload, pid: None)
+    with pytest.raises(StoreError) as raised:
+        await listener.run()
+    message = str(raised.value)
+    assert message.startswith("cannot listen on the database: ")
+    assert "\n" not in message
+    assert "hunter2" not in message
     assert listener.conn is None
 
 
