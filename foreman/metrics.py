@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import attrs
 import trio
@@ -164,6 +165,8 @@ class Metrics:
     def __init__(self, tally: JobTally) -> None:
         self.tally = tally
         self._status: Callable[[], Status] = idle
+        # True while another replica's change is told (see `remote`)
+        self._remote = False
         self.registry = CollectorRegistry()
         r = self.registry
         self.finished = Counter(
@@ -244,8 +247,23 @@ class Metrics:
 
     # -- recorded from the broadcaster ----------------------------------------------------
 
+    @contextmanager
+    def remote(self) -> Iterator[None]:
+        """The changes told within are other replicas' (`foreman.replication`): the tally
+        takes them, since the queue and its limits are shared, but the counters and
+        histograms count what this replica's own store committed, each change once over
+        all replicas (and a replica sees another's jobs only now and then: a load, a wait,
+        a run it never saw begin)."""
+        self._remote = True
+        try:
+            yield
+        finally:
+            self._remote = False
+
     def on_job_change(self, job: Job) -> None:
         before, _ = self.tally.record(job)
+        if self._remote:
+            return
         now = self.tally.now()
         was = before.state if before is not None else None
         if was is JobState.QUEUED and job.state in RUNNING_STATES and job.queue_ms is not None:

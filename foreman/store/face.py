@@ -332,6 +332,16 @@ class Store:
     async def get(self, job_id: str) -> Job | None:
         return await self._read(self.sync.get, job_id)
 
+    async def jobs_by_ids(self, ids: Sequence[str]) -> list[Job]:
+        """`SyncStore.jobs_by_ids`: the jobs named, as they stand, unknown ones left out."""
+        return await self._read(self.sync.jobs_by_ids, ids)
+
+    def backend_pid(self) -> int | None:
+        """The server process of the store's session now (None on SQLite): a notification
+        it names as its sender came from this store's own write. Read afresh each time:
+        a new connection is a new session."""
+        return self.sync.backend_pid()
+
     async def running(self, upstream: str | None = None) -> list[Job]:
         return await self._read(self.sync.running, upstream)
 

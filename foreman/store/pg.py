@@ -96,12 +96,36 @@ PG_MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX swaps_started ON swaps (started_at);
     CREATE INDEX swaps_upstream ON swaps (upstream, id);
     """,
+    # Every change of a job is told to every replica (channel `foreman_jobs`): an insert or
+    # update by the job's id, a delete by "-" once per statement (a purge deletes thousands
+    # of jobs, and a replica only needs to hear that jobs went). PostgreSQL sends what a
+    # transaction notified at its commit, an identical payload once.
+    """
+    CREATE FUNCTION foreman_job_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('foreman_jobs', NEW.id);
+        RETURN NULL;
+    END $$;
+    CREATE FUNCTION foreman_jobs_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('foreman_jobs', '-');
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER jobs_changed AFTER INSERT OR UPDATE ON jobs
+        FOR EACH ROW EXECUTE FUNCTION foreman_job_changed();
+    CREATE TRIGGER jobs_deleted AFTER DELETE ON jobs
+        FOR EACH STATEMENT EXECUTE FUNCTION foreman_jobs_deleted();
+    """,
     # 3: the token of the replica whose client waits for the job's answer (NULL when no
     # client waits)
     """
     ALTER TABLE jobs ADD COLUMN waiter TEXT;
     """,
 )
+
+# the channel the triggers above notify on, and the payload of a delete
+JOBS_CHANNEL = "foreman_jobs"
+DELETED = "-"
 
 PG_SCHEMA_VERSION = len(PG_MIGRATIONS)
 
@@ -287,6 +311,12 @@ class PgSyncStore(SyncStore):
             raise
         self.conn.execute("RELEASE keyed")
         return answer
+
+    def backend_pid(self) -> int | None:
+        """The process id of this connection's session on the server: the sender a
+        notification names when this store's own write made it. Read from libpq, which
+        learnt it when the session began (no round trip; a new connection has its own)."""
+        return self.pg.raw.info.backend_pid or None
 
     def probe_write(self) -> None:
         """Commit a write that changes nothing (the schema version as it is)."""

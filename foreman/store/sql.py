@@ -45,6 +45,8 @@ _COLUMNS = (
 )
 
 TERMINAL_SQL = "('done', 'failed', 'cancelled')"
+# the most ids `SyncStore.jobs_by_ids` names in one query (a power of two)
+JOBS_BY_IDS_CHUNK = 512
 
 # the aggregates of the scheduling rule, each one seek on a partial queue index
 _OLDEST_QUEUED = (
@@ -1003,6 +1005,24 @@ class SyncStore:
         rows = self.conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id IN ({marks})", list(ids))
         found = {job.id: job for job in map(_row_to_job, rows)}
         return [found[i] for i in dict.fromkeys(ids) if i in found]
+
+    def jobs_by_ids(self, ids: Sequence[str]) -> list[Job]:
+        """The jobs named, each once, in the order first named; unknown ids are left out.
+        Any number of ids: read by primary key, `JOBS_BY_IDS_CHUNK` to a query (one query
+        for the usual few), within SQLite's bound on a statement's parameters. Each query
+        names a power of two of ids (the last one repeated), so that a stream of batches
+        of every size makes a few distinct statements, not one per size."""
+        named = list(dict.fromkeys(ids))
+        out: list[Job] = []
+        for start in range(0, len(named), JOBS_BY_IDS_CHUNK):
+            chunk = named[start : start + JOBS_BY_IDS_CHUNK]
+            width = 1 << (len(chunk) - 1).bit_length()
+            out += self._jobs_by_id(chunk + chunk[-1:] * (width - len(chunk)))
+        return out
+
+    def backend_pid(self) -> int | None:
+        """The server process of this store's session (None: no server, as on SQLite)."""
+        return None
 
     def activity(self, since: float) -> Activity:
         """The headline numbers over the jobs that ended since `since` (walks only those,

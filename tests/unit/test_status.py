@@ -180,6 +180,28 @@ def test_loads_and_finished_jobs_are_counted_for_the_upstream_that_ran_them() ->
     assert scraped["foreman_jobs_finished_total{outcome=cancelled,upstream=}"] == 1
 
 
+def test_another_replicas_changes_move_the_tally_and_count_nowhere_else() -> None:
+    """Each change is counted by the replica that committed it; the others see another's
+    jobs in their latest state only (first seen working, first seen done)."""
+    metrics = Metrics(JobTally(clock=lambda: 0.0))
+    queued = stored_job("J1", owner="batch")
+    with metrics.remote():
+        metrics.on_job_change(attrs.evolve(queued, state=JobState.WORKING, upstream="gpu0"))
+        metrics.on_job_change(attrs.evolve(stored_job("J2"), state=JobState.DONE))
+        metrics.on_job_change(stored_job("J3"))
+    assert metrics.tally.by_owner() == {("batch", "running"): 1, ("", "queued"): 1}
+    with metrics.remote():
+        metrics.on_job_change(attrs.evolve(queued, state=JobState.DONE, upstream="gpu0"))
+    scraped = _scrape(metrics)
+    assert not any(name.startswith("foreman_jobs_finished_total") for name in scraped)
+    assert scraped["foreman_run_seconds_count{}"] == 0
+    assert metrics.tally.by_owner() == {("", "queued"): 1}
+    assert metrics.tally.unfinished_of("batch") == 0
+    # this replica's own change is counted as ever
+    metrics.on_job_change(attrs.evolve(stored_job("J3"), state=JobState.CANCELLED))
+    assert _scrape(metrics)["foreman_jobs_finished_total{outcome=cancelled,upstream=}"] == 1
+
+
 def test_unfinished_jobs_are_counted_by_owner_queued_and_running() -> None:
     """Per owner (the key's name, never the key; "" without one): what /metrics shows
     and what a key's max_queued is checked against."""

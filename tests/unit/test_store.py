@@ -26,6 +26,8 @@ from foreman.store import (
     connect,
     migrate,
 )
+from foreman.store.pg import PgSyncStore
+from foreman.store.sql import JOBS_BY_IDS_CHUNK
 from tests.pg.backends import BACKENDS, database, open_face, open_store, sqlite_only
 
 from ._helpers import FakeClock, new_job
@@ -837,3 +839,23 @@ def test_the_jobs_ahead_are_counted_on_the_turn_index_alone(big_store):
         steps = plan.split(" => ")[1]
         assert _uses_indexes(steps), plan
         assert steps.count("COVERING INDEX jobs_queue_turn") == 3, plan
+
+
+def test_jobs_by_ids_reads_each_named_job_once_in_the_order_first_named(store: SyncStore) -> None:
+    jobs = [store.enqueue(new_job()) for _ in range(3)]
+    a, b, c = (job.id for job in jobs)
+    assert store.jobs_by_ids([]) == []
+    assert [j.id for j in store.jobs_by_ids([c, "nope", a, c, b])] == [c, a, b]
+    assert store.jobs_by_ids([b]) == [jobs[1]]
+    # more than one query's worth: every one, still in order
+    many = [store.enqueue(new_job()).id for _ in range(JOBS_BY_IDS_CHUNK + 3)]
+    assert [j.id for j in store.jobs_by_ids([*reversed(many), "nope"])] == many[::-1]
+
+
+def test_only_a_database_server_names_the_stores_session(store: SyncStore) -> None:
+    pid = store.backend_pid()
+    if isinstance(store, PgSyncStore):
+        (own,) = store.pg.raw.execute("SELECT pg_backend_pid()").fetchone() or (None,)
+        assert pid == own
+    else:
+        assert pid is None
