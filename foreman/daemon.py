@@ -13,6 +13,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 
 import attrs
 import httpx
@@ -47,6 +48,9 @@ from foreman.upstream import (
 )
 from foreman.upstream_specs import UpstreamSpec
 from foreman.worker import Worker, WorkerSettings
+
+if TYPE_CHECKING:
+    from foreman.replica import Replica
 
 log = logging.getLogger("foreman")
 
@@ -161,8 +165,8 @@ class Parts:
     board: Board
     app: AccessLog
     fleet: Fleet
-    # replicas on PostgreSQL: what decides which upstreams this one drives
-    leases: LeaseKeeper | None = None
+    # replicas on PostgreSQL: what this one runs to share the queue with the others
+    replica: Replica | None = None
 
 
 @attrs.frozen
@@ -203,13 +207,21 @@ async def _assemble(
     """foreman's parts, each handed what it reads and whom it tells. The tickets and
     /metrics listen before the jobs a crash left running are put back, so they hear those
     moves; the board starts from the store as it stands after."""
-    tickets = Tickets()
+    replicated = store.url is not None
+    token = sender = None
+    if store.url is not None:
+        # imported here: a foreman on SQLite never loads PostgreSQL's driver
+        from foreman.remote_answers import AnswerSender
+        from foreman.replica import new_token
+
+        token = new_token()
+        sender = AnswerSender(store.url, token)
+    tickets = Tickets(token, remote=sender.ticket if sender is not None else None)
     wakeup = Wakeup()
     tally = JobTally()
     metrics = Metrics(tally)
     events.subscribe(None, tickets.on_job_change)
     events.subscribe(None, metrics.on_job_change)
-    replicated = store.url is not None
     if not replicated:
         # a replica puts back only the jobs of an upstream whose lease it takes
         await _put_back_interrupted(store)
@@ -244,10 +256,32 @@ async def _assemble(
         tally=tally,
         max_queue=settings.max_queue,
         on_removed=board.jobs_removed,
+        replica=token,
     )
-    leases = None
-    if replicated:
-        leases = LeaseKeeper(
+    replica = None
+    if store.url is not None and token is not None and sender is not None:
+        from foreman.answer_inbox import AnswerInbox
+        from foreman.replica import Replica
+        from foreman.replication import RemoteChanges
+
+        async def reload() -> None:
+            # notifications may have been missed: the counts afresh, the streams start over
+            tally.load(await store.unfinished())
+            board.jobs_removed()
+
+        inbox = AnswerInbox(tickets, token)
+        events.subscribe(None, inbox.on_job_change)
+        changes = RemoteChanges(
+            store,
+            events,
+            wakeup,
+            cancel_running=cancel_running,
+            on_removed=board.jobs_removed,
+            reload=reload,
+            remote=metrics.remote,
+        )
+        replica = Replica.wire(store.url, token, changes, sender, inbox)
+        replica.leases = LeaseKeeper(
             store,
             fleet,
             {w.member.name: partial(take_over, w) for w in workers},
@@ -255,7 +289,10 @@ async def _assemble(
             poll=lease_poll,
         )
     metrics.status = board.status = status_reader(
-        workers, queue, tickets, leases.status if leases is not None else None
+        workers,
+        queue,
+        tickets,
+        replica.leases.status if replica is not None and replica.leases is not None else None,
     )
     # a reload may have revoked a key: its open streams end now, not at their next event
     keys.on_reload(events.wake_all)
@@ -271,7 +308,7 @@ async def _assemble(
         metrics=metrics,
         board=board,
     )
-    return Parts(workers, queue, tickets, board, AccessLog(create_app(services)), fleet, leases)
+    return Parts(workers, queue, tickets, board, AccessLog(create_app(services)), fleet, replica)
 
 
 async def _replica_janitor(queue: JobQueue, retention: float, upstreams: list[str]) -> None:
@@ -365,10 +402,11 @@ async def run(
             parts = await _assemble(settings, store, events, keys, pools, control.lease_poll)
             control.workers = parts.workers
             server_stop = trio.Event()
-            control.leases = parts.leases
+            replica = parts.replica
+            control.leases = replica.leases if replica is not None else None
             async with trio.open_nursery() as nursery:
-                if parts.leases is not None:
-                    await nursery.start(parts.leases.run)
+                if replica is not None:
+                    await nursery.start(replica.run)
                 else:
                     for worker in parts.workers:
                         nursery.start_soon(supervise, worker)
@@ -381,14 +419,13 @@ async def run(
                     )
                     task_status.started(_listening(settings, binds))
                     await control.stop_requested.wait()
-                    if parts.leases is not None:
-                        parts.leases.stop_taking()
+                    if replica is not None:
+                        replica.stop_taking()
                     await drain(
                         parts.workers, parts.queue, parts.tickets, events, settings.shutdown_grace
                     )
-                    if parts.leases is not None:
-                        # the others take this replica's upstreams now, not at its exit
-                        await parts.leases.release_all()
+                    if replica is not None:
+                        await replica.hand_over()
                     parts.board.close_all()
                     server_stop.set()
                 log.info("foreman stopped; closing the database")

@@ -1,0 +1,89 @@
+"""What a foreman on PostgreSQL runs beside the parts every foreman has: one replica of
+several sharing one queue (docs/architecture.md, "Replicas on PostgreSQL").
+
+- a token of its own, naming it in the `waiter` column and in its answers' channel;
+- one `PgListener` for both channels it hears (other replicas' job changes, the answers of
+  its clients' jobs run elsewhere): one connection keeps the order in which PostgreSQL
+  delivered them;
+- `RemoteChanges`, `AnswerSender` and `AnswerInbox`;
+- the `LeaseKeeper`, which runs the upstreams' workers and the janitor under their leases.
+
+`Replica.run` starts them in the order they need each other: listening first, so nothing
+committed after the tally was read goes unheard, the leases last.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable
+
+import attrs
+import trio
+
+from foreman.answer_inbox import AnswerInbox
+from foreman.leases import LeaseKeeper
+from foreman.remote_answers import AnswerSender, answers_channel
+from foreman.replication import JOBS_CHANNEL, RemoteChanges
+from foreman.store.pg_listen import PgListener
+
+# bound on sending the answers still queued when the replica stops
+FLUSH_SECONDS = 5.0
+
+
+def new_token() -> str:
+    """A replica's token: random, short enough for a channel name."""
+    return secrets.token_hex(6)
+
+
+@attrs.define(eq=False)
+class Replica:
+    token: str
+    listener: PgListener
+    changes: RemoteChanges
+    sender: AnswerSender
+    inbox: AnswerInbox
+    leases: LeaseKeeper | None = None
+
+    @classmethod
+    def wire(
+        cls,
+        url: str,
+        token: str,
+        changes: RemoteChanges,
+        sender: AnswerSender,
+        inbox: AnswerInbox,
+    ) -> Replica:
+        listener = PgListener(url, on_resync=changes.resync)
+        listener.listen(JOBS_CHANNEL, changes.handle)
+        listener.listen(answers_channel(token), inbox.handler)
+        return cls(token, listener, changes, sender, inbox)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.listener.run)
+            await nursery.start(self.changes.run)
+            # what changed between reading the tally and listening: read it afresh
+            self.changes.resync()
+            await nursery.start(self.sender.run)
+            await nursery.start(self.inbox.run)
+            if self.leases is not None:
+                await nursery.start(self.leases.run)
+            task_status.started()
+
+    def stop_taking(self) -> None:
+        if self.leases is not None:
+            self.leases.stop_taking()
+
+    async def hand_over(self) -> None:
+        """The end of a graceful stop, once the workers are quiet: the clients answered
+        from elsewhere are told where to collect their answers, the answers this replica's
+        workers sent are flushed, and the leases are freed, so the others take this
+        replica's upstreams now, not when its session ends."""
+        self.inbox.close_all()
+        with trio.move_on_after(FLUSH_SECONDS):
+            await self.sender.flushed()
+        if self.leases is not None:
+            await self.leases.release_all()
+
+
+Reload = Callable[[], Awaitable[None]]
