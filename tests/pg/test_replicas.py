@@ -205,3 +205,36 @@ async def test_one_idempotency_key_sent_to_both_replicas_at_once_makes_one_job(
     with psycopg.connect(postgres_url) as conn:
         (count,) = conn.execute("SELECT count(*) FROM jobs").fetchone() or (0,)
     assert count == 10
+
+
+async def test_the_queue_limit_counts_every_replicas_jobs(
+    nursery: trio.Nursery, postgres_url: str
+) -> None:
+    stubs = await stubs_for(nursery, 1)
+    for stub in stubs:
+        stub.hold()
+    settings = attrs.evolve(replica_settings(postgres_url, stubs), max_queue=5)
+    first, second = [await start_replica(nursery, settings) for _ in range(2)]
+    body = {"model": "m0", "messages": [{"role": "user", "content": "fill"}]}
+    job = {"endpoint": "/api/chat", "body": body}
+    async with (
+        httpx.AsyncClient(base_url=first.url, timeout=60) as a,
+        httpx.AsyncClient(base_url=second.url, timeout=60) as b,
+    ):
+        for _ in range(6):
+            assert (await a.post("/jobs", json=job)).status_code == 202
+        # the second replica hears of the first one's jobs (one runs, held on the stub;
+        # five wait) and counts them: its first submission is refused, the queue is full
+        with trio.fail_after(30):
+            while (
+                'foreman_jobs{model="m0:latest",state="queued"} 5.0'
+                not in (  # noqa: ASYNC110
+                    await b.get("/metrics")
+                ).text
+            ):
+                await trio.sleep(0.05)
+        refused = await b.post("/jobs", json=job)
+        assert refused.status_code == 503, refused.text
+        assert "Retry-After" in refused.headers
+    for stub in stubs:
+        stub.release()
