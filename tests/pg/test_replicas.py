@@ -225,13 +225,9 @@ async def test_the_queue_limit_counts_every_replicas_jobs(
             assert (await a.post("/jobs", json=job)).status_code == 202
         # the second replica hears of the first one's jobs (one runs, held on the stub;
         # five wait) and counts them: its first submission is refused, the queue is full
+        full = 'foreman_jobs{model="m0:latest",state="queued"} 5.0'
         with trio.fail_after(30):
-            while (
-                'foreman_jobs{model="m0:latest",state="queued"} 5.0'
-                not in (  # noqa: ASYNC110
-                    await b.get("/metrics")
-                ).text
-            ):
+            while full not in (await b.get("/metrics")).text:  # noqa: ASYNC110
                 await trio.sleep(0.05)
         refused = await b.post("/jobs", json=job)
         assert refused.status_code == 503, refused.text
