@@ -24,7 +24,7 @@ from foreman.answer_inbox import AnswerInbox
 from foreman.leases import LeaseKeeper
 from foreman.remote_answers import AnswerSender, answers_channel
 from foreman.replication import JOBS_CHANNEL, RemoteChanges
-from foreman.store.pg_listen import PgListener
+from foreman.store import PgListener
 
 # bound on sending the answers still queued when the replica stops
 FLUSH_SECONDS = 5.0

@@ -17,6 +17,8 @@ time (a CapacityLimiter of 1), in WAL mode. Its bands, each importing only those
 Import from here (`from foreman.store import Store`); the bands are its inside.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from foreman.store.errors import (
     DatabaseLost,
     IdempotencyConflict,
@@ -70,3 +72,16 @@ __all__ = [
     "upstream_key",
     "wall_clock",
 ]
+
+if TYPE_CHECKING:
+    from foreman.store.pg_listen import PgListener as PgListener
+
+
+def __getattr__(name: str) -> Any:
+    """`PgListener` is imported when first asked for: it loads PostgreSQL's driver, which a
+    foreman on SQLite never does."""
+    if name == "PgListener":
+        from foreman.store.pg_listen import PgListener
+
+        return PgListener
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
