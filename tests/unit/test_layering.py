@@ -8,6 +8,8 @@ a circle drawn only for mypy is still a circle a reader has to untangle.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Container, Iterable, Mapping
 from pathlib import Path
 
@@ -220,3 +222,13 @@ def test_no_route_reaches_past_the_queue_to_the_store_or_the_tickets() -> None:
     graph = import_graph()
     assert modules_importing(graph, "foreman.store", under="foreman.api") == []
     assert modules_importing(graph, "foreman.tickets", under="foreman.api") == []
+
+
+def test_a_foreman_on_sqlite_never_loads_postgresqls_driver() -> None:
+    # a fresh interpreter: this test run has loaded psycopg for the PostgreSQL tests
+    check = (
+        "import sys, foreman.cli, foreman.daemon, foreman.store, foreman.leases;"
+        " sys.exit('psycopg' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", check], check=False)
+    assert done.returncode == 0
