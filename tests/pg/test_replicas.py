@@ -18,6 +18,7 @@ import trio
 
 from foreman.config import Settings
 from foreman.daemon import Control, run
+from foreman.store import Store
 from foreman.stub import StubConfig, StubOllama
 from tests.integration.conftest import fleet_specs, wait_for
 from tests.pg.cluster import PostgresCluster
@@ -234,3 +235,22 @@ async def test_the_queue_limit_counts_every_replicas_jobs(
         assert "Retry-After" in refused.headers
     for stub in stubs:
         stub.release()
+
+
+async def test_serve_on_a_database_of_a_newer_foreman_fails_with_one_line(
+    postgres_url: str, postgres_cluster: PostgresCluster
+) -> None:
+    store = await Store.open_url(postgres_url)
+    await store.close()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("UPDATE foreman_schema SET version = 999")
+    done = await trio.run_process(
+        [sys.executable, "-m", "foreman", "serve", "--port", "0", "--db", postgres_url],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert done.returncode != 0
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "newer than this foreman" in lines[0]
