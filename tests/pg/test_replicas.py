@@ -6,6 +6,7 @@ stub upstreams; what they share is the database alone, as replicas on two machin
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -254,3 +255,45 @@ async def test_serve_on_a_database_of_a_newer_foreman_fails_with_one_line(
     lines = done.stderr.decode().strip().splitlines()
     assert len(lines) == 1, lines
     assert "newer than this foreman" in lines[0]
+
+
+async def test_a_stream_reaches_its_client_token_by_token_through_the_replica_not_driving(
+    nursery: trio.Nursery, postgres_url: str
+) -> None:
+    # a long answer (50 tokens, 2.5 s): its first lines reach the client while the stub is
+    # still generating the rest
+    stubs = await stubs_for(nursery, 1, token_delay=0.05, tokens=50)
+    settings = replica_settings(postgres_url, stubs)
+    driver = await start_replica(nursery, settings)
+    await wait_for(lambda: driver.leases == ("gpu0",))
+    other = await start_replica(nursery, settings)
+    assert other.leases == ()
+    body = {"model": "m1", "messages": [{"role": "user", "content": "far away"}], "stream": True}
+    lines: list[dict[str, Any]] = []
+    async with (
+        httpx.AsyncClient(base_url=other.url, timeout=60) as client,
+        client.stream("POST", "/api/chat", json=body) as answer,
+    ):
+        assert answer.status_code == 200
+        assert answer.headers["content-type"].startswith("application/x-ndjson")
+        generating_at_first_line = None
+        async for line in answer.aiter_lines():
+            if generating_at_first_line is None:
+                generating_at_first_line = stubs[0].inflight_inference == 1
+            if line:
+                lines.append(json.loads(line))
+    assert generating_at_first_line
+    # the answer came as Ollama streams it: one line a token, then the last with done
+    assert len(lines) > 2
+    assert all(not line["done"] for line in lines[:-1])
+    assert lines[-1]["done"] is True
+    text = "".join(line["message"]["content"] for line in lines)
+    assert text == stubs[0].expected_text("/api/chat", body)
+    # the job ran on the driver's upstream, answered through the other replica
+    with psycopg.connect(postgres_url) as conn:
+        row = conn.execute("SELECT upstream, waiter, state FROM jobs").fetchone()
+    assert row is not None
+    assert row[0] == "gpu0"
+    assert row[1] is not None
+    assert row[2] == "done"
+    assert other.leases == ()
