@@ -297,3 +297,29 @@ async def test_a_stream_reaches_its_client_token_by_token_through_the_replica_no
     assert row[1] is not None
     assert row[2] == "done"
     assert other.leases == ()
+
+
+async def test_a_graceful_stop_hands_the_upstreams_over_and_the_queue_runs_on(
+    nursery: trio.Nursery, postgres_url: str
+) -> None:
+    stubs = await stubs_for(nursery, 2)
+    for stub in stubs:
+        stub.hold()
+    settings = attrs.evolve(replica_settings(postgres_url, stubs), shutdown_grace=0.1)
+    first = await start_replica(nursery, settings)
+    await wait_for(lambda: sorted(first.leases) == ["gpu0", "gpu1"])
+    second = await start_replica(nursery, settings)
+    body = {"model": "m0", "messages": [{"role": "user", "content": "later"}]}
+    job = {"endpoint": "/api/chat", "body": body}
+    async with httpx.AsyncClient(base_url=second.url, timeout=60) as client:
+        ids = [(await client.post("/jobs", json=job)).json()["id"] for _ in range(4)]
+        await wait_for(lambda: sum(s.inflight_inference for s in stubs) >= 1)
+        # the running jobs go back to the queue (the grace is short), the leases move
+        first.control.request_stop()
+        await wait_for(lambda: sorted(second.leases) == ["gpu0", "gpu1"])
+        for stub in stubs:
+            stub.release()
+        with trio.fail_after(60):
+            for job_id in ids:
+                while (await client.get(f"/jobs/{job_id}")).json()["state"] != "done":  # noqa: ASYNC110
+                    await trio.sleep(0.05)
