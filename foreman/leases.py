@@ -111,6 +111,9 @@ class LeaseKeeper:
                 except StoreError as exc:
                     # the server refuses now (too many connections, a standby): next round
                     log.warning("leases: %s; trying again", exc)
+                except Exception:
+                    # whatever else the driver says, the daemon goes on: next round
+                    log.exception("leases: the round failed; trying again")
                 finally:
                     self.tried.set()
                 await trio.sleep(self.poll)
