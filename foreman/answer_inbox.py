@@ -89,6 +89,13 @@ class AnswerInbox:
         inbound = self._jobs.setdefault(part.job_id, _Inbound())
         if inbound.deadline is not None:
             inbound.deadline = trio.current_time() + self.grace
+        if inbound.remote and part.stream != inbound.assembler.stream and part.seq == 0:
+            # another run began while the last one's worker never let go (its replica
+            # died): let go for it, as it would have
+            self._let_go_for(ticket, inbound)
+            ticket = self._open(part.job_id)
+            if ticket is None:
+                return
         try:
             op = inbound.assembler.add(part)
         except (Gap, WireError) as exc:
@@ -100,8 +107,20 @@ class AnswerInbox:
 
     def on_job_change(self, job: Job) -> None:
         """A job that ended while another replica answers its client here: its last
-        words get `grace` seconds to arrive."""
-        if not job.state.terminal or job.waiter != self.token:
+        words get `grace` seconds to arrive. A job back in the queue while a worker of
+        another replica held it (that replica died; the job was put back by the one taking
+        its upstream) is let go as that worker would have: a client that has seen part of
+        a stream is told it was cut off, one that has seen nothing waits for the next
+        run."""
+        if job.waiter != self.token:
+            return
+        if job.state is JobState.QUEUED:
+            inbound = self._jobs.get(job.id)
+            ticket = self._open(job.id)
+            if inbound is not None and inbound.remote and ticket is not None:
+                self._let_go_for(ticket, inbound)
+            return
+        if not job.state.terminal:
             return
         ticket = self._open(job.id)
         if ticket is None:
@@ -161,6 +180,13 @@ class AnswerInbox:
             ticket.let_go(op.ended)
         elif isinstance(op, Close):
             ticket.close(op.because)
+        if ticket.state is TicketState.CLOSED:
+            self._jobs.pop(ticket.job_id, None)
+
+    def _let_go_for(self, ticket: Ticket, inbound: _Inbound) -> None:
+        """The remote worker is gone without letting go: do it for it (the job runs again)."""
+        inbound.remote = False
+        ticket.let_go(False)
         if ticket.state is TicketState.CLOSED:
             self._jobs.pop(ticket.job_id, None)
 

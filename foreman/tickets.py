@@ -234,7 +234,12 @@ class Tickets:
         else the stand-in of one waiting on another replica, else None (nobody waits)."""
         ticket = self._tickets.get(job.id)
         if ticket is not None:
-            return ticket
+            if ticket.in_worker:
+                # held by a worker that is gone without letting go (a replica that died
+                # mid-answer): let go for it first, so this run never follows the part
+                # of the last one the client has seen
+                ticket.let_go(False)
+            return ticket if ticket.state is not TicketState.CLOSED else None
         if self._remote is None or job.waiter is None or job.waiter == self.token:
             return None
         return self._remote(job.id, job.waiter)

@@ -325,3 +325,62 @@ async def test_a_replica_shutting_down_tells_clients_answered_from_elsewhere_whe
     assert _state(ticket) is TicketState.CLOSED
     # a client whose job nobody runs now is `Tickets.close_waiting`'s
     assert _state(waiting) is TicketState.WAITING
+
+
+# -- a replica that died while its worker held the job -------------------------------------
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_job_put_back_after_its_remote_worker_died_is_let_go_for_it(
+    streamed: bool,
+) -> None:
+    ticket, remote, inbox, sender = _replicas()
+    remote.take()
+    if streamed:
+        await remote.send(StreamStart(200, (), b"a\n"))
+    # replica "b" dies: no let-go ever comes; the replica taking its upstream puts the job
+    # back in the queue, and that change reaches this replica
+    inbox.on_job_change(_job(state=JobState.QUEUED, attempts=1, waiter="a"))
+    if streamed:
+        assert _read(ticket)[-1] == Failed(Ending.PUT_BACK, INTERRUPTED_MESSAGE.format(id=JOB))
+        assert _state(ticket) is TicketState.CLOSED
+    else:
+        assert _state(ticket) is TicketState.WAITING
+        # the next run, on replica "c", answers the client whole
+        again = Pipe("c", inbox).ticket(JOB, "a")
+        again.take()
+        await again.send(Reply(200, (), b"{}"))
+        again.let_go(True)
+        assert _read(ticket) == [Reply(200, (), b"{}")]
+    assert sender.sent
+
+
+async def test_a_new_run_heard_before_the_put_back_lets_the_dead_run_go_first() -> None:
+    ticket, remote, inbox, _ = _replicas()
+    remote.take()
+    await remote.send(StreamStart(200, (), b"first run\n"))
+    # the put-back was missed (the job was claimed again before this replica read it):
+    # the next run's first words arrive while the dead run still holds the ticket
+    again = Pipe("c", inbox).ticket(JOB, "a")
+    again.take()
+    await again.send(StreamStart(200, (), b"second run\n"))
+    messages = _read(ticket)
+    assert messages[0] == StreamStart(200, (), b"first run\n")
+    assert messages[-1] == Failed(Ending.PUT_BACK, INTERRUPTED_MESSAGE.format(id=JOB))
+    assert StreamStart(200, (), b"second run\n") not in messages
+    assert _state(ticket) is TicketState.CLOSED
+
+
+def test_a_worker_starting_a_job_whose_last_holder_vanished_lets_go_for_it() -> None:
+    tickets = Tickets("a")
+    streaming = tickets.attach(JOB)
+    streaming.take()
+    streaming.offer(StreamStart(200, (), b"old\n"))
+    # this replica's worker takes the job over: the client already has part of a stream
+    assert tickets.for_job(_job(waiter="a")) is None
+    assert _read(streaming)[-1] == Failed(Ending.PUT_BACK, INTERRUPTED_MESSAGE.format(id=JOB))
+    waiting = tickets.attach("01ARZ3NDEKTSV4RRFFQ69G5FAW")
+    waiting.take()
+    # one that has seen nothing is handed to the new run
+    assert tickets.for_job(_job("01ARZ3NDEKTSV4RRFFQ69G5FAW", waiter="a")) is waiting
+    assert waiting.state is TicketState.WAITING
