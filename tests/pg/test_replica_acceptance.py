@@ -10,6 +10,7 @@ replicas are processes, so that one can be killed as a crash kills it.
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -185,3 +186,43 @@ async def test_kill_9_of_a_replica_mid_burst_loses_nothing_and_the_other_answers
 def per_upstream_occupancy_only(stubs: Sequence[StubOllama]) -> None:
     for stub in stubs:
         assert chat_occupancy(stub.requests).clashes == ()
+
+
+async def test_a_stream_cut_by_the_death_of_the_replica_running_it_says_so_and_the_job_ends(
+    nursery: trio.Nursery, postgres_url: str, tmp_path: Path, replicas: list[Process]
+) -> None:
+    stub = StubOllama(StubConfig(token_delay=0.05, tokens=60))
+    await nursery.start(stub.serve)
+    victim = replica(postgres_url, [stub], tmp_path / "victim.log")
+    replicas.append(victim)
+    await trio.to_thread.run_sync(victim.start)
+    with trio.fail_after(60):
+        while not await leases_of(victim.url):  # noqa: ASYNC110 - another process's state
+            await trio.sleep(0.05)
+    survivor = replica(postgres_url, [stub], tmp_path / "survivor.log")
+    replicas.append(survivor)
+    await trio.to_thread.run_sync(survivor.start)
+    body = {**chat("llama3", "cut"), "stream": True}
+    lines: list[dict[str, Any]] = []
+    async with (
+        httpx.AsyncClient(base_url=survivor.url, timeout=120) as client,
+        client.stream("POST", "/api/chat", json=body) as answer,
+    ):
+        assert answer.status_code == 200
+        async for line in answer.aiter_lines():
+            if not line:
+                continue
+            lines.append(json.loads(line))
+            if len(lines) == 3:
+                await trio.to_thread.run_sync(victim.kill)
+    # the client saw the start of the first run, then a last line saying it was cut off:
+    # never a second run's answer after part of the first
+    assert "error" in lines[-1]
+    assert "cut off" in lines[-1]["error"]
+    assert all("message" in line for line in lines[:-1])
+    # the job runs again on the survivor, which took the upstream, and ends done
+    (job_id,) = [row[0] for row in jobs(postgres_url)]
+    async with httpx.AsyncClient(base_url=survivor.url, timeout=60) as client:
+        with trio.fail_after(120):
+            while (await client.get(f"/jobs/{job_id}")).json()["state"] != "done":  # noqa: ASYNC110
+                await trio.sleep(0.05)
