@@ -129,9 +129,13 @@ class Ticket:
         return self.state in (TicketState.ANSWERING, TicketState.STREAMING)
 
     def take(self) -> None:
-        """The worker starts the job: from now on it alone closes the ticket."""
+        """The worker starts the job: from now on it alone closes the ticket. A client
+        reading a stream when a new run starts has part of a run whose worker never let
+        go (its replica died): it is told, as by `let_go`, and its ticket closes."""
         if self.state is TicketState.WAITING:
             self.state = TicketState.ANSWERING
+        elif self.state is TicketState.STREAMING:
+            self.let_go(ended=False)
 
     def let_go(self, ended: bool) -> None:
         """The worker is done with the job: closed if the job `ended` (or was aborted).

@@ -123,6 +123,34 @@ async def test_a_run_let_go_unended_does_what_a_local_ticket_does(streamed: bool
         assert _state(ticket) is TicketState.CLOSED
 
 
+@pytest.mark.parametrize("next_run", ["here", "on a third replica"])
+async def test_a_run_whose_replica_died_mid_stream_is_not_followed_by_the_next_run(
+    next_run: str,
+) -> None:
+    # replica "b" streamed part of the answer, then was killed (kill -9: it never let go);
+    # the job is put back and runs again, here or elsewhere, from its beginning. The
+    # client already has part of the first run: the second cannot follow it in the same
+    # stream, so the client is told the job runs again, as when a worker lets go
+    ticket, remote, inbox, _ = _replicas()
+    remote.take()
+    assert await remote.send(StreamStart(200, (), b"first run\n"))
+    assert await remote.send(Chunk(b"part of it\n"))
+    again: Ticket | RemoteTicket = (
+        ticket if next_run == "here" else Pipe("c", inbox).ticket(JOB, "a")
+    )
+    again.take()
+    await again.send(StreamStart(200, (), b"second run\n"))
+    await again.send(Chunk(b"all of it\n"))
+    again.let_go(True)
+
+    assert _read(ticket) == [
+        StreamStart(200, (), b"first run\n"),
+        Chunk(b"part of it\n"),
+        Failed(Ending.PUT_BACK, INTERRUPTED_MESSAGE.format(id=JOB)),
+    ]
+    assert _state(ticket) is TicketState.CLOSED
+
+
 async def test_a_lost_part_cuts_the_client_off_and_says_so() -> None:
     # the 4th payload (chunk 2) never arrives
     ticket, remote, _, _ = _replicas(lose=frozenset({3}))
