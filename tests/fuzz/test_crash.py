@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from .crash import run_campaign
+from .crash_replicas import replica_summary, run_replica_campaign
 
 pytestmark = pytest.mark.slow
 
@@ -33,5 +34,23 @@ async def test_kill_9_at_random_moments_over_two_upstreams_loses_nothing_runs_no
     assert report.wrong_results == []
     assert report.ran_twice == []
     assert report.crowded == []
+    assert set(report.jobs_by_upstream) == {"a", "b"}
+    assert report.integrity == "ok"
+
+
+@pytest.mark.timeout(max(300, ROUNDS * 20))
+async def test_kill_9_of_either_replica_on_postgresql_loses_nothing_runs_nothing_twice(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    report, campaign = await run_replica_campaign(tmp_path, postgres_url, ROUNDS, SEED)
+    print("\n" + replica_summary(campaign))
+    assert report.rounds == ROUNDS
+    assert report.jobs > 0
+    assert report.lost == []
+    assert report.finished_twice == []
+    assert report.wrong_results == []
+    assert report.ran_twice == []
+    assert report.crowded == []
+    assert campaign.survivor_unanswered == []
     assert set(report.jobs_by_upstream) == {"a", "b"}
     assert report.integrity == "ok"
