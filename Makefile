@@ -59,7 +59,8 @@ run: $(STAMP)
 stub: $(STAMP)
 	$(BIN)/foreman stub
 
-# FUZZ_EXAMPLES, FUZZ_MINUTES: the state machine's runs; FUZZ_HOSTILE_EXAMPLES: the corpus
+# FUZZ_EXAMPLES, FUZZ_MINUTES: the state machine's runs (FUZZ_REPLICA_EXAMPLES: its runs as
+# replicas on PostgreSQL); FUZZ_HOSTILE_EXAMPLES: the corpus
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -q -o faulthandler_timeout=0 tests/property
 	HYPOTHESIS_PROFILE=fuzz FUZZ_PROFILE=long $(BIN)/pytest -q -s -o faulthandler_timeout=0 \
