@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,27 @@ RUNNING = ("loading", "working")
 # how long a survivor's synchronous client may wait for its answer after a kill (a lease
 # moves within a poll of a second; the job may start again from its beginning)
 SURVIVOR_WAIT = 60.0
+
+
+def running_problems(rows: Iterable[Mapping[str, Any]], slots: Mapping[str, int]) -> list[str]:
+    """What one moment of the jobs table must never show: more jobs loading or working on
+    an upstream than its slots, jobs of two models running on one, or a running job on an
+    upstream that is not in the fleet (none at all included)."""
+    running: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        if row["state"] in RUNNING:
+            running.setdefault(str(row["upstream"]), []).append(row)
+    problems = []
+    for upstream, jobs in sorted(running.items()):
+        models = sorted({str(job["model_key"]) for job in jobs})
+        ids = sorted(str(job["id"]) for job in jobs)
+        if upstream not in slots:
+            problems.append(f"jobs {ids} running on upstream {upstream}")
+        elif len(jobs) > slots[upstream] or len(models) > 1:
+            problems.append(
+                f"upstream {upstream} ({slots[upstream]} slots) ran {ids} of {models} at once"
+            )
+    return problems
 
 
 class ReplicaCampaign(Campaign):
@@ -84,19 +106,7 @@ class ReplicaCampaign(Campaign):
         than its slots, jobs of two models running on one, a running job on no upstream."""
         rows = self._rows()
         self.samples += 1
-        running: dict[str, list[Any]] = {}
-        for row in rows:
-            if row["state"] in RUNNING:
-                running.setdefault(str(row["upstream"]), []).append(row)
-        for upstream, jobs in running.items():
-            models = sorted({str(job["model_key"]) for job in jobs})
-            ids = sorted(job["id"] for job in jobs)
-            if upstream not in SLOTS:
-                self.db_problems.append(f"jobs {ids} running on upstream {upstream}")
-            elif len(jobs) > SLOTS[upstream] or len(models) > 1:
-                self.db_problems.append(
-                    f"upstream {upstream} ({SLOTS[upstream]} slots) ran {ids} of {models} at once"
-                )
+        self.db_problems += running_problems(rows, SLOTS)
         return rows
 
     async def _sampler(self) -> None:
