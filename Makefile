@@ -59,13 +59,15 @@ run: $(STAMP)
 stub: $(STAMP)
 	$(BIN)/foreman stub
 
-# FUZZ_EXAMPLES, FUZZ_MINUTES: the state machine's runs; FUZZ_HOSTILE_EXAMPLES: the corpus
+# FUZZ_EXAMPLES, FUZZ_MINUTES: the state machine's runs (FUZZ_REPLICA_EXAMPLES: its runs as
+# replicas on PostgreSQL); FUZZ_HOSTILE_EXAMPLES: the corpus
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -q -o faulthandler_timeout=0 tests/property
 	HYPOTHESIS_PROFILE=fuzz FUZZ_PROFILE=long $(BIN)/pytest -q -s -o faulthandler_timeout=0 \
 	  tests/fuzz -k "not crash"
 
-# CRASH_ROUNDS (100), CRASH_SEED: kill -9 rounds on one database
+# CRASH_ROUNDS (100), CRASH_SEED: kill -9 rounds on one SQLite database, then as many killing
+# either of two replicas on one PostgreSQL (skipped without PostgreSQL's server programs)
 crash: $(STAMP)
 	CRASH_ROUNDS=$${CRASH_ROUNDS:-100} $(BIN)/pytest -q -s -o faulthandler_timeout=0 \
 	  tests/fuzz/test_crash.py

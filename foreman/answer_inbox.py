@@ -89,13 +89,6 @@ class AnswerInbox:
         inbound = self._jobs.setdefault(part.job_id, _Inbound())
         if inbound.deadline is not None:
             inbound.deadline = trio.current_time() + self.grace
-        if inbound.remote and part.stream != inbound.assembler.stream and part.seq == 0:
-            # another run began while the last one's worker never let go (its replica
-            # died): let go for it, as it would have
-            self._let_go_for(ticket, inbound)
-            ticket = self._open(part.job_id)
-            if ticket is None:
-                return
         try:
             op = inbound.assembler.add(part)
         except (Gap, WireError) as exc:

@@ -129,9 +129,13 @@ class Ticket:
         return self.state in (TicketState.ANSWERING, TicketState.STREAMING)
 
     def take(self) -> None:
-        """The worker starts the job: from now on it alone closes the ticket."""
+        """The worker starts the job: from now on it alone closes the ticket. A client
+        reading a stream when a new run starts has part of a run whose worker never let
+        go (its replica died): it is told, as by `let_go`, and its ticket closes."""
         if self.state is TicketState.WAITING:
             self.state = TicketState.ANSWERING
+        elif self.state is TicketState.STREAMING:
+            self.let_go(ended=False)
 
     def let_go(self, ended: bool) -> None:
         """The worker is done with the job: closed if the job `ended` (or was aborted).
@@ -234,12 +238,7 @@ class Tickets:
         else the stand-in of one waiting on another replica, else None (nobody waits)."""
         ticket = self._tickets.get(job.id)
         if ticket is not None:
-            if ticket.in_worker:
-                # held by a worker that is gone without letting go (a replica that died
-                # mid-answer): let go for it first, so this run never follows the part
-                # of the last one the client has seen
-                ticket.let_go(False)
-            return ticket if ticket.state is not TicketState.CLOSED else None
+            return ticket
         if self._remote is None or job.waiter is None or job.waiter == self.token:
             return None
         return self._remote(job.id, job.waiter)

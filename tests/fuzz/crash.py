@@ -205,10 +205,24 @@ class Campaign:
         except httpx.HTTPError:
             pass
 
+    def _rows(self) -> list[Any]:
+        """Every job row (mappings by column name)."""
+        return _rows(self.db)
+
+    def _integrity(self) -> str:
+        conn = sqlite3.connect(self.db)
+        try:
+            return ", ".join(str(r[0]) for r in conn.execute("PRAGMA integrity_check").fetchall())
+        finally:
+            conn.close()
+
+    async def _states(self) -> Counter[str]:
+        return _states(self.db)
+
     async def _wait_state(self, state: str, limit: float = 10.0) -> bool:
         deadline = trio.current_time() + limit
         while trio.current_time() < deadline:
-            if _states(self.db)[state]:
+            if (await self._states())[state]:
                 return True
             await trio.sleep(0.003)
         return False
@@ -280,7 +294,7 @@ class Campaign:
 
     def check(self) -> CrashReport:
         report = self.report
-        rows = {row["id"]: row for row in _rows(self.db)}
+        rows = {row["id"]: row for row in self._rows()}
         report.jobs = len(self.accepted)
         for job_id in sorted(self.accepted):
             row = rows.get(job_id)
@@ -332,13 +346,7 @@ class Campaign:
         report.jobs_by_upstream.update(
             row["upstream"] for row in rows.values() if row["state"] == "done"
         )
-        conn = sqlite3.connect(self.db)
-        try:
-            report.integrity = ", ".join(
-                str(r[0]) for r in conn.execute("PRAGMA integrity_check").fetchall()
-            )
-        finally:
-            conn.close()
+        report.integrity = self._integrity()
         return report
 
 

@@ -322,9 +322,14 @@ class ForemanMachine(RuleBasedStateMachine):
         return ["--config", str(config)]
 
     def start_foreman(self) -> None:
+        self.proc = self.foreman_process()
+        self.url = self.proc.start()
+
+    def foreman_process(self) -> Process:
+        """A new foreman (not started yet), with a log of its own."""
         self.lives += 1
-        argv = [sys.executable, "-m", "foreman", "serve", "--port", "0", "--db", str(self.db)]
-        self.proc = Process(
+        argv = [sys.executable, "-m", "foreman", "serve", "--port", "0", "--db", self.db_arg]
+        return Process(
             [
                 *argv,
                 *self._upstream_args(),
@@ -341,10 +346,17 @@ class ForemanMachine(RuleBasedStateMachine):
             ],
             self.dir / f"foreman-{self.lives}.log",
         )
-        self.url = self.proc.start()
+
+    @property
+    def db_arg(self) -> str:
+        return str(self.db)
+
+    def client_url(self) -> str:
+        """Where a client's next request goes."""
+        return self.url
 
     def api(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30)
+        return httpx.Client(base_url=self.client_url(), timeout=30)
 
     @initialize(upstreams=st.sampled_from([2, 1]))
     def begin(self, upstreams: int) -> None:
@@ -406,7 +418,7 @@ class ForemanMachine(RuleBasedStateMachine):
     def submit_sync(self, endpoint: str, model: str, stream: bool, abandon: float | None) -> None:
         TRIED["submit_sync" + ("_abandoned" if abandon is not None else "")] += 1
         client = SyncClient(
-            self.url, endpoint, body_for(endpoint, model, self._text(), stream), abandon
+            self.client_url(), endpoint, body_for(endpoint, model, self._text(), stream), abandon
         )
         client.start()
         self.clients.append(client)
@@ -671,7 +683,7 @@ class ForemanMachine(RuleBasedStateMachine):
         ids = sorted(self.told | {c.job_id for c in self.clients if c.job_id})
         return ids[pick % len(ids)] if ids else None
 
-    def rows(self) -> dict[str, sqlite3.Row]:
+    def rows(self) -> dict[str, Any]:
         conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=30)
         conn.row_factory = sqlite3.Row
         try:
@@ -777,7 +789,7 @@ class ForemanMachine(RuleBasedStateMachine):
                 if complete and not retried and client.status == 200 and client.job_id in rows:
                     self.check_sync_answer(client, rows[client.job_id])
 
-    def check_sync_answer(self, client: SyncClient, row: sqlite3.Row) -> None:
+    def check_sync_answer(self, client: SyncClient, row: Any) -> None:
         """A client that waited to the end got exactly the stored answer's text."""
         if row["state"] != "done":
             return

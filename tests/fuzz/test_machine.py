@@ -3,7 +3,10 @@
 `make test` runs a short profile; `make fuzz` (FUZZ_PROFILE=long) runs batches until
 FUZZ_EXAMPLES runs or FUZZ_MINUTES minutes, then prints what it tried. Both profiles use
 the same two stub processes; each run draws whether foreman drives one or both, so every
-profile exercises two upstreams (`upstreams_2` in what it tried says how often).
+profile exercises two upstreams (`upstreams_2` in what it tried says how often). The
+replica dimension (machine_replicas.py) runs the same machine on PostgreSQL, where a run
+may start a second replica and kill either; FUZZ_REPLICA_EXAMPLES runs (3, or 100 long),
+within the same FUZZ_MINUTES.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from foreman.testing import CannotMount, small_disk
+from tests.pg.cluster import PostgresCluster
 
 from .fleet_checks import completed_generations, crowding, most_open
 from .machine import TRIED, ForemanMachine, StubHandle
+from .machine_replicas import ReplicaMachine
 
 pytestmark = pytest.mark.slow
 
@@ -81,6 +86,35 @@ def test_foreman_keeps_its_promises_under_faults_kills_and_cancels(
     elapsed = time.monotonic() - started
     tried = ", ".join(f"{name} {count}" for name, count in sorted(TRIED.items()))
     print(f"\nstate machine: {TRIED['runs']} runs in {elapsed:.0f}s; tried: {tried}")
+    assert TRIED["runs"] > 0
+
+
+REPLICA_EXAMPLES = int(os.environ.get("FUZZ_REPLICA_EXAMPLES", "100" if LONG else "3"))
+
+
+@pytest.mark.timeout(int(MINUTES * 60 * 2) + 300)
+def test_replicas_on_postgresql_keep_the_promises_under_kills_of_either(
+    stubs: list[StubHandle], postgres_cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    ReplicaMachine.stubs = stubs
+    ReplicaMachine.work = tmp_path
+    ReplicaMachine.disk = None
+    ReplicaMachine.cluster = postgres_cluster
+    TRIED.clear()
+    started = time.monotonic()
+    while TRIED["runs"] < REPLICA_EXAMPLES and time.monotonic() - started < MINUTES * 60:
+        run_state_machine_as_test(
+            ReplicaMachine,
+            settings=settings(
+                max_examples=min(5, REPLICA_EXAMPLES - TRIED["runs"]),
+                stateful_step_count=STEPS,
+                deadline=None,
+                suppress_health_check=list(HealthCheck),
+            ),
+        )
+    elapsed = time.monotonic() - started
+    tried = ", ".join(f"{name} {count}" for name, count in sorted(TRIED.items()))
+    print(f"\nstate machine, replicas: {TRIED['runs']} runs in {elapsed:.0f}s; tried: {tried}")
     assert TRIED["runs"] > 0
 
 

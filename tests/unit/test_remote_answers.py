@@ -123,6 +123,34 @@ async def test_a_run_let_go_unended_does_what_a_local_ticket_does(streamed: bool
         assert _state(ticket) is TicketState.CLOSED
 
 
+@pytest.mark.parametrize("next_run", ["here", "on a third replica"])
+async def test_a_run_whose_replica_died_mid_stream_is_not_followed_by_the_next_run(
+    next_run: str,
+) -> None:
+    # replica "b" streamed part of the answer, then was killed (kill -9: it never let go);
+    # the job is put back and runs again, here or elsewhere, from its beginning. The
+    # client already has part of the first run: the second cannot follow it in the same
+    # stream, so the client is told the job runs again, as when a worker lets go
+    ticket, remote, inbox, _ = _replicas()
+    remote.take()
+    assert await remote.send(StreamStart(200, (), b"first run\n"))
+    assert await remote.send(Chunk(b"part of it\n"))
+    again: Ticket | RemoteTicket = (
+        ticket if next_run == "here" else Pipe("c", inbox).ticket(JOB, "a")
+    )
+    again.take()
+    await again.send(StreamStart(200, (), b"second run\n"))
+    await again.send(Chunk(b"all of it\n"))
+    again.let_go(True)
+
+    assert _read(ticket) == [
+        StreamStart(200, (), b"first run\n"),
+        Chunk(b"part of it\n"),
+        Failed(Ending.PUT_BACK, INTERRUPTED_MESSAGE.format(id=JOB)),
+    ]
+    assert _state(ticket) is TicketState.CLOSED
+
+
 async def test_a_lost_part_cuts_the_client_off_and_says_so() -> None:
     # the 4th payload (chunk 2) never arrives
     ticket, remote, _, _ = _replicas(lose=frozenset({3}))
@@ -377,10 +405,15 @@ def test_a_worker_starting_a_job_whose_last_holder_vanished_lets_go_for_it() -> 
     streaming.take()
     streaming.offer(StreamStart(200, (), b"old\n"))
     # this replica's worker takes the job over: the client already has part of a stream
-    assert tickets.for_job(_job(waiter="a")) is None
+    held = tickets.for_job(_job(waiter="a"))
+    assert held is streaming
+    held.take()
     assert _read(streaming)[-1] == Failed(Ending.PUT_BACK, INTERRUPTED_MESSAGE.format(id=JOB))
+    assert streaming.state is TicketState.CLOSED
     waiting = tickets.attach("01ARZ3NDEKTSV4RRFFQ69G5FAW")
     waiting.take()
-    # one that has seen nothing is handed to the new run
-    assert tickets.for_job(_job("01ARZ3NDEKTSV4RRFFQ69G5FAW", waiter="a")) is waiting
-    assert waiting.state is TicketState.WAITING
+    # one that has seen nothing is answered by the new run
+    again = tickets.for_job(_job("01ARZ3NDEKTSV4RRFFQ69G5FAW", waiter="a"))
+    assert again is waiting
+    again.take()
+    assert waiting.state is TicketState.ANSWERING
