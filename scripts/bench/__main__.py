@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import (
+    answers,
     dashboard,
     durability,
     fleet,
@@ -35,6 +36,7 @@ from . import (
     overhead,
     pgserver,
     profile,
+    replica_answers,
     replica_procs,
     replicas,
     report,
@@ -312,6 +314,9 @@ def replicas_section(work: Path, quick: bool) -> dict[str, Any]:
         log(f"replicas: NOTIFY round trips between two connections x{reps}")
         with pgserver.database(cluster) as url:
             out["notify"] = repeat(reps, lambda: notify.round_trips(url, quick))
+        log(f"replicas: an answer's relay between replicas, in one process x{reps}")
+        with pgserver.database(cluster) as url:
+            out["relay"] = repeat(reps, lambda: answers.measure(url, quick))
         out["processes"] = replica_processes(work, cluster, quick)
     return out
 
@@ -335,6 +340,10 @@ def replica_processes(work: Path, cluster: Any, quick: bool) -> dict[str, Any]:
     log("replicas: failover after kill -9 of the replica holding an upstream's lease")
     out["failover"] = repeat(
         1, lambda: replica_procs.failover(work, lambda: pgserver.database(cluster), quick)
+    )
+    log("replicas: answers through the driving replica and through the other, side by side")
+    out["crossing"] = repeat(
+        1, lambda: replica_answers.crossing(work, lambda: pgserver.database(cluster), quick)
     )
     return out
 
