@@ -343,7 +343,8 @@ def replica_processes(work: Path, cluster: Any, quick: bool) -> dict[str, Any]:
     )
     log("replicas: answers through the driving replica and through the other, side by side")
     out["crossing"] = repeat(
-        1, lambda: replica_answers.crossing(work, lambda: pgserver.database(cluster), quick)
+        1 if quick else 3,
+        lambda: replica_answers.crossing(work, lambda: pgserver.database(cluster), quick),
     )
     return out
 

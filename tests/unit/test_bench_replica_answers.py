@@ -117,6 +117,7 @@ def test_the_report_says_what_the_crossing_figures_mean() -> None:
     assert "| whole answer, not streamed, p50 | 12.00 | 12.40 | 0.40 |" in page
     assert "| each line's delay, p50 / p99 | 0.00 / 8.50 | 0.30 / 9.70 |  |" in page
     assert "jobs by waiting replica: 420 and 420" in page
+    assert "(each figure the median of 1 run)" in page
     assert "the added latency per token is the other replica's line delay" in page
     assert "7,650 tokens/s" in page
 
