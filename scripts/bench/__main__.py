@@ -66,6 +66,13 @@ def repeat(times: int, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return aggregate([run() for _ in range(times)])
 
 
+def when() -> dict[str, Any]:
+    """When a measurement started and how busy the machine was: a part of a section may be
+    measured again on its own, in another run than the rest."""
+    stamp = machine()
+    return {"measured": {"date": stamp["date"], "load_average": stamp["load_average"]}}
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -316,7 +323,8 @@ def replicas_section(work: Path, quick: bool) -> dict[str, Any]:
             out["notify"] = repeat(reps, lambda: notify.round_trips(url, quick))
         log(f"replicas: an answer's relay between replicas, in one process x{reps}")
         with pgserver.database(cluster) as url:
-            out["relay"] = repeat(reps, lambda: answers.measure(url, quick))
+            started = when()
+            out["relay"] = repeat(reps, lambda: answers.measure(url, quick)) | started
         out["processes"] = replica_processes(work, cluster, quick)
     return out
 
@@ -342,9 +350,13 @@ def replica_processes(work: Path, cluster: Any, quick: bool) -> dict[str, Any]:
         1, lambda: replica_procs.failover(work, lambda: pgserver.database(cluster), quick)
     )
     log("replicas: answers through the driving replica and through the other, side by side")
-    out["crossing"] = repeat(
-        1 if quick else 3,
-        lambda: replica_answers.crossing(work, lambda: pgserver.database(cluster), quick),
+    started = when()
+    out["crossing"] = (
+        repeat(
+            1 if quick else 3,
+            lambda: replica_answers.crossing(work, lambda: pgserver.database(cluster), quick),
+        )
+        | started
     )
     return out
 

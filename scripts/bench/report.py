@@ -778,7 +778,8 @@ def _relay_between(relay: dict[str, Any]) -> list[str]:
     paced, unpaced = relay["paced_5ms"], relay["unpaced"]
     return [
         "**An answer's relay between replicas, in one process**"
-        " (`scripts/bench/answers.py`): the parts of the relay foreman runs, without HTTP or"
+        f" (`scripts/bench/answers.py`{_stamp(relay)}): the parts of the relay foreman runs,"
+        " without HTTP or"
         " a worker: a `RemoteTicket` on the replica running the job sends each message"
         " through its `AnswerSender` (`pg_notify` on the waiting replica's channel), a LISTEN"
         " connection hands it to the waiting replica's `AnswerInbox` and the client's ticket."
@@ -847,6 +848,14 @@ def _replica_processes(p: dict[str, Any]) -> list[str]:
     ]
 
 
+def _stamp(part: dict[str, Any]) -> str:
+    """When a part measured on its own was measured, for the sentence that names it."""
+    m = part.get("measured")
+    if not m:
+        return ""
+    return f"; measured on {m['date']}, load average {m['load_average']:.2f} at its start"
+
+
 def _runs(entry: Any) -> str:
     count = len(entry.get("runs", [])) if isinstance(entry, dict) else 1
     return f"{count} run" if count <= 1 else f"{count} runs"
@@ -864,7 +873,8 @@ def _crossing(c: dict[str, Any]) -> list[str]:
         ]
 
     return [
-        "**Answers through the other replica** (`scripts/bench/replica_answers.py`). Two"
+        "**Answers through the other replica** (`scripts/bench/replica_answers.py`"
+        f"{_stamp(c)}). Two"
         " replicas and one stub upstream; the first replica started holds the upstream's"
         " lease and drives it (leases at the end:"
         f" {c.get('leases', 'n/a')}). A synchronous client of the other replica waits there"

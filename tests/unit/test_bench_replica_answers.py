@@ -48,6 +48,7 @@ def crossing(added_ms: float = 0.4, line_ms: float = 0.3) -> dict[str, Any]:
         },
         "leases": "driving 1, other 0",
         "waiters": [420, 420],
+        "measured": {"date": "later", "load_average": 2.5},
     }
 
 
@@ -118,6 +119,7 @@ def test_the_report_says_what_the_crossing_figures_mean() -> None:
     assert "| each line's delay, p50 / p99 | 0.00 / 8.50 | 0.30 / 9.70 |  |" in page
     assert "jobs by waiting replica: 420 and 420" in page
     assert "(each figure the median of 1 run)" in page
+    assert "replica_answers.py`; measured on later, load average 2.50 at its start)" in page
     assert "the added latency per token is the other replica's line delay" in page
     assert "7,650 tokens/s" in page
 
