@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import (
+    answers,
     dashboard,
     durability,
     fleet,
@@ -35,6 +36,7 @@ from . import (
     overhead,
     pgserver,
     profile,
+    replica_answers,
     replica_procs,
     replicas,
     report,
@@ -62,6 +64,13 @@ SECTIONS = (
 
 def repeat(times: int, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return aggregate([run() for _ in range(times)])
+
+
+def when() -> dict[str, Any]:
+    """When a measurement started and how busy the machine was: a part of a section may be
+    measured again on its own, in another run than the rest."""
+    stamp = machine()
+    return {"measured": {"date": stamp["date"], "load_average": stamp["load_average"]}}
 
 
 def log(message: str) -> None:
@@ -312,6 +321,10 @@ def replicas_section(work: Path, quick: bool) -> dict[str, Any]:
         log(f"replicas: NOTIFY round trips between two connections x{reps}")
         with pgserver.database(cluster) as url:
             out["notify"] = repeat(reps, lambda: notify.round_trips(url, quick))
+        log(f"replicas: an answer's relay between replicas, in one process x{reps}")
+        with pgserver.database(cluster) as url:
+            started = when()
+            out["relay"] = repeat(reps, lambda: answers.measure(url, quick)) | started
         out["processes"] = replica_processes(work, cluster, quick)
     return out
 
@@ -335,6 +348,15 @@ def replica_processes(work: Path, cluster: Any, quick: bool) -> dict[str, Any]:
     log("replicas: failover after kill -9 of the replica holding an upstream's lease")
     out["failover"] = repeat(
         1, lambda: replica_procs.failover(work, lambda: pgserver.database(cluster), quick)
+    )
+    log("replicas: answers through the driving replica and through the other, side by side")
+    started = when()
+    out["crossing"] = (
+        repeat(
+            1 if quick else 3,
+            lambda: replica_answers.crossing(work, lambda: pgserver.database(cluster), quick),
+        )
+        | started
     )
     return out
 

@@ -10,6 +10,7 @@ as fast as it comes (where the sender's batching shows).
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 import time
 from typing import Any
@@ -48,17 +49,21 @@ class Listener:
 
 
 async def relay(url: str, tokens: int, pace: float) -> dict[str, Any]:
-    """One streamed answer of `tokens` parts from replica "b" to a client on "a"."""
-    tickets = Tickets("a")
-    inbox = AnswerInbox(tickets, "a")
-    sender = AnswerSender(url, "b")
-    client = tickets.attach("01BENCH")
+    """One streamed answer of `tokens` parts from one replica to a client on another. Each
+    call has replica tokens and a job of its own, as replicas started anew would: a late
+    notification of an earlier call (on the same database) cannot reach this one."""
+    waiting, running = secrets.token_hex(6), secrets.token_hex(6)
+    job = f"01BENCH{secrets.token_hex(4).upper()}"
+    tickets = Tickets(waiting)
+    inbox = AnswerInbox(tickets, waiting)
+    sender = AnswerSender(url, running)
+    client = tickets.attach(job)
     sent_at: list[float] = []
     heard_at: list[float] = []
     async with trio.open_nursery() as nursery:
         await nursery.start(Listener(url, inbox).run)
         await nursery.start(sender.run)
-        remote = sender.ticket("01BENCH", "a")
+        remote = sender.ticket(job, waiting)
         remote.take()
         started = time.perf_counter()
 

@@ -246,7 +246,7 @@ def _commit() -> str | None:
 
 
 def machine() -> dict[str, Any]:
-    packages = {}
+    packages: dict[str, str | None] = {}
     for name in ("foreman", "trio", "hypercorn", "quart", "quart-trio", "httpx", "h11"):
         try:
             packages[name] = metadata.version(name)

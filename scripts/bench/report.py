@@ -769,8 +769,28 @@ def _replicas(r: dict[str, Any]) -> list[str]:
             ],
         ),
         "",
+        *(_relay_between(r["relay"]) if "relay" in r else []),
     ]
     return out + _replica_processes(r["processes"])
+
+
+def _relay_between(relay: dict[str, Any]) -> list[str]:
+    paced, unpaced = relay["paced_5ms"], relay["unpaced"]
+    return [
+        "**An answer's relay between replicas, in one process**"
+        f" (`scripts/bench/answers.py`{_stamp(relay)}): the parts of the relay foreman runs,"
+        " without HTTP or"
+        " a worker: a `RemoteTicket` on the replica running the job sends each message"
+        " through its `AnswerSender` (`pg_notify` on the waiting replica's channel), a LISTEN"
+        " connection hands it to the waiting replica's `AnswerInbox` and the client's ticket."
+        f" A stream of {fig(paced['tokens'], 0)} tokens, one every"
+        f" {fig(paced['pace_ms'], 0)} ms: each token arrives {fig(paced['token_p50_ms'], 2)} ms"
+        f" (p50; p99 {fig(paced['token_p99_ms'], 2)} ms) after it was sent. Sent as fast as"
+        f" they come ({fig(unpaced['tokens'], 0)} tokens, where the sender's batching shows):"
+        f" {fig(unpaced['tokens_per_s'], 0)} tokens/s, each {fig(unpaced['token_p50_ms'], 1)} ms"
+        " after it was sent (p50: the queue behind it).",
+        "",
+    ]
 
 
 def _replica_processes(p: dict[str, Any]) -> list[str]:
@@ -823,6 +843,86 @@ def _replica_processes(p: dict[str, Any]) -> list[str]:
         f" accepted, {fig(fo['done'], 0)} ended done and {fig(fo['lost'], 0)} were lost"
         f" ({fig(fo['refused_while_down'], 0)} submissions to the dead replica were refused"
         " and sent to the other).",
+        "",
+        *(_crossing(p["crossing"]) if "crossing" in p else []),
+    ]
+
+
+def _stamp(part: dict[str, Any]) -> str:
+    """When a part measured on its own was measured, for the sentence that names it."""
+    m = part.get("measured")
+    if not m:
+        return ""
+    return f"; measured on {m['date']}, load average {m['load_average']:.2f} at its start"
+
+
+def _runs(entry: Any) -> str:
+    count = len(entry.get("runs", [])) if isinstance(entry, dict) else 1
+    return f"{count} run" if count <= 1 else f"{count} runs"
+
+
+def _crossing(c: dict[str, Any]) -> list[str]:
+    req, tok = c["request"], c["token"]
+
+    def row(label: str, key: str, added: str | None = None, digits: int = 2) -> list[str]:
+        return [
+            label,
+            fig(tok.get(f"driving_{key}", req.get(f"driving_{key}", "")), digits),
+            fig(tok.get(f"other_{key}", req.get(f"other_{key}", "")), digits),
+            fig(tok[added] if added else req.get(f"added_{key}", ""), digits),
+        ]
+
+    return [
+        "**Answers through the other replica** (`scripts/bench/replica_answers.py`"
+        f"{_stamp(c)}). Two"
+        " replicas and one stub upstream; the first replica started holds the upstream's"
+        " lease and drives it (leases at the end:"
+        f" {c.get('leases', 'n/a')}). A synchronous client of the other replica waits there"
+        " while its job runs on the driving replica, which relays the answer through"
+        " PostgreSQL's NOTIFY (jobs by waiting replica:"
+        f" {' and '.join(str(n) for n in c.get('waiters', [])) or 'n/a'}). Serial requests"
+        " from one client, alternating in blocks between the two replicas (each figure the"
+        f" median of {_runs(req['added_p50_ms'])}):"
+        f" {fig(req['requests'], 0)} non-streamed /api/chat on each to an instant stub, then"
+        f" {fig(tok['streams'], 0)} streamed ones on each with the stub paced at one token every"
+        f" {fig(tok['pace_ms'], 0)} ms ({fig(tok['tokens'], 0)} tokens, {fig(tok['lines'], 0)}"
+        " lines with the last). A line's delay is its arrival since the request less the"
+        " median arrival of the same line through the driving replica: through the driving"
+        " replica it is the noise, through the other the cost the crossing adds to each token."
+        " In ms:",
+        "",
+        *_table(
+            ["", "driving replica", "other replica", "other - driving"],
+            [
+                row("whole answer, not streamed, p50", "p50_ms"),
+                row("whole answer, not streamed, p99", "p99_ms"),
+                row("first line, p50", "first_p50_ms", "first_added_p50_ms"),
+                row("first line, p99", "first_p99_ms", "first_added_p99_ms"),
+                [
+                    "gap between lines, p50 / p99",
+                    f"{fig(tok['driving_gap_p50_ms'], 2)} / {fig(tok['driving_gap_p99_ms'], 2)}",
+                    f"{fig(tok['other_gap_p50_ms'], 2)} / {fig(tok['other_gap_p99_ms'], 2)}",
+                    "",
+                ],
+                [
+                    "each line's delay, p50 / p99",
+                    f"{fig(tok['driving_line_extra_p50_ms'], 2)}"
+                    f" / {fig(tok['driving_line_extra_p99_ms'], 2)}",
+                    f"{fig(tok['other_line_extra_p50_ms'], 2)}"
+                    f" / {fig(tok['other_line_extra_p99_ms'], 2)}",
+                    "",
+                ],
+            ],
+        ),
+        "",
+        "The added latency per request is the last column's first two rows; the added"
+        " latency per token is the other replica's line delay (its p50 against the driving"
+        " replica's, 0 by construction; its p99 against the driving replica's p99). The gaps"
+        " between lines tell a stream the crossing slows (they would widen) from one it only"
+        " shifts (they stay at the stub's pace). A difference below zero is no gain the"
+        " crossing makes but the machine's noise, and the work shared: through the other"
+        " replica, the client's HTTP side runs in a second process beside the driving"
+        " replica's relay from the upstream.",
         "",
     ]
 

@@ -416,7 +416,68 @@ def _replicas(r: dict[str, Any]) -> list[Target]:
             Figure("replicas_notify_p50_ms", "NOTIFY round trip p50 (ms)", p50, False, 0.5),
         )
     )
+    if "relay" in rep:
+        out.append(_relay_between(rep["relay"]))
     return out + _replica_processes(rep["processes"])
+
+
+def _relay_between(relay: dict[str, Any]) -> Target:
+    paced, unpaced = relay["paced_5ms"], relay["unpaced"]
+    p50 = med(paced["token_p50_ms"])
+    return _compared(
+        "replicas_relay",
+        "an answer's relay between replicas, in one process (NOTIFY and back), per token",
+        f"p50 {p50:.2f} ms, p99 {med(paced['token_p99_ms']):.2f} ms (a token every"
+        f" {med(paced['pace_ms']):.0f} ms); {_n(med(unpaced['tokens_per_s']))} tokens/s unpaced",
+        Figure("replicas_relay_token_p50_ms", "relay between replicas p50 (ms)", p50, False, 0.5),
+    )
+
+
+def _crossing(c: dict[str, Any]) -> list[Target]:
+    """The added latency per request and per token of an answer through the replica that
+    does not drive the upstream, against the same answer through the one that does."""
+    req, tok = c["request"], c["token"]
+    added = med(req["added_p50_ms"])
+    line = med(tok["other_line_extra_p50_ms"])
+    first = med(tok["first_added_p50_ms"])
+    return [
+        _compared(
+            "replicas_crossing_request",
+            "added latency per request, through the other replica - the driving one"
+            " (non-streamed /api/chat)",
+            f"p50 {med(req['other_p50_ms']):.2f} - {med(req['driving_p50_ms']):.2f}"
+            f" = {added:+.2f} ms, p99 {med(req['added_p99_ms']):+.2f} ms",
+            Figure(
+                "replicas_crossing_request_ms",
+                "added latency per request through the other replica, p50 (ms)",
+                added,
+                False,
+                1.0,
+            ),
+        ),
+        _compared(
+            "replicas_crossing_token",
+            f"added delay per streamed line through the other replica"
+            f" (a token every {med(tok['pace_ms']):.0f} ms)",
+            f"p50 {line:+.2f} ms, p99 {med(tok['other_line_extra_p99_ms']):+.2f} ms"
+            f" (driving's own p99 {med(tok['driving_line_extra_p99_ms']):+.2f} ms);"
+            f" first line {first:+.2f} ms",
+            Figure(
+                "replicas_crossing_line_ms",
+                "added delay per streamed line through the other replica, p50 (ms)",
+                line,
+                False,
+                1.0,
+            ),
+            Figure(
+                "replicas_crossing_first_ms",
+                "added time to the first line through the other replica, p50 (ms)",
+                first,
+                False,
+                1.0,
+            ),
+        ),
+    ]
 
 
 def _replica_processes(p: dict[str, Any]) -> list[Target]:
@@ -429,6 +490,11 @@ def _replica_processes(p: dict[str, Any]) -> list[Target]:
             ),
             _unmeasured("replicas_throughput", "throughput, two replicas / one", "side by side"),
             _unmeasured("failover_s", "failover after kill -9", "< 5 s, nothing lost"),
+            _unmeasured(
+                "replicas_crossing",
+                "added latency per request and per token, through the other replica",
+                "side by side",
+            ),
         ]
     lat, thr, fo = p["latency"], p["throughput"], p["failover"]
     gap = med(lat["postgres_over_sqlite_p50_ms"])
@@ -458,6 +524,7 @@ def _replica_processes(p: dict[str, Any]) -> list[Target]:
             note=REPLICAS,
             figures=(Figure("failover_s", "failover after kill -9 (s)", seconds, False, 1.0),),
         ),
+        *(_crossing(p["crossing"]) if "crossing" in p else []),
     ]
 
 
