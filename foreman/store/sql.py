@@ -696,18 +696,7 @@ class SyncStore:
         out: list[Job] = []
         with self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
-            if upstream is None:
-                rows = self.conn.execute(
-                    f"SELECT {_COLUMNS} FROM jobs WHERE state IN ('loading', 'working')"
-                ).fetchall()
-            else:
-                rows = self.conn.execute(
-                    f"SELECT {_COLUMNS} FROM jobs"
-                    " WHERE state IN ('loading', 'working') AND upstream = ?",
-                    (upstream,),
-                ).fetchall()
-            for row in rows:
-                job = _row_to_job(row)
+            for job in self.running(upstream):
                 if job.attempts >= job.max_attempts:
                     moved = self._transition_sql(
                         job.id,
