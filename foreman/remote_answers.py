@@ -27,7 +27,7 @@ import psycopg
 import trio
 
 from foreman.answer_wire import Close, Deliver, LetGo, Op, Take, encode
-from foreman.tickets import Chunk, Message, StreamStart, TicketState
+from foreman.tickets import Chunk, HeldState, Message, StreamStart, TicketState
 
 log = logging.getLogger("foreman.answers")
 
@@ -153,7 +153,7 @@ def _first_line(exc: Exception) -> str:
 
 
 @attrs.define(eq=False)
-class RemoteTicket:
+class RemoteTicket(HeldState):
     """A client waiting on another replica, as the worker sees it (`HeldTicket`): each
     call goes to that replica, where the client's own `Ticket` makes it. Its state moves
     as that ticket's does, so the worker reads here what the client has seen."""
@@ -164,14 +164,6 @@ class RemoteTicket:
     _sender: AnswerSender
     state: TicketState = TicketState.WAITING
     _seq: int = 0
-
-    @property
-    def streamed(self) -> bool:
-        return self.state is TicketState.STREAMING
-
-    @property
-    def in_worker(self) -> bool:
-        return self.state in (TicketState.ANSWERING, TicketState.STREAMING)
 
     def take(self) -> None:
         if self.state is TicketState.WAITING:

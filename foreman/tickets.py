@@ -108,15 +108,11 @@ INTERRUPTED_MESSAGE = (
 )
 
 
-@attrs.define(eq=False)
-class Ticket:
-    job_id: str
-    send_channel: trio.MemorySendChannel[Message]
-    receive_channel: trio.MemoryReceiveChannel[Message]
-    _tickets: Tickets
-    state: TicketState = TicketState.WAITING
-    # why the ticket was closed without an answer while its job stays queued (shutdown)
-    closed_because: str | None = None
+class HeldState:
+    """What a ticket's state says, the same for a client's `Ticket` and the stand-in a
+    worker holds for a client on another replica (`remote_answers.RemoteTicket`)."""
+
+    state: TicketState
 
     @property
     def streamed(self) -> bool:
@@ -127,6 +123,17 @@ class Ticket:
     def in_worker(self) -> bool:
         """The worker holds the job; it closes the ticket itself, after its last message."""
         return self.state in (TicketState.ANSWERING, TicketState.STREAMING)
+
+
+@attrs.define(eq=False)
+class Ticket(HeldState):
+    job_id: str
+    send_channel: trio.MemorySendChannel[Message]
+    receive_channel: trio.MemoryReceiveChannel[Message]
+    _tickets: Tickets
+    state: TicketState = TicketState.WAITING
+    # why the ticket was closed without an answer while its job stays queued (shutdown)
+    closed_because: str | None = None
 
     def take(self) -> None:
         """The worker starts the job: from now on it alone closes the ticket. A client
@@ -288,6 +295,7 @@ __all__ = [
     "Chunk",
     "Ending",
     "Failed",
+    "HeldState",
     "HeldTicket",
     "Message",
     "Reply",

@@ -74,6 +74,26 @@ async def stubs_for(nursery: trio.Nursery, n: int, **config: Any) -> tuple[StubO
     return stubs
 
 
+async def serve_fails(db: str) -> str:
+    """`foreman serve --db db` run to its failure: its one line on stderr."""
+    done = await trio.run_process(
+        [sys.executable, "-m", "foreman", "serve", "--port", "0", "--db", db],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert done.returncode != 0
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+async def until_done(client: httpx.AsyncClient, job_id: str, limit: float = 60) -> None:
+    with trio.fail_after(limit):
+        while (await client.get(f"/jobs/{job_id}")).json()["state"] != "done":  # noqa: ASYNC110
+            await trio.sleep(0.05)
+
+
 def every_upstream_driven_once(replicas: list[Replica], names: list[str]) -> Callable[[], bool]:
     def check() -> bool:
         held = [name for r in replicas for name in r.leases]
@@ -162,23 +182,12 @@ async def test_a_replica_whose_session_ends_stops_its_workers_and_takes_its_leas
         await wait_for(lambda: keeper.store.sync.conn.raw.info.backend_pid != pid)  # type: ignore[attr-defined]
         await wait_for(lambda: replica.leases == ("gpu0",))
         # the job the lost session was running is put back and runs to its end
-        with trio.fail_after(60):
-            while (await client.get(f"/jobs/{job_id}")).json()["state"] != "done":  # noqa: ASYNC110
-                await trio.sleep(0.05)
+        await until_done(client, job_id)
 
 
 async def test_serve_on_an_unreachable_database_fails_with_one_line(tmp_path: Path) -> None:
     url = f"postgresql://nobody@/nothing?host={tmp_path}&port=1"
-    done = await trio.run_process(
-        [sys.executable, "-m", "foreman", "serve", "--port", "0", "--db", url],
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-    )
-    assert done.returncode != 0
-    lines = done.stderr.decode().strip().splitlines()
-    assert len(lines) == 1, lines
-    assert "cannot connect to the database" in lines[0]
+    assert "cannot connect to the database" in await serve_fails(url)
 
 
 async def test_one_idempotency_key_sent_to_both_replicas_at_once_makes_one_job(
@@ -245,16 +254,7 @@ async def test_serve_on_a_database_of_a_newer_foreman_fails_with_one_line(
     await store.close()
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute("UPDATE foreman_schema SET version = 999")
-    done = await trio.run_process(
-        [sys.executable, "-m", "foreman", "serve", "--port", "0", "--db", postgres_url],
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-    )
-    assert done.returncode != 0
-    lines = done.stderr.decode().strip().splitlines()
-    assert len(lines) == 1, lines
-    assert "newer than this foreman" in lines[0]
+    assert "newer than this foreman" in await serve_fails(postgres_url)
 
 
 async def test_a_stream_reaches_its_client_token_by_token_through_the_replica_not_driving(
@@ -319,7 +319,5 @@ async def test_a_graceful_stop_hands_the_upstreams_over_and_the_queue_runs_on(
         await wait_for(lambda: sorted(second.leases) == ["gpu0", "gpu1"])
         for stub in stubs:
             stub.release()
-        with trio.fail_after(60):
-            for job_id in ids:
-                while (await client.get(f"/jobs/{job_id}")).json()["state"] != "done":  # noqa: ASYNC110
-                    await trio.sleep(0.05)
+        for job_id in ids:
+            await until_done(client, job_id)
