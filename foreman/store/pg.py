@@ -155,35 +155,63 @@ def render(sql: str) -> str:
     return out
 
 
+# statements that answer nothing the store reads: `PgConnection` sends them together with
+# the next statement that does (or the commit), saving a round trip each
+_DEFERRED = re.compile(r"(BEGIN|SAVEPOINT \w+|RELEASE \w+)")
+_UNSYNCED = "SET LOCAL synchronous_commit TO off"
+
+
 class PgConnection:
     """A psycopg connection in autocommit mode that runs the store's statements.
 
     Mirrors what `SyncStore` uses of a sqlite3 connection: `execute`, `executemany`,
     `in_transaction`, and `with conn:` (commit the transaction an explicit BEGIN opened,
     or roll it back on an error).
+
+    Each statement sent alone is a round trip to the server. The statements whose answer
+    the store never reads (BEGIN, the unsynced commit's setting, SAVEPOINT, RELEASE) wait
+    in `pending` and go out with the next statement, in one pipeline: a transaction's
+    BEGIN costs no trip of its own, nor a savepoint.
     """
 
     def __init__(self, raw: psycopg.Connection[Any]):
         self.raw = raw
         # the next transactions commit without waiting for the WAL's flush (`_unsynced`)
         self.unsynced = False
+        self.pending: list[str] = []
 
-    def execute(self, sql: str, params: Any = None) -> psycopg.Cursor[Any]:
+    def execute(self, sql: str, params: Any = None) -> psycopg.Cursor[Any] | None:
         query = render(sql)
-        if query == "BEGIN" and self.unsynced:
-            self.raw.execute(query)
-            return self.raw.execute("SET LOCAL synchronous_commit TO off")
+        if not params and _DEFERRED.fullmatch(query):
+            self.pending.append(query)
+            if query == "BEGIN" and self.unsynced:
+                self.pending.append(_UNSYNCED)
+            return None
         if params is not None and not isinstance(params, dict):
             params = tuple(params)
-        return self.raw.execute(query, params if params else None, prepare=False)
+        if not self.pending:
+            return self.raw.execute(query, params if params else None, prepare=False)
+        pending, self.pending = self.pending, []
+        with self.raw.pipeline():
+            for statement in pending:
+                self.raw.execute(statement, prepare=False)
+            return self.raw.execute(query, params if params else None, prepare=False)
 
     def executemany(self, sql: str, rows: Sequence[Any]) -> None:
+        self._send_pending()
         with self.raw.cursor() as cur:
             cur.executemany(render(sql), rows)
 
+    def _send_pending(self, then: str = "") -> None:
+        """Send what waits in `pending` (and `then`), as one query of several statements."""
+        statements = [*self.pending, then] if then else self.pending
+        self.pending = []
+        if statements:
+            self.raw.execute("; ".join(statements))
+
     @property
     def in_transaction(self) -> bool:
-        return self.raw.info.transaction_status != pq.TransactionStatus.IDLE
+        return bool(self.pending) or self.raw.info.transaction_status != pq.TransactionStatus.IDLE
 
     def __enter__(self) -> PgConnection:
         return self
@@ -194,9 +222,15 @@ class PgConnection:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if not self.in_transaction:
+        if self.raw.info.transaction_status == pq.TransactionStatus.IDLE:
+            # nothing reached the server (a transaction that read and wrote nothing)
+            self.pending = []
             return
-        self.raw.execute("COMMIT" if kind is None else "ROLLBACK")
+        if kind is None:
+            self._send_pending("COMMIT")
+        else:
+            self.pending = []
+            self.raw.execute("ROLLBACK")
 
     def close(self) -> None:
         self.raw.close()
