@@ -136,6 +136,19 @@ _MIGRATION_LOCK = 0x666F72656D616E  # "foreman"
 # another transaction holds
 _CANDIDATE_PREFIX = "SELECT id, model_key, priority, enqueued_at, not_before, turn FROM jobs"
 
+# `SyncStore._queued_keys` in one statement: each key the least one above the one before,
+# each a seek on the queue's partial index by model
+QUEUED_KEYS = (
+    "WITH RECURSIVE queued (key) AS ("
+    "SELECT (SELECT min(model_key) FROM jobs WHERE state = 'queued')"
+    " UNION ALL SELECT (SELECT min(model_key) FROM jobs"
+    " WHERE state = 'queued' AND model_key > queued.key)"
+    " FROM queued WHERE queued.key IS NOT NULL)"
+    " SELECT key FROM queued WHERE key IS NOT NULL"
+)
+# the statements only PostgreSQL's store runs in a claim, for `PgSyncStore.explain_pick`
+PG_PLACE_STATEMENTS: tuple[tuple[str, tuple[Any, ...]], ...] = ((QUEUED_KEYS, ()),)
+
 
 @lru_cache(maxsize=512)
 def render(sql: str) -> str:
@@ -201,6 +214,17 @@ class PgConnection:
         self._send_pending()
         with self.raw.cursor() as cur:
             cur.executemany(render(sql), rows)
+
+    def fetch_each(self, sql: str, params: Sequence[Sequence[Any]]) -> list[Any]:
+        """The first row (or None) of `sql` run with each of `params`, all in one pipeline
+        (with what waits in `pending`): one round trip."""
+        query = render(sql)
+        pending, self.pending = self.pending, []
+        with self.raw.pipeline():
+            for statement in pending:
+                self.raw.execute(statement, prepare=False)
+            cursors = [self.raw.execute(query, tuple(p), prepare=False) for p in params]
+        return [cursor.fetchone() for cursor in cursors]
 
     def _send_pending(self, then: str = "") -> None:
         """Send what waits in `pending` (and `then`), as one query of several statements."""
@@ -346,6 +370,17 @@ class PgSyncStore(SyncStore):
         self.conn.execute("RELEASE keyed")
         return answer
 
+    def _fetch_each(self, sql: str, params: Sequence[Sequence[Any]]) -> list[Any]:
+        """`SyncStore._fetch_each`, the lookups sent together: one round trip for all."""
+        if len(params) <= 1:
+            return super()._fetch_each(sql, params)
+        return self.pg.fetch_each(sql, params)
+
+    def _queued_keys(self) -> list[str]:
+        """Every residency key with a queued job, in one statement: its seeks (one per key,
+        as on SQLite) made by the server, one after the other."""
+        return [row[0] for row in self.conn.execute(QUEUED_KEYS).fetchall()]
+
     def backend_pid(self) -> int | None:
         """The process id of this connection's session on the server: the sender a
         notification names when this store's own write made it. Read from libpq, which
@@ -367,7 +402,7 @@ class PgSyncStore(SyncStore):
         PostgreSQL plans for the values given: `key` stands in for the statements' model
         key, so that a test on a filled table asks about a key it holds."""
         plans = []
-        for sql, params in dict.fromkeys(PICK_STATEMENTS + PLACE_STATEMENTS):
+        for sql, params in dict.fromkeys(PICK_STATEMENTS + PLACE_STATEMENTS + PG_PLACE_STATEMENTS):
             query = "EXPLAIN " + render(sql)
             values = tuple(key if p == "m" else p for p in params)
             rows = self.pg.raw.execute(query, values or None).fetchall()

@@ -802,11 +802,11 @@ class SyncStore:
         open_keys = [k for k in keys if k not in covered]
         busy = lane.running > 0
         if starving:
-            found = [c for c in (self._starved_of(k, cutoff, now) for k in open_keys) if c]
+            found = self._starved_heads(open_keys, cutoff, now)
             if found:
                 first = min(found, key=rank)
                 return first if first.model_key == resident or not busy else None
-        heads = {k: self._key_head(k, now) for k in open_keys}
+        heads = dict(zip(open_keys, self._key_heads_of(open_keys, now), strict=True))
         runnable = [c for c in heads.values() if c is not None]
         if runnable:
             top = max(c.priority for c in runnable)
@@ -824,6 +824,11 @@ class SyncStore:
         head = self._second_copy(held, others, now, costs)
         return None if head is None else self._key_next(head.model_key, now)
 
+    def _fetch_each(self, sql: str, params: Sequence[Sequence[Any]]) -> list[Any]:
+        """The first row (or None) of `sql` run with each of `params`: lookups that do not
+        depend on each other (PostgreSQL's store sends them together)."""
+        return [self.conn.execute(sql, p).fetchone() for p in params]
+
     def _queued_keys(self) -> list[str]:
         """Every residency key with a queued job, one seek each."""
         keys: list[str] = []
@@ -833,24 +838,44 @@ class SyncStore:
             row = self.conn.execute(_NEXT_KEY, (row[0],)).fetchone()
         return keys
 
-    def _key_head(self, key: str, now: float) -> Candidate | None:
-        row = self.conn.execute(_KEY_HEAD, (key, now)).fetchone()
-        return Candidate(*row) if row is not None else None
+    def _key_heads_of(self, keys: Sequence[str], now: float) -> list[Candidate | None]:
+        """`_key_head` of each of `keys`, in their order."""
+        rows = self._fetch_each(_KEY_HEAD, [(k, now) for k in keys])
+        return [Candidate(*row) if row is not None else None for row in rows]
 
     def _key_next(self, key: str, now: float) -> Candidate | None:
         """The key's first job in turn at its highest runnable priority."""
         row = self.conn.execute(_KEY_NEXT, (key, now)).fetchone()
         return Candidate(*row) if row is not None else None
 
-    def _starved_of(self, key: str, cutoff: float, now: float) -> Candidate | None:
-        """The key's highest-priority, then oldest, runnable job older than `cutoff`."""
-        (prio,) = self.conn.execute(_KEY_TOP_PRIORITY, (key,)).fetchone()
-        while prio is not None:
-            row = self.conn.execute(_KEY_STARVED_AT_PRIORITY, (key, prio, cutoff, now)).fetchone()
-            if row is not None:
-                return Candidate(*row)
-            (prio,) = self.conn.execute(_KEY_NEXT_PRIORITY, (key, prio)).fetchone()
-        return None
+    def _starved_heads(self, keys: Sequence[str], cutoff: float, now: float) -> list[Candidate]:
+        """Of each of `keys` that has one, in their order: its highest-priority, then
+        oldest, runnable job older than `cutoff`. Each key's priority levels are visited
+        from the top, one seek each; the keys' lookups of one step do not depend on each
+        other."""
+        prios: dict[str, int | None] = {
+            k: row[0]
+            for k, row in zip(
+                keys, self._fetch_each(_KEY_TOP_PRIORITY, [(k,) for k in keys]), strict=True
+            )
+        }
+        found: dict[str, Candidate] = {}
+        looking = [k for k in keys if prios[k] is not None]
+        while looking:
+            rows = self._fetch_each(
+                _KEY_STARVED_AT_PRIORITY, [(k, prios[k], cutoff, now) for k in looking]
+            )
+            missed = []
+            for key, row in zip(looking, rows, strict=True):
+                if row is None:
+                    missed.append(key)
+                else:
+                    found[key] = Candidate(*row)
+            below = self._fetch_each(_KEY_NEXT_PRIORITY, [(k, prios[k]) for k in missed])
+            for key, row in zip(missed, below, strict=True):
+                prios[key] = row[0]
+            looking = [k for k in missed if prios[k] is not None]
+        return [found[k] for k in keys if k in found]
 
     def _second_copy(
         self, keys: list[str], others: Sequence[Lane], now: float, costs: LoadCosts
@@ -859,11 +884,13 @@ class SyncStore:
 
     def _copy_options(self, keys: list[str], now: float) -> Iterator[tuple[str, int, Candidate]]:
         """(key, backlog counted up to the cap, best job) of each key with runnable work."""
-        for key in keys:
-            head = self._key_head(key, now)
-            if head is None:
-                continue
-            (backlog,) = self.conn.execute(_KEY_BACKLOG, (key, now, BACKLOG_CAP)).fetchone()
+        heads = [
+            (k, h)
+            for k, h in zip(keys, self._key_heads_of(keys, now), strict=True)
+            if h is not None
+        ]
+        backlogs = self._fetch_each(_KEY_BACKLOG, [(k, now, BACKLOG_CAP) for k, _ in heads])
+        for (key, head), (backlog,) in zip(heads, backlogs, strict=True):
             yield key, int(backlog), head
 
     def ahead_in_key(self, job: Job) -> int:
@@ -885,8 +912,7 @@ class SyncStore:
     def key_heads(self, now: float) -> list[Candidate]:
         """Each queued key's best runnable job by priority then age (what orders the keys
         no upstream holds), one seek per key."""
-        heads = (self._key_head(k, now) for k in self._queued_keys())
-        return [h for h in heads if h is not None]
+        return [h for h in self._key_heads_of(self._queued_keys(), now) if h is not None]
 
     def forecast_reads(self, now: float) -> tuple[list[Candidate], list[Job]]:
         """What a forecast of the queue reads, in one trip: each queued key's head

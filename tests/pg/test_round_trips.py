@@ -98,7 +98,7 @@ def test_a_claim_of_a_starved_job_its_load_and_its_end(store: PgSyncStore) -> No
         claimed = _claim_load_end(store, "b:latest", 600.0)
     assert claimed.model_key == "c:latest"  # the oldest job of the top priority
     assert claimed.state is JobState.WORKING  # after its load
-    assert len(made) == 22, trips.describe()
+    assert len(made) == 12, trips.describe()
 
 
 def test_a_claim_of_the_resident_keys_next_job_and_its_end(store: PgSyncStore) -> None:
