@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 from psycopg import pq
 
-from foreman.jobs import Job, NewJob
+from foreman.jobs import Job, JobState, NewJob
 from foreman.store.errors import StoreError, first_line
 from foreman.store.sql import PICK_STATEMENTS, PLACE_STATEMENTS, SyncStore, wall_clock
 
@@ -191,47 +191,54 @@ class PgConnection:
         self.raw = raw
         # the next transactions commit without waiting for the WAL's flush (`_unsynced`)
         self.unsynced = False
-        self.pending: list[str] = []
+        # statements not sent yet, with their parameters (None: none)
+        self.pending: list[tuple[str, Any]] = []
 
     def execute(self, sql: str, params: Any = None) -> psycopg.Cursor[Any] | None:
         query = render(sql)
         if not params and _DEFERRED.fullmatch(query):
-            self.pending.append(query)
+            self.pending.append((query, None))
             if query == "BEGIN" and self.unsynced:
-                self.pending.append(_UNSYNCED)
+                self.pending.append((_UNSYNCED, None))
             return None
-        if params is not None and not isinstance(params, dict):
-            params = tuple(params)
-        if not self.pending:
-            return self.raw.execute(query, params if params else None, prepare=False)
-        pending, self.pending = self.pending, []
-        with self.raw.pipeline():
-            for statement in pending:
-                self.raw.execute(statement, prepare=False)
-            return self.raw.execute(query, params if params else None, prepare=False)
+        return self._with_pending([(query, params)])[0]
 
-    def executemany(self, sql: str, rows: Sequence[Any]) -> None:
-        self._send_pending()
-        with self.raw.cursor() as cur:
-            cur.executemany(render(sql), rows)
+    def defer(self, sql: str, params: Any) -> None:
+        """Send a write whose answer nothing reads with the next statement (or the
+        commit): an error it meets is raised there."""
+        self.pending.append((render(sql), params))
 
     def fetch_each(self, sql: str, params: Sequence[Sequence[Any]]) -> list[Any]:
         """The first row (or None) of `sql` run with each of `params`, all in one pipeline
         (with what waits in `pending`): one round trip."""
         query = render(sql)
-        pending, self.pending = self.pending, []
-        with self.raw.pipeline():
-            for statement in pending:
-                self.raw.execute(statement, prepare=False)
-            cursors = [self.raw.execute(query, tuple(p), prepare=False) for p in params]
-        return [cursor.fetchone() for cursor in cursors]
+        return [cursor.fetchone() for cursor in self._with_pending([(query, p) for p in params])]
 
-    def _send_pending(self, then: str = "") -> None:
-        """Send what waits in `pending` (and `then`), as one query of several statements."""
-        statements = [*self.pending, then] if then else self.pending
-        self.pending = []
-        if statements:
-            self.raw.execute("; ".join(statements))
+    def commit_with(self, sql: str, params: Any) -> psycopg.Cursor[Any]:
+        """Run `sql` as the last statement of the open transaction and commit, in one
+        round trip; its rows are read afterwards."""
+        query = render(sql)
+        cursor = self._with_pending([(query, params), ("COMMIT", None)])[0]
+        assert cursor is not None
+        return cursor
+
+    def _with_pending(self, statements: list[tuple[str, Any]]) -> list[psycopg.Cursor[Any]]:
+        """Send what waits in `pending`, then `statements` (already rendered), in one
+        round trip; returns the cursors of `statements`."""
+        pending, self.pending = self.pending, []
+        if not pending and len(statements) == 1:
+            query, params = statements[0]
+            return [self.raw.execute(query, _values(params), prepare=False)]
+        with self.raw.pipeline():
+            for query, params in pending:
+                self.raw.execute(query, _values(params), prepare=False)
+            return [self.raw.execute(q, _values(p), prepare=False) for q, p in statements]
+
+    def executemany(self, sql: str, rows: Sequence[Any]) -> None:
+        if self.pending:
+            self._with_pending([])
+        with self.raw.cursor() as cur:
+            cur.executemany(render(sql), rows)
 
     @property
     def in_transaction(self) -> bool:
@@ -251,13 +258,20 @@ class PgConnection:
             self.pending = []
             return
         if kind is None:
-            self._send_pending("COMMIT")
+            self._with_pending([("COMMIT", None)])
         else:
             self.pending = []
             self.raw.execute("ROLLBACK")
 
     def close(self) -> None:
         self.raw.close()
+
+
+def _values(params: Any) -> Any:
+    """A statement's parameters as psycopg takes them (None: none)."""
+    if not params:
+        return None
+    return params if isinstance(params, dict) else tuple(params)
 
 
 def pg_migrate(conn: PgConnection) -> int:
@@ -369,6 +383,25 @@ class PgSyncStore(SyncStore):
             raise
         self.conn.execute("RELEASE keyed")
         return answer
+
+    def transition(
+        self, job_id: str, old: JobState, new: JobState, *, loaded: bool = False, **fields: Any
+    ) -> Job | None:
+        """`SyncStore.transition`; a move that writes nothing else (no load to record) is
+        sent with its BEGIN and its COMMIT, in one round trip."""
+        if loaded and old is JobState.LOADING:
+            return super().transition(job_id, old, new, loaded=loaded, **fields)
+        if new.terminal:
+            fields.setdefault("finished_at", self.clock())
+        sql, params = self._transition_statement(job_id, old, new, fields)
+        with self._unsynced(not (new.terminal or old.terminal)), self.conn:
+            self.conn.execute("BEGIN")
+            cursor = self.pg.commit_with(sql, params)
+        return self._moved(cursor.fetchone(), fields)
+
+    def _send(self, sql: str, params: Sequence[Any]) -> None:
+        """`SyncStore._send`: held back, and sent with the transaction's next statement."""
+        self.pg.defer(sql, params)
 
     def _fetch_each(self, sql: str, params: Sequence[Sequence[Any]]) -> list[Any]:
         """`SyncStore._fetch_each`, the lookups sent together: one round trip for all."""

@@ -529,6 +529,14 @@ class SyncStore:
         self, job_id: str, old: JobState, new: JobState, fields: dict[str, Any]
     ) -> Job | None:
         """The single place a job changes state. None when the job was not in `old`."""
+        sql, params = self._transition_statement(job_id, old, new, fields)
+        return self._moved(self.conn.execute(sql, params).fetchone(), fields)
+
+    @staticmethod
+    def _transition_statement(
+        job_id: str, old: JobState, new: JobState, fields: dict[str, Any]
+    ) -> tuple[str, list[Any]]:
+        """`_transition_sql`'s guarded update, checked against the transition table."""
         check_transition(old, new)
         sets = ["state = ?"]
         params: list[Any] = [new.value]
@@ -544,10 +552,12 @@ class SyncStore:
                 sets.append(f"{name} = ?")
             params.append(value)
         params += [job_id, old.value]
-        row = self.conn.execute(
-            f"UPDATE jobs SET {', '.join(sets)} WHERE id = ? AND state = ? RETURNING {_COLUMNS}",
-            params,
-        ).fetchone()
+        sql = f"UPDATE jobs SET {', '.join(sets)} WHERE id = ? AND state = ? RETURNING {_COLUMNS}"
+        return sql, params
+
+    @staticmethod
+    def _moved(row: Sequence[Any] | None, fields: dict[str, Any]) -> Job | None:
+        """The job `_transition_statement` returned, if it moved."""
         if row is None:
             return None
         # a result just written is the value in hand: not parsed back from its JSON
@@ -571,7 +581,7 @@ class SyncStore:
             self.conn.execute("BEGIN IMMEDIATE")
             moved = self._transition_sql(job_id, old, new, fields)
             if moved is not None and loaded and old is JobState.LOADING:
-                self.conn.execute(
+                self._send(
                     "INSERT INTO swaps (model_key, job_id, started_at, loaded_at, upstream)"
                     " VALUES (?, ?, ?, ?, ?)",
                     (
@@ -677,14 +687,19 @@ class SyncStore:
         }
         if upstream is not None:
             fields["upstream"] = upstream
-        claimed = self._transition_sql(picked.id, JobState.QUEUED, new, fields)
         if new is JobState.WORKING:
-            self.conn.execute(
+            # before the job's move, which it does not depend on: it may go out with it
+            self._send(
                 "UPDATE swaps SET jobs = jobs + 1 WHERE id = (SELECT max(id) FROM swaps"
                 " WHERE upstream IS ?) AND model_key = ?",
                 (upstream, picked.model_key),
             )
-        return claimed
+        return self._transition_sql(picked.id, JobState.QUEUED, new, fields)
+
+    def _send(self, sql: str, params: Sequence[Any]) -> None:
+        """A write whose answer nothing reads (PostgreSQL's store sends it together with
+        the transaction's next statement)."""
+        self.conn.execute(sql, params)
 
     def recover_interrupted(self, upstream: str | None = None) -> list[Job]:
         """Put jobs a crash left in loading/working back in the queue (run at start;
