@@ -25,8 +25,17 @@ import psycopg
 from psycopg import pq
 
 from foreman.jobs import Job, JobState, NewJob
+from foreman.policy import Candidate
 from foreman.store.errors import StoreError, first_line
-from foreman.store.sql import PICK_STATEMENTS, PLACE_STATEMENTS, SyncStore, wall_clock
+from foreman.store.sql import (
+    _KEY_NEXT,
+    _OLDEST_QUEUED,
+    _TOP_PRIORITY,
+    PICK_STATEMENTS,
+    PLACE_STATEMENTS,
+    SyncStore,
+    wall_clock,
+)
 
 # Forward migrations; the one row of `foreman_schema` is the number applied. Version 1 is
 # the SQLite schema at its version 7, in PostgreSQL's types. Text that is compared or
@@ -208,11 +217,11 @@ class PgConnection:
         commit): an error it meets is raised there."""
         self.pending.append((render(sql), params))
 
-    def fetch_each(self, sql: str, params: Sequence[Sequence[Any]]) -> list[Any]:
-        """The first row (or None) of `sql` run with each of `params`, all in one pipeline
-        (with what waits in `pending`): one round trip."""
-        query = render(sql)
-        return [cursor.fetchone() for cursor in self._with_pending([(query, p) for p in params])]
+    def fetch_rows(self, statements: Sequence[tuple[str, Any]]) -> list[Any]:
+        """The first row (or None) of each of `statements` (with their parameters), all in
+        one pipeline (with what waits in `pending`): one round trip."""
+        rendered = [(render(sql), params) for sql, params in statements]
+        return [cursor.fetchone() for cursor in self._with_pending(rendered)]
 
     def commit_with(self, sql: str, params: Any) -> psycopg.Cursor[Any]:
         """Run `sql` as the last statement of the open transaction and commit, in one
@@ -407,7 +416,22 @@ class PgSyncStore(SyncStore):
         """`SyncStore._fetch_each`, the lookups sent together: one round trip for all."""
         if len(params) <= 1:
             return super()._fetch_each(sql, params)
-        return self.pg.fetch_each(sql, params)
+        return self.pg.fetch_rows([(sql, p) for p in params])
+
+    def _drain_first(
+        self, resident: str | None, cutoff: float, now: float
+    ) -> tuple[float | None, Candidate | None]:
+        """`SyncStore._drain_first` in one round trip: the resident key's next job is read
+        (and locked) together with the ages it depends on, also when something starved
+        and it is not taken (the lookups that follow then lock each key's head)."""
+        if resident is None:
+            return super()._drain_first(resident, cutoff, now)
+        (oldest,), (top,), row = self.pg.fetch_rows(
+            [(_OLDEST_QUEUED, ()), (_TOP_PRIORITY, ()), (_KEY_NEXT, (resident, now))]
+        )
+        if oldest is not None and oldest < cutoff:
+            return oldest, None
+        return oldest, Candidate(*row) if row is not None and row[2] == top else None
 
     def _queued_keys(self) -> list[str]:
         """Every residency key with a queued job, in one statement: its seeks (one per key,

@@ -804,14 +804,12 @@ class SyncStore:
     ) -> Candidate | None:
         serves = lane.serves
         cutoff = now - max_wait
-        (oldest,) = self.conn.execute(_OLDEST_QUEUED).fetchone()
-        starving = oldest is not None and oldest < cutoff
         resident = lane.resident
-        if not starving and resident is not None and serves(model_of(resident)):
-            (top,) = self.conn.execute(_TOP_PRIORITY).fetchone()
-            row = self.conn.execute(_KEY_NEXT, (resident, now)).fetchone()
-            if row is not None and row[2] == top:
-                return Candidate(*row)
+        drains = resident if resident is not None and serves(model_of(resident)) else None
+        oldest_at, drained = self._drain_first(drains, cutoff, now)
+        if drained is not None:
+            return drained
+        starving = oldest_at is not None and oldest_at < cutoff
         covered = covered_keys(lane, others) | also_covered
         keys = [k for k in self._queued_keys() if serves(model_of(k))]
         open_keys = [k for k in keys if k not in covered]
@@ -838,6 +836,18 @@ class SyncStore:
         held = [k for k in keys if k in covered and k not in also_covered]
         head = self._second_copy(held, others, now, costs)
         return None if head is None else self._key_next(head.model_key, now)
+
+    def _drain_first(
+        self, resident: str | None, cutoff: float, now: float
+    ) -> tuple[float | None, Candidate | None]:
+        """The oldest queued job's age, and the common case of a placement: when nothing
+        waited past `cutoff`, the `resident` key's next job if it is of the top priority."""
+        (oldest,) = self.conn.execute(_OLDEST_QUEUED).fetchone()
+        if resident is None or (oldest is not None and oldest < cutoff):
+            return oldest, None
+        (top,) = self.conn.execute(_TOP_PRIORITY).fetchone()
+        row = self.conn.execute(_KEY_NEXT, (resident, now)).fetchone()
+        return oldest, Candidate(*row) if row is not None and row[2] == top else None
 
     def _fetch_each(self, sql: str, params: Sequence[Sequence[Any]]) -> list[Any]:
         """The first row (or None) of `sql` run with each of `params`: lookups that do not

@@ -109,7 +109,7 @@ def test_a_claim_of_the_resident_keys_next_job_and_its_end(store: PgSyncStore) -
         claimed = _claim_load_end(store, "a:latest", 600.0)
     assert claimed.model_key == "a:latest"
     assert claimed.state is JobState.WORKING
-    assert len(made) == 7, trips.describe()
+    assert len(made) == 5, trips.describe()
 
 
 def test_an_end_and_the_next_claim_in_one_transaction(store: PgSyncStore) -> None:
@@ -133,4 +133,4 @@ def test_an_end_and_the_next_claim_in_one_transaction(store: PgSyncStore) -> Non
     assert ended.moved.state is JobState.DONE
     assert ended.claimed is not None
     assert ended.claimed.model_key == "c:latest"
-    assert len(made) == 7, trips.describe()
+    assert len(made) == 5, trips.describe()
