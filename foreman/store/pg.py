@@ -25,7 +25,7 @@ import psycopg
 from psycopg import pq
 
 from foreman.jobs import Job, JobState, NewJob
-from foreman.policy import Candidate
+from foreman.policy import Candidate, Lane, LoadCosts
 from foreman.store.errors import StoreError, first_line
 from foreman.store.sql import (
     _KEY_NEXT,
@@ -353,6 +353,8 @@ class PgSyncStore(SyncStore):
         self.pg = conn
         self.clock = clock
         self._synchronous = 2
+        # `claim_on` is under way: the job's start is its transaction's last statement
+        self._start_commits = False
         self.path = None
         self._identity = None
 
@@ -407,6 +409,27 @@ class PgSyncStore(SyncStore):
             self.conn.execute("BEGIN")
             cursor = self.pg.commit_with(sql, params)
         return self._moved(cursor.fetchone(), fields)
+
+    def claim_on(
+        self, lane: Lane, others: Sequence[Lane], max_wait: float, costs: LoadCosts
+    ) -> tuple[Job | None, list[Job]]:
+        """`SyncStore.claim_on`; the job's start goes out with the commit."""
+        self._start_commits = True
+        try:
+            return super().claim_on(lane, others, max_wait, costs)
+        finally:
+            self._start_commits = False
+
+    def _transition_sql(
+        self, job_id: str, old: JobState, new: JobState, fields: dict[str, Any]
+    ) -> Job | None:
+        """`SyncStore._transition_sql`; in `claim_on`, a job's start (the last statement)
+        is sent with the transaction's COMMIT."""
+        if not (self._start_commits and old is JobState.QUEUED and new.running):
+            return super()._transition_sql(job_id, old, new, fields)
+        self._start_commits = False
+        sql, params = self._transition_statement(job_id, old, new, fields)
+        return self._moved(self.pg.commit_with(sql, params).fetchone(), fields)
 
     def _send(self, sql: str, params: Sequence[Any]) -> None:
         """`SyncStore._send`: held back, and sent with the transaction's next statement."""
