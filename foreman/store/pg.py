@@ -24,9 +24,18 @@ from typing import Any
 import psycopg
 from psycopg import pq
 
-from foreman.jobs import Job, NewJob
+from foreman.jobs import Job, JobState, NewJob
+from foreman.policy import Candidate, Lane, LoadCosts
 from foreman.store.errors import StoreError, first_line
-from foreman.store.sql import PICK_STATEMENTS, PLACE_STATEMENTS, SyncStore, wall_clock
+from foreman.store.sql import (
+    _KEY_NEXT,
+    _OLDEST_QUEUED,
+    _TOP_PRIORITY,
+    PICK_STATEMENTS,
+    PLACE_STATEMENTS,
+    SyncStore,
+    wall_clock,
+)
 
 # Forward migrations; the one row of `foreman_schema` is the number applied. Version 1 is
 # the SQLite schema at its version 7, in PostgreSQL's types. Text that is compared or
@@ -136,6 +145,19 @@ _MIGRATION_LOCK = 0x666F72656D616E  # "foreman"
 # another transaction holds
 _CANDIDATE_PREFIX = "SELECT id, model_key, priority, enqueued_at, not_before, turn FROM jobs"
 
+# `SyncStore._queued_keys` in one statement: each key the least one above the one before,
+# each a seek on the queue's partial index by model
+QUEUED_KEYS = (
+    "WITH RECURSIVE queued (key) AS ("
+    "SELECT (SELECT min(model_key) FROM jobs WHERE state = 'queued')"
+    " UNION ALL SELECT (SELECT min(model_key) FROM jobs"
+    " WHERE state = 'queued' AND model_key > queued.key)"
+    " FROM queued WHERE queued.key IS NOT NULL)"
+    " SELECT key FROM queued WHERE key IS NOT NULL"
+)
+# the statements only PostgreSQL's store runs in a claim, for `PgSyncStore.explain_pick`
+PG_PLACE_STATEMENTS: tuple[tuple[str, tuple[Any, ...]], ...] = ((QUEUED_KEYS, ()),)
+
 
 @lru_cache(maxsize=512)
 def render(sql: str) -> str:
@@ -155,35 +177,87 @@ def render(sql: str) -> str:
     return out
 
 
+# statements that answer nothing the store reads: `PgConnection` sends them together with
+# the next statement that does (or the commit), saving a round trip each
+_DEFERRED = re.compile(r"(BEGIN|SAVEPOINT \w+|RELEASE \w+)")
+_UNSYNCED = "SET LOCAL synchronous_commit TO off"
+
+
 class PgConnection:
     """A psycopg connection in autocommit mode that runs the store's statements.
 
     Mirrors what `SyncStore` uses of a sqlite3 connection: `execute`, `executemany`,
     `in_transaction`, and `with conn:` (commit the transaction an explicit BEGIN opened,
     or roll it back on an error).
+
+    Each statement sent alone is a round trip to the server. The statements whose answer
+    the store never reads (BEGIN, the unsynced commit's setting, SAVEPOINT, RELEASE) wait
+    in `pending` and go out with the next statement, in one pipeline: a transaction's
+    BEGIN costs no trip of its own, nor a savepoint.
+
+    psycopg prepares a statement on the server once it has run a few times
+    (`prepare=None`): parsing and planning were most of the server's time in a claim.
+    The session plans each execution for its parameters (`plan_cache_mode`, in
+    `SESSION_SETTINGS`): a generic plan of the starvation lookup would walk the queue by
+    age, where the plan for the values in hand seeks.
     """
 
     def __init__(self, raw: psycopg.Connection[Any]):
         self.raw = raw
         # the next transactions commit without waiting for the WAL's flush (`_unsynced`)
         self.unsynced = False
+        # statements not sent yet, with their parameters (None: none)
+        self.pending: list[tuple[str, Any]] = []
 
-    def execute(self, sql: str, params: Any = None) -> psycopg.Cursor[Any]:
+    def execute(self, sql: str, params: Any = None) -> psycopg.Cursor[Any] | None:
         query = render(sql)
-        if query == "BEGIN" and self.unsynced:
-            self.raw.execute(query)
-            return self.raw.execute("SET LOCAL synchronous_commit TO off")
-        if params is not None and not isinstance(params, dict):
-            params = tuple(params)
-        return self.raw.execute(query, params if params else None, prepare=False)
+        if not params and _DEFERRED.fullmatch(query):
+            self.pending.append((query, None))
+            if query == "BEGIN" and self.unsynced:
+                self.pending.append((_UNSYNCED, None))
+            return None
+        return self._with_pending([(query, params)])[0]
+
+    def defer(self, sql: str, params: Any) -> None:
+        """Send a write whose answer nothing reads with the next statement (or the
+        commit): an error it meets is raised there."""
+        self.pending.append((render(sql), params))
+
+    def fetch_rows(self, statements: Sequence[tuple[str, Any]]) -> list[Any]:
+        """The first row (or None) of each of `statements` (with their parameters), all in
+        one pipeline (with what waits in `pending`): one round trip."""
+        rendered = [(render(sql), params) for sql, params in statements]
+        return [cursor.fetchone() for cursor in self._with_pending(rendered)]
+
+    def commit_with(self, sql: str, params: Any) -> psycopg.Cursor[Any]:
+        """Run `sql` as the last statement of the open transaction and commit, in one
+        round trip; its rows are read afterwards."""
+        query = render(sql)
+        cursor = self._with_pending([(query, params), ("COMMIT", None)])[0]
+        assert cursor is not None
+        return cursor
+
+    def _with_pending(self, statements: list[tuple[str, Any]]) -> list[psycopg.Cursor[Any]]:
+        """Send what waits in `pending`, then `statements` (already rendered), in one
+        round trip; returns the cursors of `statements`."""
+        pending, self.pending = self.pending, []
+        if not pending and len(statements) == 1:
+            query, params = statements[0]
+            return [self.raw.execute(query, _values(params), prepare=None)]
+        with self.raw.pipeline():
+            for query, params in pending:
+                self.raw.execute(query, _values(params), prepare=None)
+            return [self.raw.execute(q, _values(p), prepare=None) for q, p in statements]
 
     def executemany(self, sql: str, rows: Sequence[Any]) -> None:
+        if self.pending:
+            self._with_pending([])
         with self.raw.cursor() as cur:
             cur.executemany(render(sql), rows)
 
     @property
     def in_transaction(self) -> bool:
-        return self.raw.info.transaction_status != pq.TransactionStatus.IDLE
+        return bool(self.pending) or self.raw.info.transaction_status != pq.TransactionStatus.IDLE
 
     def __enter__(self) -> PgConnection:
         return self
@@ -194,12 +268,25 @@ class PgConnection:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if not self.in_transaction:
+        if self.raw.info.transaction_status == pq.TransactionStatus.IDLE:
+            # nothing reached the server (a transaction that read and wrote nothing)
+            self.pending = []
             return
-        self.raw.execute("COMMIT" if kind is None else "ROLLBACK")
+        if kind is None:
+            self._with_pending([("COMMIT", None)])
+        else:
+            self.pending = []
+            self.raw.execute("ROLLBACK")
 
     def close(self) -> None:
         self.raw.close()
+
+
+def _values(params: Any) -> Any:
+    """A statement's parameters as psycopg takes them (None: none)."""
+    if not params:
+        return None
+    return params if isinstance(params, dict) else tuple(params)
 
 
 def pg_migrate(conn: PgConnection) -> int:
@@ -237,7 +324,7 @@ CLIENT_KEEPALIVES: dict[str, Any] = {
 SESSION_SETTINGS = (
     "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2;"
     " SET tcp_keepalives_count = 3; SET tcp_user_timeout = 11000;"
-    " SET application_name = 'foreman'"
+    " SET application_name = 'foreman'; SET plan_cache_mode = force_custom_plan"
 )
 
 
@@ -272,6 +359,8 @@ class PgSyncStore(SyncStore):
         self.pg = conn
         self.clock = clock
         self._synchronous = 2
+        # `claim_on` is under way: the job's start is its transaction's last statement
+        self._start_commits = False
         self.path = None
         self._identity = None
 
@@ -312,6 +401,72 @@ class PgSyncStore(SyncStore):
         self.conn.execute("RELEASE keyed")
         return answer
 
+    def transition(
+        self, job_id: str, old: JobState, new: JobState, *, loaded: bool = False, **fields: Any
+    ) -> Job | None:
+        """`SyncStore.transition`; a move that writes nothing else (no load to record) is
+        sent with its BEGIN and its COMMIT, in one round trip."""
+        if loaded and old is JobState.LOADING:
+            return super().transition(job_id, old, new, loaded=loaded, **fields)
+        if new.terminal:
+            fields.setdefault("finished_at", self.clock())
+        sql, params = self._transition_statement(job_id, old, new, fields)
+        with self._unsynced(not (new.terminal or old.terminal)), self.conn:
+            self.conn.execute("BEGIN")
+            cursor = self.pg.commit_with(sql, params)
+        return self._moved(cursor.fetchone(), fields)
+
+    def claim_on(
+        self, lane: Lane, others: Sequence[Lane], max_wait: float, costs: LoadCosts
+    ) -> tuple[Job | None, list[Job]]:
+        """`SyncStore.claim_on`; the job's start goes out with the commit."""
+        self._start_commits = True
+        try:
+            return super().claim_on(lane, others, max_wait, costs)
+        finally:
+            self._start_commits = False
+
+    def _transition_sql(
+        self, job_id: str, old: JobState, new: JobState, fields: dict[str, Any]
+    ) -> Job | None:
+        """`SyncStore._transition_sql`; in `claim_on`, a job's start (the last statement)
+        is sent with the transaction's COMMIT."""
+        if not (self._start_commits and old is JobState.QUEUED and new.running):
+            return super()._transition_sql(job_id, old, new, fields)
+        self._start_commits = False
+        sql, params = self._transition_statement(job_id, old, new, fields)
+        return self._moved(self.pg.commit_with(sql, params).fetchone(), fields)
+
+    def _send(self, sql: str, params: Sequence[Any]) -> None:
+        """`SyncStore._send`: held back, and sent with the transaction's next statement."""
+        self.pg.defer(sql, params)
+
+    def _fetch_each(self, sql: str, params: Sequence[Sequence[Any]]) -> list[Any]:
+        """`SyncStore._fetch_each`, the lookups sent together: one round trip for all."""
+        if len(params) <= 1:
+            return super()._fetch_each(sql, params)
+        return self.pg.fetch_rows([(sql, p) for p in params])
+
+    def _drain_first(
+        self, resident: str | None, cutoff: float, now: float
+    ) -> tuple[float | None, Candidate | None]:
+        """`SyncStore._drain_first` in one round trip: the resident key's next job is read
+        (and locked) together with the ages it depends on, also when something starved
+        and it is not taken (the lookups that follow then lock each key's head)."""
+        if resident is None:
+            return super()._drain_first(resident, cutoff, now)
+        (oldest,), (top,), row = self.pg.fetch_rows(
+            [(_OLDEST_QUEUED, ()), (_TOP_PRIORITY, ()), (_KEY_NEXT, (resident, now))]
+        )
+        if oldest is not None and oldest < cutoff:
+            return oldest, None
+        return oldest, Candidate(*row) if row is not None and row[2] == top else None
+
+    def _queued_keys(self) -> list[str]:
+        """Every residency key with a queued job, in one statement: its seeks (one per key,
+        as on SQLite) made by the server, one after the other."""
+        return [row[0] for row in self.conn.execute(QUEUED_KEYS).fetchall()]
+
     def backend_pid(self) -> int | None:
         """The process id of this connection's session on the server: the sender a
         notification names when this store's own write made it. Read from libpq, which
@@ -333,7 +488,7 @@ class PgSyncStore(SyncStore):
         PostgreSQL plans for the values given: `key` stands in for the statements' model
         key, so that a test on a filled table asks about a key it holds."""
         plans = []
-        for sql, params in dict.fromkeys(PICK_STATEMENTS + PLACE_STATEMENTS):
+        for sql, params in dict.fromkeys(PICK_STATEMENTS + PLACE_STATEMENTS + PG_PLACE_STATEMENTS):
             query = "EXPLAIN " + render(sql)
             values = tuple(key if p == "m" else p for p in params)
             rows = self.pg.raw.execute(query, values or None).fetchall()

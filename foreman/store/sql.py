@@ -529,6 +529,14 @@ class SyncStore:
         self, job_id: str, old: JobState, new: JobState, fields: dict[str, Any]
     ) -> Job | None:
         """The single place a job changes state. None when the job was not in `old`."""
+        sql, params = self._transition_statement(job_id, old, new, fields)
+        return self._moved(self.conn.execute(sql, params).fetchone(), fields)
+
+    @staticmethod
+    def _transition_statement(
+        job_id: str, old: JobState, new: JobState, fields: dict[str, Any]
+    ) -> tuple[str, list[Any]]:
+        """`_transition_sql`'s guarded update, checked against the transition table."""
         check_transition(old, new)
         sets = ["state = ?"]
         params: list[Any] = [new.value]
@@ -544,10 +552,12 @@ class SyncStore:
                 sets.append(f"{name} = ?")
             params.append(value)
         params += [job_id, old.value]
-        row = self.conn.execute(
-            f"UPDATE jobs SET {', '.join(sets)} WHERE id = ? AND state = ? RETURNING {_COLUMNS}",
-            params,
-        ).fetchone()
+        sql = f"UPDATE jobs SET {', '.join(sets)} WHERE id = ? AND state = ? RETURNING {_COLUMNS}"
+        return sql, params
+
+    @staticmethod
+    def _moved(row: Sequence[Any] | None, fields: dict[str, Any]) -> Job | None:
+        """The job `_transition_statement` returned, if it moved."""
         if row is None:
             return None
         # a result just written is the value in hand: not parsed back from its JSON
@@ -571,7 +581,7 @@ class SyncStore:
             self.conn.execute("BEGIN IMMEDIATE")
             moved = self._transition_sql(job_id, old, new, fields)
             if moved is not None and loaded and old is JobState.LOADING:
-                self.conn.execute(
+                self._send(
                     "INSERT INTO swaps (model_key, job_id, started_at, loaded_at, upstream)"
                     " VALUES (?, ?, ?, ?, ?)",
                     (
@@ -677,14 +687,19 @@ class SyncStore:
         }
         if upstream is not None:
             fields["upstream"] = upstream
-        claimed = self._transition_sql(picked.id, JobState.QUEUED, new, fields)
         if new is JobState.WORKING:
-            self.conn.execute(
+            # before the job's move, which it does not depend on: it may go out with it
+            self._send(
                 "UPDATE swaps SET jobs = jobs + 1 WHERE id = (SELECT max(id) FROM swaps"
                 " WHERE upstream IS ?) AND model_key = ?",
                 (upstream, picked.model_key),
             )
-        return claimed
+        return self._transition_sql(picked.id, JobState.QUEUED, new, fields)
+
+    def _send(self, sql: str, params: Sequence[Any]) -> None:
+        """A write whose answer nothing reads (PostgreSQL's store sends it together with
+        the transaction's next statement)."""
+        self.conn.execute(sql, params)
 
     def recover_interrupted(self, upstream: str | None = None) -> list[Job]:
         """Put jobs a crash left in loading/working back in the queue (run at start;
@@ -778,24 +793,22 @@ class SyncStore:
     ) -> Candidate | None:
         serves = lane.serves
         cutoff = now - max_wait
-        (oldest,) = self.conn.execute(_OLDEST_QUEUED).fetchone()
-        starving = oldest is not None and oldest < cutoff
         resident = lane.resident
-        if not starving and resident is not None and serves(model_of(resident)):
-            (top,) = self.conn.execute(_TOP_PRIORITY).fetchone()
-            row = self.conn.execute(_KEY_NEXT, (resident, now)).fetchone()
-            if row is not None and row[2] == top:
-                return Candidate(*row)
+        drains = resident if resident is not None and serves(model_of(resident)) else None
+        oldest_at, drained = self._drain_first(drains, cutoff, now)
+        if drained is not None:
+            return drained
+        starving = oldest_at is not None and oldest_at < cutoff
         covered = covered_keys(lane, others) | also_covered
         keys = [k for k in self._queued_keys() if serves(model_of(k))]
         open_keys = [k for k in keys if k not in covered]
         busy = lane.running > 0
         if starving:
-            found = [c for c in (self._starved_of(k, cutoff, now) for k in open_keys) if c]
+            found = self._starved_heads(open_keys, cutoff, now)
             if found:
                 first = min(found, key=rank)
                 return first if first.model_key == resident or not busy else None
-        heads = {k: self._key_head(k, now) for k in open_keys}
+        heads = dict(zip(open_keys, self._key_heads_of(open_keys, now), strict=True))
         runnable = [c for c in heads.values() if c is not None]
         if runnable:
             top = max(c.priority for c in runnable)
@@ -813,6 +826,23 @@ class SyncStore:
         head = self._second_copy(held, others, now, costs)
         return None if head is None else self._key_next(head.model_key, now)
 
+    def _drain_first(
+        self, resident: str | None, cutoff: float, now: float
+    ) -> tuple[float | None, Candidate | None]:
+        """The oldest queued job's age, and the common case of a placement: when nothing
+        waited past `cutoff`, the `resident` key's next job if it is of the top priority."""
+        (oldest,) = self.conn.execute(_OLDEST_QUEUED).fetchone()
+        if resident is None or (oldest is not None and oldest < cutoff):
+            return oldest, None
+        (top,) = self.conn.execute(_TOP_PRIORITY).fetchone()
+        row = self.conn.execute(_KEY_NEXT, (resident, now)).fetchone()
+        return oldest, Candidate(*row) if row is not None and row[2] == top else None
+
+    def _fetch_each(self, sql: str, params: Sequence[Sequence[Any]]) -> list[Any]:
+        """The first row (or None) of `sql` run with each of `params`: lookups that do not
+        depend on each other (PostgreSQL's store sends them together)."""
+        return [self.conn.execute(sql, p).fetchone() for p in params]
+
     def _queued_keys(self) -> list[str]:
         """Every residency key with a queued job, one seek each."""
         keys: list[str] = []
@@ -822,24 +852,44 @@ class SyncStore:
             row = self.conn.execute(_NEXT_KEY, (row[0],)).fetchone()
         return keys
 
-    def _key_head(self, key: str, now: float) -> Candidate | None:
-        row = self.conn.execute(_KEY_HEAD, (key, now)).fetchone()
-        return Candidate(*row) if row is not None else None
+    def _key_heads_of(self, keys: Sequence[str], now: float) -> list[Candidate | None]:
+        """`_key_head` of each of `keys`, in their order."""
+        rows = self._fetch_each(_KEY_HEAD, [(k, now) for k in keys])
+        return [Candidate(*row) if row is not None else None for row in rows]
 
     def _key_next(self, key: str, now: float) -> Candidate | None:
         """The key's first job in turn at its highest runnable priority."""
         row = self.conn.execute(_KEY_NEXT, (key, now)).fetchone()
         return Candidate(*row) if row is not None else None
 
-    def _starved_of(self, key: str, cutoff: float, now: float) -> Candidate | None:
-        """The key's highest-priority, then oldest, runnable job older than `cutoff`."""
-        (prio,) = self.conn.execute(_KEY_TOP_PRIORITY, (key,)).fetchone()
-        while prio is not None:
-            row = self.conn.execute(_KEY_STARVED_AT_PRIORITY, (key, prio, cutoff, now)).fetchone()
-            if row is not None:
-                return Candidate(*row)
-            (prio,) = self.conn.execute(_KEY_NEXT_PRIORITY, (key, prio)).fetchone()
-        return None
+    def _starved_heads(self, keys: Sequence[str], cutoff: float, now: float) -> list[Candidate]:
+        """Of each of `keys` that has one, in their order: its highest-priority, then
+        oldest, runnable job older than `cutoff`. Each key's priority levels are visited
+        from the top, one seek each; the keys' lookups of one step do not depend on each
+        other."""
+        prios: dict[str, int | None] = {
+            k: row[0]
+            for k, row in zip(
+                keys, self._fetch_each(_KEY_TOP_PRIORITY, [(k,) for k in keys]), strict=True
+            )
+        }
+        found: dict[str, Candidate] = {}
+        looking = [k for k in keys if prios[k] is not None]
+        while looking:
+            rows = self._fetch_each(
+                _KEY_STARVED_AT_PRIORITY, [(k, prios[k], cutoff, now) for k in looking]
+            )
+            missed = []
+            for key, row in zip(looking, rows, strict=True):
+                if row is None:
+                    missed.append(key)
+                else:
+                    found[key] = Candidate(*row)
+            below = self._fetch_each(_KEY_NEXT_PRIORITY, [(k, prios[k]) for k in missed])
+            for key, row in zip(missed, below, strict=True):
+                prios[key] = row[0]
+            looking = [k for k in missed if prios[k] is not None]
+        return [found[k] for k in keys if k in found]
 
     def _second_copy(
         self, keys: list[str], others: Sequence[Lane], now: float, costs: LoadCosts
@@ -848,11 +898,13 @@ class SyncStore:
 
     def _copy_options(self, keys: list[str], now: float) -> Iterator[tuple[str, int, Candidate]]:
         """(key, backlog counted up to the cap, best job) of each key with runnable work."""
-        for key in keys:
-            head = self._key_head(key, now)
-            if head is None:
-                continue
-            (backlog,) = self.conn.execute(_KEY_BACKLOG, (key, now, BACKLOG_CAP)).fetchone()
+        heads = [
+            (k, h)
+            for k, h in zip(keys, self._key_heads_of(keys, now), strict=True)
+            if h is not None
+        ]
+        backlogs = self._fetch_each(_KEY_BACKLOG, [(k, now, BACKLOG_CAP) for k, _ in heads])
+        for (key, head), (backlog,) in zip(heads, backlogs, strict=True):
             yield key, int(backlog), head
 
     def ahead_in_key(self, job: Job) -> int:
@@ -874,8 +926,7 @@ class SyncStore:
     def key_heads(self, now: float) -> list[Candidate]:
         """Each queued key's best runnable job by priority then age (what orders the keys
         no upstream holds), one seek per key."""
-        heads = (self._key_head(k, now) for k in self._queued_keys())
-        return [h for h in heads if h is not None]
+        return [h for h in self._key_heads_of(self._queued_keys(), now) if h is not None]
 
     def forecast_reads(self, now: float) -> tuple[list[Candidate], list[Job]]:
         """What a forecast of the queue reads, in one trip: each queued key's head

@@ -14,8 +14,8 @@ PostgreSQL runs on a throwaway cluster of its own with fsync and synchronous_com
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -143,16 +143,30 @@ class _Lane:
 
 
 def _count_statements(store: Store, count: list[int]) -> None:
-    """Count the statements `store` sends to PostgreSQL in `count[0]`, BEGIN and COMMIT
-    included: each is a round trip to the server."""
+    """Count what `store` sends to PostgreSQL: statements in `count[0]` (BEGIN and COMMIT
+    included) and round trips to the server in `count[1]` (a statement sent alone, or a
+    pipeline of several)."""
     raw = store.sync.pg.raw  # type: ignore[attr-defined]
-    execute = raw.execute
+    execute, pipeline = raw.execute, raw.pipeline
+    inside = [False]
 
     def counted(query: Any, params: Any = None, **kw: Any) -> Any:
         count[0] += 1
+        count[1] += 0 if inside[0] else 1
         return execute(query, params, **kw)
 
+    @contextmanager
+    def pipelined() -> Iterator[Any]:
+        inside[0] = True
+        try:
+            with pipeline() as p:
+                yield p
+        finally:
+            inside[0] = False
+            count[1] += 1
+
     raw.execute = counted
+    raw.pipeline = pipelined
 
 
 def claim_latency(
@@ -166,7 +180,7 @@ def claim_latency(
     with database(cluster) as url:
         fills["postgres"] = fill_postgres(url, queued)
         lanes = {backend: _Lane() for backend in BACKENDS}
-        statements = [0]
+        statements = [0, 0]
 
         async def run() -> None:
             async with (
@@ -186,6 +200,7 @@ def claim_latency(
     out["ratio_p50"] = out["postgres"]["claim_p50_ms"] / out["sqlite"]["claim_p50_ms"]
     # what a claim and an end are made of on PostgreSQL: one round trip per statement
     out["postgres"]["statements_per_claim_and_end"] = statements[0] / claims
+    out["postgres"]["round_trips_per_claim_and_end"] = statements[1] / claims
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     return out

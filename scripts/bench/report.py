@@ -732,13 +732,25 @@ def _replicas(r: dict[str, Any]) -> list[str]:
         for c in r["claim"].values()
         if "statements_per_claim_and_end" in c["postgres"]
     ]
+    trips = [
+        fig(c["postgres"]["round_trips_per_claim_and_end"], 0)
+        for c in r["claim"].values()
+        if "round_trips_per_claim_and_end" in c["postgres"]
+    ]
+    sent = (
+        f" in {' and '.join(dict.fromkeys(trips))} round trips to the server over its socket"
+        " (statements whose answers do not decide the next go out together, in one pipeline)"
+        if trips
+        else ", each a round trip to the server over its socket"
+    )
     out += [
         "",
-        f"On PostgreSQL a claim and its end send {' and '.join(dict.fromkeys(counts))}"
-        f" statements ({'at every queue length' if len(set(counts)) == 1 else 'by queue length'};"
-        " BEGIN and COMMIT included), each a round trip to the server over its"
-        " socket: that, not the queue's length, is what the claim's latency is made of. On"
-        " SQLite the same statements are calls into the library, in the process.",
+        f"On PostgreSQL a claim, the load it starts and the job's end send"
+        f" {' and '.join(dict.fromkeys(counts))} statements"
+        f" ({'at every queue length' if len(set(counts)) == 1 else 'by queue length'};"
+        f" BEGIN and COMMIT included){sent}: the round trips, not the queue's length, are"
+        " what the claim's latency is made of. On SQLite the same statements are calls into"
+        " the library, in the process.",
         "",
         f"**NOTIFY round trips** (the per-token cost of an answer relayed between replicas):"
         f" one connection sends `pg_notify` with a {fig(note['payload_bytes'], 0)}-byte"

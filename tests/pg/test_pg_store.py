@@ -142,6 +142,20 @@ def test_every_pick_and_place_statement_reads_an_index_on_a_filled_table(
         assert "Sort" not in plan, plan
 
 
+def test_prepared_statements_are_planned_for_their_parameters(store: PgSyncStore) -> None:
+    """The store's statements are prepared on the server once they have run a few times;
+    left to itself PostgreSQL may then plan one for any parameters, and that plan of the
+    starvation lookup walks the queue by age. The session keeps to the plans the test
+    above reads."""
+    for _ in range(8):
+        store.claim_on(Lane("gpu", 1, None, 0), (), 1e9, LoadCosts({}, {}))
+    row = store.pg.raw.execute("SHOW plan_cache_mode").fetchone()
+    assert row == ("force_custom_plan",)
+    prepared = store.pg.raw.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()
+    assert prepared is not None
+    assert prepared[0] > 0
+
+
 def test_the_statements_that_pick_a_job_to_start_lock_it_skipping_locked_rows(
     big_store: PgSyncStore,
 ) -> None:
