@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import threading
 from typing import Any
 
 import attrs
@@ -57,6 +58,10 @@ class AnswerSender:
         self._room = trio.Event()
         self._runs = itertools.count(1)
         self._conn: psycopg.Connection[Any] | None = None
+        # the connection is made and dropped on the sending thread, which `run` abandons
+        # when cancelled: the lock and `_stopped` make sure no connection outlives `run`
+        self._lock = threading.Lock()
+        self._stopped = False
         self._pause = RETRY_PAUSE[0]
         # payloads dropped after a failed statement (their clients were cut off)
         self.dropped = 0
@@ -113,9 +118,11 @@ class AnswerSender:
                     await trio.sleep(self._pause)
                     self._pause = min(self._pause * 2, RETRY_PAUSE[1])
         finally:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            with self._lock:
+                self._stopped = True
+                conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.close()
 
     def _send(self, batch: list[tuple[str, str]]) -> bool:
         """One statement for the whole batch (a worker thread; one at a time): PostgreSQL
@@ -125,17 +132,14 @@ class AnswerSender:
         error: Exception | None = None
         for _ in range(2):
             try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = psycopg.connect(
-                        self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT
-                    )
-                self._conn.execute(query, params, prepare=False)
+                self._connection().execute(query, params, prepare=False)
                 return True
             except psycopg.Error as exc:
                 error = exc
-                if self._conn is not None:
-                    self._conn.close()
-                    self._conn = None
+                with self._lock:
+                    conn, self._conn = self._conn, None
+                if conn is not None:
+                    conn.close()
         assert error is not None
         self.dropped += len(batch)
         log.warning(
@@ -144,6 +148,20 @@ class AnswerSender:
             _first_line(error),
         )
         return False
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        """The sending connection, made if there is none (on the sending thread)."""
+        with self._lock:
+            conn = self._conn
+        if conn is not None and not conn.closed:
+            return conn
+        conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+        with self._lock:
+            if not self._stopped:
+                self._conn = conn
+                return conn
+        conn.close()
+        raise psycopg.OperationalError("the sender has stopped")
 
 
 def _first_line(exc: Exception) -> str:
