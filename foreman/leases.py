@@ -80,8 +80,6 @@ class LeaseKeeper:
         self._held: dict[str, _Held] = {}
         # tasks refreshing the model list of an upstream another replica drives
         self._refreshing: set[str] = set()
-        # set once the first try is made (tests and /ready wait on it)
-        self.tried = trio.Event()
         # False once shutdown began: no lease is taken any more
         self.taking = True
 
@@ -93,9 +91,6 @@ class LeaseKeeper:
     @property
     def janitor(self) -> bool:
         return JANITOR in self._held
-
-    def holds(self, name: str) -> bool:
-        return name in self._held
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -114,8 +109,6 @@ class LeaseKeeper:
                 except Exception:
                     # whatever else the driver says, the daemon goes on: next round
                     log.exception("leases: the round failed; trying again")
-                finally:
-                    self.tried.set()
                 await trio.sleep(self.poll)
 
     async def _try(self, nursery: trio.Nursery) -> None:

@@ -15,7 +15,6 @@ committed after the tally was read goes unheard, the leases last.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Awaitable, Callable
 
 import attrs
 import trio
@@ -84,6 +83,3 @@ class Replica:
             await self.sender.flushed()
         if self.leases is not None:
             await self.leases.release_all()
-
-
-Reload = Callable[[], Awaitable[None]]

@@ -15,37 +15,16 @@ import sys
 import time
 from typing import Any
 
-import psycopg
 import trio
 
 from foreman.answer_inbox import AnswerInbox
 from foreman.remote_answers import AnswerSender, answers_channel
+from foreman.store import PgListener
 from foreman.tickets import Chunk, StreamStart, Tickets
 
 from .common import ms, percentile
 
 LINE = b'{"model":"m","message":{"role":"assistant","content":" token"},"done":false}\n'
-
-
-class Listener:
-    """The waiting replica's LISTEN connection, handing what it hears to its inbox."""
-
-    def __init__(self, url: str, inbox: AnswerInbox) -> None:
-        self.url = url
-        self.inbox = inbox
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        conn = psycopg.connect(self.url, autocommit=True)
-        try:
-            conn.execute(f"LISTEN {answers_channel(self.inbox.token)}")
-            task_status.started()
-            while True:
-                await trio.lowlevel.wait_readable(conn.pgconn.socket)
-                conn.pgconn.consume_input()
-                while (note := conn.pgconn.notifies()) is not None:
-                    self.inbox.handler(note.extra.decode(), note.be_pid)
-        finally:
-            conn.close()
 
 
 async def relay(url: str, tokens: int, pace: float) -> dict[str, Any]:
@@ -61,7 +40,10 @@ async def relay(url: str, tokens: int, pace: float) -> dict[str, Any]:
     sent_at: list[float] = []
     heard_at: list[float] = []
     async with trio.open_nursery() as nursery:
-        await nursery.start(Listener(url, inbox).run)
+        # the replica's own listener, as `foreman serve` starts it
+        listener = PgListener(url)
+        listener.listen(answers_channel(waiting), inbox.handler)
+        await nursery.start(listener.run)
         await nursery.start(sender.run)
         remote = sender.ticket(job, waiting)
         remote.take()

@@ -16,6 +16,7 @@ import trio
 from foreman.answer_inbox import LOST_MESSAGE, SILENT_MESSAGE, AnswerInbox
 from foreman.jobs import Endpoint, Job, JobState
 from foreman.remote_answers import AnswerSender, answers_channel
+from foreman.store import PgListener
 from foreman.tickets import Chunk, Ending, Failed, Message, Reply, StreamStart, Ticket, Tickets
 
 # generous: a loaded machine must not fail a test by taking its time
@@ -43,28 +44,6 @@ class Recorded(AnswerSender):
     def _send(self, batch: list[tuple[str, str]]) -> bool:
         self.batches.append(len(batch))
         return super()._send(batch)
-
-
-async def _listen(
-    url: str,
-    channel: str,
-    handler: Callable[[str, int], None],
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """A LISTEN connection handing each notification to `handler`, in Trio, as the
-    replica's listener does."""
-    conn = psycopg.connect(url, autocommit=True)
-    try:
-        conn.execute(f"LISTEN {channel}")
-        task_status.started()
-        while True:
-            await trio.lowlevel.wait_readable(conn.pgconn.socket)
-            conn.pgconn.consume_input()
-            while (note := conn.pgconn.notifies()) is not None:
-                handler(note.extra.decode(), note.be_pid)
-    finally:
-        conn.close()
 
 
 @attrs.define
@@ -96,7 +75,9 @@ async def _replicas(url: str, *, grace: float = 5.0) -> AsyncIterator[Halves]:
     sender = Recorded(url, "b")
     halves = Halves(sender, tickets, inbox)
     async with trio.open_nursery() as nursery:
-        await nursery.start(_listen, url, answers_channel("a"), halves.handler)
+        listener = PgListener(url)
+        listener.listen(answers_channel("a"), halves.handler)
+        await nursery.start(listener.run)
         await nursery.start(inbox.run)
         await nursery.start(sender.run)
         yield halves
