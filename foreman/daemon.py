@@ -207,7 +207,6 @@ async def _assemble(
     """foreman's parts, each handed what it reads and whom it tells. The tickets and
     /metrics listen before the jobs a crash left running are put back, so they hear those
     moves; the board starts from the store as it stands after."""
-    replicated = store.url is not None
     token = sender = None
     if store.url is not None:
         # imported here: a foreman on SQLite never loads PostgreSQL's driver
@@ -222,7 +221,7 @@ async def _assemble(
     metrics = Metrics(tally)
     events.subscribe(None, tickets.on_job_change)
     events.subscribe(None, metrics.on_job_change)
-    if not replicated:
+    if sender is None:
         # a replica puts back only the jobs of an upstream whose lease it takes
         await _put_back_interrupted(store)
     tally.load(await store.unfinished())
@@ -259,7 +258,7 @@ async def _assemble(
         replica=token,
     )
     replica = None
-    if store.url is not None and token is not None and sender is not None:
+    if sender is not None:
         from foreman.answer_inbox import AnswerInbox
         from foreman.replica import Replica
         from foreman.replication import RemoteChanges
@@ -269,7 +268,7 @@ async def _assemble(
             tally.load(await store.unfinished())
             board.jobs_removed()
 
-        inbox = AnswerInbox(tickets, token)
+        inbox = AnswerInbox(tickets, sender.token)
         events.subscribe(None, inbox.on_job_change)
         changes = RemoteChanges(
             store,
@@ -280,19 +279,16 @@ async def _assemble(
             reload=reload,
             remote=metrics.remote,
         )
-        replica = Replica.wire(store.url, token, changes, sender, inbox)
-        replica.leases = LeaseKeeper(
+        leases = LeaseKeeper(
             store,
             fleet,
             {w.member.name: partial(take_over, w) for w in workers},
             janitor=partial(_replica_janitor, queue, settings.retention, [m.name for m in fleet]),
             poll=lease_poll,
         )
+        replica = Replica.wire(sender.url, changes, sender, inbox, leases)
     metrics.status = board.status = status_reader(
-        workers,
-        queue,
-        tickets,
-        replica.leases.status if replica is not None and replica.leases is not None else None,
+        workers, queue, tickets, replica.leases.status if replica is not None else None
     )
     # a reload may have revoked a key: its open streams end now, not at their next event
     keys.on_reload(events.wake_all)

@@ -36,26 +36,27 @@ def new_token() -> str:
 
 @attrs.define(eq=False)
 class Replica:
-    token: str
     listener: PgListener
     changes: RemoteChanges
     sender: AnswerSender
     inbox: AnswerInbox
-    leases: LeaseKeeper | None = None
+    leases: LeaseKeeper
 
     @classmethod
     def wire(
         cls,
         url: str,
-        token: str,
         changes: RemoteChanges,
         sender: AnswerSender,
         inbox: AnswerInbox,
+        leases: LeaseKeeper,
     ) -> Replica:
+        """The parts on one listener: the job changes' channel and this replica's answers'
+        (`sender.token` names it)."""
         listener = PgListener(url, on_resync=changes.resync)
         listener.listen(JOBS_CHANNEL, changes.handle)
-        listener.listen(answers_channel(token), inbox.handler)
-        return cls(token, listener, changes, sender, inbox)
+        listener.listen(answers_channel(sender.token), inbox.handler)
+        return cls(listener, changes, sender, inbox, leases)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -65,13 +66,11 @@ class Replica:
             self.changes.resync()
             await nursery.start(self.sender.run)
             await nursery.start(self.inbox.run)
-            if self.leases is not None:
-                await nursery.start(self.leases.run)
+            await nursery.start(self.leases.run)
             task_status.started()
 
     def stop_taking(self) -> None:
-        if self.leases is not None:
-            self.leases.stop_taking()
+        self.leases.stop_taking()
 
     async def hand_over(self) -> None:
         """The end of a graceful stop, once the workers are quiet: the clients answered
@@ -81,5 +80,4 @@ class Replica:
         self.inbox.close_all()
         with trio.move_on_after(FLUSH_SECONDS):
             await self.sender.flushed()
-        if self.leases is not None:
-            await self.leases.release_all()
+        await self.leases.release_all()
