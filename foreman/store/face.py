@@ -12,7 +12,7 @@ import contextlib
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -20,6 +20,7 @@ import trio
 from foreman.jobs import Job, JobState, NewJob
 from foreman.lockfile import DatabaseLock, LockHeld
 from foreman.policy import Candidate, Lane, LoadCosts
+from foreman.store import pg_leases
 from foreman.store.errors import (
     StoreError,
     StoreUnwritable,
@@ -27,11 +28,9 @@ from foreman.store.errors import (
     first_line,
     unwritable_reason,
 )
+from foreman.store.pg_leases import UpstreamView
 from foreman.store.schema import connect
 from foreman.store.sql import Activity, Ended, Overview, SyncStore, wall_clock
-
-if TYPE_CHECKING:
-    from foreman.store.pg_leases import UpstreamView
 
 T = TypeVar("T")
 
@@ -374,23 +373,15 @@ class Store:
     async def try_leases(self, keys: Sequence[int]) -> list[int]:
         """Take whichever of the leases `keys` are free; a lost connection raises
         DatabaseLost (every lease went with it)."""
-        from foreman.store import pg_leases
-
         return await self._read(pg_leases.try_leases, self.sync, keys)
 
     async def release_lease(self, key: int) -> bool:
-        from foreman.store import pg_leases
-
         return await self._read(pg_leases.release_lease, self.sync, key)
 
     async def upstream_views(self, names: Sequence[str]) -> list[UpstreamView]:
-        from foreman.store import pg_leases
-
         return await self._read(pg_leases.upstream_views, self.sync, names)
 
     async def running_upstreams(self) -> list[str]:
-        from foreman.store import pg_leases
-
         return await self._read(pg_leases.running_upstreams, self.sync)
 
     async def reconnect(self) -> None:
