@@ -15,7 +15,9 @@ from foreman.config import (
     Settings,
     add_arguments,
     default_db_path,
+    render,
     resolve,
+    resolve_all,
 )
 from foreman.connections import DEFAULT_CEILING
 from foreman.retry import BACKOFF_CAP
@@ -157,6 +159,32 @@ def test_default_db_path_falls_back_to_local_state_in_home(env):
 
 def test_db_path_expands_the_home_directory():
     assert resolve({"db": "~/q.db"}, {}).db == Path.home() / "q.db"
+
+
+def test_a_postgresql_url_as_db_makes_a_replica_and_a_path_does_not():
+    replica = resolve({}, {"FOREMAN_DB": "postgresql://foreman:s3cret@db.lan/foreman"})
+    assert replica.database_url == "postgresql://foreman:s3cret@db.lan/foreman"
+    assert replica.db == default_db_path({})
+    assert resolve({"db": "postgres://db.lan/foreman"}, {}).database_url is not None
+    assert resolve({"db": "/var/lib/foreman.db"}, {}).database_url is None
+    # the password never shows in `foreman config`
+    resolved = resolve_all({}, {"FOREMAN_DB": "postgresql://foreman:s3cret@db.lan/foreman"})
+    text = render(resolved.values, resolved.sources)
+    assert 'db = "postgresql://foreman:***@db.lan/foreman"' in text
+    assert "s3cret" not in text
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("postgresql://db.lan:port/foreman", "port must be a number"),
+        ("postgresql://db.lan/foreman name", "no spaces"),
+    ],
+)
+def test_a_bad_database_url_stops_foreman_with_one_line(url, reason):
+    with pytest.raises(ConfigError, match=reason) as refused:
+        resolve({"db": url}, {})
+    assert "\n" not in str(refused.value)
 
 
 def test_ollama_url_loses_trailing_slashes_and_whitespace():
